@@ -1,0 +1,3 @@
+DROP TABLE coupons;
+DROP TABLE policies;
+DROP TABLE events;

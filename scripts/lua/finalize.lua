@@ -1,0 +1,21 @@
+-- Marks issuances as recorded in PostgreSQL: flips the record's state byte
+-- to F and removes the user from the pending set. Only a record that still
+-- holds the same code is touched, so a stale message cannot finalize
+-- anything else.
+--
+-- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}
+-- ARGV: user_1, code_1, user_2, code_2, ...
+-- Returns the number of issuances finalized (already-final ones included).
+local done = 0
+for i = 1, #ARGV, 2 do
+  local user, code = ARGV[i], ARGV[i + 1]
+  local rec = redis.call('HGET', KEYS[1], user)
+  if rec and string.sub(rec, 1, #code + 1) == code .. '\t' then
+    if string.sub(rec, -1) == 'P' then
+      redis.call('HSET', KEYS[1], user, string.sub(rec, 1, -2) .. 'F')
+    end
+    redis.call('ZREM', KEYS[2], user)
+    done = done + 1
+  end
+end
+return done

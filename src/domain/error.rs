@@ -1,0 +1,52 @@
+use crate::domain::ids::EventId;
+
+/// A rejected input value: which field, and why. Field paths use the proto
+/// names (`policies[1].weight`) so a client can act on them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// Path of the offending field, in proto field names.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Every failure a coupond operation can report to a caller. The gRPC edge
+/// maps each variant to exactly one status code (see `grpc::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum CouponError {
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] FieldError),
+    #[error("event {0} already exists")]
+    EventExists(EventId),
+    #[error("event {0} not found")]
+    EventNotFound(EventId),
+    #[error("user {user_id} holds no coupon of event {event_id}")]
+    IssuanceNotFound { event_id: String, user_id: String },
+    /// A backing service (Redis, PostgreSQL, Kafka) failed; nothing was left
+    /// half-done. The source keeps the full chain for the log.
+    #[error("{context}")]
+    Unavailable {
+        context: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+impl CouponError {
+    pub fn unavailable(context: &'static str, source: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable {
+            context,
+            source: source.into(),
+        }
+    }
+}

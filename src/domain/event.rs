@@ -1,0 +1,317 @@
+//! Events, their discount policies and the validation of a preload request.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::allocation::allocate;
+use crate::domain::error::FieldError;
+use crate::domain::ids::{CodePrefix, EventId};
+
+/// How a coupon discounts a purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiscountType {
+    /// A percentage, 1..=100.
+    Percent,
+    /// An amount in minor currency units, > 0.
+    Amount,
+}
+
+impl DiscountType {
+    /// Stable text form, used in PostgreSQL and Redis records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscountType::Percent => "PERCENT",
+            DiscountType::Amount => "AMOUNT",
+        }
+    }
+
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        match s {
+            "PERCENT" => Some(DiscountType::Percent),
+            "AMOUNT" => Some(DiscountType::Amount),
+            _ => None,
+        }
+    }
+}
+
+/// A validated discount: the type together with a value that fits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Discount {
+    kind: DiscountType,
+    value: i64,
+}
+
+impl Discount {
+    pub fn new(kind: DiscountType, value: i64) -> Result<Self, String> {
+        match kind {
+            DiscountType::Percent if !(1..=100).contains(&value) => {
+                Err(format!("PERCENT value must be 1..=100, got {value}"))
+            }
+            DiscountType::Amount if value <= 0 => {
+                Err(format!("AMOUNT value must be > 0, got {value}"))
+            }
+            _ => Ok(Self { kind, value }),
+        }
+    }
+
+    pub fn kind(&self) -> DiscountType {
+        self.kind
+    }
+
+    pub fn value(&self) -> i64 {
+        self.value
+    }
+}
+
+/// A policy: a discount and its weight in the split of the event's coupons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub discount: Discount,
+    pub weight: u32,
+}
+
+/// The issuance window: `starts_at` inclusive, `ends_at` exclusive, always
+/// `starts_at < ends_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventWindow {
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+}
+
+impl EventWindow {
+    pub fn new(starts_at: DateTime<Utc>, ends_at: DateTime<Utc>) -> Result<Self, String> {
+        if starts_at >= ends_at {
+            return Err("starts_at must be before ends_at".into());
+        }
+        Ok(Self { starts_at, ends_at })
+    }
+
+    pub fn starts_at(&self) -> DateTime<Utc> {
+        self.starts_at
+    }
+
+    pub fn ends_at(&self) -> DateTime<Utc> {
+        self.ends_at
+    }
+}
+
+/// A policy as it arrives from a caller, before validation. `discount_type`
+/// is `None` when the caller sent an unspecified or unknown enum value.
+#[derive(Debug, Clone)]
+pub struct PolicyInput {
+    pub discount_type: Option<DiscountType>,
+    pub discount_value: i64,
+    pub weight: u32,
+}
+
+/// A preload request as it arrives from a caller, before validation.
+#[derive(Debug, Clone)]
+pub struct PreloadInput {
+    pub event_id: String,
+    pub name: String,
+    pub total_count: u64,
+    pub policies: Vec<PolicyInput>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub code_prefix: String,
+}
+
+/// A validated event ready to be preloaded, with its per-policy counts.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub name: String,
+    pub total_count: u32,
+    pub policies: Vec<Policy>,
+    /// Coupons per policy, same order as `policies`; sums to `total_count`.
+    pub counts: Vec<u32>,
+    pub window: EventWindow,
+    pub prefix: CodePrefix,
+}
+
+impl NewEvent {
+    pub const MAX_TOTAL: u64 = 10_000_000;
+    pub const MAX_POLICIES: usize = 16;
+    pub const MAX_NAME_CHARS: usize = 200;
+
+    /// Validates every field (the first failure wins, named by its proto
+    /// path) and allocates the counts.
+    pub fn parse(input: PreloadInput) -> Result<Self, FieldError> {
+        let id = EventId::parse(input.event_id).map_err(|r| FieldError::new("event_id", r))?;
+        let name = input.name.trim().to_owned();
+        if name.is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        if name.chars().count() > Self::MAX_NAME_CHARS {
+            return Err(FieldError::new(
+                "name",
+                format!("must be at most {} characters", Self::MAX_NAME_CHARS),
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(FieldError::new("name", "must not contain control characters"));
+        }
+        if !(1..=Self::MAX_TOTAL).contains(&input.total_count) {
+            return Err(FieldError::new(
+                "total_count",
+                format!("must be 1..={}, got {}", Self::MAX_TOTAL, input.total_count),
+            ));
+        }
+        let total_count = input.total_count as u32;
+        if input.policies.is_empty() || input.policies.len() > Self::MAX_POLICIES {
+            return Err(FieldError::new(
+                "policies",
+                format!(
+                    "must hold 1..={} policies, got {}",
+                    Self::MAX_POLICIES,
+                    input.policies.len()
+                ),
+            ));
+        }
+        let mut policies = Vec::with_capacity(input.policies.len());
+        for (i, p) in input.policies.iter().enumerate() {
+            let kind = p.discount_type.ok_or_else(|| {
+                FieldError::new(
+                    format!("policies[{i}].discount_type"),
+                    "must be DISCOUNT_TYPE_PERCENT or DISCOUNT_TYPE_AMOUNT",
+                )
+            })?;
+            let discount = Discount::new(kind, p.discount_value)
+                .map_err(|r| FieldError::new(format!("policies[{i}].discount_value"), r))?;
+            if p.weight == 0 {
+                return Err(FieldError::new(
+                    format!("policies[{i}].weight"),
+                    "must be > 0",
+                ));
+            }
+            policies.push(Policy {
+                discount,
+                weight: p.weight,
+            });
+        }
+        let starts_at = input
+            .starts_at
+            .ok_or_else(|| FieldError::new("starts_at", "is required"))?;
+        let ends_at = input
+            .ends_at
+            .ok_or_else(|| FieldError::new("ends_at", "is required"))?;
+        let window =
+            EventWindow::new(starts_at, ends_at).map_err(|r| FieldError::new("ends_at", r))?;
+        let prefix =
+            CodePrefix::parse(input.code_prefix).map_err(|r| FieldError::new("code_prefix", r))?;
+        let weights: Vec<u32> = policies.iter().map(|p| p.weight).collect();
+        let counts = allocate(total_count, &weights);
+        Ok(Self {
+            id,
+            name,
+            total_count,
+            policies,
+            counts,
+            window,
+            prefix,
+        })
+    }
+}
+
+/// An event as stored, with its allocated counts.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub name: String,
+    pub total_count: u32,
+    pub policies: Vec<(Policy, u32)>,
+    pub window: EventWindow,
+    pub prefix: CodePrefix,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn input() -> PreloadInput {
+        let now = Utc::now();
+        PreloadInput {
+            event_id: "e1".into(),
+            name: "Flash".into(),
+            total_count: 1000,
+            policies: vec![
+                PolicyInput {
+                    discount_type: Some(DiscountType::Percent),
+                    discount_value: 10,
+                    weight: 1,
+                },
+                PolicyInput {
+                    discount_type: Some(DiscountType::Amount),
+                    discount_value: 500,
+                    weight: 1,
+                },
+                PolicyInput {
+                    discount_type: Some(DiscountType::Percent),
+                    discount_value: 100,
+                    weight: 1,
+                },
+            ],
+            starts_at: Some(now),
+            ends_at: Some(now + Duration::hours(1)),
+            code_prefix: "".into(),
+        }
+    }
+
+    fn field_of(f: impl FnOnce(&mut PreloadInput)) -> String {
+        let mut i = input();
+        f(&mut i);
+        NewEvent::parse(i).expect_err("must be rejected").field
+    }
+
+    #[test]
+    fn a_valid_request_allocates_exactly_the_total() {
+        let e = NewEvent::parse(input()).unwrap();
+        assert_eq!(e.counts, vec![334, 333, 333]);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(field_of(|i| i.event_id = "".into()), "event_id");
+        assert_eq!(field_of(|i| i.event_id = "a b".into()), "event_id");
+        assert_eq!(field_of(|i| i.name = " ".into()), "name");
+        assert_eq!(field_of(|i| i.name = "a\u{1}".into()), "name");
+        assert_eq!(field_of(|i| i.total_count = 0), "total_count");
+        assert_eq!(field_of(|i| i.total_count = 10_000_001), "total_count");
+        assert_eq!(field_of(|i| i.policies.clear()), "policies");
+        assert_eq!(
+            field_of(|i| i.policies = vec![i.policies[0].clone(); 17]),
+            "policies"
+        );
+        assert_eq!(
+            field_of(|i| i.policies[1].discount_type = None),
+            "policies[1].discount_type"
+        );
+        assert_eq!(
+            field_of(|i| i.policies[0].discount_value = 101),
+            "policies[0].discount_value"
+        );
+        assert_eq!(
+            field_of(|i| i.policies[0].discount_value = 0),
+            "policies[0].discount_value"
+        );
+        assert_eq!(
+            field_of(|i| i.policies[1].discount_value = -5),
+            "policies[1].discount_value"
+        );
+        assert_eq!(field_of(|i| i.policies[2].weight = 0), "policies[2].weight");
+        assert_eq!(field_of(|i| i.starts_at = None), "starts_at");
+        assert_eq!(field_of(|i| i.ends_at = None), "ends_at");
+        assert_eq!(field_of(|i| i.ends_at = i.starts_at), "ends_at");
+        assert_eq!(field_of(|i| i.code_prefix = "abc".into()), "code_prefix");
+    }
+
+    #[test]
+    fn the_boundaries_are_accepted() {
+        let mut i = input();
+        i.total_count = 10_000_000;
+        i.policies[0].discount_value = 1;
+        i.policies[2].discount_value = 100;
+        i.code_prefix = "A".repeat(16);
+        assert!(NewEvent::parse(i).is_ok());
+    }
+}

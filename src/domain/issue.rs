@@ -1,0 +1,79 @@
+//! Issue requests and their outcomes.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::error::FieldError;
+use crate::domain::event::Discount;
+use crate::domain::ids::{EventId, RequestId, UserId};
+
+/// A validated request to issue one user a coupon of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueCommand {
+    pub event_id: EventId,
+    pub user_id: UserId,
+    pub request_id: RequestId,
+}
+
+impl IssueCommand {
+    pub fn parse(event_id: &str, user_id: &str, request_id: &str) -> Result<Self, FieldError> {
+        Ok(Self {
+            event_id: EventId::parse(event_id).map_err(|r| FieldError::new("event_id", r))?,
+            user_id: UserId::parse(user_id).map_err(|r| FieldError::new("user_id", r))?,
+            request_id: RequestId::parse(request_id)
+                .map_err(|r| FieldError::new("request_id", r))?,
+        })
+    }
+}
+
+/// A coupon held by a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCoupon {
+    pub code: String,
+    pub discount: Discount,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// What an issue request achieved. Every variant is a normal business
+/// outcome, reported inside an OK response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    Issued(IssuedCoupon),
+    AlreadyIssued(IssuedCoupon),
+    SoldOut,
+    NotStarted,
+    Ended,
+    EventNotFound,
+}
+
+/// Whether an issuance has been recorded in PostgreSQL yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuanceState {
+    Pending,
+    Finalized,
+}
+
+/// A user's issuance of one event: what the `coupon-issued` message carries
+/// and what finalization records in PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuanceRecord {
+    pub event_id: EventId,
+    pub user_id: UserId,
+    pub coupon: IssuedCoupon,
+    pub request_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_command_names_the_bad_field() {
+        assert!(IssueCommand::parse("e", "u", "").is_ok());
+        assert_eq!(IssueCommand::parse("", "u", "").unwrap_err().field, "event_id");
+        assert_eq!(IssueCommand::parse("e", "", "").unwrap_err().field, "user_id");
+        assert_eq!(
+            IssueCommand::parse("e", "u", "\u{7}").unwrap_err().field,
+            "request_id"
+        );
+    }
+}

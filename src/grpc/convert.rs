@@ -1,0 +1,174 @@
+//! Proto <-> domain conversions. Field paths in errors use proto names.
+
+use chrono::{DateTime, TimeZone, Utc};
+use prost_types::Timestamp;
+
+use crate::domain::{
+    DiscountType, FieldError, IssuanceState, IssueOutcome, IssuedCoupon, PolicyInput,
+    PreloadInput, StoredEvent,
+};
+use crate::proto;
+use crate::service::admin::EventView;
+
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A proto timestamp as a chrono time; `None` when it is outside what
+/// either can represent or not normalized (nanos outside 0..1e9).
+pub fn to_datetime(t: &Timestamp) -> Option<DateTime<Utc>> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    Utc.timestamp_opt(t.seconds, t.nanos as u32).single()
+}
+
+fn time_field(t: Option<&Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, FieldError> {
+    t.map(|t| {
+        to_datetime(t).ok_or_else(|| FieldError::new(field, "timestamp out of range"))
+    })
+    .transpose()
+}
+
+pub fn discount_type_to_proto(k: DiscountType) -> proto::DiscountType {
+    match k {
+        DiscountType::Percent => proto::DiscountType::Percent,
+        DiscountType::Amount => proto::DiscountType::Amount,
+    }
+}
+
+fn discount_type_from_proto(v: i32) -> Option<DiscountType> {
+    match proto::DiscountType::try_from(v) {
+        Ok(proto::DiscountType::Percent) => Some(DiscountType::Percent),
+        Ok(proto::DiscountType::Amount) => Some(DiscountType::Amount),
+        _ => None,
+    }
+}
+
+impl TryFrom<proto::PreloadRequest> for PreloadInput {
+    type Error = FieldError;
+
+    fn try_from(r: proto::PreloadRequest) -> Result<Self, FieldError> {
+        Ok(PreloadInput {
+            starts_at: time_field(r.starts_at.as_ref(), "starts_at")?,
+            ends_at: time_field(r.ends_at.as_ref(), "ends_at")?,
+            event_id: r.event_id,
+            name: r.name,
+            total_count: u64::from(r.total_count),
+            policies: r
+                .policies
+                .into_iter()
+                .map(|p| PolicyInput {
+                    discount_type: discount_type_from_proto(p.discount_type),
+                    discount_value: p.discount_value,
+                    weight: p.weight,
+                })
+                .collect(),
+            code_prefix: r.code_prefix,
+        })
+    }
+}
+
+pub fn coupon(c: &IssuedCoupon) -> proto::Coupon {
+    proto::Coupon {
+        code: c.code.clone(),
+        discount_type: discount_type_to_proto(c.discount.kind()) as i32,
+        discount_value: c.discount.value(),
+        issued_at: Some(timestamp(c.issued_at)),
+    }
+}
+
+/// An outcome as an `IssueResponse` for the request `request_id`.
+pub fn issue_response(request_id: String, o: &IssueOutcome) -> proto::IssueResponse {
+    use proto::IssueResult as R;
+    let (result, coupon_, detail) = match o {
+        IssueOutcome::Issued(c) => (R::Issued, Some(coupon(c)), "coupon issued"),
+        IssueOutcome::AlreadyIssued(c) => (
+            R::AlreadyIssued,
+            Some(coupon(c)),
+            "the user already holds a coupon of this event",
+        ),
+        IssueOutcome::SoldOut => (R::SoldOut, None, "no coupons left"),
+        IssueOutcome::NotStarted => (R::NotStarted, None, "the event has not started"),
+        IssueOutcome::Ended => (R::Ended, None, "the event has ended"),
+        IssueOutcome::EventNotFound => (R::EventNotFound, None, "no such event"),
+    };
+    proto::IssueResponse {
+        request_id,
+        result: result as i32,
+        coupon: coupon_,
+        detail: detail.to_owned(),
+    }
+}
+
+/// A per-item failure inside a stream (the stream itself goes on).
+pub fn issue_failure(request_id: String, result: proto::IssueResult, detail: String) -> proto::IssueResponse {
+    proto::IssueResponse {
+        request_id,
+        result: result as i32,
+        coupon: None,
+        detail,
+    }
+}
+
+pub fn issuance_state(s: IssuanceState) -> proto::IssuanceState {
+    match s {
+        IssuanceState::Pending => proto::IssuanceState::Pending,
+        IssuanceState::Finalized => proto::IssuanceState::Finalized,
+    }
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+pub fn event(v: &EventView) -> proto::Event {
+    let e: &StoredEvent = &v.event;
+    proto::Event {
+        event_id: e.id.to_string(),
+        name: e.name.clone(),
+        starts_at: Some(timestamp(e.window.starts_at())),
+        ends_at: Some(timestamp(e.window.ends_at())),
+        code_prefix: e.prefix.as_str().to_owned(),
+        policies: e
+            .policies
+            .iter()
+            .map(|(p, n)| proto::EventPolicy {
+                policy: Some(proto::DiscountPolicy {
+                    discount_type: discount_type_to_proto(p.discount.kind()) as i32,
+                    discount_value: p.discount.value(),
+                    weight: p.weight,
+                }),
+                coupon_count: *n,
+            })
+            .collect(),
+        total_count: e.total_count,
+        remaining_count: clamp_u32(v.redis.remaining),
+        issued_count: clamp_u32(v.redis.issued),
+        finalized_count: clamp_u32(v.finalized),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_out_of_range_are_rejected() {
+        assert!(to_datetime(&Timestamp { seconds: 0, nanos: 0 }).is_some());
+        assert!(to_datetime(&Timestamp { seconds: 0, nanos: -1 }).is_none());
+        assert!(to_datetime(&Timestamp { seconds: 0, nanos: 1_000_000_000 }).is_none());
+        assert!(to_datetime(&Timestamp { seconds: i64::MAX, nanos: 0 }).is_none());
+    }
+
+    #[test]
+    fn unknown_enum_values_become_none() {
+        assert_eq!(discount_type_from_proto(0), None);
+        assert_eq!(discount_type_from_proto(99), None);
+        assert_eq!(discount_type_from_proto(-1), None);
+        assert_eq!(discount_type_from_proto(2), Some(DiscountType::Amount));
+    }
+}

@@ -1,0 +1,10 @@
+//! The gRPC edge: converts proto messages into domain types, delegates to
+//! `service`, converts back. Errors become `Status` in one place (`status`).
+
+pub mod admin;
+pub mod convert;
+pub mod issuer;
+pub mod status;
+
+pub use admin::AdminApi;
+pub use issuer::IssuerApi;

@@ -1,0 +1,48 @@
+//! The one mapping from domain errors to gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::CouponError;
+
+impl From<CouponError> for Status {
+    fn from(e: CouponError) -> Self {
+        // No catch-all arm: a new error variant must decide its code here.
+        match e {
+            CouponError::Invalid(f) => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation(f.field.clone(), f.reason.clone());
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("{}: {}", f.field, f.reason),
+                    details,
+                )
+            }
+            CouponError::EventExists(id) => {
+                Status::already_exists(format!("event {id} already exists"))
+            }
+            CouponError::EventNotFound(id) => Status::not_found(format!("event {id} not found")),
+            e @ CouponError::IssuanceNotFound { .. } => Status::not_found(e.to_string()),
+            CouponError::Unavailable { context, source } => {
+                // The client sees what failed; the log keeps the whole chain.
+                tracing::error!(error = ?source, "{context}");
+                Status::unavailable(format!("{context}; safe to retry"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::FieldError;
+
+    #[test]
+    fn invalid_input_names_the_field_in_message_and_details() {
+        let s: Status = CouponError::Invalid(FieldError::new("user_id", "must not be empty")).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("user_id"));
+        let br = s.get_details_bad_request().expect("bad request details");
+        assert_eq!(br.field_violations[0].field, "user_id");
+    }
+}

@@ -1,0 +1,92 @@
+//! `coupon.v1.CouponIssued`: the protobuf payload of `coupon-issued`.
+
+use prost::Message;
+
+use crate::domain::{
+    Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId,
+};
+use crate::grpc::convert::{discount_type_to_proto, timestamp, to_datetime};
+use crate::proto;
+
+/// The message key: per user, so one hot event spreads over every partition
+/// while each user's messages stay ordered.
+pub fn key(record: &IssuanceRecord) -> String {
+    format!("{}/{}", record.event_id, record.user_id)
+}
+
+pub fn encode(record: &IssuanceRecord) -> Vec<u8> {
+    proto::CouponIssued {
+        event_id: record.event_id.as_str().to_owned(),
+        user_id: record.user_id.as_str().to_owned(),
+        code: record.coupon.code.clone(),
+        discount_type: discount_type_to_proto(record.coupon.discount.kind()) as i32,
+        discount_value: record.coupon.discount.value(),
+        issued_at: Some(timestamp(record.coupon.issued_at)),
+        request_id: record.request_id.clone(),
+    }
+    .encode_to_vec()
+}
+
+/// Why a payload is not a usable CouponIssued (it goes to the DLQ).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a CouponIssued protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("field {0}: {1}")]
+    Field(&'static str, String),
+}
+
+pub fn decode(payload: &[u8]) -> Result<IssuanceRecord, DecodeError> {
+    let m = proto::CouponIssued::decode(payload)?;
+    let kind = match proto::DiscountType::try_from(m.discount_type) {
+        Ok(proto::DiscountType::Percent) => DiscountType::Percent,
+        Ok(proto::DiscountType::Amount) => DiscountType::Amount,
+        _ => return Err(DecodeError::Field("discount_type", m.discount_type.to_string())),
+    };
+    if m.code.is_empty() {
+        return Err(DecodeError::Field("code", "empty".into()));
+    }
+    let issued_at = m
+        .issued_at
+        .ok_or_else(|| DecodeError::Field("issued_at", "missing".into()))
+        .and_then(|t| to_datetime(&t).ok_or_else(|| DecodeError::Field("issued_at", "out of range".into())))?;
+    Ok(IssuanceRecord {
+        event_id: EventId::parse(m.event_id).map_err(|e| DecodeError::Field("event_id", e))?,
+        user_id: UserId::parse(m.user_id).map_err(|e| DecodeError::Field("user_id", e))?,
+        coupon: IssuedCoupon {
+            code: m.code,
+            discount: Discount::new(kind, m.discount_value)
+                .map_err(|e| DecodeError::Field("discount_value", e))?,
+            issued_at,
+        },
+        request_id: m.request_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn a_record_round_trips() {
+        let r = IssuanceRecord {
+            event_id: EventId::parse("e").unwrap(),
+            user_id: UserId::parse("u/1").unwrap(),
+            coupon: IssuedCoupon {
+                code: "ABCDEFGH2345".into(),
+                discount: Discount::new(DiscountType::Amount, 700).unwrap(),
+                issued_at: Utc.timestamp_millis_opt(1_700_000_000_123).unwrap(),
+            },
+            request_id: "r".into(),
+        };
+        assert_eq!(decode(&encode(&r)).unwrap(), r);
+        assert_eq!(key(&r), "e/u/1");
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(decode(b"\xff\xff\xff").is_err());
+        assert!(decode(b"").is_err(), "an empty payload has no event id");
+    }
+}

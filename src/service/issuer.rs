@@ -1,0 +1,124 @@
+//! Issuing coupons and looking up issuances.
+
+use tracing::instrument;
+
+use crate::config::Durability;
+use crate::domain::{
+    CouponError, EventId, IssuanceRecord, IssuanceState, IssueCommand, IssueOutcome, IssuedCoupon,
+    UserId,
+};
+use crate::kafka::Publisher;
+use crate::service::batcher::Batcher;
+use crate::store::{PgStore, RedisStore};
+
+/// A user's coupon with its state, as GetIssuance reports it.
+#[derive(Debug, Clone)]
+pub struct IssuanceView {
+    pub coupon: IssuedCoupon,
+    pub request_id: String,
+    pub state: IssuanceState,
+}
+
+/// The issue path: Redis script (batched), then Kafka.
+pub struct IssuerService {
+    batcher: Batcher,
+    redis: RedisStore,
+    pg: PgStore,
+    publisher: Publisher,
+    durability: Durability,
+}
+
+impl IssuerService {
+    pub fn new(
+        batcher: Batcher,
+        redis: RedisStore,
+        pg: PgStore,
+        publisher: Publisher,
+        durability: Durability,
+    ) -> Self {
+        Self {
+            batcher,
+            redis,
+            pg,
+            publisher,
+            durability,
+        }
+    }
+
+    /// Issues a coupon to the command's user. An ISSUED outcome is answered
+    /// after Kafka acknowledged the CouponIssued message (ack mode) or at
+    /// once (async mode). A failed publish does not undo the coupon: the
+    /// issuance stays in the pending set until it is finalized.
+    #[instrument(skip_all, fields(event_id = %cmd.event_id, user_id = %cmd.user_id))]
+    pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueOutcome, CouponError> {
+        let outcome = self.batcher.issue(cmd.clone()).await?;
+        if let IssueOutcome::Issued(coupon) = &outcome {
+            let record = IssuanceRecord {
+                event_id: cmd.event_id,
+                user_id: cmd.user_id,
+                coupon: coupon.clone(),
+                request_id: cmd.request_id.as_str().to_owned(),
+            };
+            match self.durability {
+                Durability::Ack => publish_logged(&self.publisher, &record).await,
+                Durability::Async => {
+                    let p = self.publisher.clone();
+                    tokio::spawn(async move { publish_logged(&p, &record).await });
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The coupon `user` holds for `event`, from Redis, or from PostgreSQL
+    /// when Redis no longer has it.
+    #[instrument(skip_all, fields(event_id = %event, user_id = %user), err)]
+    pub async fn issuance(
+        &self,
+        event: &EventId,
+        user: &UserId,
+    ) -> Result<IssuanceView, CouponError> {
+        let rec = self
+            .redis
+            .issuance(event, user)
+            .await
+            .map_err(|e| CouponError::unavailable("reading the issuance from redis", e))?;
+        if let Some(r) = rec {
+            return Ok(IssuanceView {
+                coupon: r.coupon,
+                request_id: r.request_id,
+                state: r.state,
+            });
+        }
+        match self
+            .pg
+            .issuance(event, user)
+            .await
+            .map_err(|e| CouponError::unavailable("reading the issuance from postgres", e))?
+        {
+            Some((coupon, request_id)) => Ok(IssuanceView {
+                coupon,
+                request_id,
+                state: IssuanceState::Finalized,
+            }),
+            None => Err(CouponError::IssuanceNotFound {
+                event_id: event.to_string(),
+                user_id: user.to_string(),
+            }),
+        }
+    }
+}
+
+async fn publish_logged(p: &Publisher, record: &IssuanceRecord) {
+    if let Err(e) = p.publish(record).await {
+        // The coupon stands: the record is in the pending set and is
+        // republished until PostgreSQL has it.
+        tracing::error!(
+            error = %e,
+            event_id = %record.event_id,
+            user_id = %record.user_id,
+            code = %record.coupon.code,
+            "publishing coupon-issued failed; issuance left pending"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! Wiring: connect the stores, build the services, bind the listener, and
+//! run the gRPC server and the finalizer until the shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ServeSettings, Settings};
+use crate::consumer::Finalizer;
+use crate::grpc::{AdminApi, IssuerApi};
+use crate::kafka::{topics, Publisher};
+use crate::proto::coupon_admin_server::CouponAdminServer;
+use crate::proto::coupon_issuer_server::CouponIssuerServer;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::service::batcher::Batcher;
+use crate::service::{AdminService, IssuerService};
+use crate::store::{PgStore, RedisStore};
+
+/// How long shutdown waits for Kafka to take the last messages.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections to the backing services, checked and migrated.
+#[derive(Clone)]
+pub struct Backends {
+    pub pg: PgStore,
+    pub redis: RedisStore,
+    pub publisher: Publisher,
+}
+
+impl Backends {
+    /// Connects to everything, fails fast when something does not answer,
+    /// runs migrations and creates the topics.
+    pub async fn connect(s: &Settings) -> anyhow::Result<Self> {
+        let pg = PgStore::connect(&s.database.url, s.database.pool_size)?;
+        let redis = RedisStore::connect(&s.redis.url, s.redis.pool_size)?;
+        redis
+            .ping()
+            .await
+            .map_err(|e| anyhow::anyhow!("redis at {}: {e}", s.redis.url))?;
+        pg.migrate()
+            .await
+            .map_err(|e| anyhow::anyhow!("postgres at {}: {e:#}", s.database.url))?;
+        topics::ensure(&s.kafka)
+            .await
+            .map_err(|e| anyhow::anyhow!("kafka at {}: {e:#}", s.kafka.brokers))?;
+        let publisher = Publisher::new(&s.kafka)?;
+        Ok(Self {
+            pg,
+            redis,
+            publisher,
+        })
+    }
+
+    pub fn finalizer(&self, s: &Settings) -> anyhow::Result<Finalizer> {
+        Finalizer::new(
+            &s.kafka,
+            &s.consumer,
+            self.pg.clone(),
+            self.redis.clone(),
+            self.publisher.clone(),
+        )
+    }
+}
+
+/// A bound, ready-to-run coupond server.
+pub struct Application {
+    listener: TcpListener,
+    settings: Settings,
+    serve: ServeSettings,
+    backends: Backends,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, serve: ServeSettings) -> anyhow::Result<Self> {
+        let backends = Backends::connect(&settings).await?;
+        let listener = TcpListener::bind(serve.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", serve.listen))?;
+        Ok(Self {
+            listener,
+            settings,
+            serve,
+            backends,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` fires: stops accepting, finishes in-flight
+    /// calls, flushes the producer, lets the finalizer commit its last
+    /// batch, then returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            settings,
+            serve,
+            backends,
+        } = self;
+        let addr = listener.local_addr()?;
+
+        let finalizer = if serve.no_consumer {
+            None
+        } else {
+            let f = backends.finalizer(&settings)?;
+            let token = shutdown.child_token();
+            Some(tokio::spawn(async move { f.run(token).await }))
+        };
+
+        let batcher = Batcher::start(
+            backends.redis.clone(),
+            settings.issue.batch_size,
+            settings.issue.workers,
+        );
+        let issuer = Arc::new(IssuerService::new(
+            batcher,
+            backends.redis.clone(),
+            backends.pg.clone(),
+            backends.publisher.clone(),
+            settings.issue.durability,
+        ));
+        let admin = Arc::new(AdminService::new(backends.pg.clone(), backends.redis.clone()));
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<CouponAdminServer<AdminApi>>()
+            .await;
+        health_reporter
+            .set_serving::<CouponIssuerServer<IssuerApi>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
+        let server = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(CouponAdminServer::new(AdminApi::new(admin)))
+            .add_service(CouponIssuerServer::new(IssuerApi::new(
+                issuer,
+                settings.issue.stream_in_flight,
+            )))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
+        let served = server.await;
+        tracing::info!(ok = served.is_ok(), "grpc server stopped; flushing kafka producer");
+
+        let publisher = backends.publisher.clone();
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(FLUSH_TIMEOUT)).await?;
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "producer flush incomplete; pending issuances will be republished");
+        }
+        // The finalizer listens to the same signal; wait for its last commit.
+        shutdown.cancel();
+        if let Some(f) = finalizer {
+            match f.await {
+                Ok(Ok(())) => tracing::info!("finalizer drained"),
+                Ok(Err(e)) => tracing::error!(error = %e, "finalizer ended with an error"),
+                Err(e) => tracing::error!(error = %e, "finalizer task panicked"),
+            }
+        }
+        served?;
+        Ok(())
+    }
+}

@@ -1,0 +1,449 @@
+//! PostgreSQL: the durable record of events, policies and coupons.
+//!
+//! Bulk statements bind whole arrays and `unnest` them, so a preload is a
+//! few dozen round trips and a finalization batch is one UPDATE.
+
+use chrono::{DateTime, Utc};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use tracing::instrument;
+
+use crate::domain::{
+    CodePrefix, Discount, DiscountType, EventId, EventWindow, IssuanceRecord, IssuedCoupon,
+    NewEvent, Policy, StoredEvent, UserId,
+};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Rows per INSERT of a preload.
+const INSERT_CHUNK: usize = 50_000;
+
+/// Serializes concurrent `migrate` runs (several servers starting at once).
+const MIGRATION_LOCK: i64 = 0x636f_7570_6f6e_64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgStoreError {
+    #[error("postgres pool: {0}")]
+    Pool(#[from] PoolError),
+    #[error("postgres: {0}")]
+    Db(#[from] DieselError),
+    #[error("event already exists")]
+    EventExists,
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// Handle to PostgreSQL; cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool<AsyncPgConnection>,
+    url: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct EventRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Integer)]
+    total_count: i32,
+    #[diesel(sql_type = Timestamptz)]
+    starts_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    ends_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    code_prefix: String,
+}
+
+#[derive(QueryableByName)]
+struct PolicyRow {
+    #[diesel(sql_type = Text)]
+    discount_type: String,
+    #[diesel(sql_type = BigInt)]
+    discount_value: i64,
+    #[diesel(sql_type = BigInt)]
+    weight: i64,
+    #[diesel(sql_type = Integer)]
+    coupon_count: i32,
+}
+
+#[derive(QueryableByName)]
+struct IssuedRow {
+    #[diesel(sql_type = Text)]
+    code: String,
+    #[diesel(sql_type = Text)]
+    discount_type: String,
+    #[diesel(sql_type = BigInt)]
+    discount_value: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    issued_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    request_id: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct CodeRow {
+    #[diesel(sql_type = Text)]
+    code: String,
+}
+
+#[derive(QueryableByName)]
+struct IdxRow {
+    #[diesel(sql_type = Integer)]
+    idx: i32,
+}
+
+fn discount_of(kind: &str, value: i64) -> Result<Discount, PgStoreError> {
+    let k = DiscountType::from_str_opt(kind)
+        .ok_or_else(|| PgStoreError::Corrupt(format!("discount type {kind:?}")))?;
+    Discount::new(k, value).map_err(PgStoreError::Corrupt)
+}
+
+impl PgStore {
+    pub fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
+        let mgr = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let pool = Pool::builder(mgr).max_size(pool_size).build()?;
+        Ok(Self {
+            pool,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Runs pending migrations, one process at a time.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut conn = AsyncPgConnection::establish(&self.url).await?;
+        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .execute(&mut conn)
+            .await?;
+        let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+        let applied = harness
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?
+            .len();
+        let mut conn = harness.into_inner();
+        diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .execute(&mut conn)
+            .await?;
+        tracing::info!(applied, "database migrations up to date");
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), PgStoreError> {
+        let mut c = self.pool.get().await?;
+        diesel::sql_query("SELECT 1").execute(&mut c).await?;
+        Ok(())
+    }
+
+    pub async fn event_exists(&self, id: &EventId) -> Result<bool, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let r: Count = diesel::sql_query("SELECT count(*) AS n FROM events WHERE id = $1")
+            .bind::<Text, _>(id.as_str())
+            .get_result(&mut c)
+            .await?;
+        Ok(r.n > 0)
+    }
+
+    /// Writes the event, its policies and its coupons in one transaction.
+    /// `coupons` holds (code, policy position); a code already used by
+    /// another event is replaced in place with `redraw(position)` and the
+    /// number of replacements is returned.
+    #[instrument(skip_all, fields(event_id = %event.id, n = coupons.len()), err)]
+    pub async fn insert_event(
+        &self,
+        event: &NewEvent,
+        coupons: &mut [(String, i16)],
+        redraw: &mut (dyn FnMut() -> String + Send),
+    ) -> Result<usize, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        c.transaction(async |tx| {
+            let inserted = diesel::sql_query(
+                "INSERT INTO events (id, name, total_count, starts_at, ends_at, code_prefix) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind::<Text, _>(event.id.as_str())
+            .bind::<Text, _>(&event.name)
+            .bind::<Integer, _>(event.total_count as i32)
+            .bind::<Timestamptz, _>(event.window.starts_at())
+            .bind::<Timestamptz, _>(event.window.ends_at())
+            .bind::<Text, _>(event.prefix.as_str())
+            .execute(tx)
+            .await?;
+            if inserted == 0 {
+                return Err(PgStoreError::EventExists);
+            }
+            let positions: Vec<i16> = (0..event.policies.len() as i16).collect();
+            let kinds: Vec<&str> = event
+                .policies
+                .iter()
+                .map(|p| p.discount.kind().as_str())
+                .collect();
+            let values: Vec<i64> = event.policies.iter().map(|p| p.discount.value()).collect();
+            let weights: Vec<i64> = event.policies.iter().map(|p| i64::from(p.weight)).collect();
+            let counts: Vec<i32> = event.counts.iter().map(|&n| n as i32).collect();
+            diesel::sql_query(
+                "INSERT INTO policies (event_id, position, discount_type, discount_value, weight, coupon_count) \
+                 SELECT $1, * FROM unnest($2::int2[], $3::text[], $4::int8[], $5::int8[], $6::int4[])",
+            )
+            .bind::<Text, _>(event.id.as_str())
+            .bind::<Array<SmallInt>, _>(&positions)
+            .bind::<Array<Text>, _>(&kinds)
+            .bind::<Array<BigInt>, _>(&values)
+            .bind::<Array<BigInt>, _>(&weights)
+            .bind::<Array<Integer>, _>(&counts)
+            .execute(tx)
+            .await?;
+            let mut replaced = 0;
+            for chunk in coupons.chunks_mut(INSERT_CHUNK) {
+                replaced += insert_coupons(tx, &event.id, chunk, redraw).await?;
+            }
+            Ok(replaced)
+        })
+        .await
+    }
+
+    /// Removes an event and everything of it (compensation for a preload
+    /// whose Redis half failed).
+    pub async fn delete_event(&self, id: &EventId) -> Result<(), PgStoreError> {
+        let mut c = self.pool.get().await?;
+        c.transaction(async |tx| {
+            diesel::sql_query("DELETE FROM coupons WHERE event_id = $1")
+                .bind::<Text, _>(id.as_str())
+                .execute(tx)
+                .await?;
+            diesel::sql_query("DELETE FROM events WHERE id = $1")
+                .bind::<Text, _>(id.as_str())
+                .execute(tx)
+                .await?;
+            Ok::<_, PgStoreError>(())
+        })
+        .await
+    }
+
+    pub async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let rows: Vec<EventRow> = diesel::sql_query(
+            "SELECT id, name, total_count, starts_at, ends_at, code_prefix FROM events WHERE id = $1",
+        )
+        .bind::<Text, _>(id.as_str())
+        .load(&mut c)
+        .await?;
+        let Some(e) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let policies: Vec<PolicyRow> = diesel::sql_query(
+            "SELECT discount_type, discount_value, weight, coupon_count FROM policies \
+             WHERE event_id = $1 ORDER BY position",
+        )
+        .bind::<Text, _>(id.as_str())
+        .load(&mut c)
+        .await?;
+        let corrupt = |what: &str| PgStoreError::Corrupt(format!("event {}: {what}", e.id));
+        let policies = policies
+            .into_iter()
+            .map(|p| {
+                Ok((
+                    Policy {
+                        discount: discount_of(&p.discount_type, p.discount_value)?,
+                        weight: u32::try_from(p.weight).map_err(|_| corrupt("weight"))?,
+                    },
+                    u32::try_from(p.coupon_count).map_err(|_| corrupt("coupon_count"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, PgStoreError>>()?;
+        Ok(Some(StoredEvent {
+            id: EventId::parse(e.id.clone()).map_err(|_| corrupt("id"))?,
+            name: e.name.clone(),
+            total_count: u32::try_from(e.total_count).map_err(|_| corrupt("total_count"))?,
+            policies,
+            window: EventWindow::new(e.starts_at, e.ends_at).map_err(|_| corrupt("window"))?,
+            prefix: CodePrefix::parse(e.code_prefix.clone()).map_err(|_| corrupt("prefix"))?,
+        }))
+    }
+
+    /// Coupons of the event recorded as ISSUED.
+    pub async fn finalized_count(&self, id: &EventId) -> Result<u64, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let r: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM coupons WHERE event_id = $1 AND state = 'ISSUED'",
+        )
+        .bind::<Text, _>(id.as_str())
+        .get_result(&mut c)
+        .await?;
+        Ok(r.n as u64)
+    }
+
+    /// The coupon recorded as ISSUED to `user`, if any, with its request id.
+    pub async fn issuance(
+        &self,
+        event: &EventId,
+        user: &UserId,
+    ) -> Result<Option<(IssuedCoupon, String)>, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let rows: Vec<IssuedRow> = diesel::sql_query(
+            "SELECT code, discount_type, discount_value, issued_at, request_id FROM coupons \
+             WHERE event_id = $1 AND user_id = $2 AND state = 'ISSUED'",
+        )
+        .bind::<Text, _>(event.as_str())
+        .bind::<Text, _>(user.as_str())
+        .load(&mut c)
+        .await?;
+        let Some(r) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(Some((
+            IssuedCoupon {
+                discount: discount_of(&r.discount_type, r.discount_value)?,
+                code: r.code,
+                issued_at: r
+                    .issued_at
+                    .ok_or_else(|| PgStoreError::Corrupt("ISSUED without issued_at".into()))?,
+            },
+            r.request_id.unwrap_or_default(),
+        )))
+    }
+
+    /// Records a batch of issuances as ISSUED in one transaction and tells,
+    /// per record, whether PostgreSQL now holds exactly that (code, user).
+    /// Idempotent: a record already applied changes nothing and reports true.
+    /// A record that conflicts (unknown code, code held by someone else,
+    /// user already holding another code) reports false.
+    #[instrument(skip_all, fields(n = records.len()), err)]
+    pub async fn finalize(&self, records: &[IssuanceRecord]) -> Result<Vec<bool>, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        match finalize_in_tx(&mut c, records).await {
+            Err(PgStoreError::Db(DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                info,
+            ))) => {
+                // One record violates one-coupon-per-user; find it by
+                // applying the batch one record at a time.
+                tracing::warn!(detail = info.message(), "batch conflicts; finalizing one by one");
+                let mut ok = Vec::with_capacity(records.len());
+                for r in records {
+                    match finalize_in_tx(&mut c, std::slice::from_ref(r)).await {
+                        Ok(v) => ok.push(v[0]),
+                        Err(PgStoreError::Db(DieselError::DatabaseError(
+                            DatabaseErrorKind::UniqueViolation,
+                            _,
+                        ))) => ok.push(false),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(ok)
+            }
+            other => other,
+        }
+    }
+}
+
+async fn finalize_in_tx(
+    c: &mut AsyncPgConnection,
+    records: &[IssuanceRecord],
+) -> Result<Vec<bool>, PgStoreError> {
+    let codes: Vec<&str> = records.iter().map(|r| r.coupon.code.as_str()).collect();
+    let events: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+    let users: Vec<&str> = records.iter().map(|r| r.user_id.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = records.iter().map(|r| r.coupon.issued_at).collect();
+    let reqs: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+    c.transaction(async |tx| {
+        diesel::sql_query(
+            "UPDATE coupons c SET state = 'ISSUED', user_id = u.user_id, issued_at = u.issued_at, \
+                 request_id = u.request_id, finalized_at = now() \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
+                 AS u(code, event_id, user_id, issued_at, request_id) \
+             WHERE c.code = u.code AND c.event_id = u.event_id AND c.state = 'AVAILABLE'",
+        )
+        .bind::<Array<Text>, _>(&codes)
+        .bind::<Array<Text>, _>(&events)
+        .bind::<Array<Text>, _>(&users)
+        .bind::<Array<Timestamptz>, _>(&times)
+        .bind::<Array<Text>, _>(&reqs)
+        .execute(tx)
+        .await?;
+        let held: Vec<IdxRow> = diesel::sql_query(
+            "SELECT u.idx::int4 AS idx \
+             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(code, event_id, user_id, idx) \
+             JOIN coupons c ON c.code = u.code AND c.event_id = u.event_id \
+                 AND c.state = 'ISSUED' AND c.user_id = u.user_id",
+        )
+        .bind::<Array<Text>, _>(&codes)
+        .bind::<Array<Text>, _>(&events)
+        .bind::<Array<Text>, _>(&users)
+        .load(tx)
+        .await?;
+        let mut ok = vec![false; records.len()];
+        for h in held {
+            ok[(h.idx - 1) as usize] = true;
+        }
+        Ok(ok)
+    })
+    .await
+}
+
+/// Inserts one chunk of coupons; codes that collide with another event's are
+/// redrawn until the whole chunk is in. Returns the number redrawn.
+async fn insert_coupons(
+    tx: &mut AsyncPgConnection,
+    event: &EventId,
+    chunk: &mut [(String, i16)],
+    redraw: &mut (dyn FnMut() -> String + Send),
+) -> Result<usize, PgStoreError> {
+    let mut todo: Vec<usize> = (0..chunk.len()).collect();
+    let mut replaced = 0;
+    loop {
+        let codes: Vec<&str> = todo.iter().map(|&i| chunk[i].0.as_str()).collect();
+        let positions: Vec<i16> = todo.iter().map(|&i| chunk[i].1).collect();
+        let n = diesel::sql_query(
+            "INSERT INTO coupons (code, event_id, policy_position, discount_type, discount_value) \
+             SELECT u.code, $1, u.pos, p.discount_type, p.discount_value \
+             FROM unnest($2::text[], $3::int2[]) AS u(code, pos) \
+             JOIN policies p ON p.event_id = $1 AND p.position = u.pos \
+             ON CONFLICT (code) DO NOTHING",
+        )
+        .bind::<Text, _>(event.as_str())
+        .bind::<Array<Text>, _>(&codes)
+        .bind::<Array<SmallInt>, _>(&positions)
+        .execute(tx)
+        .await?;
+        if n == todo.len() {
+            return Ok(replaced);
+        }
+        // Rare: some code already belongs to another event. Find which, draw
+        // new ones for them, and insert just those again.
+        let taken: Vec<CodeRow> = diesel::sql_query(
+            "SELECT u.code FROM unnest($2::text[]) AS u(code) \
+             WHERE NOT EXISTS (SELECT 1 FROM coupons c WHERE c.code = u.code AND c.event_id = $1)",
+        )
+        .bind::<Text, _>(event.as_str())
+        .bind::<Array<Text>, _>(&codes)
+        .load(tx)
+        .await?;
+        let taken: std::collections::HashSet<String> = taken.into_iter().map(|r| r.code).collect();
+        let mut next = Vec::with_capacity(taken.len());
+        for &i in &todo {
+            if taken.contains(&chunk[i].0) {
+                chunk[i].0 = redraw();
+                replaced += 1;
+                next.push(i);
+            }
+        }
+        if next.is_empty() {
+            return Err(PgStoreError::Corrupt(
+                "insert fell short but no code is taken".into(),
+            ));
+        }
+        todo = next;
+    }
+}

@@ -1,0 +1,258 @@
+//! Redis: the live state of every event, changed only by the Lua scripts in
+//! `scripts/lua/` (compiled into the binary, run with EVALSHA and reloaded
+//! on NOSCRIPT by `redis::Script`).
+
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
+use redis::Script;
+use tracing::instrument;
+
+use crate::domain::{EventId, IssueOutcome, RequestId, UserId};
+use crate::store::keys::EventKeys;
+use crate::store::record::{self, IssuedRecord};
+
+/// Entries pushed to the staging list per RPUSH; many RPUSHes go per pipeline.
+const STAGE_CHUNK: usize = 5_000;
+const STAGE_PIPELINE: usize = 8;
+
+/// Errors of the Redis store.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Malformed(#[from] record::MalformedRecord),
+    #[error("redis reply: {0}")]
+    Parse(#[from] redis::ParsingError),
+    #[error("unexpected script reply: {0}")]
+    Reply(String),
+}
+
+/// Why making an event live failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MakeLiveError {
+    #[error("event is already live in Redis")]
+    Exists,
+    #[error(transparent)]
+    Store(#[from] RedisStoreError),
+}
+
+struct Scripts {
+    issue: Script,
+    make_live: Script,
+    finalize: Script,
+}
+
+/// Live counts of an event in Redis.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisCounts {
+    pub remaining: u64,
+    pub issued: u64,
+    pub pending: u64,
+}
+
+/// Handle to Redis; cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl RedisStore {
+    pub fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
+        let mut cfg = Config::from_url(url);
+        cfg.pool = Some(PoolConfig::new(pool_size));
+        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+        Ok(Self {
+            pool,
+            scripts: std::sync::Arc::new(Scripts {
+                issue: Script::new(include_str!("../../scripts/lua/issue.lua")),
+                make_live: Script::new(include_str!("../../scripts/lua/make_live.lua")),
+                finalize: Script::new(include_str!("../../scripts/lua/finalize.lua")),
+            }),
+        })
+    }
+
+    pub async fn conn(&self) -> Result<deadpool_redis::Connection, RedisStoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Round trip to check Redis answers (startup, health).
+    pub async fn ping(&self) -> Result<(), RedisStoreError> {
+        let mut c = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Runs the issue script for `items` (user, request id) of one event in
+    /// one call; outcomes come back in the order of `items`.
+    #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
+    pub async fn issue_batch(
+        &self,
+        event: &EventId,
+        items: &[(&UserId, &RequestId)],
+    ) -> Result<Vec<IssueOutcome>, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut inv = self.scripts.issue.prepare_invoke();
+        inv.key(&k.queue).key(&k.issued).key(&k.meta).key(&k.pending);
+        inv.arg(items.len());
+        for (u, r) in items {
+            inv.arg(u.as_str()).arg(r.as_str());
+        }
+        let mut c = self.conn().await?;
+        let reply: Vec<redis::Value> = inv.invoke_async(&mut c).await?;
+        if reply.len() != items.len() * 2 {
+            return Err(RedisStoreError::Reply(format!(
+                "{} values for {} items",
+                reply.len(),
+                items.len()
+            )));
+        }
+        reply
+            .chunks_exact(2)
+            .map(|pair| {
+                let status: i64 = redis::from_redis_value_ref(&pair[0])?;
+                let rec: String = redis::from_redis_value_ref(&pair[1])?;
+                Ok(match status {
+                    1 => IssueOutcome::Issued(record::parse_issued(&rec)?.coupon),
+                    2 => IssueOutcome::AlreadyIssued(record::parse_issued(&rec)?.coupon),
+                    3 => IssueOutcome::SoldOut,
+                    4 => IssueOutcome::NotStarted,
+                    5 => IssueOutcome::Ended,
+                    6 => IssueOutcome::EventNotFound,
+                    other => return Err(RedisStoreError::Reply(format!("status {other}"))),
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the staging list of `event` with `entries` (pipelined chunks).
+    #[instrument(skip_all, fields(event_id = %event, n = entries.len()), err)]
+    pub async fn stage(&self, event: &EventId, entries: &[String]) -> Result<(), RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let _: () = redis::cmd("DEL").arg(&k.staging).query_async(&mut c).await?;
+        for group in entries.chunks(STAGE_CHUNK * STAGE_PIPELINE) {
+            let mut pipe = redis::pipe();
+            for chunk in group.chunks(STAGE_CHUNK) {
+                pipe.cmd("RPUSH").arg(&k.staging).arg(chunk).ignore();
+            }
+            let _: () = pipe.query_async(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops a staging list that will not go live.
+    pub async fn discard_staging(&self, event: &EventId) -> Result<(), RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let _: () = redis::cmd("DEL").arg(&k.staging).query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Atomically turns the staging list into the live queue and writes the
+    /// event's meta hash (see `scripts/lua/make_live.lua`).
+    #[instrument(skip_all, fields(event_id = %event), err)]
+    pub async fn make_live(
+        &self,
+        event: &EventId,
+        starts_ms: i64,
+        ends_ms: i64,
+        total: u32,
+    ) -> Result<(), MakeLiveError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await.map_err(MakeLiveError::Store)?;
+        let r: Result<i64, redis::RedisError> = self
+            .scripts
+            .make_live
+            .key(&k.staging)
+            .key(&k.queue)
+            .key(&k.meta)
+            .key(&k.issued)
+            .key(&k.pending)
+            .arg(starts_ms)
+            .arg(ends_ms)
+            .arg(total)
+            .invoke_async(&mut c)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("EVENT_EXISTS") => Err(MakeLiveError::Exists),
+            Err(e) => Err(MakeLiveError::Store(e.into())),
+        }
+    }
+
+    /// Whether the event's meta hash exists (the event is live).
+    pub async fn event_exists(&self, event: &EventId) -> Result<bool, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("EXISTS").arg(&k.meta).query_async(&mut c).await?)
+    }
+
+    /// Queue length, issued count and pending count of an event.
+    pub async fn counts(&self, event: &EventId) -> Result<RedisCounts, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let (remaining, issued, pending): (u64, u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(&k.queue)
+            .cmd("HLEN")
+            .arg(&k.issued)
+            .cmd("ZCARD")
+            .arg(&k.pending)
+            .query_async(&mut c)
+            .await?;
+        Ok(RedisCounts {
+            remaining,
+            issued,
+            pending,
+        })
+    }
+
+    /// The user's issuance record, if Redis holds one.
+    pub async fn issuance(
+        &self,
+        event: &EventId,
+        user: &UserId,
+    ) -> Result<Option<IssuedRecord>, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let rec: Option<String> = redis::cmd("HGET")
+            .arg(&k.issued)
+            .arg(user.as_str())
+            .query_async(&mut c)
+            .await?;
+        Ok(rec.map(|r| record::parse_issued(&r)).transpose()?)
+    }
+
+    /// Marks issuances of one event finalized (record state F, out of the
+    /// pending set). Returns how many matched their record.
+    #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
+    pub async fn finalize(
+        &self,
+        event: &EventId,
+        items: &[(&UserId, &str)],
+    ) -> Result<u64, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut inv = self.scripts.finalize.prepare_invoke();
+        inv.key(&k.issued).key(&k.pending);
+        for (u, code) in items {
+            inv.arg(u.as_str()).arg(*code);
+        }
+        let mut c = self.conn().await?;
+        Ok(inv.invoke_async(&mut c).await?)
+    }
+
+    /// Users of an event still pending finalization.
+    pub async fn pending_users(&self, event: &EventId) -> Result<Vec<String>, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("ZRANGE")
+            .arg(&k.pending)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await?)
+    }
+}
