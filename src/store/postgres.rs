@@ -284,6 +284,35 @@ impl PgStore {
         Ok(r.n as u64)
     }
 
+    /// Every (code, user) recorded as ISSUED for the event.
+    pub async fn issued_pairs(&self, id: &EventId) -> Result<Vec<(String, String)>, PgStoreError> {
+        #[derive(QueryableByName)]
+        struct Pair {
+            #[diesel(sql_type = Text)]
+            code: String,
+            #[diesel(sql_type = Text)]
+            user_id: String,
+        }
+        let mut c = self.pool.get().await?;
+        let rows: Vec<Pair> = diesel::sql_query(
+            "SELECT code, user_id FROM coupons WHERE event_id = $1 AND state = 'ISSUED'",
+        )
+        .bind::<Text, _>(id.as_str())
+        .load(&mut c)
+        .await?;
+        Ok(rows.into_iter().map(|p| (p.code, p.user_id)).collect())
+    }
+
+    /// Number of coupon rows of the event, in any state.
+    pub async fn coupon_count(&self, id: &EventId) -> Result<u64, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let r: Count = diesel::sql_query("SELECT count(*) AS n FROM coupons WHERE event_id = $1")
+            .bind::<Text, _>(id.as_str())
+            .get_result(&mut c)
+            .await?;
+        Ok(r.n as u64)
+    }
+
     /// The coupon recorded as ISSUED to `user`, if any, with its request id.
     pub async fn issuance(
         &self,

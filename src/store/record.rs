@@ -30,7 +30,7 @@ pub fn millis_to_time(ms: i64) -> Option<DateTime<Utc>> {
 
 pub fn parse_issued(rec: &str) -> Result<IssuedRecord, MalformedRecord> {
     let bad = || MalformedRecord(rec.to_owned());
-    let mut it = rec.splitn(6, '\t');
+    let mut it = rec.splitn(5, '\t');
     let code = it.next().ok_or_else(bad)?;
     let kind = DiscountType::from_str_opt(it.next().ok_or_else(bad)?).ok_or_else(bad)?;
     let value: i64 = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;

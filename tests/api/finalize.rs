@@ -1,0 +1,142 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use coupond::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId};
+use coupond::kafka::Publisher;
+use coupond::proto;
+use diesel::sql_types::Text;
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::helpers::{eventually, preload_request, spawn_app, TestApp};
+
+#[derive(QueryableByName)]
+struct Snapshot {
+    #[diesel(sql_type = Text)]
+    rows: String,
+}
+
+/// Every coupon row of the event, every column that finalization writes.
+async fn snapshot(app: &TestApp, event: &str) -> String {
+    let mut c = AsyncPgConnection::establish(&app.settings.database.url).await.unwrap();
+    let s: Snapshot = diesel::sql_query(
+        "SELECT coalesce(string_agg(concat_ws('|', code, state, user_id, issued_at, request_id, \
+         finalized_at), ',' ORDER BY code), '') AS rows FROM coupons WHERE event_id = $1",
+    )
+    .bind::<Text, _>(event)
+    .get_result(&mut c)
+    .await
+    .unwrap();
+    s.rows
+}
+
+/// True when the finalizer's group has committed up to the end of every
+/// partition of the topic.
+fn group_caught_up(app: &TestApp) -> bool {
+    let k = &app.settings.kafka;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group)
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(&k.topic), Duration::from_secs(5)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition(&k.topic, p.id());
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+    committed.elements().iter().all(|e| {
+        let (_, high) = c
+            .fetch_watermarks(&k.topic, e.partition(), Duration::from_secs(5))
+            .unwrap();
+        match e.offset() {
+            Offset::Offset(o) => o >= high,
+            _ => high == 0,
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_messages_change_nothing_and_garbage_goes_to_the_dlq() {
+    let app = spawn_app().await;
+    let event = app.event_id("redeliver");
+    app.preload(preload_request(&event, 20)).await.unwrap();
+    let mut pairs = HashSet::new();
+    let mut records = Vec::new();
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let r = app.issue(&event, &user).await;
+        let c = r.coupon.expect("issued");
+        pairs.insert((c.code.clone(), user.clone()));
+        let kind = if c.discount_type == proto::DiscountType::Percent as i32 {
+            DiscountType::Percent
+        } else {
+            DiscountType::Amount
+        };
+        records.push(IssuanceRecord {
+            event_id: EventId::parse(event.clone()).unwrap(),
+            user_id: UserId::parse(user.clone()).unwrap(),
+            coupon: IssuedCoupon {
+                code: c.code,
+                discount: Discount::new(kind, c.discount_value).unwrap(),
+                issued_at: coupond::grpc::convert::to_datetime(&c.issued_at.unwrap()).unwrap(),
+            },
+            request_id: r.request_id,
+        });
+    }
+    app.await_finalized(&event, &pairs).await;
+    assert!(eventually(Duration::from_secs(30), || async { group_caught_up(&app) }).await);
+    let before = snapshot(&app, &event).await;
+
+    // Every message again, twice, plus one that is not a CouponIssued.
+    let publisher = Publisher::new(&app.settings.kafka).unwrap();
+    for _ in 0..2 {
+        for r in &records {
+            publisher.publish(r).await.unwrap();
+        }
+    }
+    let garbage = format!("not protobuf {}", app.tag).into_bytes();
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &app.settings.kafka.brokers)
+        .create()
+        .unwrap();
+    raw.send(
+        FutureRecord::<(), _>::to(&app.settings.kafka.topic).payload(&garbage),
+        Timeout::Never,
+    )
+    .await
+    .unwrap();
+
+    assert!(
+        eventually(Duration::from_secs(60), || async { group_caught_up(&app) }).await,
+        "the finalizer consumed and committed everything"
+    );
+    assert_eq!(snapshot(&app, &event).await, before, "postgres unchanged");
+    assert_eq!(app.redis_state(&event).await.3, 0, "nothing pending");
+
+    // The garbage is in the dead-letter topic with a reason.
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &app.settings.kafka.brokers)
+        .set("group.id", format!("dlq-reader-{}", app.tag))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&app.settings.kafka.dlq_topic()]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut found = false;
+    while !found && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+            if m.payload() == Some(&garbage[..]) {
+                use rdkafka::message::Headers;
+                let h = m.headers().expect("dlq headers");
+                found = h.iter().any(|h| h.key == "coupond-dlq-reason");
+            }
+        }
+    }
+    assert!(found, "garbage dead-lettered with a reason");
+}

@@ -1,0 +1,262 @@
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use coupond::config::{ServeSettings, Settings};
+use coupond::domain::EventId;
+use coupond::proto::coupon_admin_client::CouponAdminClient;
+use coupond::proto::coupon_issuer_client::CouponIssuerClient;
+use coupond::proto::{self, DiscountPolicy, DiscountType, PreloadRequest};
+use coupond::startup::Application;
+use coupond::store::keys::EventKeys;
+use coupond::store::{PgStore, RedisStore};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A running coupond with its own database and topics.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub settings: Settings,
+    pub admin: CouponAdminClient<Channel>,
+    pub issuer: CouponIssuerClient<Channel>,
+    pub pg: PgStore,
+    pub redis: RedisStore,
+    pub shutdown: CancellationToken,
+    pub server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Unique per test; prefixes event ids.
+    pub tag: String,
+}
+
+fn admin_db_url() -> String {
+    std::env::var("COUPOND_TEST_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Replaces the database name of a PostgreSQL URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database url has a path");
+    format!("{base}/{db}")
+}
+
+pub fn unique_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Settings for an isolated test: fresh database, topics and group.
+pub async fn isolated_settings(tag: &str) -> Settings {
+    let mut s = Settings::from_env().expect("settings from env");
+    let db = format!("coupond_test_{tag}");
+    let mut admin = AsyncPgConnection::establish(&admin_db_url())
+        .await
+        .expect("connect to the admin database");
+    diesel::sql_query(format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    s.database.url = with_database(&admin_db_url(), &db);
+    s.database.pool_size = 4;
+    s.kafka.topic = format!("coupon-issued-test-{tag}");
+    s.kafka.group = format!("coupond-test-{tag}");
+    s.kafka.create_partitions = 3;
+    s.consumer.batch_ms = 10;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    let tag = unique_tag();
+    let settings = isolated_settings(&tag).await;
+    spawn_with(settings, tag).await
+}
+
+pub async fn spawn_with(settings: Settings, tag: String) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        coupond::telemetry::init();
+    }
+    let serve = ServeSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        no_consumer: false,
+    };
+    let app = Application::build(settings.clone(), serve)
+        .await
+        .expect("application builds");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the test server");
+    TestApp {
+        addr,
+        admin: CouponAdminClient::new(channel.clone()),
+        issuer: CouponIssuerClient::new(channel),
+        pg: PgStore::connect(&settings.database.url, 2).unwrap(),
+        redis: RedisStore::connect(&settings.redis.url, 4).unwrap(),
+        settings,
+        shutdown,
+        server: Some(server),
+        tag,
+    }
+}
+
+impl TestApp {
+    pub fn event_id(&self, name: &str) -> String {
+        format!("{name}-{}", self.tag)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.server.take() {
+            h.await.expect("server task").expect("server ran cleanly");
+        }
+    }
+
+    pub async fn preload(&self, req: PreloadRequest) -> Result<proto::PreloadResponse, tonic::Status> {
+        self.admin.clone().preload(req).await.map(|r| r.into_inner())
+    }
+
+    pub async fn issue(&self, event: &str, user: &str) -> proto::IssueResponse {
+        self.issuer
+            .clone()
+            .issue(proto::IssueRequest {
+                event_id: event.into(),
+                user_id: user.into(),
+                request_id: format!("req-{user}"),
+            })
+            .await
+            .expect("issue succeeds")
+            .into_inner()
+    }
+
+    pub fn keys(&self, event: &str) -> EventKeys {
+        EventKeys::new(&EventId::parse(event).unwrap())
+    }
+
+    /// Raw Redis state of an event: (meta exists, queue len, issued len, pending len).
+    pub async fn redis_state(&self, event: &str) -> (bool, u64, u64, u64) {
+        let id = EventId::parse(event).unwrap();
+        let exists = self.redis.event_exists(&id).await.unwrap();
+        let c = self.redis.counts(&id).await.unwrap();
+        (exists, c.remaining, c.issued, c.pending)
+    }
+
+    pub async fn issued_pairs_in_pg(&self, event: &str) -> HashSet<(String, String)> {
+        let id = EventId::parse(event).unwrap();
+        self.pg.issued_pairs(&id).await.unwrap().into_iter().collect()
+    }
+
+    /// Polls until PostgreSQL holds exactly `expected` for the event and its
+    /// pending set is empty, or panics at the deadline with what it saw.
+    pub async fn await_finalized(&self, event: &str, expected: &HashSet<(String, String)>) {
+        let ok = eventually(Duration::from_secs(60), || async {
+            let pg = self.issued_pairs_in_pg(event).await;
+            let (_, _, _, pending) = self.redis_state(event).await;
+            pg == *expected && pending == 0
+        })
+        .await;
+        let pg = self.issued_pairs_in_pg(event).await;
+        let (_, _, _, pending) = self.redis_state(event).await;
+        assert!(
+            ok,
+            "postgres has {} pairs ({} expected, {} missing, {} extra), pending {pending}",
+            pg.len(),
+            expected.len(),
+            expected.difference(&pg).count(),
+            pg.difference(expected).count()
+        );
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    coupond::grpc::convert::timestamp(t)
+}
+
+pub fn policy(kind: DiscountType, value: i64, weight: u32) -> DiscountPolicy {
+    DiscountPolicy {
+        discount_type: kind as i32,
+        discount_value: value,
+        weight,
+    }
+}
+
+/// A valid request: `total` coupons over 10%, 5000-unit and 20% policies
+/// (weights 1:1:1), open from an hour ago for an hour.
+pub fn preload_request(event_id: &str, total: u32) -> PreloadRequest {
+    let now = Utc::now();
+    PreloadRequest {
+        event_id: event_id.into(),
+        name: "Test drop".into(),
+        total_count: total,
+        policies: vec![
+            policy(DiscountType::Percent, 10, 1),
+            policy(DiscountType::Amount, 5000, 1),
+            policy(DiscountType::Percent, 20, 1),
+        ],
+        starts_at: Some(ts(now - chrono::Duration::hours(1))),
+        ends_at: Some(ts(now + chrono::Duration::hours(1))),
+        code_prefix: String::new(),
+    }
+}
+
+/// Checks the invariants over a set of responses to distinct users and
+/// returns the (code, user) pairs that were ISSUED.
+pub fn check_issued(
+    responses: &[(String, proto::IssueResponse)],
+    total: usize,
+    expected_per_policy: &[(i32, i64, usize)],
+) -> HashSet<(String, String)> {
+    let mut issued = HashSet::new();
+    let mut codes = HashSet::new();
+    let mut users = HashSet::new();
+    let mut per_policy: HashMap<(i32, i64), usize> = HashMap::new();
+    let mut sold_out = 0;
+    for (user, r) in responses {
+        assert_eq!(r.request_id, format!("req-{user}"), "request id echoed");
+        match proto::IssueResult::try_from(r.result).unwrap() {
+            proto::IssueResult::Issued => {
+                let c = r.coupon.as_ref().expect("ISSUED carries a coupon");
+                assert!(codes.insert(c.code.clone()), "code {} issued twice", c.code);
+                assert!(users.insert(user.clone()), "user {user} issued twice");
+                *per_policy.entry((c.discount_type, c.discount_value)).or_default() += 1;
+                issued.insert((c.code.clone(), user.clone()));
+            }
+            proto::IssueResult::SoldOut => sold_out += 1,
+            other => panic!("unexpected result {other:?} for {user}"),
+        }
+    }
+    assert_eq!(issued.len(), total, "exactly the total is issued");
+    assert_eq!(sold_out, responses.len() - total, "everyone else is told SOLD_OUT");
+    for &(kind, value, n) in expected_per_policy {
+        assert_eq!(per_policy.get(&(kind, value)).copied().unwrap_or(0), n, "policy {kind}/{value}");
+    }
+    issued
+}

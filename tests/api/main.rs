@@ -1,0 +1,12 @@
+//! Integration tests against the real Redis, PostgreSQL and Kafka-protocol
+//! broker (see scripts/stack.sh). Each test spawns its own server on a
+//! port-0 listener with its own database, topics, consumer group and event
+//! ids, so tests run in parallel without seeing each other's state.
+
+mod finalize;
+mod helpers;
+mod issue;
+mod preload;
+mod server;
+mod stream;
+mod validation;

@@ -1,0 +1,106 @@
+use coupond::proto::{self, DiscountType, IssueResult};
+use futures::future::join_all;
+use futures::StreamExt;
+
+use crate::helpers::{check_issued, preload_request, spawn_app};
+
+/// Sends `reqs` on one IssueStream and collects every response.
+async fn run_stream(
+    app: &crate::helpers::TestApp,
+    reqs: Vec<proto::IssueRequest>,
+) -> Vec<proto::IssueResponse> {
+    let n = reqs.len();
+    let mut out = app
+        .issuer
+        .clone()
+        .issue_stream(futures::stream::iter(reqs))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut got = Vec::with_capacity(n);
+    while let Some(r) = out.next().await {
+        got.push(r.expect("stream item"));
+    }
+    got
+}
+
+fn req(event: &str, user: &str) -> proto::IssueRequest {
+    proto::IssueRequest {
+        event_id: event.into(),
+        user_id: user.into(),
+        request_id: format!("req-{user}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_users_over_streams_get_exactly_one_thousand_coupons() {
+    let app = spawn_app().await;
+    let event = app.event_id("stream");
+    app.preload(preload_request(&event, 1000)).await.unwrap();
+
+    // Four concurrent streams of 500 distinct users each.
+    let chunks: Vec<Vec<String>> = (0..4)
+        .map(|s| (0..500).map(|i| format!("s{s}-user-{i}")).collect())
+        .collect();
+    let results = join_all(chunks.iter().map(|users| {
+        let reqs = users.iter().map(|u| req(&event, u)).collect();
+        run_stream(&app, reqs)
+    }))
+    .await;
+
+    let mut responses = Vec::new();
+    for (users, got) in chunks.iter().zip(results) {
+        assert_eq!(got.len(), users.len(), "one response per request");
+        // Responses come back in request order.
+        for (u, r) in users.iter().zip(&got) {
+            assert_eq!(r.request_id, format!("req-{u}"));
+        }
+        responses.extend(users.iter().cloned().zip(got));
+    }
+    let issued = check_issued(
+        &responses,
+        1000,
+        &[
+            (DiscountType::Percent as i32, 10, 334),
+            (DiscountType::Amount as i32, 5000, 333),
+            (DiscountType::Percent as i32, 20, 333),
+        ],
+    );
+    app.await_finalized(&event, &issued).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_items_get_invalid_and_the_stream_goes_on() {
+    let app = spawn_app().await;
+    let event = app.event_id("mixed");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let reqs = vec![
+        req(&event, "ok-1"),
+        req(&event, ""),
+        req("bad event id", "u"),
+        req(&event, &"x".repeat(129)),
+        req(&event, "ctl\u{1}"),
+        proto::IssueRequest {
+            event_id: event.clone(),
+            user_id: "ok-2".into(),
+            request_id: "r\n".into(),
+        },
+        req(&event, "ok-2"),
+        req(&event, "ok-1"),
+    ];
+    let got = run_stream(&app, reqs).await;
+    let results: Vec<i32> = got.iter().map(|r| r.result).collect();
+    use IssueResult::*;
+    assert_eq!(
+        results,
+        [Issued, Invalid, Invalid, Invalid, Invalid, Invalid, Issued, AlreadyIssued]
+            .map(|r| r as i32)
+            .to_vec()
+    );
+    assert!(got[1].detail.contains("user_id"), "{}", got[1].detail);
+    assert!(got[2].detail.contains("event_id"), "{}", got[2].detail);
+    assert!(got[5].detail.contains("request_id"), "{}", got[5].detail);
+    assert_eq!(got[7].coupon, got[0].coupon, "the repeat gets the same coupon");
+    let (_, remaining, issued, _) = app.redis_state(&event).await;
+    assert_eq!((remaining, issued), (8, 2), "invalid items took nothing");
+}
