@@ -9,7 +9,11 @@ use crate::startup::{Application, Backends};
 use crate::{shutdown, telemetry};
 
 #[derive(Parser)]
-#[command(name = "coupond", version, about = "Coupon pre-generation and real-time issuance")]
+#[command(
+    name = "coupond",
+    version,
+    about = "Coupon pre-generation and real-time issuance"
+)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
@@ -25,12 +29,17 @@ enum Command {
     Consume,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Load-test a running server over gRPC and report figures as JSON.
+    Bench(crate::bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coupond: cannot start the runtime: {e}");
@@ -59,6 +68,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .finalizer(&cli.settings)?
                 .run(shutdown::on_signals())
                 .await
+        }
+        Command::Bench(args) => {
+            let json = args.json.clone();
+            let report = crate::bench::run(args).await?;
+            eprintln!("{}", report.summary());
+            let out = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = json {
+                std::fs::write(&path, &out)?;
+            }
+            println!("{out}");
+            if !report.invariants_ok {
+                anyhow::bail!("invariants violated: duplicate codes or users, or oversold");
+            }
+            Ok(())
         }
         Command::Migrate => {
             let pg = crate::store::PgStore::connect(&cli.settings.database.url, 1)?;

@@ -20,10 +20,20 @@ pub enum Durability {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisSettings {
     /// Redis URL.
-    #[arg(id = "redis-url", long = "redis-url", env = "COUPOND_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        id = "redis-url",
+        long = "redis-url",
+        env = "COUPOND_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub url: String,
     /// Maximum pooled Redis connections.
-    #[arg(id = "redis-pool-size", long = "redis-pool-size", env = "COUPOND_REDIS_POOL_SIZE", default_value_t = 32)]
+    #[arg(
+        id = "redis-pool-size",
+        long = "redis-pool-size",
+        env = "COUPOND_REDIS_POOL_SIZE",
+        default_value_t = 32
+    )]
     pub pool_size: usize,
 }
 
@@ -31,13 +41,20 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseSettings {
     /// PostgreSQL URL.
-    #[arg(id = "database-url", long = "database-url",
+    #[arg(
+        id = "database-url",
+        long = "database-url",
         env = "COUPOND_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/coupond"
     )]
     pub url: String,
     /// Maximum pooled PostgreSQL connections.
-    #[arg(id = "database-pool-size", long = "database-pool-size", env = "COUPOND_DATABASE_POOL_SIZE", default_value_t = 8)]
+    #[arg(
+        id = "database-pool-size",
+        long = "database-pool-size",
+        env = "COUPOND_DATABASE_POOL_SIZE",
+        default_value_t = 8
+    )]
     pub pool_size: usize,
 }
 
@@ -45,28 +62,68 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSettings {
     /// Bootstrap servers, comma separated.
-    #[arg(id = "kafka-brokers", long = "kafka-brokers", env = "COUPOND_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        id = "kafka-brokers",
+        long = "kafka-brokers",
+        env = "COUPOND_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
     /// Topic carrying CouponIssued messages. Its dead-letter topic is this name plus ".dlq".
-    #[arg(id = "kafka-topic", long = "kafka-topic", env = "COUPOND_KAFKA_TOPIC", default_value = "coupon-issued")]
+    #[arg(
+        id = "kafka-topic",
+        long = "kafka-topic",
+        env = "COUPOND_KAFKA_TOPIC",
+        default_value = "coupon-issued"
+    )]
     pub topic: String,
     /// Consumer group of the finalizer.
-    #[arg(id = "kafka-group", long = "kafka-group", env = "COUPOND_KAFKA_GROUP", default_value = "coupond-finalizer")]
+    #[arg(
+        id = "kafka-group",
+        long = "kafka-group",
+        env = "COUPOND_KAFKA_GROUP",
+        default_value = "coupond-finalizer"
+    )]
     pub group: String,
     /// Create the topics at startup when missing, with this many partitions (0: don't).
-    #[arg(id = "kafka-create-partitions", long = "kafka-create-partitions", env = "COUPOND_KAFKA_CREATE_PARTITIONS", default_value_t = 6)]
+    #[arg(
+        id = "kafka-create-partitions",
+        long = "kafka-create-partitions",
+        env = "COUPOND_KAFKA_CREATE_PARTITIONS",
+        default_value_t = 6
+    )]
     pub create_partitions: i32,
     /// Replication factor of topics created at startup (3 on a production cluster).
-    #[arg(id = "kafka-create-replication", long = "kafka-create-replication", env = "COUPOND_KAFKA_CREATE_REPLICATION", default_value_t = 1)]
+    #[arg(
+        id = "kafka-create-replication",
+        long = "kafka-create-replication",
+        env = "COUPOND_KAFKA_CREATE_REPLICATION",
+        default_value_t = 1
+    )]
     pub create_replication: i32,
     /// How long a message may take to be acknowledged before its publish fails (ms).
-    #[arg(id = "kafka-delivery-timeout-ms", long = "kafka-delivery-timeout-ms", env = "COUPOND_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        id = "kafka-delivery-timeout-ms",
+        long = "kafka-delivery-timeout-ms",
+        env = "COUPOND_KAFKA_DELIVERY_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub delivery_timeout_ms: u64,
     /// Producer linger (ms): how long the producer waits to fill a batch.
-    #[arg(id = "kafka-linger-ms", long = "kafka-linger-ms", env = "COUPOND_KAFKA_LINGER_MS", default_value_t = 2)]
+    #[arg(
+        id = "kafka-linger-ms",
+        long = "kafka-linger-ms",
+        env = "COUPOND_KAFKA_LINGER_MS",
+        default_value_t = 2
+    )]
     pub linger_ms: u64,
     /// Producer compression codec (none, lz4, snappy).
-    #[arg(id = "kafka-compression", long = "kafka-compression", env = "COUPOND_KAFKA_COMPRESSION", default_value = "lz4")]
+    #[arg(
+        id = "kafka-compression",
+        long = "kafka-compression",
+        env = "COUPOND_KAFKA_COMPRESSION",
+        default_value = "lz4"
+    )]
     pub compression: String,
 }
 
@@ -84,10 +141,20 @@ impl KafkaSettings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsumerSettings {
     /// Most messages finalized in one PostgreSQL transaction.
-    #[arg(id = "consumer-batch-size", long = "consumer-batch-size", env = "COUPOND_CONSUMER_BATCH_SIZE", default_value_t = 2000)]
+    #[arg(
+        id = "consumer-batch-size",
+        long = "consumer-batch-size",
+        env = "COUPOND_CONSUMER_BATCH_SIZE",
+        default_value_t = 2000
+    )]
     pub batch_size: usize,
     /// Longest wait to fill a batch once its first message arrived (ms).
-    #[arg(id = "consumer-batch-ms", long = "consumer-batch-ms", env = "COUPOND_CONSUMER_BATCH_MS", default_value_t = 20)]
+    #[arg(
+        id = "consumer-batch-ms",
+        long = "consumer-batch-ms",
+        env = "COUPOND_CONSUMER_BATCH_MS",
+        default_value_t = 20
+    )]
     pub batch_ms: u64,
 }
 
@@ -99,14 +166,29 @@ pub struct IssueSettings {
     #[arg(long, env = "COUPOND_DURABILITY", value_enum, default_value_t = Durability::Ack)]
     pub durability: Durability,
     /// Most users issued in one Redis script call.
-    #[arg(id = "issue-batch-size", long = "issue-batch-size", env = "COUPOND_ISSUE_BATCH_SIZE", default_value_t = 256)]
+    #[arg(
+        id = "issue-batch-size",
+        long = "issue-batch-size",
+        env = "COUPOND_ISSUE_BATCH_SIZE",
+        default_value_t = 256
+    )]
     pub batch_size: usize,
     /// Script calls in flight at once (one batch gathers while others run).
-    #[arg(id = "issue-workers", long = "issue-workers", env = "COUPOND_ISSUE_WORKERS", default_value_t = 4)]
+    #[arg(
+        id = "issue-workers",
+        long = "issue-workers",
+        env = "COUPOND_ISSUE_WORKERS",
+        default_value_t = 4
+    )]
     pub workers: usize,
     /// Items of one IssueStream being processed at once; beyond it the
     /// stream stops reading and HTTP/2 flow control pushes back.
-    #[arg(id = "stream-in-flight", long = "stream-in-flight", env = "COUPOND_STREAM_IN_FLIGHT", default_value_t = 512)]
+    #[arg(
+        id = "stream-in-flight",
+        long = "stream-in-flight",
+        env = "COUPOND_STREAM_IN_FLIGHT",
+        default_value_t = 512
+    )]
     pub stream_in_flight: usize,
 }
 
@@ -123,6 +205,8 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
     #[command(flatten)]
     pub issue: IssueSettings,
+    #[command(flatten)]
+    pub sweep: crate::service::sweeper::SweepSettings,
 }
 
 #[derive(clap::Parser)]

@@ -17,6 +17,7 @@ use crate::proto::coupon_admin_server::CouponAdminServer;
 use crate::proto::coupon_issuer_server::CouponIssuerServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::service::batcher::Batcher;
+use crate::service::sweeper::Sweeper;
 use crate::service::{AdminService, IssuerService};
 use crate::store::{PgStore, RedisStore};
 
@@ -89,7 +90,9 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -116,6 +119,16 @@ impl Application {
             Some(tokio::spawn(async move { f.run(token).await }))
         };
 
+        let sweeper = {
+            let s = Sweeper::new(
+                backends.redis.clone(),
+                backends.publisher.clone(),
+                settings.sweep.clone(),
+            );
+            let token = shutdown.child_token();
+            tokio::spawn(async move { s.run(token).await })
+        };
+
         let batcher = Batcher::start(
             backends.redis.clone(),
             settings.issue.batch_size,
@@ -128,7 +141,10 @@ impl Application {
             backends.publisher.clone(),
             settings.issue.durability,
         ));
-        let admin = Arc::new(AdminService::new(backends.pg.clone(), backends.redis.clone()));
+        let admin = Arc::new(AdminService::new(
+            backends.pg.clone(),
+            backends.redis.clone(),
+        ));
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -158,15 +174,24 @@ impl Application {
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
         let served = server.await;
-        tracing::info!(ok = served.is_ok(), "grpc server stopped; flushing kafka producer");
+        tracing::info!(
+            ok = served.is_ok(),
+            "grpc server stopped; flushing kafka producer"
+        );
 
         let publisher = backends.publisher.clone();
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(FLUSH_TIMEOUT)).await?;
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "producer flush incomplete; pending issuances will be republished");
         }
-        // The finalizer listens to the same signal; wait for its last commit.
+        // The finalizer and sweeper listen to the same signal; wait for the
+        // finalizer's last commit.
         shutdown.cancel();
+        match sweeper.await {
+            Ok(Ok(())) => tracing::info!("sweeper stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "sweeper ended with an error"),
+            Err(e) => tracing::error!(error = %e, "sweeper task panicked"),
+        }
         if let Some(f) = finalizer {
             match f.await {
                 Ok(Ok(())) => tracing::info!("finalizer drained"),

@@ -131,7 +131,10 @@ impl Finalizer {
             }
         }
         if !records.is_empty() {
-            let Some(held) = retry(shutdown, "finalizing in postgres", || self.pg.finalize(&records)).await
+            let Some(held) = retry(shutdown, "finalizing in postgres", || {
+                self.pg.finalize(&records)
+            })
+            .await
             else {
                 return Ok(None);
             };
@@ -145,7 +148,8 @@ impl Finalizer {
                         .push((&r.user_id, r.coupon.code.as_str()));
                     stats.finalized += 1;
                 } else {
-                    let reason = "conflicts with postgres: unknown code, or code or user already taken";
+                    let reason =
+                        "conflicts with postgres: unknown code, or code or user already taken";
                     tracing::error!(
                         event_id = %records[i].event_id,
                         user_id = %records[i].user_id,
@@ -159,9 +163,11 @@ impl Finalizer {
                 }
             }
             for (event, items) in &by_event {
-                if retry(shutdown, "finalizing in redis", || self.redis.finalize(event, items))
-                    .await
-                    .is_none()
+                if retry(shutdown, "finalizing in redis", || {
+                    self.redis.finalize(event, items)
+                })
+                .await
+                .is_none()
                 {
                     return Ok(None);
                 }
@@ -171,7 +177,12 @@ impl Finalizer {
         Ok(Some(stats))
     }
 
-    async fn dead_letter(&self, m: &OwnedMessage, reason: &str, shutdown: &CancellationToken) -> bool {
+    async fn dead_letter(
+        &self,
+        m: &OwnedMessage,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let payload = m.payload().unwrap_or_default();
         retry(shutdown, "publishing to the dead-letter topic", || {
             self.dlq.dead_letter(m.key(), payload, reason)

@@ -61,7 +61,10 @@ mod tests {
             for w in shapes {
                 let c = allocate(total, w);
                 assert_eq!(c.len(), w.len());
-                assert_eq!(c.iter().map(|&x| u64::from(x)).sum::<u64>(), u64::from(total));
+                assert_eq!(
+                    c.iter().map(|&x| u64::from(x)).sum::<u64>(),
+                    u64::from(total)
+                );
             }
         }
     }

@@ -148,7 +148,10 @@ impl NewEvent {
             ));
         }
         if name.chars().any(char::is_control) {
-            return Err(FieldError::new("name", "must not contain control characters"));
+            return Err(FieldError::new(
+                "name",
+                "must not contain control characters",
+            ));
         }
         if !(1..=Self::MAX_TOTAL).contains(&input.total_count) {
             return Err(FieldError::new(

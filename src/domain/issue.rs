@@ -69,8 +69,14 @@ mod tests {
     #[test]
     fn issue_command_names_the_bad_field() {
         assert!(IssueCommand::parse("e", "u", "").is_ok());
-        assert_eq!(IssueCommand::parse("", "u", "").unwrap_err().field, "event_id");
-        assert_eq!(IssueCommand::parse("e", "", "").unwrap_err().field, "user_id");
+        assert_eq!(
+            IssueCommand::parse("", "u", "").unwrap_err().field,
+            "event_id"
+        );
+        assert_eq!(
+            IssueCommand::parse("e", "", "").unwrap_err().field,
+            "user_id"
+        );
         assert_eq!(
             IssueCommand::parse("e", "u", "\u{7}").unwrap_err().field,
             "request_id"

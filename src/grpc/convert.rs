@@ -4,8 +4,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use prost_types::Timestamp;
 
 use crate::domain::{
-    DiscountType, FieldError, IssuanceState, IssueOutcome, IssuedCoupon, PolicyInput,
-    PreloadInput, StoredEvent,
+    DiscountType, FieldError, IssuanceState, IssueOutcome, IssuedCoupon, PolicyInput, PreloadInput,
+    StoredEvent,
 };
 use crate::proto;
 use crate::service::admin::EventView;
@@ -27,10 +27,8 @@ pub fn to_datetime(t: &Timestamp) -> Option<DateTime<Utc>> {
 }
 
 fn time_field(t: Option<&Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, FieldError> {
-    t.map(|t| {
-        to_datetime(t).ok_or_else(|| FieldError::new(field, "timestamp out of range"))
-    })
-    .transpose()
+    t.map(|t| to_datetime(t).ok_or_else(|| FieldError::new(field, "timestamp out of range")))
+        .transpose()
 }
 
 pub fn discount_type_to_proto(k: DiscountType) -> proto::DiscountType {
@@ -105,7 +103,11 @@ pub fn issue_response(request_id: String, o: &IssueOutcome) -> proto::IssueRespo
 }
 
 /// A per-item failure inside a stream (the stream itself goes on).
-pub fn issue_failure(request_id: String, result: proto::IssueResult, detail: String) -> proto::IssueResponse {
+pub fn issue_failure(
+    request_id: String,
+    result: proto::IssueResult,
+    detail: String,
+) -> proto::IssueResponse {
     proto::IssueResponse {
         request_id,
         result: result as i32,
@@ -158,10 +160,26 @@ mod tests {
 
     #[test]
     fn timestamps_out_of_range_are_rejected() {
-        assert!(to_datetime(&Timestamp { seconds: 0, nanos: 0 }).is_some());
-        assert!(to_datetime(&Timestamp { seconds: 0, nanos: -1 }).is_none());
-        assert!(to_datetime(&Timestamp { seconds: 0, nanos: 1_000_000_000 }).is_none());
-        assert!(to_datetime(&Timestamp { seconds: i64::MAX, nanos: 0 }).is_none());
+        assert!(to_datetime(&Timestamp {
+            seconds: 0,
+            nanos: 0
+        })
+        .is_some());
+        assert!(to_datetime(&Timestamp {
+            seconds: 0,
+            nanos: -1
+        })
+        .is_none());
+        assert!(to_datetime(&Timestamp {
+            seconds: 0,
+            nanos: 1_000_000_000
+        })
+        .is_none());
+        assert!(to_datetime(&Timestamp {
+            seconds: i64::MAX,
+            nanos: 0
+        })
+        .is_none());
     }
 
     #[test]

@@ -67,7 +67,10 @@ impl CouponIssuer for IssuerApi {
         let cmd = IssueCommand::parse(&r.event_id, &r.user_id, &r.request_id)
             .map_err(|e| Status::from(CouponError::Invalid(e)))?;
         let outcome = self.svc.issue(cmd).await?;
-        Ok(Response::new(convert::issue_response(r.request_id, &outcome)))
+        Ok(Response::new(convert::issue_response(
+            r.request_id,
+            &outcome,
+        )))
     }
 
     type IssueStreamStream =
@@ -115,7 +118,8 @@ impl CouponIssuer for IssuerApi {
         req: Request<proto::GetIssuanceRequest>,
     ) -> Result<Response<proto::GetIssuanceResponse>, Status> {
         let r = req.into_inner();
-        let invalid = |f: &str, e: String| Status::from(CouponError::Invalid(FieldError::new(f, e)));
+        let invalid =
+            |f: &str, e: String| Status::from(CouponError::Invalid(FieldError::new(f, e)));
         let event = EventId::parse(r.event_id).map_err(|e| invalid("event_id", e))?;
         let user = UserId::parse(r.user_id).map_err(|e| invalid("user_id", e))?;
         let v = self.svc.issuance(&event, &user).await?;

@@ -39,7 +39,8 @@ mod tests {
 
     #[test]
     fn invalid_input_names_the_field_in_message_and_details() {
-        let s: Status = CouponError::Invalid(FieldError::new("user_id", "must not be empty")).into();
+        let s: Status =
+            CouponError::Invalid(FieldError::new("user_id", "must not be empty")).into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("user_id"));
         let br = s.get_details_bad_request().expect("bad request details");

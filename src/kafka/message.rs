@@ -2,9 +2,7 @@
 
 use prost::Message;
 
-use crate::domain::{
-    Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId,
-};
+use crate::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId};
 use crate::grpc::convert::{discount_type_to_proto, timestamp, to_datetime};
 use crate::proto;
 
@@ -41,7 +39,12 @@ pub fn decode(payload: &[u8]) -> Result<IssuanceRecord, DecodeError> {
     let kind = match proto::DiscountType::try_from(m.discount_type) {
         Ok(proto::DiscountType::Percent) => DiscountType::Percent,
         Ok(proto::DiscountType::Amount) => DiscountType::Amount,
-        _ => return Err(DecodeError::Field("discount_type", m.discount_type.to_string())),
+        _ => {
+            return Err(DecodeError::Field(
+                "discount_type",
+                m.discount_type.to_string(),
+            ))
+        }
     };
     if m.code.is_empty() {
         return Err(DecodeError::Field("code", "empty".into()));
@@ -49,7 +52,9 @@ pub fn decode(payload: &[u8]) -> Result<IssuanceRecord, DecodeError> {
     let issued_at = m
         .issued_at
         .ok_or_else(|| DecodeError::Field("issued_at", "missing".into()))
-        .and_then(|t| to_datetime(&t).ok_or_else(|| DecodeError::Field("issued_at", "out of range".into())))?;
+        .and_then(|t| {
+            to_datetime(&t).ok_or_else(|| DecodeError::Field("issued_at", "out of range".into()))
+        })?;
     Ok(IssuanceRecord {
         event_id: EventId::parse(m.event_id).map_err(|e| DecodeError::Field("event_id", e))?,
         user_id: UserId::parse(m.user_id).map_err(|e| DecodeError::Field("user_id", e))?,

@@ -18,8 +18,16 @@ pub async fn ensure(s: &KafkaSettings) -> anyhow::Result<()> {
         .create()?;
     let dlq = s.dlq_topic();
     let topics = [
-        NewTopic::new(&s.topic, s.create_partitions, TopicReplication::Fixed(s.create_replication)),
-        NewTopic::new(&dlq, s.create_partitions, TopicReplication::Fixed(s.create_replication)),
+        NewTopic::new(
+            &s.topic,
+            s.create_partitions,
+            TopicReplication::Fixed(s.create_replication),
+        ),
+        NewTopic::new(
+            &dlq,
+            s.create_partitions,
+            TopicReplication::Fixed(s.create_replication),
+        ),
     ];
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
     for r in admin.create_topics(&topics, &opts).await? {

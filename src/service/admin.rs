@@ -7,7 +7,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tracing::instrument;
 
-use crate::domain::{CodeGenerator, CouponError, EventId, NewEvent, StoredEvent, DEFAULT_CODE_LENGTH};
+use crate::domain::{
+    CodeGenerator, CouponError, EventId, NewEvent, StoredEvent, DEFAULT_CODE_LENGTH,
+};
 use crate::store::postgres::PgStoreError;
 use crate::store::record::queue_entry;
 use crate::store::redis::{MakeLiveError, RedisCounts};
@@ -57,7 +59,12 @@ impl AdminService {
         let id = event.id.clone();
         // Cheap early answer before generating millions of codes; the
         // primary key settles races.
-        if self.pg.event_exists(&id).await.map_err(pg_unavailable("checking the event"))? {
+        if self
+            .pg
+            .event_exists(&id)
+            .await
+            .map_err(pg_unavailable("checking the event"))?
+        {
             return Err(CouponError::EventExists(id));
         }
 
@@ -100,7 +107,10 @@ impl AdminService {
         // until make_live, and only runs after the database committed.
         let db = async {
             let t = Instant::now();
-            let r = self.pg.insert_event(&event, &mut coupons, &mut redraw).await;
+            let r = self
+                .pg
+                .insert_event(&event, &mut coupons, &mut redraw)
+                .await;
             (r, t.elapsed())
         };
         let stage = async {
@@ -120,21 +130,27 @@ impl AdminService {
             }
         };
         let t = Instant::now();
+        // Registered before going live, so no live event escapes the sweeper.
+        let stage_result = match stage_result {
+            Ok(()) => self.redis.register_event(&id).await,
+            e => e,
+        };
         let staged_ok = match stage_result {
             // A code redrawn after a collision differs from what was staged.
             Ok(()) if replaced > 0 => self.redis.stage(&id, &entries(&coupons)).await,
             other => other,
         };
         let live = match staged_ok {
-            Ok(()) => self
-                .redis
-                .make_live(
-                    &id,
-                    event.window.starts_at().timestamp_millis(),
-                    event.window.ends_at().timestamp_millis(),
-                    event.total_count,
-                )
-                .await,
+            Ok(()) => {
+                self.redis
+                    .make_live(
+                        &id,
+                        event.window.starts_at().timestamp_millis(),
+                        event.window.ends_at().timestamp_millis(),
+                        event.total_count,
+                    )
+                    .await
+            }
             Err(e) => Err(MakeLiveError::Store(e)),
         };
         redis += t.elapsed();
@@ -146,7 +162,9 @@ impl AdminService {
             }
             return Err(match e {
                 MakeLiveError::Exists => CouponError::EventExists(id),
-                MakeLiveError::Store(e) => CouponError::unavailable("loading the event into redis", e),
+                MakeLiveError::Store(e) => {
+                    CouponError::unavailable("loading the event into redis", e)
+                }
             });
         }
         let report = PreloadReport {

@@ -43,8 +43,12 @@ impl Batcher {
     /// Issues through the next batch and waits for this request's outcome.
     pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueOutcome, CouponError> {
         let (reply, rx) = oneshot::channel();
-        let closed = || CouponError::unavailable("issuer shutting down", anyhow::anyhow!("batcher closed"));
-        self.tx.send(Job { cmd, reply }).await.map_err(|_| closed())?;
+        let closed =
+            || CouponError::unavailable("issuer shutting down", anyhow::anyhow!("batcher closed"));
+        self.tx
+            .send(Job { cmd, reply })
+            .await
+            .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod batcher;
 pub mod issuer;
+pub mod sweeper;
 
 pub use admin::{AdminService, PreloadReport};
 pub use issuer::IssuerService;

@@ -24,7 +24,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 const INSERT_CHUNK: usize = 50_000;
 
 /// Serializes concurrent `migrate` runs (several servers starting at once).
-const MIGRATION_LOCK: i64 = 0x636f_7570_6f6e_64;
+const MIGRATION_LOCK: i64 = 0x0063_6f75_706f_6e64; // "coupond"
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgStoreError {
@@ -358,7 +358,10 @@ impl PgStore {
             ))) => {
                 // One record violates one-coupon-per-user; find it by
                 // applying the batch one record at a time.
-                tracing::warn!(detail = info.message(), "batch conflicts; finalizing one by one");
+                tracing::warn!(
+                    detail = info.message(),
+                    "batch conflicts; finalizing one by one"
+                );
                 let mut ok = Vec::with_capacity(records.len());
                 for r in records {
                     match finalize_in_tx(&mut c, std::slice::from_ref(r)).await {

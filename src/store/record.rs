@@ -73,7 +73,13 @@ mod tests {
 
     #[test]
     fn malformed_records_are_errors() {
-        for bad in ["", "ABC", "ABC\tFOO\t1\t1\tr\tP", "ABC\tAMOUNT\tx\t1\tr\tP", "ABC\tAMOUNT\t1\t1\tr\tX"] {
+        for bad in [
+            "",
+            "ABC",
+            "ABC\tFOO\t1\t1\tr\tP",
+            "ABC\tAMOUNT\tx\t1\tr\tP",
+            "ABC\tAMOUNT\t1\t1\tr\tX",
+        ] {
             assert!(parse_issued(bad).is_err(), "{bad:?}");
         }
     }

@@ -10,6 +10,11 @@ use crate::domain::{EventId, IssueOutcome, RequestId, UserId};
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
 
+/// Set of every event id preloaded into this Redis, for the sweeper. A
+/// plain global key: it is written once per preload and read once per sweep,
+/// never on the issue path.
+pub const EVENTS_KEY: &str = "coupond:events";
+
 /// Entries pushed to the staging list per RPUSH; many RPUSHes go per pipeline.
 const STAGE_CHUNK: usize = 5_000;
 const STAGE_PIPELINE: usize = 8;
@@ -42,6 +47,7 @@ struct Scripts {
     issue: Script,
     make_live: Script,
     finalize: Script,
+    claim_stale: Script,
 }
 
 /// Live counts of an event in Redis.
@@ -70,6 +76,7 @@ impl RedisStore {
                 issue: Script::new(include_str!("../../scripts/lua/issue.lua")),
                 make_live: Script::new(include_str!("../../scripts/lua/make_live.lua")),
                 finalize: Script::new(include_str!("../../scripts/lua/finalize.lua")),
+                claim_stale: Script::new(include_str!("../../scripts/lua/claim_stale.lua")),
             }),
         })
     }
@@ -95,7 +102,10 @@ impl RedisStore {
     ) -> Result<Vec<IssueOutcome>, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.issue.prepare_invoke();
-        inv.key(&k.queue).key(&k.issued).key(&k.meta).key(&k.pending);
+        inv.key(&k.queue)
+            .key(&k.issued)
+            .key(&k.meta)
+            .key(&k.pending);
         inv.arg(items.len());
         for (u, r) in items {
             inv.arg(u.as_str()).arg(r.as_str());
@@ -132,7 +142,10 @@ impl RedisStore {
     pub async fn stage(&self, event: &EventId, entries: &[String]) -> Result<(), RedisStoreError> {
         let k = EventKeys::new(event);
         let mut c = self.conn().await?;
-        let _: () = redis::cmd("DEL").arg(&k.staging).query_async(&mut c).await?;
+        let _: () = redis::cmd("DEL")
+            .arg(&k.staging)
+            .query_async(&mut c)
+            .await?;
         for group in entries.chunks(STAGE_CHUNK * STAGE_PIPELINE) {
             let mut pipe = redis::pipe();
             for chunk in group.chunks(STAGE_CHUNK) {
@@ -147,7 +160,10 @@ impl RedisStore {
     pub async fn discard_staging(&self, event: &EventId) -> Result<(), RedisStoreError> {
         let k = EventKeys::new(event);
         let mut c = self.conn().await?;
-        let _: () = redis::cmd("DEL").arg(&k.staging).query_async(&mut c).await?;
+        let _: () = redis::cmd("DEL")
+            .arg(&k.staging)
+            .query_async(&mut c)
+            .await?;
         Ok(())
     }
 
@@ -187,7 +203,10 @@ impl RedisStore {
     pub async fn event_exists(&self, event: &EventId) -> Result<bool, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut c = self.conn().await?;
-        Ok(redis::cmd("EXISTS").arg(&k.meta).query_async(&mut c).await?)
+        Ok(redis::cmd("EXISTS")
+            .arg(&k.meta)
+            .query_async(&mut c)
+            .await?)
     }
 
     /// Queue length, issued count and pending count of an event.
@@ -254,5 +273,57 @@ impl RedisStore {
             .arg(-1)
             .query_async(&mut c)
             .await?)
+    }
+
+    /// Records that the event exists, so the sweeper visits it.
+    pub async fn register_event(&self, event: &EventId) -> Result<(), RedisStoreError> {
+        let mut c = self.conn().await?;
+        let _: () = redis::cmd("SADD")
+            .arg(EVENTS_KEY)
+            .arg(event.as_str())
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Every registered event id.
+    pub async fn events(&self) -> Result<Vec<EventId>, RedisStoreError> {
+        let mut c = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(EVENTS_KEY)
+            .query_async(&mut c)
+            .await?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|s| EventId::parse(s).ok())
+            .collect())
+    }
+
+    /// Claims up to `max` issuances of `event` pending for longer than
+    /// `age_ms` (see `scripts/lua/claim_stale.lua`).
+    pub async fn claim_stale(
+        &self,
+        event: &EventId,
+        age_ms: u64,
+        max: usize,
+    ) -> Result<Vec<(UserId, IssuedRecord)>, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let flat: Vec<String> = self
+            .scripts
+            .claim_stale
+            .key(&k.pending)
+            .key(&k.issued)
+            .arg(age_ms)
+            .arg(max)
+            .invoke_async(&mut c)
+            .await?;
+        flat.chunks_exact(2)
+            .map(|p| {
+                let user = UserId::parse(p[0].clone())
+                    .map_err(|_| record::MalformedRecord(format!("user {:?}", p[0])))?;
+                Ok((user, record::parse_issued(&p[1])?))
+            })
+            .collect()
     }
 }

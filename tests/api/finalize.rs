@@ -23,7 +23,9 @@ struct Snapshot {
 
 /// Every coupon row of the event, every column that finalization writes.
 async fn snapshot(app: &TestApp, event: &str) -> String {
-    let mut c = AsyncPgConnection::establish(&app.settings.database.url).await.unwrap();
+    let mut c = AsyncPgConnection::establish(&app.settings.database.url)
+        .await
+        .unwrap();
     let s: Snapshot = diesel::sql_query(
         "SELECT coalesce(string_agg(concat_ws('|', code, state, user_id, issued_at, request_id, \
          finalized_at), ',' ORDER BY code), '') AS rows FROM coupons WHERE event_id = $1",
@@ -44,7 +46,9 @@ fn group_caught_up(app: &TestApp) -> bool {
         .set("group.id", &k.group)
         .create()
         .unwrap();
-    let md = c.fetch_metadata(Some(&k.topic), Duration::from_secs(5)).unwrap();
+    let md = c
+        .fetch_metadata(Some(&k.topic), Duration::from_secs(5))
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
         tpl.add_partition(&k.topic, p.id());

@@ -116,8 +116,15 @@ impl TestApp {
         }
     }
 
-    pub async fn preload(&self, req: PreloadRequest) -> Result<proto::PreloadResponse, tonic::Status> {
-        self.admin.clone().preload(req).await.map(|r| r.into_inner())
+    pub async fn preload(
+        &self,
+        req: PreloadRequest,
+    ) -> Result<proto::PreloadResponse, tonic::Status> {
+        self.admin
+            .clone()
+            .preload(req)
+            .await
+            .map(|r| r.into_inner())
     }
 
     pub async fn issue(&self, event: &str, user: &str) -> proto::IssueResponse {
@@ -147,7 +154,12 @@ impl TestApp {
 
     pub async fn issued_pairs_in_pg(&self, event: &str) -> HashSet<(String, String)> {
         let id = EventId::parse(event).unwrap();
-        self.pg.issued_pairs(&id).await.unwrap().into_iter().collect()
+        self.pg
+            .issued_pairs(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
     }
 
     /// Polls until PostgreSQL holds exactly `expected` for the event and its
@@ -246,7 +258,9 @@ pub fn check_issued(
                 let c = r.coupon.as_ref().expect("ISSUED carries a coupon");
                 assert!(codes.insert(c.code.clone()), "code {} issued twice", c.code);
                 assert!(users.insert(user.clone()), "user {user} issued twice");
-                *per_policy.entry((c.discount_type, c.discount_value)).or_default() += 1;
+                *per_policy
+                    .entry((c.discount_type, c.discount_value))
+                    .or_default() += 1;
                 issued.insert((c.code.clone(), user.clone()));
             }
             proto::IssueResult::SoldOut => sold_out += 1,
@@ -254,9 +268,17 @@ pub fn check_issued(
         }
     }
     assert_eq!(issued.len(), total, "exactly the total is issued");
-    assert_eq!(sold_out, responses.len() - total, "everyone else is told SOLD_OUT");
+    assert_eq!(
+        sold_out,
+        responses.len() - total,
+        "everyone else is told SOLD_OUT"
+    );
     for &(kind, value, n) in expected_per_policy {
-        assert_eq!(per_policy.get(&(kind, value)).copied().unwrap_or(0), n, "policy {kind}/{value}");
+        assert_eq!(
+            per_policy.get(&(kind, value)).copied().unwrap_or(0),
+            n,
+            "policy {kind}/{value}"
+        );
     }
     issued
 }

@@ -11,7 +11,10 @@ async fn two_thousand_concurrent_users_get_exactly_one_thousand_coupons_all_fina
     let app = spawn_app().await;
     let event = app.event_id("unary");
     let started = std::time::Instant::now();
-    let r = app.preload(preload_request(&event, 1000)).await.expect("preload");
+    let r = app
+        .preload(preload_request(&event, 1000))
+        .await
+        .expect("preload");
     assert_eq!(r.counts_per_policy, vec![334, 333, 333]);
 
     let users: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
@@ -89,14 +92,20 @@ async fn the_window_and_unknown_events_are_reported() {
     req.starts_at = Some(ts(now + chrono::Duration::hours(1)));
     req.ends_at = Some(ts(now + chrono::Duration::hours(2)));
     app.preload(req).await.unwrap();
-    assert_eq!(app.issue(&future, "u").await.result, IssueResult::NotStarted as i32);
+    assert_eq!(
+        app.issue(&future, "u").await.result,
+        IssueResult::NotStarted as i32
+    );
 
     let past = app.event_id("past");
     let mut req = preload_request(&past, 3);
     req.starts_at = Some(ts(now - chrono::Duration::hours(2)));
     req.ends_at = Some(ts(now - chrono::Duration::hours(1)));
     app.preload(req).await.unwrap();
-    assert_eq!(app.issue(&past, "u").await.result, IssueResult::Ended as i32);
+    assert_eq!(
+        app.issue(&past, "u").await.result,
+        IssueResult::Ended as i32
+    );
 
     let missing = app.event_id("missing");
     let r = app.issue(&missing, "u").await;
@@ -124,19 +133,32 @@ async fn get_event_reports_policies_and_counts() {
     let e = app
         .admin
         .clone()
-        .get_event(proto::GetEventRequest { event_id: event.clone() })
+        .get_event(proto::GetEventRequest {
+            event_id: event.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(e.event_id, event);
     assert_eq!(e.total_count, 10);
-    assert_eq!(e.policies.iter().map(|p| p.coupon_count).collect::<Vec<_>>(), vec![4, 3, 3]);
-    assert_eq!((e.remaining_count, e.issued_count, e.finalized_count), (7, 3, 3));
+    assert_eq!(
+        e.policies
+            .iter()
+            .map(|p| p.coupon_count)
+            .collect::<Vec<_>>(),
+        vec![4, 3, 3]
+    );
+    assert_eq!(
+        (e.remaining_count, e.issued_count, e.finalized_count),
+        (7, 3, 3)
+    );
 
     let missing = app
         .admin
         .clone()
-        .get_event(proto::GetEventRequest { event_id: app.event_id("nope") })
+        .get_event(proto::GetEventRequest {
+            event_id: app.event_id("nope"),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);

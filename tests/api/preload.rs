@@ -20,7 +20,10 @@ async fn preload_writes_every_code_to_postgres_and_the_redis_queue() {
     let mut c = app.redis.conn().await.unwrap();
     let entries: Vec<String> = c.lrange(app.keys(&event).queue, 0, -1).await.unwrap();
     assert_eq!(entries.len(), 3000);
-    let codes: HashSet<&str> = entries.iter().map(|e| e.split('\t').next().unwrap()).collect();
+    let codes: HashSet<&str> = entries
+        .iter()
+        .map(|e| e.split('\t').next().unwrap())
+        .collect();
     assert_eq!(codes.len(), 3000, "no code twice");
     for code in &codes {
         let body = code.strip_prefix("XMAS-").expect("prefix");
@@ -30,7 +33,7 @@ async fn preload_writes_every_code_to_postgres_and_the_redis_queue() {
     // Shuffled: the first 100 entries are not all of one policy.
     let first_kinds: HashSet<&str> = entries[..100]
         .iter()
-        .map(|e| e.splitn(2, '\t').nth(1).unwrap())
+        .map(|e| e.split_once('\t').unwrap().1)
         .collect();
     assert!(first_kinds.len() > 1, "policies interleave in the queue");
     let staging: bool = c.exists(app.keys(&event).staging).await.unwrap();

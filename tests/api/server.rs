@@ -11,7 +11,11 @@ use crate::helpers::spawn_app;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_coupon_services_and_health_says_serving() {
     let app = spawn_app().await;
-    let ch = Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
 
     let mut refl = ServerReflectionClient::new(ch.clone());
     let req = ServerReflectionRequest {
@@ -28,7 +32,11 @@ async fn reflection_lists_the_coupon_services_and_health_says_serving() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for s in ["coupon.v1.CouponAdmin", "coupon.v1.CouponIssuer", "grpc.health.v1.Health"] {
+    for s in [
+        "coupon.v1.CouponAdmin",
+        "coupon.v1.CouponIssuer",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
     }
 
@@ -47,11 +55,16 @@ async fn reflection_lists_the_coupon_services_and_health_says_serving() {
 async fn graceful_shutdown_returns_cleanly() {
     let mut app = spawn_app().await;
     let event = app.event_id("stop");
-    app.preload(crate::helpers::preload_request(&event, 3)).await.unwrap();
+    app.preload(crate::helpers::preload_request(&event, 3))
+        .await
+        .unwrap();
     let r = app.issue(&event, "u").await;
     assert!(r.coupon.is_some());
     tokio::time::timeout(std::time::Duration::from_secs(30), app.stop())
         .await
         .expect("shutdown completes");
-    assert!(tokio::net::TcpStream::connect(app.addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(app.addr).await.is_err(),
+        "listener closed"
+    );
 }

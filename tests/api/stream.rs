@@ -93,14 +93,26 @@ async fn bad_items_get_invalid_and_the_stream_goes_on() {
     use IssueResult::*;
     assert_eq!(
         results,
-        [Issued, Invalid, Invalid, Invalid, Invalid, Invalid, Issued, AlreadyIssued]
-            .map(|r| r as i32)
-            .to_vec()
+        [
+            Issued,
+            Invalid,
+            Invalid,
+            Invalid,
+            Invalid,
+            Invalid,
+            Issued,
+            AlreadyIssued
+        ]
+        .map(|r| r as i32)
+        .to_vec()
     );
     assert!(got[1].detail.contains("user_id"), "{}", got[1].detail);
     assert!(got[2].detail.contains("event_id"), "{}", got[2].detail);
     assert!(got[5].detail.contains("request_id"), "{}", got[5].detail);
-    assert_eq!(got[7].coupon, got[0].coupon, "the repeat gets the same coupon");
+    assert_eq!(
+        got[7].coupon, got[0].coupon,
+        "the repeat gets the same coupon"
+    );
     let (_, remaining, issued, _) = app.redis_state(&event).await;
     assert_eq!((remaining, issued), (8, 2), "invalid items took nothing");
 }

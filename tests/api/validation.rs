@@ -10,10 +10,21 @@ async fn assert_rejected(app: &TestApp, req: PreloadRequest, field: &str) {
     let event = req.event_id.clone();
     let err = app.preload(req).await.expect_err("must be rejected");
     assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-    assert!(err.message().starts_with(field), "message {:?} names {field}", err.message());
+    assert!(
+        err.message().starts_with(field),
+        "message {:?} names {field}",
+        err.message()
+    );
     if let Ok(id) = EventId::parse(event.clone()) {
-        assert!(!app.pg.event_exists(&id).await.unwrap(), "{field}: event row written");
-        assert_eq!(app.pg.coupon_count(&id).await.unwrap(), 0, "{field}: coupons written");
+        assert!(
+            !app.pg.event_exists(&id).await.unwrap(),
+            "{field}: event row written"
+        );
+        assert_eq!(
+            app.pg.coupon_count(&id).await.unwrap(),
+            0,
+            "{field}: coupons written"
+        );
         let (live, queued, _, _) = app.redis_state(&event).await;
         assert!(!live && queued == 0, "{field}: redis written");
     }
@@ -36,24 +47,55 @@ async fn every_bad_preload_field_is_named_and_changes_nothing() {
         ("total_count", Box::new(|r| r.total_count = 10_000_001)),
         ("total_count", Box::new(|r| r.total_count = u32::MAX)),
         ("policies", Box::new(|r| r.policies.clear())),
-        ("policies", Box::new(|r| r.policies = vec![policy(DiscountType::Percent, 5, 1); 17])),
-        ("policies[0].discount_type", Box::new(|r| r.policies[0].discount_type = 0)),
-        ("policies[1].discount_type", Box::new(|r| r.policies[1].discount_type = 42)),
-        ("policies[0].discount_value", Box::new(|r| r.policies[0].discount_value = 0)),
-        ("policies[0].discount_value", Box::new(|r| r.policies[0].discount_value = 101)),
-        ("policies[1].discount_value", Box::new(|r| r.policies[1].discount_value = -1)),
-        ("policies[1].discount_value", Box::new(|r| r.policies[1].discount_value = i64::MIN)),
+        (
+            "policies",
+            Box::new(|r| r.policies = vec![policy(DiscountType::Percent, 5, 1); 17]),
+        ),
+        (
+            "policies[0].discount_type",
+            Box::new(|r| r.policies[0].discount_type = 0),
+        ),
+        (
+            "policies[1].discount_type",
+            Box::new(|r| r.policies[1].discount_type = 42),
+        ),
+        (
+            "policies[0].discount_value",
+            Box::new(|r| r.policies[0].discount_value = 0),
+        ),
+        (
+            "policies[0].discount_value",
+            Box::new(|r| r.policies[0].discount_value = 101),
+        ),
+        (
+            "policies[1].discount_value",
+            Box::new(|r| r.policies[1].discount_value = -1),
+        ),
+        (
+            "policies[1].discount_value",
+            Box::new(|r| r.policies[1].discount_value = i64::MIN),
+        ),
         ("policies[2].weight", Box::new(|r| r.policies[2].weight = 0)),
         ("starts_at", Box::new(|r| r.starts_at = None)),
         ("ends_at", Box::new(|r| r.ends_at = None)),
         ("ends_at", Box::new(|r| r.ends_at = r.starts_at)),
         (
             "starts_at",
-            Box::new(|r| r.starts_at = Some(prost_types::Timestamp { seconds: i64::MAX, nanos: 0 })),
+            Box::new(|r| {
+                r.starts_at = Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                })
+            }),
         ),
         (
             "ends_at",
-            Box::new(|r| r.ends_at = Some(prost_types::Timestamp { seconds: 0, nanos: -5 })),
+            Box::new(|r| {
+                r.ends_at = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -5,
+                })
+            }),
         ),
         ("code_prefix", Box::new(|r| r.code_prefix = "lower".into())),
         ("code_prefix", Box::new(|r| r.code_prefix = "A".repeat(17))),
@@ -91,24 +133,57 @@ async fn bad_unary_issue_input_is_invalid_argument_and_takes_nothing() {
     app.preload(preload_request(&event, 5)).await.unwrap();
     let cases = [
         ("event_id", String::new(), "u".to_string(), String::new()),
-        ("event_id", "a b".to_string(), "u".to_string(), String::new()),
+        (
+            "event_id",
+            "a b".to_string(),
+            "u".to_string(),
+            String::new(),
+        ),
         ("event_id", "e".repeat(65), "u".to_string(), String::new()),
         ("user_id", event.clone(), String::new(), String::new()),
         ("user_id", event.clone(), "u".repeat(129), String::new()),
-        ("user_id", event.clone(), "nul\u{0}".to_string(), String::new()),
-        ("user_id", event.clone(), "del\u{7f}".to_string(), String::new()),
-        ("request_id", event.clone(), "u".to_string(), "r".repeat(129)),
-        ("request_id", event.clone(), "u".to_string(), "tab\t".to_string()),
+        (
+            "user_id",
+            event.clone(),
+            "nul\u{0}".to_string(),
+            String::new(),
+        ),
+        (
+            "user_id",
+            event.clone(),
+            "del\u{7f}".to_string(),
+            String::new(),
+        ),
+        (
+            "request_id",
+            event.clone(),
+            "u".to_string(),
+            "r".repeat(129),
+        ),
+        (
+            "request_id",
+            event.clone(),
+            "u".to_string(),
+            "tab\t".to_string(),
+        ),
     ];
     for (field, event_id, user_id, request_id) in cases {
         let err = app
             .issuer
             .clone()
-            .issue(proto::IssueRequest { event_id, user_id, request_id })
+            .issue(proto::IssueRequest {
+                event_id,
+                user_id,
+                request_id,
+            })
             .await
             .expect_err("must be rejected");
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().starts_with(field), "{:?} names {field}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{:?} names {field}",
+            err.message()
+        );
     }
     assert_eq!(app.redis_state(&event).await, (true, 5, 0, 0));
 
@@ -128,7 +203,9 @@ async fn bad_unary_issue_input_is_invalid_argument_and_takes_nothing() {
     let err = app
         .admin
         .clone()
-        .get_event(proto::GetEventRequest { event_id: "no spaces".into() })
+        .get_event(proto::GetEventRequest {
+            event_id: "no spaces".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Brings the local stack up and runs the whole test suite (unit and
+# integration tests against the real Redis, PostgreSQL and broker).
+# Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/stack.sh up
+
+# Databases of earlier runs (each test creates its own) would pile up.
+psql -h 127.0.0.1 -U postgres -d postgres -tAc \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'coupond_test_%'" |
+  while read -r db; do
+    [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null || true
+  done
+
+cargo test --all-targets "$@"

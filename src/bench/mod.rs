@@ -1,0 +1,366 @@
+//! `coupond bench`: a load generator over the public gRPC API. It preloads
+//! an event (or uses a given one), drives Issue or IssueStream with distinct
+//! user ids, reports throughput, latency percentiles and result counts, and
+//! then checks the invariants and how long finalization took to catch up.
+
+mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::coupon_admin_client::CouponAdminClient;
+use crate::proto::coupon_issuer_client::CouponIssuerClient;
+use crate::proto::{self, IssueResult};
+pub use report::Report;
+
+/// Which API the load goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// C concurrent clients calling unary Issue.
+    Unary,
+    /// S concurrent IssueStream streams.
+    Stream,
+    /// Only preload (measures preload time).
+    Preload,
+}
+
+/// `coupond bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Load shape.
+    #[arg(long, value_enum, default_value_t = Mode::Unary)]
+    pub mode: Mode,
+    /// Concurrent unary clients (unary) or streams (stream).
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+    /// Total requests to send (each a distinct user).
+    #[arg(long, default_value_t = 100_000)]
+    pub requests: u64,
+    /// Stop after this many seconds even if requests remain.
+    #[arg(long, default_value_t = 60)]
+    pub duration_s: u64,
+    /// Coupons to preload (ignored with --event).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub coupons: u32,
+    /// Use this existing event instead of preloading one.
+    #[arg(long)]
+    pub event: Option<String>,
+    /// HTTP/2 connections the clients are spread over.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Skip waiting for PostgreSQL to catch up.
+    #[arg(long)]
+    pub no_finalize_wait: bool,
+    /// Write the JSON report here (it is always printed too).
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Shared tallies of one run.
+struct Tally {
+    latency: Histogram<u64>,
+    results: HashMap<String, u64>,
+    errors: HashMap<String, u64>,
+    /// (code, user) of every ISSUED answer, to check invariants after.
+    issued: Vec<(String, String)>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            results: HashMap::new(),
+            errors: HashMap::new(),
+            issued: Vec::new(),
+        }
+    }
+
+    fn record(
+        &mut self,
+        user: String,
+        elapsed: Duration,
+        r: Result<proto::IssueResponse, tonic::Status>,
+    ) {
+        let _ = self.latency.record(elapsed.as_micros().max(1) as u64);
+        match r {
+            Ok(resp) => {
+                let name = IssueResult::try_from(resp.result)
+                    .map(|r| {
+                        r.as_str_name()
+                            .trim_start_matches("ISSUE_RESULT_")
+                            .to_owned()
+                    })
+                    .unwrap_or_else(|_| format!("UNKNOWN_{}", resp.result));
+                if resp.result == IssueResult::Issued as i32 {
+                    if let Some(c) = resp.coupon {
+                        self.issued.push((c.code, user));
+                    }
+                }
+                *self.results.entry(name).or_default() += 1;
+            }
+            Err(s) => *self.errors.entry(format!("{:?}", s.code())).or_default() += 1,
+        }
+    }
+}
+
+async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        out.push(
+            Endpoint::from_shared(addr.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Runs one benchmark and returns its report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    let chans = channels(&args.addr, args.connections).await?;
+    let mut admin = CouponAdminClient::new(chans[0].clone());
+    let run_id = format!("{:x}", rand::random::<u32>());
+
+    let mut preload_ms = None;
+    let event = match &args.event {
+        Some(e) => e.clone(),
+        None => {
+            let e = format!("bench-{run_id}");
+            let now = chrono::Utc::now();
+            let req = proto::PreloadRequest {
+                event_id: e.clone(),
+                name: "benchmark".into(),
+                total_count: args.coupons,
+                policies: vec![
+                    policy(proto::DiscountType::Percent, 10, 5),
+                    policy(proto::DiscountType::Amount, 3000, 3),
+                    policy(proto::DiscountType::Percent, 50, 2),
+                ],
+                starts_at: Some(crate::grpc::convert::timestamp(
+                    now - chrono::Duration::minutes(1),
+                )),
+                ends_at: Some(crate::grpc::convert::timestamp(
+                    now + chrono::Duration::hours(1),
+                )),
+                code_prefix: String::new(),
+            };
+            let t = Instant::now();
+            let r = admin.preload(req).await?.into_inner();
+            preload_ms = Some(t.elapsed().as_millis() as u64);
+            eprintln!(
+                "preloaded {} coupons in {} ms (server: generate {} ms, database {} ms, redis {} ms, total {} ms)",
+                args.coupons, preload_ms.unwrap(), r.generate_ms, r.database_ms, r.redis_ms, r.total_ms
+            );
+            e
+        }
+    };
+    let total_coupons = admin
+        .get_event(proto::GetEventRequest {
+            event_id: event.clone(),
+        })
+        .await?
+        .into_inner()
+        .total_count;
+
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let started = Instant::now();
+    if args.mode != Mode::Preload {
+        let mut tasks = Vec::with_capacity(args.concurrency);
+        for i in 0..args.concurrency.max(1) {
+            let client = CouponIssuerClient::new(chans[i % chans.len()].clone());
+            let (tally, next, event, run_id) =
+                (tally.clone(), next.clone(), event.clone(), run_id.clone());
+            let requests = args.requests;
+            let mode = args.mode;
+            tasks.push(tokio::spawn(async move {
+                match mode {
+                    Mode::Unary => {
+                        unary_client(client, tally, next, requests, deadline, event, run_id).await
+                    }
+                    _ => {
+                        stream_client(client, tally, next, requests, deadline, event, run_id).await
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+    }
+    let elapsed = started.elapsed();
+    let tally = Arc::try_unwrap(tally)
+        .map_err(|_| anyhow::anyhow!("tally still shared"))?
+        .into_inner();
+
+    // Invariants over what the clients were told.
+    let codes: HashSet<&String> = tally.issued.iter().map(|(c, _)| c).collect();
+    let users: HashSet<&String> = tally.issued.iter().map(|(_, u)| u).collect();
+    let issued = tally.issued.len() as u64;
+    let invariants_ok = codes.len() as u64 == issued
+        && users.len() as u64 == issued
+        && issued <= u64::from(total_coupons);
+
+    // Finalization catch-up: until PostgreSQL counts every issued coupon.
+    let mut finalize_catch_up_ms = None;
+    let mut finalized = 0;
+    if args.mode != Mode::Preload && !args.no_finalize_wait {
+        let t = Instant::now();
+        let limit = Duration::from_secs(120);
+        loop {
+            let e = admin
+                .get_event(proto::GetEventRequest {
+                    event_id: event.clone(),
+                })
+                .await?
+                .into_inner();
+            finalized = e.finalized_count;
+            if u64::from(e.finalized_count) >= u64::from(e.issued_count) || t.elapsed() > limit {
+                finalize_catch_up_ms = Some(t.elapsed().as_millis() as u64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(Report::new(
+        &args,
+        event,
+        total_coupons,
+        preload_ms,
+        elapsed,
+        &tally.latency,
+        tally.results,
+        tally.errors,
+        issued,
+        invariants_ok,
+        finalized,
+        finalize_catch_up_ms,
+    ))
+}
+
+fn policy(kind: proto::DiscountType, value: i64, weight: u32) -> proto::DiscountPolicy {
+    proto::DiscountPolicy {
+        discount_type: kind as i32,
+        discount_value: value,
+        weight,
+    }
+}
+
+fn take(next: &std::sync::atomic::AtomicU64, requests: u64, deadline: Instant) -> Option<u64> {
+    if Instant::now() >= deadline {
+        return None;
+    }
+    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (n < requests).then_some(n)
+}
+
+async fn unary_client(
+    mut client: CouponIssuerClient<Channel>,
+    tally: Arc<Mutex<Tally>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+    requests: u64,
+    deadline: Instant,
+    event: String,
+    run_id: String,
+) {
+    while let Some(n) = take(&next, requests, deadline) {
+        let user = format!("u{run_id}-{n}");
+        let t = Instant::now();
+        let r = client
+            .issue(proto::IssueRequest {
+                event_id: event.clone(),
+                user_id: user.clone(),
+                request_id: n.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner());
+        tally.lock().await.record(user, t.elapsed(), r);
+    }
+}
+
+/// One stream: a producer task feeds requests as fast as the server's flow
+/// control takes them; latency is measured per item from send to answer.
+async fn stream_client(
+    mut client: CouponIssuerClient<Channel>,
+    tally: Arc<Mutex<Tally>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+    requests: u64,
+    deadline: Instant,
+    event: String,
+    run_id: String,
+) {
+    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (tx, rx) = tokio::sync::mpsc::channel::<proto::IssueRequest>(1024);
+    let feeder = {
+        let sent = sent.clone();
+        let run_id = run_id.clone();
+        tokio::spawn(async move {
+            while let Some(n) = take(&next, requests, deadline) {
+                let user = format!("u{run_id}-{n}");
+                sent.lock()
+                    .expect("sent map")
+                    .insert(n.to_string(), Instant::now());
+                let req = proto::IssueRequest {
+                    event_id: event.clone(),
+                    user_id: user,
+                    request_id: n.to_string(),
+                };
+                if tx.send(req).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let resp = client
+        .issue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    let mut inbound = match resp {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            *tally
+                .lock()
+                .await
+                .errors
+                .entry(format!("{:?}", s.code()))
+                .or_default() += 1;
+            return;
+        }
+    };
+    let mut local = Vec::with_capacity(1024);
+    while let Some(item) = inbound.next().await {
+        match item {
+            Ok(r) => {
+                let t0 = sent.lock().expect("sent map").remove(&r.request_id);
+                let user = format!("u{run_id}-{}", r.request_id);
+                local.push((user, t0.map(|t| t.elapsed()).unwrap_or_default(), Ok(r)));
+            }
+            Err(s) => {
+                local.push((String::new(), Duration::ZERO, Err(s)));
+                break;
+            }
+        }
+        if local.len() >= 1024 {
+            let mut t = tally.lock().await;
+            for (u, d, r) in local.drain(..) {
+                t.record(u, d, r);
+            }
+        }
+    }
+    let mut t = tally.lock().await;
+    for (u, d, r) in local.drain(..) {
+        t.record(u, d, r);
+    }
+    let _ = feeder.await;
+}

@@ -1,0 +1,111 @@
+//! The sweeper: republishes issuances that have stayed pending too long, so
+//! a lost Kafka message, a broker that lost its data, or a crash between the
+//! Lua script and the publish cannot lose an issuance. Issuances leave the
+//! pending set only when the finalizer has committed them to PostgreSQL.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{EventId, IssuanceRecord};
+use crate::kafka::Publisher;
+use crate::store::RedisStore;
+
+/// Most issuances claimed per script call.
+const CLAIM_BATCH: usize = 500;
+
+/// Sweeper settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepSettings {
+    /// Republish issuances pending for longer than this (ms).
+    #[arg(
+        id = "sweep-age-ms",
+        long = "sweep-age-ms",
+        env = "COUPOND_SWEEP_AGE_MS",
+        default_value_t = 5000
+    )]
+    pub age_ms: u64,
+    /// Pause between sweeps (ms).
+    #[arg(
+        id = "sweep-interval-ms",
+        long = "sweep-interval-ms",
+        env = "COUPOND_SWEEP_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub interval_ms: u64,
+}
+
+pub struct Sweeper {
+    redis: RedisStore,
+    publisher: Publisher,
+    settings: SweepSettings,
+}
+
+impl Sweeper {
+    pub fn new(redis: RedisStore, publisher: Publisher, settings: SweepSettings) -> Self {
+        Self {
+            redis,
+            publisher,
+            settings,
+        }
+    }
+
+    /// Sweeps every `interval` until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let interval = Duration::from_millis(self.settings.interval_ms.max(10));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.sweep_all().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    republished = n,
+                    "sweeper republished stale pending issuances"
+                ),
+                Err(e) => tracing::warn!(error = %e, "sweep failed; retrying next interval"),
+            }
+        }
+    }
+
+    /// One pass over every event; returns how many issuances were republished.
+    pub async fn sweep_all(&self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        for event in self.redis.events().await? {
+            total += self.sweep(&event).await?;
+        }
+        Ok(total)
+    }
+
+    async fn sweep(&self, event: &EventId) -> anyhow::Result<usize> {
+        let mut republished = 0;
+        loop {
+            let claimed = self
+                .redis
+                .claim_stale(event, self.settings.age_ms, CLAIM_BATCH)
+                .await?;
+            let n = claimed.len();
+            let records: Vec<IssuanceRecord> = claimed
+                .into_iter()
+                .map(|(user_id, r)| IssuanceRecord {
+                    event_id: event.clone(),
+                    user_id,
+                    coupon: r.coupon,
+                    request_id: r.request_id,
+                })
+                .collect();
+            let results = join_all(records.iter().map(|r| self.publisher.publish(r))).await;
+            let failed = results.iter().filter(|r| r.is_err()).count();
+            if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                // Claimed items come back one age later.
+                tracing::warn!(error = %e, failed, "republishing failed");
+            }
+            republished += n - failed;
+            if n < CLAIM_BATCH || failed > 0 {
+                return Ok(republished);
+            }
+        }
+    }
+}
