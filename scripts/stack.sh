@@ -11,11 +11,16 @@
 set -euo pipefail
 
 CACHE="${COUPOND_CACHE:-$HOME/.cache/coupond}"
-TOOLS="$CACHE/tools"
-TANSU="$TOOLS/bin/tansu"
+# The broker is tansu built with scripts/tansu/patch.py; the directory name
+# carries the patch revision, so changing the patch builds a new binary.
+TANSU_ROOT="$CACHE/tools/tansu-0.6.0-coupond1"
+TANSU="$TANSU_ROOT/bin/tansu"
 TANSU_VERSION="0.6.0"
+# Broker storage: "sqlite" keeps topics and offsets across restarts;
+# "memory" loses everything on restart, like a broker that lost its disk.
+BROKER_STORAGE="${COUPOND_BROKER_STORAGE:-sqlite}"
 DATA="$CACHE/data"
-mkdir -p "$TOOLS" "$DATA"
+mkdir -p "$DATA"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -75,22 +80,44 @@ ensure_postgres() {
 
 ensure_tansu_binary() {
   if [ -x "$TANSU" ]; then return; fi
-  log "broker: building tansu $TANSU_VERSION into $TOOLS (once per machine, ~13 min on 2 cores)"
+  log "broker: building patched tansu $TANSU_VERSION into $TANSU_ROOT (once per machine, ~15 min on 2 cores)"
   command -v cc >/dev/null || apt_install build-essential
-  cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$TOOLS" >&2
+  "$(dirname "$0")/tansu/build.sh" "$TANSU_ROOT"
+}
+
+# A broker whose port is open may still be wedged (an unpatched tansu's
+# storage dies on the first failed request): ask it for its topics.
+broker_healthy() {
+  [ -x "$TANSU" ] || return 0
+  timeout 10 "$TANSU" topic list --broker tcp://127.0.0.1:9092 >/dev/null 2>&1
 }
 
 ensure_broker() {
+  ensure_tansu_binary
+  if port_open 9092 && ! broker_healthy; then
+    log "broker: port open but not answering; restarting it"
+    stop_broker
+  fi
+  # An older (unpatched) tansu build is replaced by this one; a broker that
+  # is not tansu at all is used as it is.
+  local pid exe
+  pid="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
+  exe="$(readlink "/proc/${pid:-0}/exe" 2>/dev/null || true)"
+  if [ -n "$exe" ] && [ "$(basename "$exe")" = tansu ] && [ "$exe" != "$TANSU" ]; then
+    log "broker: replacing $exe with $TANSU"
+    stop_broker
+  fi
   if port_open 9092; then
     log "broker: running"
   else
-    ensure_tansu_binary
-    log "broker: starting tansu (data in $DATA/tansu.db)"
+    local engine="sqlite://tansu.db"
+    [ "$BROKER_STORAGE" = memory ] && engine="memory://tansu/"
+    log "broker: starting tansu (storage $engine, in $DATA)"
     # tansu resolves the sqlite path relative to its working directory.
     (cd "$DATA" && exec nohup "$TANSU" broker \
       --listener-url tcp://127.0.0.1:9092 \
       --advertised-listener-url tcp://127.0.0.1:9092 \
-      --storage-engine "sqlite://tansu.db" \
+      --storage-engine "$engine" \
       >>"$CACHE/tansu.log" 2>&1) &
     echo $! >"$CACHE/tansu.pid"
     wait_port 9092 60 broker "$!" || { tail -5 "$CACHE/tansu.log" >&2; return 1; }
@@ -106,13 +133,31 @@ ensure_broker() {
   fi
 }
 
-# Stops the broker this script started (fault tests restart it).
+# Stops whatever broker listens on 9092 (fault tests stop and restart it)
+# and waits until the port is closed.
 stop_broker() {
-  if [ -f "$CACHE/tansu.pid" ]; then kill "$(cat "$CACHE/tansu.pid")" 2>/dev/null || true; fi
+  local pids; pids="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u)"
+  [ -z "$pids" ] && [ -f "$CACHE/tansu.pid" ] && pids="$(cat "$CACHE/tansu.pid")"
+  for p in $pids; do kill "$p" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 30))
+  while port_open 9092; do
+    if ((SECONDS >= deadline)); then for p in $pids; do kill -9 "$p" 2>/dev/null || true; done; fi
+    sleep 0.1
+  done
+  log "broker: stopped"
+}
+
+pg_version() { ls /etc/postgresql | sort -V | tail -1; }
+
+# PostgreSQL stop/start for the fault tests.
+stop_postgres() {
+  pg_ctlcluster --skip-systemctl-redirect "$(pg_version)" main stop -m fast
+  log "postgres: stopped"
 }
 
 case "${1:-up}" in
   up) ensure_redis; ensure_postgres; ensure_broker; log "stack is up" ;;
   stop-broker) stop_broker ;;
-  *) echo "usage: $0 [up|stop-broker]" >&2; exit 2 ;;
+  stop-postgres) stop_postgres ;;
+  *) echo "usage: $0 [up|stop-broker|stop-postgres]" >&2; exit 2 ;;
 esac

@@ -29,9 +29,34 @@ enum Command {
     Consume,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Compare an event's Redis state with PostgreSQL; exit 1 on any
+    /// difference other than in-flight issuances.
+    Reconcile(ReconcileArgs),
     /// Load-test a running server over gRPC and report figures as JSON.
     Bench(crate::bench::BenchArgs),
 }
+
+#[derive(clap::Args)]
+struct ReconcileArgs {
+    /// The event to check.
+    #[arg(long)]
+    event: String,
+    /// Rebuild the event's Redis state from PostgreSQL (after a Redis loss).
+    #[arg(long)]
+    rebuild_redis: bool,
+    /// With --rebuild-redis: also when the event is live (takes it offline
+    /// for the moments of the rebuild).
+    #[arg(long, requires = "rebuild_redis")]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reconcile found differences (exit status 1, not an error).
+#[derive(Debug, thiserror::Error)]
+#[error("redis and postgres differ")]
+struct Inconsistent;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -48,6 +73,7 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Inconsistent>() => ExitCode::from(1),
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("coupond: {e:#}");
@@ -82,6 +108,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("invariants violated: duplicate codes or users, or oversold");
             }
             Ok(())
+        }
+        Command::Reconcile(args) => {
+            let event = crate::domain::EventId::parse(args.event)
+                .map_err(|e| anyhow::anyhow!("--event: {e}"))?;
+            let s = &cli.settings;
+            let pg = crate::store::PgStore::connect(&s.database.url, 2)?;
+            let redis = crate::store::RedisStore::connect(&s.redis.url, 2)?;
+            if args.rebuild_redis {
+                crate::reconcile::rebuild(&pg, &redis, &event, args.force).await?;
+            }
+            let report = crate::reconcile::reconcile(&pg, &redis, &event).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if report.consistent() {
+                Ok(())
+            } else {
+                Err(Inconsistent.into())
+            }
         }
         Command::Migrate => {
             let pg = crate::store::PgStore::connect(&cli.settings.database.url, 1)?;

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod grpc;
 pub mod kafka;
 pub mod proto;
+pub mod reconcile;
 pub mod service;
 pub mod shutdown;
 pub mod startup;

@@ -16,6 +16,12 @@ pub struct EventKeys {
     pub pending: String,
     /// Preload's staging list, renamed to `queue` when the event goes live.
     pub staging: String,
+    /// Rebuild's staged issued hash.
+    pub issued_staging: String,
+    /// Rebuild's staged pending set.
+    pub pending_staging: String,
+    /// Where a forced rebuild parks the meta hash while the event is offline.
+    pub meta_offline: String,
 }
 
 impl EventKeys {
@@ -26,6 +32,9 @@ impl EventKeys {
             meta: format!("couponMeta:{{{event}}}"),
             pending: format!("couponPending:{{{event}}}"),
             staging: format!("couponStaging:{{{event}}}"),
+            issued_staging: format!("couponIssuedStaging:{{{event}}}"),
+            pending_staging: format!("couponPendingStaging:{{{event}}}"),
+            meta_offline: format!("couponMetaOffline:{{{event}}}"),
         }
     }
 }
@@ -37,7 +46,16 @@ mod tests {
     #[test]
     fn every_key_shares_the_event_hash_tag() {
         let k = EventKeys::new(&EventId::parse("e-1").unwrap());
-        for key in [&k.queue, &k.issued, &k.meta, &k.pending, &k.staging] {
+        for key in [
+            &k.queue,
+            &k.issued,
+            &k.meta,
+            &k.pending,
+            &k.staging,
+            &k.issued_staging,
+            &k.pending_staging,
+            &k.meta_offline,
+        ] {
             assert!(key.ends_with(":{e-1}"), "{key}");
         }
     }

@@ -38,6 +38,15 @@ pub enum PgStoreError {
     Corrupt(String),
 }
 
+/// One coupon as PostgreSQL records it.
+#[derive(Debug, Clone)]
+pub struct CouponRow {
+    pub code: String,
+    pub discount: Discount,
+    /// (user, issued_at, request_id) when ISSUED.
+    pub issued: Option<(String, DateTime<Utc>, String)>,
+}
+
 /// Handle to PostgreSQL; cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
@@ -301,6 +310,52 @@ impl PgStore {
         .load(&mut c)
         .await?;
         Ok(rows.into_iter().map(|p| (p.code, p.user_id)).collect())
+    }
+
+    /// Every coupon of the event with its state (for reconciliation).
+    pub async fn coupons(&self, id: &EventId) -> Result<Vec<CouponRow>, PgStoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            code: String,
+            #[diesel(sql_type = Text)]
+            state: String,
+            #[diesel(sql_type = Text)]
+            discount_type: String,
+            #[diesel(sql_type = BigInt)]
+            discount_value: i64,
+            #[diesel(sql_type = Nullable<Text>)]
+            user_id: Option<String>,
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            issued_at: Option<DateTime<Utc>>,
+            #[diesel(sql_type = Nullable<Text>)]
+            request_id: Option<String>,
+        }
+        let mut c = self.pool.get().await?;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT code, state, discount_type, discount_value, user_id, issued_at, request_id \
+             FROM coupons WHERE event_id = $1",
+        )
+        .bind::<Text, _>(id.as_str())
+        .load(&mut c)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let discount = discount_of(&r.discount_type, r.discount_value)?;
+                let issued = match (r.state.as_str(), r.user_id, r.issued_at) {
+                    ("ISSUED", Some(user), Some(at)) => {
+                        Some((user, at, r.request_id.unwrap_or_default()))
+                    }
+                    ("AVAILABLE", None, _) => None,
+                    _ => return Err(PgStoreError::Corrupt(format!("coupon {} state", r.code))),
+                };
+                Ok(CouponRow {
+                    code: r.code,
+                    discount,
+                    issued,
+                })
+            })
+            .collect()
     }
 
     /// Number of coupon rows of the event, in any state.

@@ -12,6 +12,20 @@ pub fn queue_entry(code: &str, discount: &Discount) -> String {
     format!("{code}\t{}\t{}", discount.kind().as_str(), discount.value())
 }
 
+/// The issued-hash record the issue script would have written.
+pub fn issued_record(coupon: &IssuedCoupon, request_id: &str, state: IssuanceState) -> String {
+    format!(
+        "{}\t{}\t{}\t{}",
+        queue_entry(&coupon.code, &coupon.discount),
+        coupon.issued_at.timestamp_millis(),
+        request_id,
+        match state {
+            IssuanceState::Pending => "P",
+            IssuanceState::Finalized => "F",
+        }
+    )
+}
+
 /// A parsed issued-hash record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedRecord {
@@ -69,6 +83,14 @@ mod tests {
         let f = parse_issued("ABC\tPERCENT\t5\t1\t\tF").unwrap();
         assert_eq!(f.request_id, "");
         assert_eq!(f.state, IssuanceState::Finalized);
+    }
+
+    #[test]
+    fn formatted_records_parse_back() {
+        let r = parse_issued("XYZ\tPERCENT\t15\t1700000000000\treq\tF").unwrap();
+        let text = issued_record(&r.coupon, &r.request_id, r.state);
+        assert_eq!(text, "XYZ\tPERCENT\t15\t1700000000000\treq\tF");
+        assert_eq!(parse_issued(&text).unwrap(), r);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `scripts/lua/` (compiled into the binary, run with EVALSHA and reloaded
 //! on NOSCRIPT by `redis::Script`).
 
+use std::collections::HashMap;
+
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
 use redis::Script;
 use tracing::instrument;
@@ -48,6 +50,30 @@ struct Scripts {
     make_live: Script,
     finalize: Script,
     claim_stale: Script,
+    rebuild: Script,
+    take_offline: Script,
+}
+
+/// Everything Redis holds for one event.
+#[derive(Debug, Default)]
+pub struct RedisSnapshot {
+    pub live: bool,
+    /// Codes in the queue, in queue order.
+    pub queue: Vec<String>,
+    /// User -> issuance record.
+    pub issued: HashMap<String, IssuedRecord>,
+    /// User -> pending score (issued_at ms or last republish).
+    pub pending: HashMap<String, i64>,
+}
+
+/// A rebuilt Redis state of one event, ready to install.
+pub struct RebuiltState<'a> {
+    pub queue: &'a [String],
+    pub issued: &'a [(String, String)],
+    pub pending: &'a [(String, i64)],
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub total: u32,
 }
 
 /// Live counts of an event in Redis.
@@ -77,6 +103,8 @@ impl RedisStore {
                 make_live: Script::new(include_str!("../../scripts/lua/make_live.lua")),
                 finalize: Script::new(include_str!("../../scripts/lua/finalize.lua")),
                 claim_stale: Script::new(include_str!("../../scripts/lua/claim_stale.lua")),
+                rebuild: Script::new(include_str!("../../scripts/lua/rebuild.lua")),
+                take_offline: Script::new(include_str!("../../scripts/lua/take_offline.lua")),
             }),
         })
     }
@@ -325,5 +353,137 @@ impl RedisStore {
                 Ok((user, record::parse_issued(&p[1])?))
             })
             .collect()
+    }
+
+    /// Reads the event's queue, issued hash and pending set in chunks
+    /// (not atomically: compare with care while the event is live).
+    pub async fn snapshot(&self, event: &EventId) -> Result<RedisSnapshot, RedisStoreError> {
+        const CHUNK: isize = 50_000;
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let mut snap = RedisSnapshot {
+            live: redis::cmd("EXISTS")
+                .arg(&k.meta)
+                .query_async(&mut c)
+                .await?,
+            ..Default::default()
+        };
+        let mut start = 0isize;
+        loop {
+            let part: Vec<String> = redis::cmd("LRANGE")
+                .arg(&k.queue)
+                .arg(start)
+                .arg(start + CHUNK - 1)
+                .query_async(&mut c)
+                .await?;
+            let n = part.len() as isize;
+            snap.queue.extend(
+                part.into_iter()
+                    .map(|e| e.split('\t').next().unwrap_or_default().to_owned()),
+            );
+            if n < CHUNK {
+                break;
+            }
+            start += CHUNK;
+        }
+        let mut cursor = 0u64;
+        loop {
+            let (next, kv): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(&k.issued)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut c)
+                .await?;
+            for pair in kv.chunks_exact(2) {
+                snap.issued
+                    .insert(pair[0].clone(), record::parse_issued(&pair[1])?);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let pending: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(&k.pending)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await?;
+        snap.pending = pending.into_iter().collect();
+        Ok(snap)
+    }
+
+    /// Moves the meta hash aside so Issue stops changing the event.
+    pub async fn take_offline(&self, event: &EventId) -> Result<bool, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let moved: i64 = self
+            .scripts
+            .take_offline
+            .key(&k.meta)
+            .key(&k.meta_offline)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(moved == 1)
+    }
+
+    /// Stages `state` and installs it atomically (see `rebuild.lua`).
+    pub async fn install_rebuilt(
+        &self,
+        event: &EventId,
+        state: RebuiltState<'_>,
+    ) -> Result<(), RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let _: () = redis::cmd("DEL")
+            .arg(&k.staging)
+            .arg(&k.issued_staging)
+            .arg(&k.pending_staging)
+            .query_async(&mut c)
+            .await?;
+        for chunk in state.queue.chunks(STAGE_CHUNK) {
+            let _: () = redis::cmd("RPUSH")
+                .arg(&k.staging)
+                .arg(chunk)
+                .query_async(&mut c)
+                .await?;
+        }
+        for chunk in state.issued.chunks(STAGE_CHUNK) {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&k.issued_staging);
+            for (u, r) in chunk {
+                cmd.arg(u).arg(r);
+            }
+            let _: () = cmd.query_async(&mut c).await?;
+        }
+        for chunk in state.pending.chunks(STAGE_CHUNK) {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(&k.pending_staging);
+            for (u, score) in chunk {
+                cmd.arg(*score).arg(u);
+            }
+            let _: () = cmd.query_async(&mut c).await?;
+        }
+        let _: i64 = self
+            .scripts
+            .rebuild
+            .key(&k.staging)
+            .key(&k.issued_staging)
+            .key(&k.pending_staging)
+            .key(&k.queue)
+            .key(&k.issued)
+            .key(&k.pending)
+            .key(&k.meta)
+            .key(&k.meta_offline)
+            .arg(state.starts_ms)
+            .arg(state.ends_ms)
+            .arg(state.total)
+            .arg(state.queue.len())
+            .arg(state.issued.len())
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
     }
 }

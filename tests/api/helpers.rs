@@ -1,5 +1,4 @@
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,10 +10,11 @@ use coupond::proto::{self, DiscountPolicy, DiscountType, PreloadRequest};
 use coupond::startup::Application;
 use coupond::store::keys::EventKeys;
 use coupond::store::{PgStore, RedisStore};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+pub use crate::common::{eventually, isolated_settings, unique_tag};
 
 /// A running coupond with its own database and topics.
 pub struct TestApp {
@@ -28,41 +28,6 @@ pub struct TestApp {
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
     /// Unique per test; prefixes event ids.
     pub tag: String,
-}
-
-fn admin_db_url() -> String {
-    std::env::var("COUPOND_TEST_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// Replaces the database name of a PostgreSQL URL.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("database url has a path");
-    format!("{base}/{db}")
-}
-
-pub fn unique_tag() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
-
-/// Settings for an isolated test: fresh database, topics and group.
-pub async fn isolated_settings(tag: &str) -> Settings {
-    let mut s = Settings::from_env().expect("settings from env");
-    let db = format!("coupond_test_{tag}");
-    let mut admin = AsyncPgConnection::establish(&admin_db_url())
-        .await
-        .expect("connect to the admin database");
-    diesel::sql_query(format!("CREATE DATABASE {db}"))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-    s.database.url = with_database(&admin_db_url(), &db);
-    s.database.pool_size = 4;
-    s.kafka.topic = format!("coupon-issued-test-{tag}");
-    s.kafka.group = format!("coupond-test-{tag}");
-    s.kafka.create_partitions = 3;
-    s.consumer.batch_ms = 10;
-    s
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -187,24 +152,6 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// Polls `check` every 50 ms until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -3,10 +3,13 @@
 //! port-0 listener with its own database, topics, consumer group and event
 //! ids, so tests run in parallel without seeing each other's state.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod finalize;
 mod helpers;
 mod issue;
 mod preload;
+mod reconcile;
 mod server;
 mod stream;
 mod validation;

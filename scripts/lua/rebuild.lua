@@ -1,0 +1,23 @@
+-- Installs an event's Redis state rebuilt from PostgreSQL, in one step:
+-- staged queue, issued hash and pending set replace the live keys and the
+-- meta hash is written, which makes the event live again. Refuses when the
+-- event is live, so it can never overwrite issuances made meanwhile.
+--
+-- KEYS[1] couponStaging:{E}       KEYS[2] couponIssuedStaging:{E}
+-- KEYS[3] couponPendingStaging:{E} KEYS[4] couponQueue:{E}
+-- KEYS[5] couponIssued:{E}        KEYS[6] couponPending:{E}
+-- KEYS[7] couponMeta:{E}          KEYS[8] couponMetaOffline:{E}
+-- ARGV[1] starts_at ms  ARGV[2] ends_at ms  ARGV[3] total
+-- ARGV[4] expected queue length  ARGV[5] expected issued count
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  return redis.error_reply('EVENT_LIVE event is live; take it offline first')
+end
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[4]) or redis.call('HLEN', KEYS[2]) ~= tonumber(ARGV[5]) then
+  return redis.error_reply('STAGING_INCOMPLETE staged state does not match')
+end
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[8])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]) end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[6]) end
+redis.call('HSET', KEYS[7], 'starts_at', ARGV[1], 'ends_at', ARGV[2], 'total', ARGV[3])
+return 1

@@ -1,0 +1,96 @@
+//! Fault tests: real coupond processes under load while the broker, the
+//! server, PostgreSQL or the consumer fails. After recovery PostgreSQL must
+//! hold exactly the (user, code) pairs the load client was told, and nothing
+//! may be left pending. They stop shared services, so they run one at a time.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use support::{stack, Env, Load, SERIAL};
+
+const COUPONS: u32 = 1500;
+const USERS: u64 = 2000;
+const CONCURRENCY: usize = 24;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_stopped_mid_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new().await;
+    let mut server = env.serve(&[]).await;
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(300).await;
+    stack("stop-broker");
+    tokio::time::sleep(Duration::from_secs(4)).await; // the outage being tested
+    stack("up");
+    let (told, errors) = load.finish().await;
+    eprintln!(
+        "broker fault: told {} ISSUED, {errors} retried errors",
+        told.len()
+    );
+    assert_eq!(told.len() as u32, COUPONS, "every coupon went to someone");
+    env.assert_exactly_recorded(&event, &told).await;
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_killed_mid_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new().await;
+    let mut server = env.serve(&[]).await;
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(300).await;
+    server.kill9();
+    let mut server = env.serve(&[]).await;
+    let (told, errors) = load.finish().await;
+    eprintln!(
+        "server kill: told {} ISSUED, {errors} retried errors",
+        told.len()
+    );
+    assert!(errors > 0, "the kill interrupted calls");
+    assert_eq!(told.len() as u32, COUPONS);
+    env.assert_exactly_recorded(&event, &told).await;
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped_mid_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new().await;
+    let mut server = env.serve(&[]).await;
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(300).await;
+    stack("stop-postgres");
+    // Issuance goes on from Redis while the database is down.
+    let before = load.answered.load(std::sync::atomic::Ordering::Relaxed);
+    load.until_answered(before + 300).await;
+    stack("up");
+    let (told, _) = load.finish().await;
+    assert_eq!(told.len() as u32, COUPONS);
+    env.assert_exactly_recorded(&event, &told).await;
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_killed_mid_batch_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new().await;
+    let mut server = env.serve(&["--no-consumer"]).await;
+    let mut consumer = env.consume();
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(500).await;
+    consumer.kill9();
+    load.until_answered(1000).await;
+    let mut consumer = env.consume();
+    let (told, _) = load.finish().await;
+    assert_eq!(told.len() as u32, COUPONS);
+    env.assert_exactly_recorded(&event, &told).await;
+    consumer.terminate().await;
+    server.terminate().await;
+}

@@ -1,0 +1,328 @@
+//! Processes, faults and a retrying load client for the fault tests.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coupond::config::Settings;
+use coupond::domain::EventId;
+use coupond::proto::coupon_admin_client::CouponAdminClient;
+use coupond::proto::coupon_issuer_client::CouponIssuerClient;
+use coupond::proto::{self, IssueResult};
+use coupond::store::{PgStore, RedisStore};
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::common::{eventually, isolated_settings, unique_tag};
+
+/// Fault tests stop shared services (the broker, PostgreSQL): one at a time.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/stack.sh <arg>` and asserts it succeeded.
+pub fn stack(arg: &str) {
+    let st = Command::new("bash")
+        .arg(repo_root().join("scripts/stack.sh"))
+        .arg(arg)
+        .status()
+        .expect("run stack.sh");
+    assert!(st.success(), "stack.sh {arg} failed");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One isolated environment: database, topics, group, and a port.
+pub struct Env {
+    pub tag: String,
+    pub settings: Settings,
+    pub port: u16,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let tag = unique_tag();
+        let settings = isolated_settings(&tag).await;
+        Self {
+            tag,
+            settings,
+            port: free_port(),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let s = &self.settings;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coupond"));
+        c.args(args)
+            .env("COUPOND_DATABASE_URL", &s.database.url)
+            .env("COUPOND_REDIS_URL", &s.redis.url)
+            .env("COUPOND_KAFKA_BROKERS", &s.kafka.brokers)
+            .env("COUPOND_KAFKA_TOPIC", &s.kafka.topic)
+            .env("COUPOND_KAFKA_GROUP", &s.kafka.group)
+            .env("COUPOND_KAFKA_CREATE_PARTITIONS", "3")
+            .env("COUPOND_KAFKA_DELIVERY_TIMEOUT_MS", "10000")
+            .env("COUPOND_CONSUMER_BATCH_MS", "10")
+            .env("COUPOND_SWEEP_AGE_MS", "1500")
+            .env("COUPOND_SWEEP_INTERVAL_MS", "300")
+            .env("COUPOND_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(
+                "RUST_LOG",
+                std::env::var("FAULT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts `coupond serve` and waits until it accepts connections.
+    pub async fn serve(&self, extra: &[&str]) -> Proc {
+        let mut args = vec!["serve"];
+        args.extend_from_slice(extra);
+        let child = self.command(&args).spawn().expect("spawn coupond serve");
+        let mut p = Proc { child };
+        let port = self.port;
+        let up = eventually(Duration::from_secs(60), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(
+            up && p.child.try_wait().unwrap().is_none(),
+            "coupond serve did not come up"
+        );
+        p
+    }
+
+    /// Starts `coupond consume`.
+    pub fn consume(&self) -> Proc {
+        Proc {
+            child: self
+                .command(&["consume"])
+                .spawn()
+                .expect("spawn coupond consume"),
+        }
+    }
+
+    pub fn pg(&self) -> PgStore {
+        PgStore::connect(&self.settings.database.url, 2).unwrap()
+    }
+
+    pub fn redis(&self) -> RedisStore {
+        RedisStore::connect(&self.settings.redis.url, 2).unwrap()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.addr())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy()
+    }
+
+    /// Preloads `total` coupons into a fresh event, open now.
+    pub async fn preload(&self, total: u32) -> String {
+        let event = format!("fault-{}", self.tag);
+        let now = chrono::Utc::now();
+        let ts = coupond::grpc::convert::timestamp;
+        CouponAdminClient::new(self.channel().await)
+            .preload(proto::PreloadRequest {
+                event_id: event.clone(),
+                name: "fault drop".into(),
+                total_count: total,
+                policies: vec![proto::DiscountPolicy {
+                    discount_type: proto::DiscountType::Percent as i32,
+                    discount_value: 15,
+                    weight: 1,
+                }],
+                starts_at: Some(ts(now - chrono::Duration::minutes(1))),
+                ends_at: Some(ts(now + chrono::Duration::hours(1))),
+                code_prefix: String::new(),
+            })
+            .await
+            .expect("preload");
+        event
+    }
+
+    /// Waits until PostgreSQL holds exactly `told` for the event and nothing
+    /// is pending, then checks it (with a report of the difference).
+    pub async fn assert_exactly_recorded(&self, event: &str, told: &HashMap<String, String>) {
+        let id = EventId::parse(event).unwrap();
+        let expected: HashSet<(String, String)> =
+            told.iter().map(|(u, c)| (c.clone(), u.clone())).collect();
+        let (pg, redis) = (self.pg(), self.redis());
+        let state = || async {
+            let pairs: HashSet<(String, String)> = match pg.issued_pairs(&id).await {
+                Ok(p) => p.into_iter().collect(),
+                Err(_) => HashSet::new(),
+            };
+            let pending = redis
+                .counts(&id)
+                .await
+                .map(|c| c.pending)
+                .unwrap_or(u64::MAX);
+            (pairs, pending)
+        };
+        let ok = eventually(Duration::from_secs(120), || async {
+            let (pairs, pending) = state().await;
+            pairs == expected && pending == 0
+        })
+        .await;
+        let (pairs, pending) = state().await;
+        assert!(
+            ok,
+            "postgres holds {} pairs, told {}: {} missing, {} extra; {pending} pending",
+            pairs.len(),
+            expected.len(),
+            expected.difference(&pairs).count(),
+            pairs.difference(&expected).count()
+        );
+        let codes: HashSet<&String> = told.values().collect();
+        assert_eq!(codes.len(), told.len(), "no code told to two users");
+    }
+}
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let exited = eventually(Duration::from_secs(30), || {
+            let done = matches!(self.child.try_wait(), Ok(Some(_)));
+            async move { done }
+        })
+        .await;
+        assert!(exited, "process did not stop after SIGTERM");
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "exit after SIGTERM: {st:?}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// A load of distinct users that retries every failed call (an idempotent
+/// Issue returns the same coupon) and records each (user, code) it was told.
+pub struct Load {
+    pub told: Arc<Mutex<HashMap<String, String>>>,
+    pub answered: Arc<AtomicU64>,
+    pub errors: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub async fn start(env: &Env, event: &str, users: u64, concurrency: usize) -> Self {
+        let told = Arc::new(Mutex::new(HashMap::new()));
+        let answered = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let mut client = CouponIssuerClient::new(env.channel().await);
+            let (told, answered, errors, next) =
+                (told.clone(), answered.clone(), errors.clone(), next.clone());
+            let event = event.to_owned();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= users {
+                        return;
+                    }
+                    let user = format!("user-{n}");
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+                    loop {
+                        let r = client
+                            .issue(proto::IssueRequest {
+                                event_id: event.clone(),
+                                user_id: user.clone(),
+                                request_id: format!("r{n}"),
+                            })
+                            .await;
+                        match r.map(|r| r.into_inner()) {
+                            Ok(resp) => {
+                                let res = IssueResult::try_from(resp.result).unwrap();
+                                if matches!(res, IssueResult::Issued | IssueResult::AlreadyIssued) {
+                                    let code = resp.coupon.unwrap().code;
+                                    let prev =
+                                        told.lock().unwrap().insert(user.clone(), code.clone());
+                                    assert!(
+                                        prev.is_none() || prev.as_ref() == Some(&code),
+                                        "{user} told two codes"
+                                    );
+                                } else {
+                                    assert_eq!(res, IssueResult::SoldOut, "{user}: {resp:?}");
+                                }
+                                answered.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                assert!(
+                                    tokio::time::Instant::now() < deadline,
+                                    "{user} never answered"
+                                );
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Self {
+            told,
+            answered,
+            errors,
+            tasks,
+        }
+    }
+
+    /// Waits until at least `n` users were answered.
+    pub async fn until_answered(&self, n: u64) {
+        let a = self.answered.clone();
+        assert!(
+            eventually(Duration::from_secs(120), || {
+                let v = a.load(Ordering::Relaxed);
+                async move { v >= n }
+            })
+            .await,
+            "load stalled before {n} answers"
+        );
+    }
+
+    /// Waits for every user to be answered; returns what they were told.
+    pub async fn finish(self) -> (HashMap<String, String>, u64) {
+        for t in self.tasks {
+            t.await.expect("load task");
+        }
+        let told = self.told.lock().unwrap().clone();
+        (told, self.errors.load(Ordering::Relaxed))
+    }
+}
