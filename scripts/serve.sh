@@ -4,4 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/stack.sh up
+# Without COUPOND_ADMIN_TOKEN this is a development server: CouponAdmin is
+# open (the server logs a warning). Set the token for anything else.
+if [ -z "${COUPOND_ADMIN_TOKEN:-}${COUPOND_ADMIN_TOKEN_FILE:-}" ]; then
+  set -- --insecure-dev "$@"
+fi
 exec cargo run --release --bin coupond -- serve "$@"

@@ -101,7 +101,7 @@ ensure_broker() {
   # An older (unpatched) tansu build is replaced by this one; a broker that
   # is not tansu at all is used as it is.
   local pid exe
-  pid="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
+  pid="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)"
   exe="$(readlink "/proc/${pid:-0}/exe" 2>/dev/null || true)"
   if [ -n "$exe" ] && [ "$(basename "$exe")" = tansu ] && [ "$exe" != "$TANSU" ]; then
     log "broker: replacing $exe with $TANSU"
@@ -136,15 +136,25 @@ ensure_broker() {
 # Stops whatever broker listens on 9092 (fault tests stop and restart it)
 # and waits until the port is closed.
 stop_broker() {
-  local pids; pids="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u)"
+  local pids; pids="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u || true)"
   [ -z "$pids" ] && [ -f "$CACHE/tansu.pid" ] && pids="$(cat "$CACHE/tansu.pid")"
-  for p in $pids; do kill "$p" 2>/dev/null || true; done
+  # SIGKILL: a crash, as the fault tests mean it (tansu's graceful stop
+  # leaves its idempotent-producer state unusable after the restart).
+  for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
   local deadline=$((SECONDS + 30))
   while port_open 9092; do
     if ((SECONDS >= deadline)); then for p in $pids; do kill -9 "$p" 2>/dev/null || true; done; fi
     sleep 0.1
   done
   log "broker: stopped"
+}
+
+# Deletes the broker's storage (the broker must be stopped): a broker that
+# lost its disk. Fault tests use it.
+wipe_broker() {
+  if port_open 9092; then log "broker: still running; not wiping"; return 1; fi
+  rm -f "$DATA"/tansu.db "$DATA"/tansu.db-*
+  log "broker: storage wiped"
 }
 
 pg_version() { ls /etc/postgresql | sort -V | tail -1; }
@@ -159,5 +169,6 @@ case "${1:-up}" in
   up) ensure_redis; ensure_postgres; ensure_broker; log "stack is up" ;;
   stop-broker) stop_broker ;;
   stop-postgres) stop_postgres ;;
-  *) echo "usage: $0 [up|stop-broker|stop-postgres]" >&2; exit 2 ;;
+  wipe-broker) wipe_broker ;;
+  *) echo "usage: $0 [up|stop-broker|wipe-broker|stop-postgres]" >&2; exit 2 ;;
 esac

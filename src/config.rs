@@ -85,6 +85,15 @@ pub struct KafkaSettings {
         default_value = "coupond-finalizer"
     )]
     pub group: String,
+    /// Static group membership id of this process's finalizer (KIP-345), e.g.
+    /// a pod name: a restarted instance takes over its partitions at once
+    /// instead of waiting for the group to evict the dead one. Unique per process.
+    #[arg(
+        id = "kafka-instance-id",
+        long = "kafka-instance-id",
+        env = "COUPOND_KAFKA_INSTANCE_ID"
+    )]
+    pub instance_id: Option<String>,
     /// Create the topics at startup when missing, with this many partitions (0: don't).
     #[arg(
         id = "kafka-create-partitions",
@@ -224,6 +233,84 @@ impl Settings {
     }
 }
 
+/// Who may call which service.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuthSettings {
+    /// Bearer token CouponAdmin callers must present.
+    #[arg(
+        id = "admin-token",
+        long = "admin-token",
+        env = "COUPOND_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (first line).
+    #[arg(
+        id = "admin-token-file",
+        long = "admin-token-file",
+        env = "COUPOND_ADMIN_TOKEN_FILE"
+    )]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Bearer token CouponIssuer callers must present. Unset: CouponIssuer
+    /// is open, for deployments on a trusted internal network.
+    #[arg(
+        id = "issuer-token",
+        long = "issuer-token",
+        env = "COUPOND_ISSUER_TOKEN",
+        hide_env_values = true
+    )]
+    pub issuer_token: Option<String>,
+    /// File holding the issuer token (first line).
+    #[arg(
+        id = "issuer-token-file",
+        long = "issuer-token-file",
+        env = "COUPOND_ISSUER_TOKEN_FILE"
+    )]
+    pub issuer_token_file: Option<std::path::PathBuf>,
+    /// Development only: serve CouponAdmin without a token when none is configured.
+    #[arg(
+        id = "insecure-dev",
+        long = "insecure-dev",
+        env = "COUPOND_INSECURE_DEV"
+    )]
+    pub insecure_dev: bool,
+}
+
+fn read_token(
+    inline: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    let token = match (inline, file) {
+        (Some(_), Some(_)) => anyhow::bail!("give the {what} token inline or as a file, not both"),
+        (Some(t), None) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("reading the {what} token file {}: {e}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    match token {
+        Some(t) if t.len() < 16 => anyhow::bail!("the {what} token must be at least 16 characters"),
+        t => Ok(t),
+    }
+}
+
+impl AuthSettings {
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        read_token(&self.admin_token, &self.admin_token_file, "admin")
+    }
+
+    pub fn issuer_token(&self) -> anyhow::Result<Option<String>> {
+        read_token(&self.issuer_token, &self.issuer_token_file, "issuer")
+    }
+}
+
 /// `coupond serve` settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeSettings {
@@ -233,4 +320,42 @@ pub struct ServeSettings {
     /// Don't run the finalizer in this process (run `coupond consume` instead).
     #[arg(long, env = "COUPOND_NO_CONSUMER")]
     pub no_consumer: bool,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub limits: LimitSettings,
+}
+
+/// Bounds on what one client can make the server hold.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitSettings {
+    /// Largest request message accepted (bytes); larger ones get RESOURCE_EXHAUSTED.
+    #[arg(id = "max-message-bytes", long = "max-message-bytes", env = "COUPOND_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    #[arg(
+        id = "max-concurrent-streams",
+        long = "max-concurrent-streams",
+        env = "COUPOND_MAX_CONCURRENT_STREAMS",
+        default_value_t = 4096
+    )]
+    pub max_concurrent_streams: u32,
+    /// Longest a unary call may run when the client set no shorter deadline (ms).
+    #[arg(
+        id = "request-timeout-ms",
+        long = "request-timeout-ms",
+        env = "COUPOND_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            max_concurrent_streams: 4096,
+            request_timeout_ms: 30_000,
+        }
+    }
 }

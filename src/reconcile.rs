@@ -270,10 +270,6 @@ pub async fn rebuild(
     queue.shuffle(&mut rand::rng());
     let issued: Vec<(String, String)> = issued.into_iter().collect();
     redis
-        .register_event(event)
-        .await
-        .map_err(anyhow::Error::from)?;
-    redis
         .install_rebuilt(
             event,
             RebuiltState {

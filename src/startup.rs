@@ -8,9 +8,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{ServeSettings, Settings};
 use crate::consumer::Finalizer;
+use crate::grpc::auth::{Access, RequireToken};
 use crate::grpc::{AdminApi, IssuerApi};
 use crate::kafka::{topics, Publisher};
 use crate::proto::coupon_admin_server::CouponAdminServer;
@@ -121,8 +123,10 @@ impl Application {
 
         let sweeper = {
             let s = Sweeper::new(
+                backends.pg.clone(),
                 backends.redis.clone(),
                 backends.publisher.clone(),
+                settings.kafka.clone(),
                 settings.sweep.clone(),
             );
             let token = shutdown.child_token();
@@ -162,16 +166,46 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let admin_access = match serve.auth.admin_token()? {
+            Some(t) => Access::Token(t.into()),
+            None if serve.auth.insecure_dev => {
+                tracing::warn!("--insecure-dev: CouponAdmin accepts calls WITHOUT a token; never use this in production");
+                Access::Open
+            }
+            None => Access::Closed(
+                "CouponAdmin is disabled: the server has no admin token configured (COUPOND_ADMIN_TOKEN)",
+            ),
+        };
+        let issuer_access = match serve.auth.issuer_token()? {
+            Some(t) => Access::Token(t.into()),
+            None => Access::Open,
+        };
+
         tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
+        let limits = &serve.limits;
+        let admin_svc = CouponAdminServer::new(AdminApi::new(admin))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let issuer_svc =
+            CouponIssuerServer::new(IssuerApi::new(issuer, settings.issue.stream_in_flight))
+                .max_decoding_message_size(limits.max_message_bytes);
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            // Client deadlines (grpc-timeout) are honoured below this cap.
+            .timeout(Duration::from_millis(limits.request_timeout_ms))
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CouponAdminServer::new(AdminApi::new(admin)))
-            .add_service(CouponIssuerServer::new(IssuerApi::new(
-                issuer,
-                settings.issue.stream_in_flight,
-            )))
+            .add_service(InterceptedService::new(
+                admin_svc,
+                RequireToken::new(admin_access),
+            ))
+            .add_service(InterceptedService::new(
+                issuer_svc,
+                RequireToken::new(issuer_access),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
         let served = server.await;
         tracing::info!(

@@ -14,10 +14,14 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::grpc::auth::BearerToken;
 use crate::proto::coupon_admin_client::CouponAdminClient;
 use crate::proto::coupon_issuer_client::CouponIssuerClient;
 use crate::proto::{self, IssueResult};
 pub use report::Report;
+
+type IssuerClient =
+    CouponIssuerClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
 
 /// Which API the load goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -61,6 +65,12 @@ pub struct BenchArgs {
     /// Skip waiting for PostgreSQL to catch up.
     #[arg(long)]
     pub no_finalize_wait: bool,
+    /// Admin bearer token (for Preload and GetEvent).
+    #[arg(long, env = "COUPOND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Issuer bearer token, when the server requires one.
+    #[arg(long, env = "COUPOND_ISSUER_TOKEN", hide_env_values = true)]
+    pub issuer_token: Option<String>,
     /// Write the JSON report here (it is always printed too).
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -129,7 +139,11 @@ async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
 /// Runs one benchmark and returns its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let chans = channels(&args.addr, args.connections).await?;
-    let mut admin = CouponAdminClient::new(chans[0].clone());
+    let mut admin = CouponAdminClient::with_interceptor(
+        chans[0].clone(),
+        BearerToken::new(args.admin_token.as_deref())?,
+    );
+    let issuer_auth = BearerToken::new(args.issuer_token.as_deref())?;
     let run_id = format!("{:x}", rand::random::<u32>());
 
     let mut preload_ms = None;
@@ -180,7 +194,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     if args.mode != Mode::Preload {
         let mut tasks = Vec::with_capacity(args.concurrency);
         for i in 0..args.concurrency.max(1) {
-            let client = CouponIssuerClient::new(chans[i % chans.len()].clone());
+            let client = CouponIssuerClient::with_interceptor(
+                chans[i % chans.len()].clone(),
+                issuer_auth.clone(),
+            );
             let (tally, next, event, run_id) =
                 (tally.clone(), next.clone(), event.clone(), run_id.clone());
             let requests = args.requests;
@@ -267,7 +284,7 @@ fn take(next: &std::sync::atomic::AtomicU64, requests: u64, deadline: Instant) -
 }
 
 async fn unary_client(
-    mut client: CouponIssuerClient<Channel>,
+    mut client: IssuerClient,
     tally: Arc<Mutex<Tally>>,
     next: Arc<std::sync::atomic::AtomicU64>,
     requests: u64,
@@ -293,7 +310,7 @@ async fn unary_client(
 /// One stream: a producer task feeds requests as fast as the server's flow
 /// control takes them; latency is measured per item from send to answer.
 async fn stream_client(
-    mut client: CouponIssuerClient<Channel>,
+    mut client: IssuerClient,
     tally: Arc<Mutex<Tally>>,
     next: Arc<std::sync::atomic::AtomicU64>,
     requests: u64,

@@ -5,14 +5,20 @@ use std::time::Duration;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 
-/// Waits for the first message, then takes what arrives within `max_wait`
-/// of it, up to `max` messages.
+/// Waits up to `idle` for the first message (none: an empty batch), then
+/// takes what arrives within `max_wait` of it, up to `max` messages. Only
+/// the wait for the first message may time out, so a batch is never cut
+/// short after messages were taken from the consumer.
 pub async fn next_batch(
     consumer: &StreamConsumer,
     max: usize,
     max_wait: Duration,
+    idle: Duration,
 ) -> anyhow::Result<Vec<OwnedMessage>> {
-    let first: BorrowedMessage<'_> = consumer.recv().await?;
+    let first: BorrowedMessage<'_> = match tokio::time::timeout(idle, consumer.recv()).await {
+        Ok(m) => m?,
+        Err(_) => return Ok(Vec::new()),
+    };
     let mut batch = Vec::with_capacity(max);
     batch.push(first.detach());
     let deadline = tokio::time::Instant::now() + max_wait;

@@ -25,9 +25,17 @@ pub use batch::next_batch;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// After broker trouble, a consumer that then receives nothing for this
+/// long is replaced: its fetch position may point past the end of a log
+/// the broker lost, and a new instance starts from the committed offsets
+/// (or the earliest, when the group's offsets were lost too).
+const STALL_RESET: Duration = Duration::from_secs(10);
+
 /// Everything the finalizer needs.
 pub struct Finalizer {
     consumer: StreamConsumer,
+    config: ClientConfig,
+    topic: String,
     pg: PgStore,
     redis: RedisStore,
     /// Sends undecodable and conflicting messages to the DLQ.
@@ -51,18 +59,32 @@ impl Finalizer {
         redis: RedisStore,
         dlq: Publisher,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &kafka.brokers)
             .set("group.id", &kafka.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
+            // Also the group's rebalance timeout: a member that died without
+            // leaving holds up a replacement for at most this long.
+            .set("max.poll.interval.ms", "20000")
             .set("fetch.wait.max.ms", "10")
-            .create()?;
+            // coupond's producers are idempotent, never transactional, so
+            // there is nothing uncommitted to hide; and a broker that lost
+            // track of a producer after a crash cannot then stall the
+            // finalizer behind a last-stable-offset that never moves.
+            .set("isolation.level", "read_uncommitted");
+        if let Some(id) = &kafka.instance_id {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer = config.create()?;
         consumer.subscribe(&[&kafka.topic])?;
         Ok(Self {
             consumer,
+            config,
+            topic: kafka.topic.clone(),
             pg,
             redis,
             dlq,
@@ -72,17 +94,28 @@ impl Finalizer {
 
     /// Consumes until `shutdown` fires; the batch in progress is finished
     /// and committed first.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("finalizer started");
         let max_wait = Duration::from_millis(self.settings.batch_ms);
+        // Set while the broker has failed since the last message arrived.
+        let mut troubled_since: Option<tokio::time::Instant> = None;
         loop {
+            if troubled_since.is_some_and(|t| t.elapsed() > STALL_RESET) {
+                self.replace_consumer()?;
+                troubled_since = None;
+            }
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                b = next_batch(&self.consumer, self.settings.batch_size, max_wait) => match b {
-                    Ok(b) => b,
+                b = next_batch(&self.consumer, self.settings.batch_size, max_wait, STALL_RESET) => match b {
+                    Ok(b) if b.is_empty() => continue,
+                    Ok(b) => {
+                        troubled_since = None;
+                        b
+                    }
                     Err(e) => {
                         // librdkafka reconnects by itself; don't spin meanwhile.
                         tracing::warn!(error = %e, "consuming failed; retrying");
+                        troubled_since.get_or_insert_with(tokio::time::Instant::now);
                         tokio::time::sleep(BACKOFF_START).await;
                         continue;
                     }
@@ -97,6 +130,17 @@ impl Finalizer {
             }
         }
         tracing::info!("finalizer stopped");
+        Ok(())
+    }
+
+    /// Swaps in a new consumer instance (see `STALL_RESET`). The old one
+    /// leaves the group from a blocking thread, since closing can wait.
+    fn replace_consumer(&mut self) -> anyhow::Result<()> {
+        let fresh: StreamConsumer = self.config.create()?;
+        fresh.subscribe(&[&self.topic])?;
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        std::thread::spawn(move || drop(old));
+        tracing::warn!("finalizer received nothing since the broker failed; replaced its consumer");
         Ok(())
     }
 
@@ -173,7 +217,11 @@ impl Finalizer {
                 }
             }
         }
-        self.commit(batch)?;
+        if let Err(e) = self.commit(batch) {
+            // E.g. the group rebalanced meanwhile. The batch is redelivered
+            // to whoever owns the partitions now, and changes nothing there.
+            tracing::warn!(error = %e, "committing offsets failed; the batch will be redelivered");
+        }
         Ok(Some(stats))
     }
 

@@ -2,6 +2,7 @@
 //! `service`, converts back. Errors become `Status` in one place (`status`).
 
 pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod issuer;
 pub mod status;

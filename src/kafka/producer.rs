@@ -1,8 +1,10 @@
 //! The idempotent, acks=all producer for `coupon-issued` and its DLQ.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -20,16 +22,33 @@ pub struct PublishError {
 }
 
 /// Publishes CouponIssued messages; cheap to clone (one librdkafka producer).
+///
+/// An idempotent producer can end up unable to deliver for good (a fatal
+/// error, or a broker that lost its producer state after a crash); only a
+/// new producer instance recovers from that. So when publishing has failed
+/// without a single success for `recreate_after`, or librdkafka reports a
+/// fatal error, the producer is replaced. Nothing is lost by it: undelivered
+/// issuances stay pending and the sweeper republishes them.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    /// The current producer and its generation.
+    producer: RwLock<(u64, FutureProducer)>,
+    /// When the current run of failures began (None: last publish succeeded).
+    failing_since: Mutex<Option<Instant>>,
+    recreate_after: Duration,
     topic: String,
     dlq_topic: String,
 }
 
 impl Publisher {
     pub fn new(s: &KafkaSettings) -> anyhow::Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &s.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -37,13 +56,62 @@ impl Publisher {
             .set("compression.type", &s.compression)
             .set("message.timeout.ms", s.delivery_timeout_ms.to_string())
             .set("queue.buffering.max.messages", "1000000")
-            .set("batch.num.messages", "10000")
-            .create()?;
+            .set("batch.num.messages", "10000");
+        let producer: FutureProducer = config.create()?;
         Ok(Self {
-            producer,
-            topic: s.topic.clone(),
-            dlq_topic: s.dlq_topic(),
+            inner: Arc::new(Inner {
+                config,
+                producer: RwLock::new((0, producer)),
+                failing_since: Mutex::new(None),
+                recreate_after: s.delivery_timeout() * 2,
+                topic: s.topic.clone(),
+                dlq_topic: s.dlq_topic(),
+            }),
         })
+    }
+
+    fn current(&self) -> (u64, FutureProducer) {
+        self.inner.producer.read().expect("producer lock").clone()
+    }
+
+    /// Records the outcome of a publish made with producer `generation`,
+    /// and replaces that producer when it is beyond recovery.
+    fn observe(&self, generation: u64, producer: &FutureProducer, err: Option<&KafkaError>) {
+        let mut since = self.inner.failing_since.lock().expect("failure lock");
+        let Some(err) = err else {
+            *since = None;
+            return;
+        };
+        let started = *since.get_or_insert_with(Instant::now);
+        let fatal = producer.client().fatal_error();
+        // The broker no longer knows this producer's id or sequence: the
+        // instance cannot deliver on that partition again.
+        let lost_state = matches!(
+            err.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownProducerId | RDKafkaErrorCode::OutOfOrderSequenceNumber)
+        );
+        if fatal.is_none() && !lost_state && started.elapsed() < self.inner.recreate_after {
+            return;
+        }
+        let mut slot = self.inner.producer.write().expect("producer lock");
+        if slot.0 != generation {
+            return; // someone already replaced it
+        }
+        match self.inner.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    ?fatal,
+                    error = %err,
+                    failing_for_ms = started.elapsed().as_millis() as u64,
+                    "kafka producer cannot deliver; replaced it with a new instance"
+                );
+                let old = std::mem::replace(&mut *slot, (generation + 1, fresh)).1;
+                *since = None;
+                // Dropping a producer waits for its queue; not on this thread.
+                std::thread::spawn(move || drop(old));
+            }
+            Err(e) => tracing::error!(error = %e, "could not create a new kafka producer"),
+        }
     }
 
     /// Publishes one issuance and waits for the broker's acknowledgement.
@@ -51,7 +119,8 @@ impl Publisher {
     pub async fn publish(&self, record: &IssuanceRecord) -> Result<(), PublishError> {
         let key = message::key(record);
         let payload = message::encode(record);
-        self.send(&self.topic, &key, &payload, None).await
+        let topic = self.inner.topic.clone();
+        self.send(&topic, &key, &payload, None).await
     }
 
     /// Sends an undecodable or conflicting message to the dead-letter topic
@@ -67,7 +136,7 @@ impl Publisher {
             value: Some(reason),
         });
         let key = key.unwrap_or_default();
-        let topic = self.dlq_topic.clone();
+        let topic = self.inner.dlq_topic.clone();
         self.send(&topic, key, payload, Some(headers)).await
     }
 
@@ -82,21 +151,20 @@ impl Publisher {
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
+        let (generation, producer) = self.current();
         // Waiting for queue space is bounded by the delivery timeout too.
-        self.producer
-            .send(rec, Timeout::Never)
-            .await
-            .map(|_| ())
-            .map_err(|(source, _)| PublishError {
-                topic: topic.to_owned(),
-                source,
-            })
+        let r = producer.send(rec, Timeout::Never).await;
+        self.observe(generation, &producer, r.as_ref().err().map(|(e, _)| e));
+        r.map(|_| ()).map_err(|(source, _)| PublishError {
+            topic: topic.to_owned(),
+            source,
+        })
     }
 
     /// Waits until every queued message is delivered or `timeout` passes.
     /// Blocking: call from a blocking context.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer.flush(Timeout::After(timeout))?;
+        self.current().1.flush(Timeout::After(timeout))?;
         Ok(())
     }
 }

@@ -130,11 +130,6 @@ impl AdminService {
             }
         };
         let t = Instant::now();
-        // Registered before going live, so no live event escapes the sweeper.
-        let stage_result = match stage_result {
-            Ok(()) => self.redis.register_event(&id).await,
-            e => e,
-        };
         let staged_ok = match stage_result {
             // A code redrawn after a collision differs from what was staged.
             Ok(()) if replaced > 0 => self.redis.stage(&id, &entries(&coupons)).await,

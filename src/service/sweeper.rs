@@ -8,9 +8,10 @@ use std::time::Duration;
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::KafkaSettings;
 use crate::domain::{EventId, IssuanceRecord};
-use crate::kafka::Publisher;
-use crate::store::RedisStore;
+use crate::kafka::{topics, Publisher};
+use crate::store::{PgStore, RedisStore};
 
 /// Most issuances claimed per script call.
 const CLAIM_BATCH: usize = 500;
@@ -37,14 +38,29 @@ pub struct SweepSettings {
 }
 
 pub struct Sweeper {
+    /// Lists this deployment's events: a Redis shared by several
+    /// deployments holds events that are not ours to republish.
+    pg: PgStore,
+    /// The last event list read, used while PostgreSQL is unreachable.
+    events: tokio::sync::Mutex<Vec<EventId>>,
     redis: RedisStore,
     publisher: Publisher,
+    kafka: KafkaSettings,
     settings: SweepSettings,
 }
 
 impl Sweeper {
-    pub fn new(redis: RedisStore, publisher: Publisher, settings: SweepSettings) -> Self {
+    pub fn new(
+        pg: PgStore,
+        redis: RedisStore,
+        publisher: Publisher,
+        kafka: KafkaSettings,
+        settings: SweepSettings,
+    ) -> Self {
         Self {
+            kafka,
+            pg,
+            events: tokio::sync::Mutex::new(Vec::new()),
             redis,
             publisher,
             settings,
@@ -72,8 +88,16 @@ impl Sweeper {
 
     /// One pass over every event; returns how many issuances were republished.
     pub async fn sweep_all(&self) -> anyhow::Result<usize> {
+        let events = {
+            let mut cached = self.events.lock().await;
+            match self.pg.event_ids().await {
+                Ok(ids) => *cached = ids,
+                Err(e) => tracing::debug!(error = %e, "listing events failed; using the last list"),
+            }
+            cached.clone()
+        };
         let mut total = 0;
-        for event in self.redis.events().await? {
+        for event in events {
             total += self.sweep(&event).await?;
         }
         Ok(total)
@@ -101,6 +125,10 @@ impl Sweeper {
             if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                 // Claimed items come back one age later.
                 tracing::warn!(error = %e, failed, "republishing failed");
+                // A broker that lost its data lost our topics too.
+                if let Err(e) = topics::ensure(&self.kafka).await {
+                    tracing::warn!(error = %e, "re-creating topics failed");
+                }
             }
             republished += n - failed;
             if n < CLAIM_BATCH || failed > 0 {

@@ -281,6 +281,23 @@ impl PgStore {
         }))
     }
 
+    /// Ids of every event of this deployment.
+    pub async fn event_ids(&self) -> Result<Vec<EventId>, PgStoreError> {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = Text)]
+            id: String,
+        }
+        let mut c = self.pool.get().await?;
+        let rows: Vec<Id> = diesel::sql_query("SELECT id FROM events ORDER BY created_at")
+            .load(&mut c)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| EventId::parse(r.id).ok())
+            .collect())
+    }
+
     /// Coupons of the event recorded as ISSUED.
     pub async fn finalized_count(&self, id: &EventId) -> Result<u64, PgStoreError> {
         let mut c = self.pool.get().await?;

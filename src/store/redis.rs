@@ -12,11 +12,6 @@ use crate::domain::{EventId, IssueOutcome, RequestId, UserId};
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
 
-/// Set of every event id preloaded into this Redis, for the sweeper. A
-/// plain global key: it is written once per preload and read once per sweep,
-/// never on the issue path.
-pub const EVENTS_KEY: &str = "coupond:events";
-
 /// Entries pushed to the staging list per RPUSH; many RPUSHes go per pipeline.
 const STAGE_CHUNK: usize = 5_000;
 const STAGE_PIPELINE: usize = 8;
@@ -301,30 +296,6 @@ impl RedisStore {
             .arg(-1)
             .query_async(&mut c)
             .await?)
-    }
-
-    /// Records that the event exists, so the sweeper visits it.
-    pub async fn register_event(&self, event: &EventId) -> Result<(), RedisStoreError> {
-        let mut c = self.conn().await?;
-        let _: () = redis::cmd("SADD")
-            .arg(EVENTS_KEY)
-            .arg(event.as_str())
-            .query_async(&mut c)
-            .await?;
-        Ok(())
-    }
-
-    /// Every registered event id.
-    pub async fn events(&self) -> Result<Vec<EventId>, RedisStoreError> {
-        let mut c = self.conn().await?;
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(EVENTS_KEY)
-            .query_async(&mut c)
-            .await?;
-        Ok(ids
-            .into_iter()
-            .filter_map(|s| EventId::parse(s).ok())
-            .collect())
     }
 
     /// Claims up to `max` issuances of `event` pending for longer than

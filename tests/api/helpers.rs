@@ -2,8 +2,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use coupond::config::{ServeSettings, Settings};
+use coupond::config::{AuthSettings, ServeSettings, Settings};
 use coupond::domain::EventId;
+use coupond::grpc::auth::BearerToken;
 use coupond::proto::coupon_admin_client::CouponAdminClient;
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, DiscountPolicy, DiscountType, PreloadRequest};
@@ -12,15 +13,21 @@ use coupond::store::keys::EventKeys;
 use coupond::store::{PgStore, RedisStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use crate::common::{eventually, isolated_settings, unique_tag};
 
 /// A running coupond with its own database and topics.
+/// The admin token every test server is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub type AdminClient = CouponAdminClient<InterceptedService<Channel, BearerToken>>;
+
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub settings: Settings,
-    pub admin: CouponAdminClient<Channel>,
+    pub admin: AdminClient,
     pub issuer: CouponIssuerClient<Channel>,
     pub pg: PgStore,
     pub redis: RedisStore,
@@ -36,14 +43,26 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(settings, tag).await
 }
 
+pub fn serve_settings() -> ServeSettings {
+    ServeSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        no_consumer: false,
+        auth: AuthSettings {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            ..Default::default()
+        },
+        limits: Default::default(),
+    }
+}
+
 pub async fn spawn_with(settings: Settings, tag: String) -> TestApp {
+    spawn_serving(settings, serve_settings(), tag).await
+}
+
+pub async fn spawn_serving(settings: Settings, serve: ServeSettings, tag: String) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         coupond::telemetry::init();
     }
-    let serve = ServeSettings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        no_consumer: false,
-    };
     let app = Application::build(settings.clone(), serve)
         .await
         .expect("application builds");
@@ -57,7 +76,10 @@ pub async fn spawn_with(settings: Settings, tag: String) -> TestApp {
         .expect("connect to the test server");
     TestApp {
         addr,
-        admin: CouponAdminClient::new(channel.clone()),
+        admin: CouponAdminClient::with_interceptor(
+            channel.clone(),
+            BearerToken::new(Some(ADMIN_TOKEN)).unwrap(),
+        ),
         issuer: CouponIssuerClient::new(channel),
         pg: PgStore::connect(&settings.database.url, 2).unwrap(),
         redis: RedisStore::connect(&settings.redis.url, 4).unwrap(),

@@ -3,10 +3,12 @@
 //! port-0 listener with its own database, topics, consumer group and event
 //! ids, so tests run in parallel without seeing each other's state.
 
+mod auth;
 #[path = "../common/mod.rs"]
 mod common;
 mod finalize;
 mod helpers;
+mod hostile;
 mod issue;
 mod preload;
 mod reconcile;

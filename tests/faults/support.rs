@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::common::{eventually, isolated_settings, unique_tag};
 
+const ADMIN_TOKEN: &str = "fault-admin-token-0123456789";
+
 /// Fault tests stop shared services (the broker, PostgreSQL): one at a time.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -79,6 +81,7 @@ impl Env {
             .env("COUPOND_SWEEP_AGE_MS", "1500")
             .env("COUPOND_SWEEP_INTERVAL_MS", "300")
             .env("COUPOND_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("COUPOND_ADMIN_TOKEN", ADMIN_TOKEN)
             .env(
                 "RUST_LOG",
                 std::env::var("FAULT_LOG").unwrap_or_else(|_| "warn".into()),
@@ -91,7 +94,10 @@ impl Env {
     pub async fn serve(&self, extra: &[&str]) -> Proc {
         let mut args = vec!["serve"];
         args.extend_from_slice(extra);
-        let child = self.command(&args).spawn().expect("spawn coupond serve");
+        let mut c = self.command(&args);
+        // A restarted server takes over its finalizer's partitions at once.
+        c.env("COUPOND_KAFKA_INSTANCE_ID", format!("serve-{}", self.tag));
+        let child = c.spawn().expect("spawn coupond serve");
         let mut p = Proc { child };
         let port = self.port;
         let up = eventually(Duration::from_secs(60), || async {
@@ -138,22 +144,25 @@ impl Env {
         let event = format!("fault-{}", self.tag);
         let now = chrono::Utc::now();
         let ts = coupond::grpc::convert::timestamp;
-        CouponAdminClient::new(self.channel().await)
-            .preload(proto::PreloadRequest {
-                event_id: event.clone(),
-                name: "fault drop".into(),
-                total_count: total,
-                policies: vec![proto::DiscountPolicy {
-                    discount_type: proto::DiscountType::Percent as i32,
-                    discount_value: 15,
-                    weight: 1,
-                }],
-                starts_at: Some(ts(now - chrono::Duration::minutes(1))),
-                ends_at: Some(ts(now + chrono::Duration::hours(1))),
-                code_prefix: String::new(),
-            })
-            .await
-            .expect("preload");
+        CouponAdminClient::with_interceptor(
+            self.channel().await,
+            coupond::grpc::auth::BearerToken::new(Some(ADMIN_TOKEN)).unwrap(),
+        )
+        .preload(proto::PreloadRequest {
+            event_id: event.clone(),
+            name: "fault drop".into(),
+            total_count: total,
+            policies: vec![proto::DiscountPolicy {
+                discount_type: proto::DiscountType::Percent as i32,
+                discount_value: 15,
+                weight: 1,
+            }],
+            starts_at: Some(ts(now - chrono::Duration::minutes(1))),
+            ends_at: Some(ts(now + chrono::Duration::hours(1))),
+            code_prefix: String::new(),
+        })
+        .await
+        .expect("preload");
         event
     }
 

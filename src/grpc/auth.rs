@@ -1,0 +1,129 @@
+//! Bearer-token authentication for the gRPC services.
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// Compares in time that depends only on the lengths, so a caller cannot
+/// learn a token byte by byte from response times.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Server side: what a service demands of its callers.
+#[derive(Clone)]
+pub enum Access {
+    /// `authorization: Bearer <token>` must match.
+    Token(std::sync::Arc<str>),
+    /// Anyone may call (trusted network, or explicit development mode).
+    Open,
+    /// Nobody may call: no token was configured and open access was not asked for.
+    Closed(&'static str),
+}
+
+/// Server interceptor enforcing an `Access`.
+#[derive(Clone)]
+pub struct RequireToken {
+    access: Access,
+}
+
+impl RequireToken {
+    pub fn new(access: Access) -> Self {
+        Self { access }
+    }
+}
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        match &self.access {
+            Access::Open => Ok(req),
+            Access::Closed(why) => Err(Status::permission_denied(*why)),
+            Access::Token(expected) => {
+                let given = req.metadata().get("authorization").ok_or_else(|| {
+                    Status::unauthenticated("missing authorization: Bearer <token>")
+                })?;
+                let token = given
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        Status::unauthenticated("authorization must be: Bearer <token>")
+                    })?;
+                if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+                    Ok(req)
+                } else {
+                    Err(Status::unauthenticated("invalid token"))
+                }
+            }
+        }
+    }
+}
+
+/// Client side: adds `authorization: Bearer <token>` when a token is set.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Self(
+            token
+                .map(|t| format!("Bearer {t}").parse())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("token must be printable ASCII"))?,
+        ))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(access: Access, header: Option<&str>) -> Result<(), tonic::Code> {
+        let mut req = Request::new(());
+        if let Some(h) = header {
+            req.metadata_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        RequireToken::new(access)
+            .call(req)
+            .map(|_| ())
+            .map_err(|s| s.code())
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        let t = || Access::Token("s3cret".into());
+        assert_eq!(call(t(), Some("Bearer s3cret")), Ok(()));
+        assert_eq!(
+            call(t(), Some("Bearer s3creT")),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(call(t(), Some("s3cret")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(call(t(), None), Err(tonic::Code::Unauthenticated));
+        assert_eq!(call(Access::Open, None), Ok(()));
+        assert_eq!(
+            call(Access::Closed("no"), Some("Bearer x")),
+            Err(tonic::Code::PermissionDenied)
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
