@@ -9,10 +9,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{stack, Env, Load, SERIAL};
+use support::{stack, Env, Load, RestoreStack, SERIAL};
 
 const COUPONS: u32 = 1500;
-const USERS: u64 = 2000;
+const USERS: u64 = 6000;
 const CONCURRENCY: usize = 24;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,6 +20,7 @@ const CONCURRENCY: usize = 24;
             consumer groups (fresh instances included); run with --ignored against a real Kafka"]
 async fn broker_crashed_and_lost_its_data_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
     let env = Env::new().await;
     let mut server = env.serve(&[]).await;
     let event = env.preload(COUPONS).await;
@@ -44,6 +45,7 @@ async fn broker_crashed_and_lost_its_data_mid_load_loses_nothing() {
             partitions to its replacement (static membership too); run with --ignored against a real Kafka"]
 async fn server_killed_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
     let env = Env::new().await;
     let mut server = env.serve(&[]).await;
     let event = env.preload(COUPONS).await;
@@ -65,6 +67,7 @@ async fn server_killed_mid_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_stopped_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
     let env = Env::new().await;
     let mut server = env.serve(&[]).await;
     let event = env.preload(COUPONS).await;
@@ -73,7 +76,7 @@ async fn postgres_stopped_mid_load_loses_nothing() {
     stack("stop-postgres");
     // Issuance goes on from Redis while the database is down.
     let before = load.answered.load(std::sync::atomic::Ordering::Relaxed);
-    load.until_answered(before + 300).await;
+    load.until_answered((before + 300).min(USERS)).await;
     stack("up");
     let (told, _) = load.finish().await;
     assert_eq!(told.len() as u32, COUPONS);
@@ -86,6 +89,7 @@ async fn postgres_stopped_mid_load_loses_nothing() {
             partitions to its replacement (static membership too); run with --ignored against a real Kafka"]
 async fn consumer_killed_mid_batch_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
     let env = Env::new().await;
     let mut server = env.serve(&["--no-consumer"]).await;
     let mut consumer = env.consume();

@@ -36,6 +36,19 @@ pub fn stack(arg: &str) {
     assert!(st.success(), "stack.sh {arg} failed");
 }
 
+/// Brings the stack back up when a fault test ends, passed or failed, so a
+/// failure never leaves PostgreSQL or the broker down for what runs next.
+pub struct RestoreStack;
+
+impl Drop for RestoreStack {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/stack.sh"))
+            .arg("up")
+            .status();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
