@@ -4,6 +4,7 @@
 //! ids, so tests run in parallel without seeing each other's state.
 
 mod auth;
+mod batch;
 #[path = "../common/mod.rs"]
 mod common;
 mod finalize;
