@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs the benchmark matrix on this machine and writes every figure to
+# bench-results/<timestamp>/ (JSON per run, summary.md, chart.svg):
+#   - the physical reference: redis-benchmark running the one-user issue
+#     script (EVALSHA) against the same Redis, unpipelined and pipelined 16;
+#   - unary Issue at 100, 1,000 and 3,000 concurrent clients;
+#   - IssueStream with 16 streams;
+#   - both in the default `ack` durability and in `async`;
+#   - preload of 1,000,000 coupons.
+# Every coupond run verifies the invariants (no code or user twice, issued
+# <= total) and waits for PostgreSQL to catch up.
+# Environment: REQUESTS (default 100000 per run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS="${REQUESTS:-100000}"
+OUT="bench-results/$(date -u +%Y%m%dT%H%M%SZ)"
+PORT=50061
+ADDR="http://127.0.0.1:$PORT"
+mkdir -p "$OUT"
+
+scripts/stack.sh up
+cargo build --release --bin coupond >&2
+BIN=target/release/coupond
+SERVER_PID=""
+
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  fi
+}
+trap stop_server EXIT
+
+start_server() { # durability
+  stop_server
+  COUPOND_DURABILITY="$1" RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --insecure-dev \
+    >>"$OUT/server-$1.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server did not start" >&2
+  return 1
+}
+
+bench() { # name, args...
+  local name="$1"; shift
+  echo "== $name" >&2
+  "$BIN" bench --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
+}
+
+start_server ack
+
+# Physical reference: the one-user script straight from redis-benchmark, on a
+# big event preloaded through coupond (so the keys look exactly as in service).
+bench preload-1m --mode preload --coupons 1000000
+REF_EVENT="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/preload-1m.json")"
+SHA="$(redis-cli -h 127.0.0.1 SCRIPT LOAD "$(cat scripts/lua/issue.lua)")"
+for P in 1 16; do
+  for C in 50 500; do
+    echo "== redis-benchmark EVALSHA c=$C P=$P" >&2
+    redis-benchmark -h 127.0.0.1 -n 200000 -c "$C" -P "$P" -r 100000000 --csv \
+      EVALSHA "$SHA" 4 "couponQueue:{$REF_EVENT}" "couponIssued:{$REF_EVENT}" \
+      "couponMeta:{$REF_EVENT}" "couponPending:{$REF_EVENT}" 1 "rb:__rand_int__" r \
+      | tail -1 | cut -d, -f2 | tr -d '"' >"$OUT/redis-evalsha-c$C-p$P.txt"
+  done
+done
+# The reference's issuances never reach Kafka; drop them from the pending set.
+redis-cli -h 127.0.0.1 DEL "couponPending:{$REF_EVENT}" >/dev/null
+
+for C in 100 1000 3000; do
+  bench "unary-ack-c$C" --mode unary --concurrency "$C" --requests "$REQUESTS" --coupons $((REQUESTS * 2))
+done
+bench stream-ack-s16 --mode stream --concurrency 16 --requests "$((REQUESTS * 2))" --coupons $((REQUESTS * 4))
+
+start_server async
+for C in 100 1000 3000; do
+  bench "unary-async-c$C" --mode unary --concurrency "$C" --requests "$REQUESTS" --coupons $((REQUESTS * 2))
+done
+bench stream-async-s16 --mode stream --concurrency 16 --requests "$((REQUESTS * 2))" --coupons $((REQUESTS * 4))
+stop_server
+
+python3 scripts/bench_report.py "$OUT"
+echo "results in $OUT" >&2

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Turns a bench-results/<run>/ directory into summary.md and chart.svg.
+
+Usage: bench_report.py <run dir>. Standard library only.
+"""
+import glob
+import json
+import os
+import sys
+
+run = sys.argv[1]
+rows = {}
+for path in sorted(glob.glob(os.path.join(run, "*.json"))):
+    rows[os.path.basename(path)[:-5]] = json.load(open(path))
+ref = {}
+for path in sorted(glob.glob(os.path.join(run, "redis-evalsha-*.txt"))):
+    name = os.path.basename(path)[len("redis-evalsha-"):-4]
+    try:
+        ref[name] = float(open(path).read().strip())
+    except ValueError:
+        ref[name] = 0.0
+raw = max((v for k, v in ref.items() if k.endswith("p1")), default=0.0)
+
+lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | vs raw Redis |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+for name, r in rows.items():
+    if r["mode"] == "preload":
+        continue
+    lat = r["latency_us"]
+    errs = sum(r["grpc_errors"].values())
+    ratio = f"{r['requests_per_s'] / raw:.2f}" if raw else "-"
+    lines.append(
+        f"| {name} | {r['requests_per_s']:.0f} | {lat['p50']/1000:.2f} | {lat['p90']/1000:.2f} | "
+        f"{lat['p99']/1000:.2f} | {lat['max']/1000:.1f} | {errs} | {r['issued']} | "
+        f"{'OK' if r['invariants_ok'] else 'VIOLATED'} | {r['finalize_catch_up_ms']} | {ratio} |")
+lines.append("")
+lines.append("| redis-benchmark EVALSHA (one-user issue script) | calls/s |")
+lines.append("|---|---|")
+for k, v in sorted(ref.items()):
+    lines.append(f"| {k} | {v:.0f} |")
+for name, r in rows.items():
+    if r["mode"] == "preload":
+        lines.append("")
+        lines.append(f"Preload of {r['total_coupons']} coupons: {r['preload_ms']} ms end to end.")
+open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+# Chart: throughput (bars) and p99 latency (line) against concurrency, unary runs.
+series = {}
+for mode in ("ack", "async"):
+    pts = []
+    for c in (100, 1000, 3000):
+        r = rows.get(f"unary-{mode}-c{c}")
+        if r:
+            pts.append((c, r["requests_per_s"], r["latency_us"]["p99"] / 1000))
+    series[mode] = pts
+W, H, L, B, T = 720, 400, 70, 50, 40
+maxq = max([p[1] for s in series.values() for p in s] + [raw, 1]) * 1.1
+maxl = max([p[2] for s in series.values() for p in s] + [1]) * 1.1
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{W}" height="{H}" fill="white"/>',
+       f'<text x="{W/2}" y="20" text-anchor="middle" font-size="14">coupond unary Issue: throughput and p99 latency vs concurrent clients</text>']
+plot_w, plot_h = W - L - 80, H - B - T
+svg.append(f'<line x1="{L}" y1="{H-B}" x2="{L+plot_w}" y2="{H-B}" stroke="black"/>')
+svg.append(f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H-B}" stroke="black"/>')
+svg.append(f'<line x1="{L+plot_w}" y1="{T}" x2="{L+plot_w}" y2="{H-B}" stroke="black"/>')
+for i in range(6):
+    y = H - B - plot_h * i / 5
+    svg.append(f'<text x="{L-5}" y="{y+4}" text-anchor="end">{maxq*i/5:.0f}</text>')
+    svg.append(f'<text x="{L+plot_w+5}" y="{y+4}">{maxl*i/5:.1f}</text>')
+svg.append(f'<text x="15" y="{T+plot_h/2}" transform="rotate(-90 15 {T+plot_h/2})" text-anchor="middle">requests/s (bars)</text>')
+svg.append(f'<text x="{W-12}" y="{T+plot_h/2}" transform="rotate(90 {W-12} {T+plot_h/2})" text-anchor="middle">p99 ms (lines)</text>')
+if raw:
+    y = H - B - plot_h * raw / maxq
+    svg.append(f'<line x1="{L}" y1="{y}" x2="{L+plot_w}" y2="{y}" stroke="gray" stroke-dasharray="4"/>')
+    svg.append(f'<text x="{L+5}" y="{y-4}" fill="gray">raw Redis, one-user script: {raw:.0f}/s</text>')
+colors = {"ack": "#1f77b4", "async": "#ff7f0e"}
+groups = [100, 1000, 3000]
+gw = plot_w / len(groups)
+for gi, c in enumerate(groups):
+    svg.append(f'<text x="{L+gw*gi+gw/2}" y="{H-B+18}" text-anchor="middle">{c} clients</text>')
+for si, (mode, pts) in enumerate(series.items()):
+    line = []
+    for c, q, p99 in pts:
+        gi = groups.index(c)
+        x = L + gw * gi + gw * (0.25 + 0.25 * si)
+        h = plot_h * q / maxq
+        svg.append(f'<rect x="{x-gw*0.11}" y="{H-B-h}" width="{gw*0.22}" height="{h}" fill="{colors[mode]}" opacity="0.6"/>')
+        line.append(f"{x},{H-B-plot_h*p99/maxl}")
+    if line:
+        svg.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="{colors[mode]}" stroke-width="2"/>')
+    svg.append(f'<rect x="{L+10+si*150}" y="{H-18}" width="12" height="12" fill="{colors[mode]}"/>')
+    svg.append(f'<text x="{L+26+si*150}" y="{H-8}">durability={mode}</text>')
+svg.append("</svg>")
+open(os.path.join(run, "chart.svg"), "w").write("\n".join(svg))
