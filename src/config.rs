@@ -318,7 +318,7 @@ pub struct ServeSettings {
     #[arg(long, env = "COUPOND_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Don't run the finalizer in this process (run `coupond consume` instead).
-    #[arg(long, env = "COUPOND_NO_CONSUMER")]
+    #[arg(long, env = "COUPOND_NO_CONSUMER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_consumer: bool,
     #[command(flatten)]
     pub auth: AuthSettings,
