@@ -324,6 +324,60 @@ pub struct ServeSettings {
     pub auth: AuthSettings,
     #[command(flatten)]
     pub limits: LimitSettings,
+    #[command(flatten)]
+    pub tls: TlsSettings,
+}
+
+/// Transport security. Without a certificate the server speaks plaintext
+/// HTTP/2 (for a trusted network or behind a TLS-terminating proxy).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsSettings {
+    /// PEM certificate chain; with --tls-key, the server speaks TLS only.
+    #[arg(
+        id = "tls-cert",
+        long = "tls-cert",
+        env = "COUPOND_TLS_CERT",
+        requires = "tls-key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(
+        id = "tls-key",
+        long = "tls-key",
+        env = "COUPOND_TLS_KEY",
+        requires = "tls-cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA bundle: every client must present a certificate it signed (mTLS).
+    #[arg(
+        id = "tls-client-ca",
+        long = "tls-client-ca",
+        env = "COUPOND_TLS_CLIENT_CA",
+        requires = "tls-cert"
+    )]
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsSettings {
+    /// The server's TLS configuration, if TLS is on.
+    pub fn server_config(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |p: &std::path::PathBuf, what: &str| {
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("reading the TLS {what} {}: {e}", p.display()))
+        };
+        let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
+            return Ok(None);
+        };
+        let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(cert, "certificate")?,
+            read(key, "key")?,
+        ));
+        if let Some(ca) = &self.client_ca {
+            cfg = cfg.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        Ok(Some(cfg))
+    }
 }
 
 /// Bounds on what one client can make the server hold.

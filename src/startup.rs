@@ -188,7 +188,12 @@ impl Application {
         let issuer_svc =
             CouponIssuerServer::new(IssuerApi::new(issuer, settings.issue.stream_in_flight))
                 .max_decoding_message_size(limits.max_message_bytes);
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = serve.tls.server_config()? {
+            tracing::info!(mtls = serve.tls.client_ca.is_some(), "TLS on");
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             // Client deadlines (grpc-timeout) are honoured below this cap.
             .timeout(Duration::from_millis(limits.request_timeout_ms))

@@ -9,6 +9,8 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod issue;
+#[cfg(test)]
+mod properties;
 
 pub use allocation::allocate;
 pub use code::{CodeGenerator, CODE_ALPHABET, DEFAULT_CODE_LENGTH};

@@ -52,6 +52,7 @@ pub fn serve_settings() -> ServeSettings {
             ..Default::default()
         },
         limits: Default::default(),
+        tls: Default::default(),
     }
 }
 

@@ -15,4 +15,5 @@ mod preload;
 mod reconcile;
 mod server;
 mod stream;
+mod tls;
 mod validation;
