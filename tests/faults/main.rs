@@ -105,3 +105,31 @@ async fn consumer_killed_mid_batch_loses_nothing() {
     consumer.terminate().await;
     server.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_load_drains_flushes_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
+    let env = Env::new().await;
+    // async durability: answers do not wait for Kafka, so only the shutdown
+    // flush can get the last issuances into the topic before exit.
+    let mut server = env.serve_env(&[], &[("COUPOND_DURABILITY", "async")]).await;
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(400).await;
+    server.terminate().await; // asserts a clean exit within 30 s
+    let told_at_exit = load.told_now() as i64;
+    assert!(
+        env.topic_messages() >= told_at_exit,
+        "every issuance answered before exit was flushed to Kafka"
+    );
+    let mut server = env.serve(&[]).await;
+    let (told, errors) = load.finish().await;
+    eprintln!(
+        "sigterm: told {} ISSUED, {errors} retried errors",
+        told.len()
+    );
+    assert_eq!(told.len() as u32, COUPONS);
+    env.assert_exactly_recorded(&event, &told).await;
+    server.terminate().await;
+}

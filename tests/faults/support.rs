@@ -103,11 +103,39 @@ impl Env {
         c
     }
 
+    /// Messages in the topic: the sum of its partitions' high watermarks.
+    pub fn topic_messages(&self) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let k = &self.settings.kafka;
+        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &k.brokers)
+            .create()
+            .unwrap();
+        let md = c
+            .fetch_metadata(Some(&k.topic), Duration::from_secs(10))
+            .unwrap();
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                c.fetch_watermarks(&k.topic, p.id(), Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .sum()
+    }
+
     /// Starts `coupond serve` and waits until it accepts connections.
     pub async fn serve(&self, extra: &[&str]) -> Proc {
+        self.serve_env(extra, &[]).await
+    }
+
+    /// `serve` with extra environment variables.
+    pub async fn serve_env(&self, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut args = vec!["serve"];
         args.extend_from_slice(extra);
         let mut c = self.command(&args);
+        c.envs(envs.iter().copied());
         // A restarted server takes over its finalizer's partitions at once.
         c.env("COUPOND_KAFKA_INSTANCE_ID", format!("serve-{}", self.tag));
         let child = c.spawn().expect("spawn coupond serve");
@@ -337,6 +365,11 @@ impl Load {
             .await,
             "load stalled before {n} answers"
         );
+    }
+
+    /// Users told ISSUED or ALREADY_ISSUED so far.
+    pub fn told_now(&self) -> usize {
+        self.told.lock().unwrap().len()
     }
 
     /// Waits for every user to be answered; returns what they were told.
