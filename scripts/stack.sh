@@ -13,7 +13,7 @@ set -euo pipefail
 CACHE="${COUPOND_CACHE:-$HOME/.cache/coupond}"
 # The broker is tansu built with scripts/tansu/patch.py; the directory name
 # carries the patch revision, so changing the patch builds a new binary.
-TANSU_ROOT="$CACHE/tools/tansu-0.6.0-coupond1"
+TANSU_ROOT="$CACHE/tools/tansu-0.6.0-coupond3"
 TANSU="$TANSU_ROOT/bin/tansu"
 TANSU_VERSION="0.6.0"
 # Broker storage: "sqlite" keeps topics and offsets across restarts;

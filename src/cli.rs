@@ -97,7 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let json = args.json.clone();
-            let report = crate::bench::run(args).await?;
+            // Lazy: no connection is made until the report asks.
+            let pg = crate::store::PgStore::connect(&cli.settings.database.url, 1)?;
+            let report = crate::bench::run(args, Some(&pg)).await?;
             eprintln!("{}", report.summary());
             let out = serde_json::to_string_pretty(&report)?;
             if let Some(path) = json {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds tansu 0.6.0 from crates.io with scripts/tansu/patch.py applied to
-# its storage crate (see there for the two fixes), honouring tansu's own
+# its storage and broker crates (see there for the fixes), honouring tansu's own
 # Cargo.lock, and installs the binary as $1/bin/tansu. Used by stack.sh once
 # per machine; the build directory is kept for incremental rebuilds.
 set -euo pipefail
@@ -26,14 +26,18 @@ touch "$WORK/fetch/src/lib.rs"
 cargo fetch --manifest-path "$WORK/fetch/Cargo.toml" >&2
 REG="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -1)"
 
-rm -rf "$WORK/tansu-$VERSION" "$WORK/tansu-storage-$VERSION"
-cp -r "$REG/tansu-$VERSION" "$REG/tansu-storage-$VERSION" "$WORK/"
-chmod -R u+w "$WORK/tansu-$VERSION" "$WORK/tansu-storage-$VERSION"
-python3 "$HERE/patch.py" "$WORK/tansu-storage-$VERSION"
+CRATES=(tansu tansu-storage tansu-broker)
+for c in "${CRATES[@]}"; do
+  rm -rf "$WORK/$c-$VERSION"
+  cp -r "$REG/$c-$VERSION" "$WORK/"
+  chmod -R u+w "$WORK/$c-$VERSION"
+done
+python3 "$HERE/patch.py" "$WORK/tansu-storage-$VERSION" "$WORK/tansu-broker-$VERSION"
 cat >>"$WORK/tansu-$VERSION/Cargo.toml" <<TOML
 
 [patch.crates-io]
 tansu-storage = { path = "../tansu-storage-$VERSION" }
+tansu-broker = { path = "../tansu-broker-$VERSION" }
 TOML
 # `cargo build` keeps the published Cargo.lock, changing only the patched entry.
 CARGO_TARGET_DIR="$WORK/target" cargo build --release --features libsql \

@@ -14,10 +14,12 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::domain::EventId;
 use crate::grpc::auth::BearerToken;
 use crate::proto::coupon_admin_client::CouponAdminClient;
 use crate::proto::coupon_issuer_client::CouponIssuerClient;
 use crate::proto::{self, IssueResult};
+use crate::store::PgStore;
 pub use report::Report;
 
 type IssuerClient =
@@ -137,7 +139,9 @@ async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
 }
 
 /// Runs one benchmark and returns its report.
-pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+/// `pg`, when given, is the server's database: the report then carries the
+/// per-issuance ISSUED-to-PostgreSQL delays.
+pub async fn run(args: BenchArgs, pg: Option<&PgStore>) -> anyhow::Result<Report> {
     let chans = channels(&args.addr, args.connections).await?;
     let mut admin = CouponAdminClient::with_interceptor(
         chans[0].clone(),
@@ -251,6 +255,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    let mut finalize_delays = None;
+    if let (Some(pg), Ok(id)) = (pg, EventId::parse(&event)) {
+        match pg.finalize_delays(&id).await {
+            Ok(d) => finalize_delays = d,
+            Err(e) => tracing::warn!(error = %e, "reading finalization delays failed"),
+        }
+    }
     Ok(Report::new(
         &args,
         event,
@@ -264,6 +275,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         invariants_ok,
         finalized,
         finalize_catch_up_ms,
+        finalize_delays,
     ))
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use super::{BenchArgs, Mode};
+use crate::store::postgres::FinalizeDelays;
 
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
@@ -24,6 +25,8 @@ pub struct Report {
     pub invariants_ok: bool,
     pub finalized: u32,
     pub finalize_catch_up_ms: Option<u64>,
+    /// Per issuance, ISSUED in Redis to committed in PostgreSQL.
+    pub finalize_delay: Option<FinalizeDelays>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -49,6 +52,7 @@ impl Report {
         invariants_ok: bool,
         finalized: u32,
         finalize_catch_up_ms: Option<u64>,
+        finalize_delay: Option<FinalizeDelays>,
     ) -> Self {
         let requests = results.values().sum::<u64>() + grpc_errors.values().sum::<u64>();
         let secs = elapsed.as_secs_f64().max(1e-9);
@@ -73,6 +77,7 @@ impl Report {
             invariants_ok,
             finalized,
             finalize_catch_up_ms,
+            finalize_delay,
         }
     }
 
@@ -80,7 +85,7 @@ impl Report {
         let mut results: Vec<_> = self.results.iter().collect();
         results.sort();
         format!(
-            "mode={:?} concurrency={} requests={} in {:.2}s => {:.0} req/s | latency p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms | results {:?} | grpc errors {:?} | issued {} of {} | invariants {} | finalized {} (caught up after {:?} ms)",
+            "mode={:?} concurrency={} requests={} in {:.2}s => {:.0} req/s | latency p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms | results {:?} | grpc errors {:?} | issued {} of {} | invariants {} | finalized {} (caught up after {:?} ms){}",
             self.mode,
             self.concurrency,
             self.requests,
@@ -97,6 +102,12 @@ impl Report {
             if self.invariants_ok { "OK" } else { "VIOLATED" },
             self.finalized,
             self.finalize_catch_up_ms,
+            self.finalize_delay
+                .map(|d| format!(
+                    " | ISSUED->PostgreSQL p50={:.0}ms p90={:.0}ms p99={:.0}ms max={:.0}ms",
+                    d.p50_ms, d.p90_ms, d.p99_ms, d.max_ms
+                ))
+                .unwrap_or_default(),
         )
     }
 }

@@ -71,6 +71,11 @@ impl Finalizer {
             // leaving holds up a replacement for at most this long.
             .set("max.poll.interval.ms", "20000")
             .set("fetch.wait.max.ms", "10")
+            // The group leader reassigns when it sees a subscribed topic
+            // appear or grow; librdkafka's default look every 5 minutes
+            // would leave a topic re-created after a broker lost its data
+            // unconsumed that long.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             // coupond's producers are idempotent, never transactional, so
             // there is nothing uncommitted to hide; and a broker that lost
             // track of a producer after a crash cannot then stall the

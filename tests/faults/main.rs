@@ -16,8 +16,6 @@ const USERS: u64 = 6000;
 const CONCURRENCY: usize = 24;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "blocked by the local broker: after a crash, tansu 0.6.0 stops delivering to \
-            consumer groups (fresh instances included); run with --ignored against a real Kafka"]
 async fn broker_crashed_and_lost_its_data_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
@@ -41,8 +39,6 @@ async fn broker_crashed_and_lost_its_data_mid_load_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "blocked by the local broker: tansu 0.6.0 never hands a dead consumer's \
-            partitions to its replacement (static membership too); run with --ignored against a real Kafka"]
 async fn server_killed_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
@@ -85,8 +81,6 @@ async fn postgres_stopped_mid_load_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "blocked by the local broker: tansu 0.6.0 never hands a dead consumer's \
-            partitions to its replacement (static membership too); run with --ignored against a real Kafka"]
 async fn consumer_killed_mid_batch_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
