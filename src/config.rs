@@ -165,6 +165,15 @@ pub struct ConsumerSettings {
         default_value_t = 20
     )]
     pub batch_ms: u64,
+    /// Batches applied to PostgreSQL at once (each on its own connection)
+    /// while the next one gathers; offsets are still committed in order.
+    #[arg(
+        id = "consumer-in-flight",
+        long = "consumer-in-flight",
+        env = "COUPOND_CONSUMER_IN_FLIGHT",
+        default_value_t = 3
+    )]
+    pub in_flight: usize,
 }
 
 /// Issuance settings.

@@ -104,8 +104,8 @@ impl Report {
             self.finalize_catch_up_ms,
             self.finalize_delay
                 .map(|d| format!(
-                    " | ISSUED->PostgreSQL p50={:.0}ms p90={:.0}ms p99={:.0}ms max={:.0}ms",
-                    d.p50_ms, d.p90_ms, d.p99_ms, d.max_ms
+                    " | ISSUED->PostgreSQL p50={:.0}ms p90={:.0}ms p99={:.0}ms max={:.0}ms, {} rows over {:.0}ms",
+                    d.p50_ms, d.p90_ms, d.p99_ms, d.max_ms, d.count, d.span_ms
                 ))
                 .unwrap_or_default(),
         )

@@ -2,12 +2,21 @@
 //! ISSUED in PostgreSQL, then marks it finalized in Redis. Offsets are
 //! committed only after both, so a crash anywhere replays the batch, and
 //! replaying changes nothing (the UPDATE only touches AVAILABLE rows).
+//!
+//! Batches are pipelined: while up to `in_flight` batches are applied to
+//! the stores concurrently, the next one gathers. Offsets are still
+//! committed in consumption order, each batch's only after it and every
+//! batch before it were applied.
 
 mod batch;
+mod sink;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -15,15 +24,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerSettings, KafkaSettings};
-use crate::domain::{EventId, IssuanceRecord, UserId};
-use crate::kafka::{message, Publisher};
+use crate::kafka::Publisher;
 use crate::store::{PgStore, RedisStore};
 
 pub use batch::next_batch;
+use sink::BACKOFF_START;
+pub use sink::{BatchStats, Sink};
 
-/// Backoff between retries of a failing store, doubling up to the cap.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A batch being applied, and what applying it did (`None`: interrupted).
+type Applying = Pin<Box<dyn Future<Output = (Vec<OwnedMessage>, Option<BatchStats>)> + Send>>;
 
 /// After broker trouble, a consumer that then receives nothing for this
 /// long is replaced: its fetch position may point past the end of a log
@@ -36,19 +45,8 @@ pub struct Finalizer {
     consumer: StreamConsumer,
     config: ClientConfig,
     topic: String,
-    pg: PgStore,
-    redis: RedisStore,
-    /// Sends undecodable and conflicting messages to the DLQ.
-    dlq: Publisher,
+    sink: Sink,
     settings: ConsumerSettings,
-}
-
-/// What one batch did, for logs and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchStats {
-    pub messages: usize,
-    pub finalized: usize,
-    pub dead_lettered: usize,
 }
 
 impl Finalizer {
@@ -90,52 +88,118 @@ impl Finalizer {
             consumer,
             config,
             topic: kafka.topic.clone(),
-            pg,
-            redis,
-            dlq,
+            sink: Sink { pg, redis, dlq },
             settings: settings.clone(),
         })
     }
 
-    /// Consumes until `shutdown` fires; the batch in progress is finished
-    /// and committed first.
+    /// Consumes until `shutdown` fires; the batches in progress are
+    /// finished and committed first.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!("finalizer started");
+        let depth = self.settings.in_flight.max(1);
+        tracing::info!(in_flight = depth, "finalizer started");
         let max_wait = Duration::from_millis(self.settings.batch_ms);
         // Set while the broker has failed since the last message arrived.
         let mut troubled_since: Option<tokio::time::Instant> = None;
-        loop {
-            if troubled_since.is_some_and(|t| t.elapsed() > STALL_RESET) {
+        let mut applying: FuturesOrdered<Applying> = FuturesOrdered::new();
+        'consume: loop {
+            if applying.is_empty() && troubled_since.is_some_and(|t| t.elapsed() > STALL_RESET) {
                 self.replace_consumer()?;
                 troubled_since = None;
             }
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                b = next_batch(&self.consumer, self.settings.batch_size, max_wait, STALL_RESET) => match b {
-                    Ok(b) if b.is_empty() => continue,
-                    Ok(b) => {
-                        troubled_since = None;
-                        b
+            if applying.len() >= depth {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break 'consume,
+                    Some(done) = applying.next() => {
+                        if !self.applied(done) {
+                            break 'consume;
+                        }
                     }
-                    Err(e) => {
-                        // librdkafka reconnects by itself; don't spin meanwhile.
-                        tracing::warn!(error = %e, "consuming failed; retrying");
-                        troubled_since.get_or_insert_with(tokio::time::Instant::now);
-                        tokio::time::sleep(BACKOFF_START).await;
-                        continue;
+                }
+                continue;
+            }
+            // The gathering future is polled to its end, never dropped
+            // half-way (but on shutdown): messages it took and lost would
+            // be skipped by the commits of later batches.
+            let gather = next_batch(
+                &self.consumer,
+                self.settings.batch_size,
+                max_wait,
+                STALL_RESET,
+            );
+            tokio::pin!(gather);
+            let gathered = loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break 'consume,
+                    Some(done) = applying.next(), if !applying.is_empty() => {
+                        if !self.applied(done) {
+                            break 'consume;
+                        }
                     }
-                },
+                    b = &mut gather => break b,
+                }
             };
-            if let Some(stats) = self.process(&batch, &shutdown).await? {
-                tracing::debug!(?stats, "batch finalized");
-            } else {
-                // Shut down while a store was failing: nothing committed, the
-                // batch is redelivered to whoever consumes next.
-                break;
+            match gathered {
+                Ok(b) if b.is_empty() => {}
+                Ok(batch) => {
+                    troubled_since = None;
+                    let sink = self.sink.clone();
+                    let shutdown = shutdown.clone();
+                    applying.push_back(Box::pin(async move {
+                        let stats = sink.apply(&batch, &shutdown).await;
+                        (batch, stats)
+                    }));
+                }
+                Err(e) => {
+                    // librdkafka reconnects by itself; don't spin meanwhile.
+                    tracing::warn!(error = %e, "consuming failed; retrying");
+                    troubled_since.get_or_insert_with(tokio::time::Instant::now);
+                    tokio::time::sleep(BACKOFF_START).await;
+                }
             }
         }
+        self.drain(applying).await;
         tracing::info!("finalizer stopped");
         Ok(())
+    }
+
+    /// Commits a batch that was applied; false if applying it was
+    /// interrupted by shutdown (nothing from it on may be committed).
+    fn applied(&self, (batch, stats): (Vec<OwnedMessage>, Option<BatchStats>)) -> bool {
+        let Some(stats) = stats else {
+            return false;
+        };
+        tracing::debug!(?stats, "batch finalized");
+        // Asynchronous: the next batches need not wait for the broker. A
+        // commit that is lost only means a redelivery, which changes nothing.
+        if let Err(e) = self.commit(&batch, CommitMode::Async) {
+            tracing::warn!(error = %e, "committing offsets failed; the batch will be redelivered");
+        }
+        true
+    }
+
+    /// On shutdown: lets the batches in progress finish and commits, once
+    /// and synchronously, every one up to the first that was interrupted
+    /// (a store still failing); the rest is redelivered to the next consumer.
+    async fn drain(&self, mut applying: FuturesOrdered<Applying>) {
+        let mut finished: Vec<OwnedMessage> = Vec::new();
+        let mut intact = true;
+        while let Some((batch, stats)) = applying.next().await {
+            intact &= stats.is_some();
+            if intact {
+                finished.extend(batch);
+            }
+        }
+        if finished.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit(&finished, CommitMode::Sync) {
+            // E.g. the group rebalanced meanwhile: the batches are redelivered
+            // to whoever owns the partitions now, and change nothing there.
+            tracing::warn!(error = %e, "committing offsets failed; the batches will be redelivered");
+        }
     }
 
     /// Swaps in a new consumer instance (see `STALL_RESET`). The old one
@@ -149,103 +213,8 @@ impl Finalizer {
         Ok(())
     }
 
-    /// Finalizes one batch and commits its offsets. `None` when shutdown
-    /// interrupted retries (the batch is left uncommitted).
-    pub async fn process(
-        &self,
-        batch: &[OwnedMessage],
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<Option<BatchStats>> {
-        if batch.is_empty() {
-            return Ok(Some(BatchStats::default()));
-        }
-        let mut stats = BatchStats {
-            messages: batch.len(),
-            ..Default::default()
-        };
-        let mut records: Vec<IssuanceRecord> = Vec::with_capacity(batch.len());
-        let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
-        for m in batch {
-            match message::decode(m.payload().unwrap_or_default()) {
-                Ok(r) => {
-                    records.push(r);
-                    sources.push(m);
-                }
-                Err(e) => {
-                    if !self.dead_letter(m, &e.to_string(), shutdown).await {
-                        return Ok(None);
-                    }
-                    stats.dead_lettered += 1;
-                }
-            }
-        }
-        if !records.is_empty() {
-            let Some(held) = retry(shutdown, "finalizing in postgres", || {
-                self.pg.finalize(&records)
-            })
-            .await
-            else {
-                return Ok(None);
-            };
-            let mut by_event: HashMap<&EventId, Vec<(&UserId, &str)>> = HashMap::new();
-            for (i, ok) in held.iter().enumerate() {
-                if *ok {
-                    let r = &records[i];
-                    by_event
-                        .entry(&r.event_id)
-                        .or_default()
-                        .push((&r.user_id, r.coupon.code.as_str()));
-                    stats.finalized += 1;
-                } else {
-                    let reason =
-                        "conflicts with postgres: unknown code, or code or user already taken";
-                    tracing::error!(
-                        event_id = %records[i].event_id,
-                        user_id = %records[i].user_id,
-                        code = %records[i].coupon.code,
-                        "{reason}; dead-lettered"
-                    );
-                    if !self.dead_letter(sources[i], reason, shutdown).await {
-                        return Ok(None);
-                    }
-                    stats.dead_lettered += 1;
-                }
-            }
-            for (event, items) in &by_event {
-                if retry(shutdown, "finalizing in redis", || {
-                    self.redis.finalize(event, items)
-                })
-                .await
-                .is_none()
-                {
-                    return Ok(None);
-                }
-            }
-        }
-        if let Err(e) = self.commit(batch) {
-            // E.g. the group rebalanced meanwhile. The batch is redelivered
-            // to whoever owns the partitions now, and changes nothing there.
-            tracing::warn!(error = %e, "committing offsets failed; the batch will be redelivered");
-        }
-        Ok(Some(stats))
-    }
-
-    async fn dead_letter(
-        &self,
-        m: &OwnedMessage,
-        reason: &str,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let payload = m.payload().unwrap_or_default();
-        retry(shutdown, "publishing to the dead-letter topic", || {
-            self.dlq.dead_letter(m.key(), payload, reason)
-        })
-        .await
-        .is_some()
-    }
-
-    /// Commits the next offset of every partition in the batch.
-    fn commit(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+    /// Commits the next offset of every partition in the messages.
+    fn commit(&self, batch: &[OwnedMessage], mode: CommitMode) -> anyhow::Result<()> {
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for m in batch {
             let e = next.entry((m.topic(), m.partition())).or_insert(0);
@@ -255,32 +224,7 @@ impl Finalizer {
         for ((t, p), o) in next {
             tpl.add_partition_offset(t, p, Offset::Offset(o))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Sync)?;
+        self.consumer.commit(&tpl, mode)?;
         Ok(())
-    }
-}
-
-/// Retries `op` with exponential backoff until it succeeds (`Some`) or
-/// shutdown is requested (`None`). Store outages are waited out, not
-/// skipped: skipping would commit offsets past unrecorded issuances.
-async fn retry<T, E, F, Fut>(shutdown: &CancellationToken, what: &str, mut op: F) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delay = BACKOFF_START;
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(BACKOFF_MAX);
-            }
-        }
     }
 }

@@ -35,6 +35,9 @@ pub struct FinalizeDelays {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// From the first batch's commit to the last one's: with a backlog
+    /// throughout, `count` over it is the finalizer's rows/s.
+    pub span_ms: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -340,6 +343,8 @@ impl PgStore {
             p99: Option<f64>,
             #[diesel(sql_type = Nullable<Double>)]
             max: Option<f64>,
+            #[diesel(sql_type = Nullable<Double>)]
+            span: Option<f64>,
         }
         let mut c = self.pool.get().await?;
         let r: Row = diesel::sql_query(
@@ -347,8 +352,10 @@ impl PgStore {
                  percentile_disc(0.5) WITHIN GROUP (ORDER BY d) AS p50, \
                  percentile_disc(0.9) WITHIN GROUP (ORDER BY d) AS p90, \
                  percentile_disc(0.99) WITHIN GROUP (ORDER BY d) AS p99, \
-                 max(d) AS max \
-             FROM (SELECT (extract(epoch FROM finalized_at - issued_at) * 1000)::float8 AS d \
+                 max(d) AS max, \
+                 (extract(epoch FROM max(finalized_at) - min(finalized_at)) * 1000)::float8 AS span \
+             FROM (SELECT finalized_at, \
+                       (extract(epoch FROM finalized_at - issued_at) * 1000)::float8 AS d \
                    FROM coupons WHERE event_id = $1 AND state = 'ISSUED' \
                        AND finalized_at IS NOT NULL) x",
         )
@@ -362,6 +369,7 @@ impl PgStore {
                 p90_ms: p90,
                 p99_ms: p99,
                 max_ms: max,
+                span_ms: r.span.unwrap_or(0.0),
             }),
             _ => None,
         })

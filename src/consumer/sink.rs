@@ -1,0 +1,144 @@
+//! Applying one batch to the stores: PostgreSQL first, then Redis, with
+//! undecodable or conflicting messages dead-lettered. Owned handles, so
+//! several batches can be applied at once while the consumer gathers more.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{EventId, IssuanceRecord, UserId};
+use crate::kafka::{message, Publisher};
+use crate::store::{PgStore, RedisStore};
+
+/// Backoff between retries of a failing store, doubling up to the cap.
+pub(super) const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What one batch did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    pub messages: usize,
+    pub finalized: usize,
+    pub dead_lettered: usize,
+}
+
+/// The stores a batch is applied to.
+#[derive(Clone)]
+pub struct Sink {
+    pub(super) pg: PgStore,
+    pub(super) redis: RedisStore,
+    /// Takes undecodable and conflicting messages.
+    pub(super) dlq: Publisher,
+}
+
+impl Sink {
+    /// Applies one batch. `None` when shutdown interrupted retries: the
+    /// batch must then stay uncommitted, and so must every later one.
+    pub async fn apply(
+        &self,
+        batch: &[OwnedMessage],
+        shutdown: &CancellationToken,
+    ) -> Option<BatchStats> {
+        if batch.is_empty() {
+            return Some(BatchStats::default());
+        }
+        let mut stats = BatchStats {
+            messages: batch.len(),
+            ..Default::default()
+        };
+        let mut records: Vec<IssuanceRecord> = Vec::with_capacity(batch.len());
+        let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
+        for m in batch {
+            match message::decode(m.payload().unwrap_or_default()) {
+                Ok(r) => {
+                    records.push(r);
+                    sources.push(m);
+                }
+                Err(e) => {
+                    if !self.dead_letter(m, &e.to_string(), shutdown).await {
+                        return None;
+                    }
+                    stats.dead_lettered += 1;
+                }
+            }
+        }
+        if !records.is_empty() {
+            let held = retry(shutdown, "finalizing in postgres", || {
+                self.pg.finalize(&records)
+            })
+            .await?;
+            let mut by_event: HashMap<&EventId, Vec<(&UserId, &str)>> = HashMap::new();
+            for (i, ok) in held.iter().enumerate() {
+                if *ok {
+                    let r = &records[i];
+                    by_event
+                        .entry(&r.event_id)
+                        .or_default()
+                        .push((&r.user_id, r.coupon.code.as_str()));
+                    stats.finalized += 1;
+                } else {
+                    let reason =
+                        "conflicts with postgres: unknown code, or code or user already taken";
+                    tracing::error!(
+                        event_id = %records[i].event_id,
+                        user_id = %records[i].user_id,
+                        code = %records[i].coupon.code,
+                        "{reason}; dead-lettered"
+                    );
+                    if !self.dead_letter(sources[i], reason, shutdown).await {
+                        return None;
+                    }
+                    stats.dead_lettered += 1;
+                }
+            }
+            for (event, items) in &by_event {
+                retry(shutdown, "finalizing in redis", || {
+                    self.redis.finalize(event, items)
+                })
+                .await?;
+            }
+        }
+        Some(stats)
+    }
+
+    async fn dead_letter(
+        &self,
+        m: &OwnedMessage,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let payload = m.payload().unwrap_or_default();
+        retry(shutdown, "publishing to the dead-letter topic", || {
+            self.dlq.dead_letter(m.key(), payload, reason)
+        })
+        .await
+        .is_some()
+    }
+}
+
+/// Retries `op` with exponential backoff until it succeeds (`Some`) or
+/// shutdown is requested (`None`). Store outages are waited out, not
+/// skipped: skipping would commit offsets past unrecorded issuances.
+async fn retry<T, E, F, Fut>(shutdown: &CancellationToken, what: &str, mut op: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = BACKOFF_START;
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
