@@ -3,13 +3,24 @@
 -- once each issuance is claimed by one of them per age window (a lock with
 -- expiry per issuance), and a failed republish is retried one age later.
 --
--- KEYS[1] couponPending:{E}  KEYS[2] couponIssued:{E}
--- ARGV[1] age ms  ARGV[2] max claims
+-- While the finalizer has recorded an issuance of the event within the last
+-- age, old pending issuances are most likely still queued in Kafka behind
+-- the ones it is recording: republishing them would only add to its backlog
+-- (and feed on itself). Then only issuances older than the max age are
+-- claimed, so one lost message still comes back while traffic never pauses.
+--
+-- KEYS[1] couponPending:{E}  KEYS[2] couponIssued:{E}  KEYS[3] couponProgress:{E}
+-- ARGV[1] age ms  ARGV[2] max claims  ARGV[3] max age ms
 -- Returns user_1, record_1, user_2, record_2, ... Users whose record is gone
 -- or already finalized are dropped from the pending set instead.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[2]))
+local age = tonumber(ARGV[1])
+local progress = tonumber(redis.call('GET', KEYS[3]) or '0')
+if now - progress < age then
+  age = math.max(age, tonumber(ARGV[3]))
+end
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - age, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, user in ipairs(users) do
   local rec = redis.call('HGET', KEYS[2], user)

@@ -1,9 +1,10 @@
 -- Marks issuances as recorded in PostgreSQL: flips the record's state byte
 -- to F and removes the user from the pending set. Only a record that still
 -- holds the same code is touched, so a stale message cannot finalize
--- anything else.
+-- anything else. Notes the time in the progress key, which tells the
+-- sweeper that the finalizer is moving (see claim_stale.lua).
 --
--- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}
+-- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}  KEYS[3] couponProgress:{E}
 -- ARGV: user_1, code_1, user_2, code_2, ...
 -- Returns the number of issuances finalized (already-final ones included).
 local done = 0
@@ -17,5 +18,10 @@ for i = 1, #ARGV, 2 do
     redis.call('ZREM', KEYS[2], user)
     done = done + 1
   end
+end
+if done > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', KEYS[3], now, 'PX', 3600000)
 end
 return done

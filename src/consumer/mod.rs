@@ -148,7 +148,13 @@ impl Finalizer {
                     let sink = self.sink.clone();
                     let shutdown = shutdown.clone();
                     applying.push_back(Box::pin(async move {
+                        let started = tokio::time::Instant::now();
                         let stats = sink.apply(&batch, &shutdown).await;
+                        tracing::debug!(
+                            messages = batch.len(),
+                            apply_ms = started.elapsed().as_millis() as u64,
+                            "batch applied"
+                        );
                         (batch, stats)
                     }));
                 }

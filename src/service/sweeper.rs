@@ -27,6 +27,16 @@ pub struct SweepSettings {
         default_value_t = 5000
     )]
     pub age_ms: u64,
+    /// While the finalizer is recording issuances of an event, wait this
+    /// long (ms) instead: those still pending are most likely queued in
+    /// Kafka, and republishing them would only lengthen the queue.
+    #[arg(
+        id = "sweep-max-age-ms",
+        long = "sweep-max-age-ms",
+        env = "COUPOND_SWEEP_MAX_AGE_MS",
+        default_value_t = 60_000
+    )]
+    pub max_age_ms: u64,
     /// Pause between sweeps (ms).
     #[arg(
         id = "sweep-interval-ms",
@@ -108,7 +118,12 @@ impl Sweeper {
         loop {
             let claimed = self
                 .redis
-                .claim_stale(event, self.settings.age_ms, CLAIM_BATCH)
+                .claim_stale(
+                    event,
+                    self.settings.age_ms,
+                    self.settings.max_age_ms,
+                    CLAIM_BATCH,
+                )
                 .await?;
             let n = claimed.len();
             let records: Vec<IssuanceRecord> = claimed

@@ -22,6 +22,9 @@ pub struct EventKeys {
     pub pending_staging: String,
     /// Where a forced rebuild parks the meta hash while the event is offline.
     pub meta_offline: String,
+    /// When the finalizer last recorded an issuance of the event (unix ms,
+    /// expiring): the sweeper holds back while the finalizer is progressing.
+    pub progress: String,
 }
 
 impl EventKeys {
@@ -35,6 +38,7 @@ impl EventKeys {
             issued_staging: format!("couponIssuedStaging:{{{event}}}"),
             pending_staging: format!("couponPendingStaging:{{{event}}}"),
             meta_offline: format!("couponMetaOffline:{{{event}}}"),
+            progress: format!("couponProgress:{{{event}}}"),
         }
     }
 }
@@ -55,6 +59,7 @@ mod tests {
             &k.issued_staging,
             &k.pending_staging,
             &k.meta_offline,
+            &k.progress,
         ] {
             assert!(key.ends_with(":{e-1}"), "{key}");
         }

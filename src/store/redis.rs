@@ -278,7 +278,7 @@ impl RedisStore {
     ) -> Result<u64, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.finalize.prepare_invoke();
-        inv.key(&k.issued).key(&k.pending);
+        inv.key(&k.issued).key(&k.pending).key(&k.progress);
         for (u, code) in items {
             inv.arg(u.as_str()).arg(*code);
         }
@@ -299,11 +299,13 @@ impl RedisStore {
     }
 
     /// Claims up to `max` issuances of `event` pending for longer than
-    /// `age_ms` (see `scripts/lua/claim_stale.lua`).
+    /// `age_ms`, or than `max_age_ms` while the finalizer is progressing
+    /// (see `scripts/lua/claim_stale.lua`).
     pub async fn claim_stale(
         &self,
         event: &EventId,
         age_ms: u64,
+        max_age_ms: u64,
         max: usize,
     ) -> Result<Vec<(UserId, IssuedRecord)>, RedisStoreError> {
         let k = EventKeys::new(event);
@@ -313,8 +315,10 @@ impl RedisStore {
             .claim_stale
             .key(&k.pending)
             .key(&k.issued)
+            .key(&k.progress)
             .arg(age_ms)
             .arg(max)
+            .arg(max_age_ms)
             .invoke_async(&mut c)
             .await?;
         flat.chunks_exact(2)

@@ -15,5 +15,6 @@ mod preload;
 mod reconcile;
 mod server;
 mod stream;
+mod sweeper;
 mod tls;
 mod validation;
