@@ -144,3 +144,51 @@ async fn redelivered_messages_change_nothing_and_garbage_goes_to_the_dlq() {
     }
     assert!(found, "garbage dead-lettered with a reason");
 }
+
+/// One batch mixing new issuances, a redelivery, a code already held by
+/// another user and an unknown code: each gets its own verdict, and only
+/// the new ones change a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_batch_gets_a_verdict_per_record() {
+    let app = spawn_app().await;
+    let event = app.event_id("mixed");
+    app.preload(preload_request(&event, 5)).await.unwrap();
+    let id = EventId::parse(&event).unwrap();
+    let rows = app.pg.coupons(&id).await.unwrap();
+    let record = |i: usize, user: &str| IssuanceRecord {
+        event_id: id.clone(),
+        user_id: UserId::parse(user.to_owned()).unwrap(),
+        coupon: IssuedCoupon {
+            code: rows[i].code.clone(),
+            discount: rows[i].discount,
+            issued_at: chrono::Utc::now(),
+        },
+        request_id: format!("req-{user}"),
+    };
+    let first = [record(0, "ann"), record(1, "bob")];
+    assert_eq!(app.pg.finalize(&first).await.unwrap(), vec![true, true]);
+
+    let mut unknown = record(2, "dan");
+    unknown.coupon.code = "NOSUCHCODE23".into();
+    let batch = [
+        record(3, "eve"),  // new
+        record(0, "ann"),  // redelivered: already hers
+        record(1, "carl"), // bob's code
+        unknown,           // not a code of the event
+        record(4, "fay"),  // new
+    ];
+    let before = snapshot(&app, &event).await;
+    let verdicts = app.pg.finalize(&batch).await.unwrap();
+    assert_eq!(verdicts, vec![true, true, false, false, true]);
+    let pairs = app.issued_pairs_in_pg(&event).await;
+    let expected: HashSet<(String, String)> = [(0, "ann"), (1, "bob"), (3, "eve"), (4, "fay")]
+        .into_iter()
+        .map(|(i, u)| (rows[i].code.clone(), u.to_owned()))
+        .collect();
+    assert_eq!(pairs, expected);
+    assert_ne!(
+        before,
+        snapshot(&app, &event).await,
+        "eve and fay were recorded"
+    );
+}
