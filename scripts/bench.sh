@@ -6,7 +6,9 @@
 #   - unary Issue at 100, 1,000 and 3,000 concurrent clients;
 #   - IssueStream with 16 streams;
 #   - both in the default `ack` durability and in `async`;
-#   - preload of 1,000,000 coupons.
+#   - preload of 1,000,000 coupons;
+#   - the broker alone: the service's producer's acknowledged rate and a
+#     consumer's rate, the ceiling of ack durability and of the finalizer.
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
 # Environment: REQUESTS (default 100000 per run).
@@ -51,6 +53,7 @@ bench() { # name, args...
   "$BIN" bench --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
 }
 
+bench broker --mode broker --requests "$REQUESTS"
 start_server ack
 
 # Physical reference: the one-user script straight from redis-benchmark, on a

@@ -21,18 +21,23 @@ for path in sorted(glob.glob(os.path.join(run, "redis-evalsha-*.txt"))):
         ref[name] = 0.0
 raw = max((v for k, v in ref.items() if k.endswith("p1")), default=0.0)
 
-lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | vs raw Redis |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | ISSUED->PG p50 / p99 ms | finalizer rows/s | vs raw Redis |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for name, r in rows.items():
-    if r["mode"] == "preload":
+    if r["mode"] in ("preload", "broker"):
         continue
+    d = r.get("finalize_delay")
+    delay = f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f}" if d else "-"
+    # Commits from first to last over the rows: the finalizer's rate while
+    # it had a backlog (it also ran while the load was on).
+    rate = f"{d['count'] / (d['span_ms'] / 1000):.0f}" if d and d["span_ms"] > 0 else "-"
     lat = r["latency_us"]
     errs = sum(r["grpc_errors"].values())
     ratio = f"{r['requests_per_s'] / raw:.2f}" if raw else "-"
     lines.append(
         f"| {name} | {r['requests_per_s']:.0f} | {lat['p50']/1000:.2f} | {lat['p90']/1000:.2f} | "
         f"{lat['p99']/1000:.2f} | {lat['max']/1000:.1f} | {errs} | {r['issued']} | "
-        f"{'OK' if r['invariants_ok'] else 'VIOLATED'} | {r['finalize_catch_up_ms']} | {ratio} |")
+        f"{'OK' if r['invariants_ok'] else 'VIOLATED'} | {r['finalize_catch_up_ms']} | {delay} | {rate} | {ratio} |")
 lines.append("")
 lines.append("| redis-benchmark EVALSHA (one-user issue script) | calls/s |")
 lines.append("|---|---|")
@@ -42,6 +47,12 @@ for name, r in rows.items():
     if r["mode"] == "preload":
         lines.append("")
         lines.append(f"Preload of {r['total_coupons']} coupons: {r['preload_ms']} ms end to end.")
+    if r["mode"] == "broker":
+        lines.append("")
+        lines.append(
+            f"Broker alone ({r['messages']} messages, the service's producer settings): "
+            f"produce {r['produce_per_s']:.0f}/s acknowledged (idempotent, acks=all, "
+            f"{r['produce_errors']} errors), consume {r['consume_per_s']:.0f}/s.")
 open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 

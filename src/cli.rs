@@ -95,6 +95,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .run(shutdown::on_signals())
                 .await
         }
+        Command::Bench(args) if args.mode == crate::bench::Mode::Broker => {
+            let report = crate::bench::broker::run(&cli.settings.kafka, args.requests).await?;
+            eprintln!("{}", report.summary());
+            let out = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = &args.json {
+                std::fs::write(path, &out)?;
+            }
+            println!("{out}");
+            Ok(())
+        }
         Command::Bench(args) => {
             let json = args.json.clone();
             // Lazy: no connection is made until the report asks.

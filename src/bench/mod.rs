@@ -3,6 +3,7 @@
 //! user ids, reports throughput, latency percentiles and result counts, and
 //! then checks the invariants and how long finalization took to catch up.
 
+pub mod broker;
 mod report;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,9 @@ pub enum Mode {
     Stream,
     /// Only preload (measures preload time).
     Preload,
+    /// No server: the broker's raw produce and consume rates with the
+    /// service's producer settings (`--requests` messages).
+    Broker,
 }
 
 /// `coupond bench` arguments.
