@@ -21,6 +21,14 @@ ADDR="http://127.0.0.1:$PORT"
 mkdir -p "$OUT"
 
 scripts/stack.sh up
+
+# Every run starts from the same state: its own, fresh database (a coupons
+# table grown by earlier runs, with their dead rows, slows preload and the
+# finalizer), and no Redis keys of earlier bench events.
+psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS coupond_bench" >/dev/null
+psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE coupond_bench" >/dev/null
+export COUPOND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/coupond_bench"
+redis-cli -h 127.0.0.1 --scan --pattern '*{bench-*}' | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
 cargo build --release --bin coupond >&2
 BIN=target/release/coupond
 SERVER_PID=""
