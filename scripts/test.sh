@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/stack.sh up
+scripts/lint-proto.sh
 
 # Databases of earlier runs (each test creates its own) would pile up.
 psql -h 127.0.0.1 -U postgres -d postgres -tAc \

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Lints the API contract (proto/) with buf's STANDARD rules (proto/buf.yaml
+# says which four are excepted, and why). buf comes from the npm registry
+# (@bufbuild/buf, a pinned release) into a tools directory outside the clone,
+# once per machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=1.75.0
+TOOLS="${COUPOND_CACHE:-$HOME/.cache/coupond}/tools/buf-$VERSION"
+BUF="$TOOLS/node_modules/.bin/buf"
+if [ ! -x "$BUF" ]; then
+  mkdir -p "$TOOLS"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS" "@bufbuild/buf@$VERSION" >&2
+fi
+cd proto
+"$BUF" lint
+echo "buf lint: proto/ clean" >&2
