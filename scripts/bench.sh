@@ -55,10 +55,20 @@ start_server() { # durability
   return 1
 }
 
+# Script calls Redis ran (EVAL and EVALSHA, every script: issue, finalize,
+# sweep), to show how many users one issue call carried.
+script_calls() {
+  redis-cli -h 127.0.0.1 INFO commandstats |
+    awk -F'[=,]' '/^cmdstat_(evalsha|eval):/ { n += $2 } END { print n + 0 }'
+}
+
 bench() { # name, args...
   local name="$1"; shift
   echo "== $name" >&2
+  local before
+  before="$(script_calls)"
   "$BIN" bench --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
+  echo $(($(script_calls) - before)) >"$OUT/$name.scripts"
 }
 
 bench broker --mode broker --requests "$REQUESTS"

@@ -19,10 +19,13 @@ for path in sorted(glob.glob(os.path.join(run, "redis-evalsha-*.txt"))):
         ref[name] = float(open(path).read().strip())
     except ValueError:
         ref[name] = 0.0
+scripts = {}
+for path in sorted(glob.glob(os.path.join(run, "*.scripts"))):
+    scripts[os.path.basename(path)[:-8]] = int(open(path).read().strip() or 0)
 raw = max((v for k, v in ref.items() if k.endswith("p1")), default=0.0)
 
-lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | ISSUED->PG p50 / p99 ms | finalizer rows/s | vs raw Redis |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | ISSUED->PG p50 / p99 ms | finalizer rows/s | Redis script calls (users per call) | vs raw Redis |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for name, r in rows.items():
     if r["mode"] in ("preload", "broker"):
         continue
@@ -31,13 +34,16 @@ for name, r in rows.items():
     # Commits from first to last over the rows: the finalizer's rate while
     # it had a backlog (it also ran while the load was on).
     rate = f"{d['count'] / (d['span_ms'] / 1000):.0f}" if d and d["span_ms"] > 0 else "-"
+    # All scripts count (finalizer, sweeper, preload too): users per call is a floor.
+    calls = scripts.get(name)
+    per_call = f"{calls} ({r['requests'] / calls:.1f})" if calls else "-"
     lat = r["latency_us"]
     errs = sum(r["grpc_errors"].values())
     ratio = f"{r['requests_per_s'] / raw:.2f}" if raw else "-"
     lines.append(
         f"| {name} | {r['requests_per_s']:.0f} | {lat['p50']/1000:.2f} | {lat['p90']/1000:.2f} | "
         f"{lat['p99']/1000:.2f} | {lat['max']/1000:.1f} | {errs} | {r['issued']} | "
-        f"{'OK' if r['invariants_ok'] else 'VIOLATED'} | {r['finalize_catch_up_ms']} | {delay} | {rate} | {ratio} |")
+        f"{'OK' if r['invariants_ok'] else 'VIOLATED'} | {r['finalize_catch_up_ms']} | {delay} | {rate} | {per_call} | {ratio} |")
 lines.append("")
 lines.append("| redis-benchmark EVALSHA (one-user issue script) | calls/s |")
 lines.append("|---|---|")
