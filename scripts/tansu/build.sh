@@ -21,6 +21,10 @@ publish = false
 
 [dependencies]
 tansu = { version = "=$VERSION", default-features = false }
+# Named too, as tansu only pulls it in behind a feature and the copy below
+# must not depend on what an earlier build left in the registry.
+tansu-broker = { version = "=$VERSION", default-features = false }
+tansu-storage = { version = "=$VERSION", default-features = false }
 TOML
 touch "$WORK/fetch/src/lib.rs"
 cargo fetch --manifest-path "$WORK/fetch/Cargo.toml" >&2
