@@ -174,6 +174,14 @@ pub struct ConsumerSettings {
         default_value_t = 3
     )]
     pub in_flight: usize,
+    /// Longest time the broker may hold a fetch open waiting for data (ms).
+    #[arg(
+        id = "consumer-fetch-wait-ms",
+        long = "consumer-fetch-wait-ms",
+        env = "COUPOND_CONSUMER_FETCH_WAIT_MS",
+        default_value_t = 10
+    )]
+    pub fetch_wait_ms: u64,
 }
 
 /// Issuance settings.

@@ -1,7 +1,13 @@
 -- Claims pending issuances older than an age for republishing. Claiming
 -- re-scores them to now, atomically, so with several servers sweeping at
 -- once each issuance is claimed by one of them per age window (a lock with
--- expiry per issuance), and a failed republish is retried one age later.
+-- expiry per issuance).
+--
+-- The next claim of an issuance backs off exponentially: it comes after as
+-- long as the issuance has been pending (at least the age, at most the max
+-- age), so a finalizer that is down for long (PostgreSQL outage) does not
+-- get every pending issuance republished into its topic once per age.
+-- The score after a claim is therefore "claimable from score + age".
 --
 -- While the finalizer has recorded an issuance of the event within the last
 -- age, old pending issuances are most likely still queued in Kafka behind
@@ -16,16 +22,19 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local age = tonumber(ARGV[1])
+local max_age = math.max(age, tonumber(ARGV[3]))
 local progress = tonumber(redis.call('GET', KEYS[3]) or '0')
 if now - progress < age then
-  age = math.max(age, tonumber(ARGV[3]))
+  age = max_age
 end
 local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - age, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, user in ipairs(users) do
   local rec = redis.call('HGET', KEYS[2], user)
   if rec and string.sub(rec, -1) == 'P' then
-    redis.call('ZADD', KEYS[1], 'XX', now, user)
+    local issued_ms = tonumber(string.match(rec, '^[^\t]*\t[^\t]*\t[^\t]*\t(%d+)\t')) or now
+    local wait = math.min(math.max(now - issued_ms, tonumber(ARGV[1])), max_age)
+    redis.call('ZADD', KEYS[1], 'XX', now + wait - tonumber(ARGV[1]), user)
     out[#out + 1] = user
     out[#out + 1] = rec
   else

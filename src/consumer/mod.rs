@@ -68,7 +68,7 @@ impl Finalizer {
             // Also the group's rebalance timeout: a member that died without
             // leaving holds up a replacement for at most this long.
             .set("max.poll.interval.ms", "20000")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
             // The group leader reassigns when it sees a subscribed topic
             // appear or grow; librdkafka's default look every 5 minutes
             // would leave a topic re-created after a broker lost its data

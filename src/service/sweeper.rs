@@ -85,7 +85,7 @@ impl Sweeper {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(interval) => {}
             }
-            match self.sweep_all().await {
+            match self.sweep_all(&shutdown).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     republished = n,
@@ -97,7 +97,10 @@ impl Sweeper {
     }
 
     /// One pass over every event; returns how many issuances were republished.
-    pub async fn sweep_all(&self) -> anyhow::Result<usize> {
+    /// A pass ends early on shutdown, and gives each event at most one age:
+    /// with a big backlog, the first claims of a long pass would otherwise
+    /// come due again before it ends, and it would never return.
+    pub async fn sweep_all(&self, shutdown: &CancellationToken) -> anyhow::Result<usize> {
         let events = {
             let mut cached = self.events.lock().await;
             match self.pg.event_ids().await {
@@ -108,13 +111,17 @@ impl Sweeper {
         };
         let mut total = 0;
         for event in events {
-            total += self.sweep(&event).await?;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            total += self.sweep(&event, shutdown).await?;
         }
         Ok(total)
     }
 
-    async fn sweep(&self, event: &EventId) -> anyhow::Result<usize> {
+    async fn sweep(&self, event: &EventId, shutdown: &CancellationToken) -> anyhow::Result<usize> {
         let mut republished = 0;
+        let until = tokio::time::Instant::now() + Duration::from_millis(self.settings.age_ms);
         loop {
             let claimed = self
                 .redis
@@ -146,7 +153,11 @@ impl Sweeper {
                 }
             }
             republished += n - failed;
-            if n < CLAIM_BATCH || failed > 0 {
+            if n < CLAIM_BATCH
+                || failed > 0
+                || shutdown.is_cancelled()
+                || tokio::time::Instant::now() >= until
+            {
                 return Ok(republished);
             }
         }

@@ -1,10 +1,14 @@
 //! The sweeper's claim of stale pending issuances holds back while the
 //! finalizer is recording the event (those issuances are most likely still
 //! queued in Kafka), yet still claims what is older than the max age, and
-//! everything stale once the finalizer has gone quiet.
+//! everything stale once the finalizer has gone quiet. Its claims back off
+//! with how long an issuance has been pending, and a pass ends on shutdown.
 
 use coupond::domain::{EventId, UserId};
+use coupond::kafka::Publisher;
+use coupond::service::sweeper::{SweepSettings, Sweeper};
 use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
     isolated_settings, preload_request, serve_settings, spawn_serving, unique_tag, TestApp,
@@ -76,5 +80,102 @@ async fn sweeper_holds_back_while_the_finalizer_progresses() {
     let _: () = c.set(app.keys(&event).progress, quiet_since).await.unwrap();
     age_pending(&app, &event, "late", 120_000).await;
     assert_eq!(claim(&app, &id, 600_000).await, vec!["late".to_owned()]);
+    app.stop().await;
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Rewrites the user's issued record as if issued `ms` ago.
+async fn backdate_issuance(app: &TestApp, event: &str, user: &str, ms: i64) {
+    let mut c = app.redis.conn().await.unwrap();
+    let issued = app.keys(event).issued;
+    let rec: String = c.hget(&issued, user).await.unwrap();
+    let mut fields: Vec<String> = rec.split('\t').map(str::to_owned).collect();
+    fields[3] = (now_ms() - ms).to_string();
+    let _: () = c.hset(&issued, user, fields.join("\t")).await.unwrap();
+}
+
+async fn pending_score(app: &TestApp, event: &str, user: &str) -> i64 {
+    let mut c = app.redis.conn().await.unwrap();
+    let score: f64 = c.zscore(app.keys(event).pending, user).await.unwrap();
+    score as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_back_off_with_how_long_an_issuance_has_been_pending() {
+    let mut app = spawn_unswept().await;
+    let event = app.event_id("backoff");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    app.issue(&event, "fresh").await;
+    app.issue(&event, "stuck").await;
+    let id = EventId::parse(&event).unwrap();
+    const MAX_AGE_MS: i64 = 60_000;
+
+    // Pending for two hours (a finalizer down that long): the next claim
+    // waits the max age, not one age.
+    backdate_issuance(&app, &event, "stuck", 7_200_000).await;
+    // Pending for just over an age: claimed again one age later.
+    age_pending(&app, &event, "fresh", AGE_MS + 1).await;
+    age_pending(&app, &event, "stuck", AGE_MS + 1).await;
+    let before = now_ms();
+    let mut claimed = claim(&app, &id, MAX_AGE_MS as u64).await;
+    claimed.sort();
+    assert_eq!(claimed, vec!["fresh".to_owned(), "stuck".to_owned()]);
+    let after = now_ms();
+
+    let next_fresh = pending_score(&app, &event, "fresh").await + AGE_MS as i64;
+    let next_stuck = pending_score(&app, &event, "stuck").await + AGE_MS as i64;
+    let fresh_wait = AGE_MS as i64;
+    assert!(
+        (before + fresh_wait - 50..=after + fresh_wait + 50).contains(&next_fresh),
+        "fresh: claimable again one age after the claim"
+    );
+    assert!(
+        (before + MAX_AGE_MS - 50..=after + MAX_AGE_MS + 50).contains(&next_stuck),
+        "stuck: claimable again one max age after the claim"
+    );
+    assert!(claim(&app, &id, MAX_AGE_MS as u64).await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_pass_covers_every_claim_batch_and_stops_on_shutdown() {
+    const USERS: usize = 700; // more than one claim batch
+    let mut app = spawn_unswept().await;
+    let event = app.event_id("pass");
+    app.preload(preload_request(&event, USERS as u32))
+        .await
+        .unwrap();
+    let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
+    futures::future::join_all(users.iter().map(|u| app.issue(&event, u))).await;
+    for u in &users {
+        age_pending(&app, &event, u, 2 * AGE_MS).await;
+    }
+    let sweeper = Sweeper::new(
+        app.pg.clone(),
+        app.redis.clone(),
+        Publisher::new(&app.settings.kafka).unwrap(),
+        app.settings.kafka.clone(),
+        SweepSettings {
+            age_ms: AGE_MS,
+            max_age_ms: 60_000,
+            interval_ms: 1_000,
+        },
+    );
+
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    assert_eq!(sweeper.sweep_all(&stopped).await.unwrap(), 0);
+    assert_eq!(
+        sweeper.sweep_all(&CancellationToken::new()).await.unwrap(),
+        USERS
+    );
+    // All claimed: the next pass finds nothing due.
+    assert_eq!(
+        sweeper.sweep_all(&CancellationToken::new()).await.unwrap(),
+        0
+    );
     app.stop().await;
 }
