@@ -29,7 +29,8 @@ pub struct SweepSettings {
     pub age_ms: u64,
     /// While the finalizer is recording issuances of an event, wait this
     /// long (ms) instead: those still pending are most likely queued in
-    /// Kafka, and republishing them would only lengthen the queue.
+    /// Kafka, and republishing them would only lengthen the queue. Also the
+    /// longest back-off between two republishes of one issuance.
     #[arg(
         id = "sweep-max-age-ms",
         long = "sweep-max-age-ms",
