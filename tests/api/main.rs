@@ -8,6 +8,7 @@ mod batch;
 #[path = "../common/mod.rs"]
 mod common;
 mod finalize;
+mod ghz;
 mod helpers;
 mod hostile;
 mod issue;
