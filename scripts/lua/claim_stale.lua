@@ -1,6 +1,6 @@
 -- Claims pending issuances older than an age for republishing. Claiming
--- re-scores them to now, atomically, so with several servers sweeping at
--- once each issuance is claimed by one of them per age window (a lock with
+-- re-scores them, atomically, so with several servers sweeping at once each
+-- issuance is claimed by one of them per back-off window (a lock with
 -- expiry per issuance).
 --
 -- The next claim of an issuance backs off exponentially: it comes after as
@@ -24,17 +24,18 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local age = tonumber(ARGV[1])
 local max_age = math.max(age, tonumber(ARGV[3]))
 local progress = tonumber(redis.call('GET', KEYS[3]) or '0')
+local due = age
 if now - progress < age then
-  age = max_age
+  due = max_age
 end
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - age, 'LIMIT', 0, tonumber(ARGV[2]))
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - due, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, user in ipairs(users) do
   local rec = redis.call('HGET', KEYS[2], user)
   if rec and string.sub(rec, -1) == 'P' then
     local issued_ms = tonumber(string.match(rec, '^[^\t]*\t[^\t]*\t[^\t]*\t(%d+)\t')) or now
-    local wait = math.min(math.max(now - issued_ms, tonumber(ARGV[1])), max_age)
-    redis.call('ZADD', KEYS[1], 'XX', now + wait - tonumber(ARGV[1]), user)
+    local wait = math.min(math.max(now - issued_ms, age), max_age)
+    redis.call('ZADD', KEYS[1], 'XX', now + wait - age, user)
     out[#out + 1] = user
     out[#out + 1] = rec
   else

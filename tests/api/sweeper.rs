@@ -40,9 +40,8 @@ async fn claim(app: &TestApp, event: &EventId, max_age_ms: u64) -> Vec<String> {
 /// Makes the user's pending issuance look `ms` old.
 async fn age_pending(app: &TestApp, event: &str, user: &str, ms: u64) {
     let mut c = app.redis.conn().await.unwrap();
-    let now_ms = chrono::Utc::now().timestamp_millis() as u64;
     let _: () = c
-        .zadd(app.keys(event).pending, user, now_ms - ms)
+        .zadd(app.keys(event).pending, user, now_ms() as u64 - ms)
         .await
         .unwrap();
 }
@@ -76,7 +75,7 @@ async fn sweeper_holds_back_while_the_finalizer_progresses() {
 
     // The finalizer goes quiet (its progress mark is older than the age).
     let mut c = app.redis.conn().await.unwrap();
-    let quiet_since = chrono::Utc::now().timestamp_millis() as u64 - 2 * AGE_MS;
+    let quiet_since = now_ms() as u64 - 2 * AGE_MS;
     let _: () = c.set(app.keys(&event).progress, quiet_since).await.unwrap();
     age_pending(&app, &event, "late", 120_000).await;
     assert_eq!(claim(&app, &id, 600_000).await, vec!["late".to_owned()]);
