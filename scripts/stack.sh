@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
 # Brings up the local stack coupond needs, idempotently, on a Debian machine
 # (as root): Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432 with the
-# `coupond` database, and a Kafka-protocol broker on 127.0.0.1:9092 with the
-# coupond topics. A service that already answers is used as it is; whatever
-# is missing is installed from Debian's packages (or, for the broker, built
-# once from crates.io into a cache shared by every clone on the machine).
+# `coupond` database, and Apache Kafka (KRaft, one combined broker and
+# controller) on 127.0.0.1:9092 with the coupond topics. A service that
+# already answers is used as it is; whatever is missing is installed: Redis,
+# PostgreSQL and a JDK from Debian's packages, Kafka's jars from Maven
+# Central into a cache shared by every clone on the machine.
 #
-# Environment: COUPOND_CACHE (default ~/.cache/coupond) holds the broker's
-# binary, data and log.
+#   stack.sh [up]                  the single-broker stack (the default)
+#   stack.sh cluster-up            also three KRaft brokers on 19092-19094
+#                                  (replication 3, min.insync.replicas 2)
+#   stack.sh cluster-down          stops the three
+#   stack.sh cluster-kill N        SIGKILLs cluster broker N (1-3)
+#   stack.sh stop-broker           SIGKILLs the single broker
+#   stack.sh wipe-broker           deletes its data (it must be stopped);
+#                                  the next `up` formats it anew
+#   stack.sh stop-postgres         stops PostgreSQL (`up` starts it again)
+#   stack.sh kafka-tool T ARGS     runs Kafka's own tool T (topics,
+#                                  consumer-groups, producer-perf-test,
+#                                  consumer-perf-test, storage) from the jars
+#
+# Environment: COUPOND_CACHE (default ~/.cache/coupond) holds Kafka's jars,
+# data and logs.
 set -euo pipefail
 
+HERE="$(cd "$(dirname "$0")" && pwd)"
 CACHE="${COUPOND_CACHE:-$HOME/.cache/coupond}"
-# The broker is tansu built with scripts/tansu/patch.py; the directory name
-# carries the patch revision, so changing the patch builds a new binary.
-TANSU_ROOT="$CACHE/tools/tansu-0.6.0-coupond3"
-TANSU="$TANSU_ROOT/bin/tansu"
-TANSU_VERSION="0.6.0"
-# Broker storage: "sqlite" keeps topics and offsets across restarts;
-# "memory" loses everything on restart, like a broker that lost its disk.
-BROKER_STORAGE="${COUPOND_BROKER_STORAGE:-sqlite}"
-DATA="$CACHE/data"
-mkdir -p "$DATA"
+KAFKA_VERSION=4.1.1
+KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION"
+KAFKA_DATA="$CACHE/kafka-data"
+mkdir -p "$KAFKA_DATA"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -55,22 +64,29 @@ ensure_redis() {
   wait_port 6379 20 redis
 }
 
+# Local development stack: trust loopback connections like the CI machines
+# do (also on a machine whose PostgreSQL was installed by other means).
+trust_loopback() {
+  local hba="/etc/postgresql/$1/main/pg_hba.conf"
+  grep -q '^# coupond: trust loopback' "$hba" && return 1
+  sed -i '1i # coupond: trust loopback\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+}
+
 ensure_postgres() {
-  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-    if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
-      log "postgres: installing"
-      apt_install postgresql
-      local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
-      # Local development stack: trust loopback connections like the CI machines do.
-      sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' \
-        "/etc/postgresql/$ver/main/pg_hba.conf"
-    fi
-    local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
+  if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    log "postgres: installing"
+    apt_install postgresql
+  fi
+  local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
+  if trust_loopback "$ver" && pg_isready -q -h 127.0.0.1 -p 5432; then
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+  fi
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    log "postgres: running"
+  else
     log "postgres: starting $ver"
     pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
     wait_port 5432 60 postgres
-  else
-    log "postgres: running"
   fi
   if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='coupond'" | grep -q 1; then
     log "postgres: creating database coupond"
@@ -78,83 +94,179 @@ ensure_postgres() {
   fi
 }
 
-ensure_tansu_binary() {
-  if [ -x "$TANSU" ]; then return; fi
-  log "broker: building patched tansu $TANSU_VERSION into $TANSU_ROOT (once per machine, ~15 min on 2 cores)"
-  command -v cc >/dev/null || apt_install build-essential
-  "$(dirname "$0")/tansu/build.sh" "$TANSU_ROOT"
+ensure_java() {
+  local v
+  v="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)"
+  if [ -z "$v" ] || ((v < 17)); then
+    log "java: installing a JDK (Kafka 4 needs Java 17 or newer)"
+    apt_install openjdk-17-jre-headless
+  fi
 }
 
-# A broker whose port is open may still be wedged (an unpatched tansu's
-# storage dies on the first failed request): ask it for its topics.
-broker_healthy() {
-  [ -x "$TANSU" ] || return 0
-  timeout 10 "$TANSU" topic list --broker tcp://127.0.0.1:9092 >/dev/null 2>&1
+# Kafka's jars, once per machine: Maven resolves scripts/kafka/pom.xml into
+# a partial folder that is moved into place only when complete.
+ensure_kafka_libs() {
+  [ -f "$KAFKA_HOME/libs/.complete" ] && return
+  ensure_java
+  command -v mvn >/dev/null || apt_install maven
+  log "kafka: fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME (once per machine)"
+  rm -rf "$KAFKA_HOME/libs.partial"
+  mkdir -p "$KAFKA_HOME"
+  mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_HOME/libs.partial" >&2
+  touch "$KAFKA_HOME/libs.partial/.complete"
+  rm -rf "$KAFKA_HOME/libs"
+  mv "$KAFKA_HOME/libs.partial" "$KAFKA_HOME/libs"
+}
+
+# kafka_java HEAP CLASS ARGS...: a JVM on Kafka's classpath.
+kafka_java() {
+  local heap="$1"; shift
+  KAFKA_LOG_LEVEL="${KAFKA_LOG_LEVEL:-WARN}" java "-Xmx$heap" -XX:+UseG1GC \
+    -Djava.awt.headless=true -Dlog4j2.configurationFile="$HERE/kafka/log4j2.properties" \
+    -cp "$KAFKA_HOME/libs/*" "$@"
+}
+
+kafka_tool() {
+  local tool="$1"; shift
+  local class
+  case "$tool" in
+    topics) class=org.apache.kafka.tools.TopicCommand ;;
+    consumer-groups) class=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
+    producer-perf-test) class=org.apache.kafka.tools.ProducerPerformance ;;
+    consumer-perf-test) class=org.apache.kafka.tools.ConsumerPerformance ;;
+    storage) class=kafka.tools.StorageTool ;;
+    *) log "unknown Kafka tool $tool"; return 2 ;;
+  esac
+  ensure_kafka_libs
+  kafka_java 256m "$class" "$@"
+}
+
+# node_config NAME ID PORT CONTROLLER_PORT VOTERS: a KRaft node that is both
+# broker and controller. VOTERS empty: a single node formatted standalone.
+node_config() {
+  local name="$1" id="$2" port="$3" cport="$4" voters="$5" rf=1 isr=1
+  [ -n "$voters" ] && rf=3 && isr=2
+  cat <<CONF
+process.roles=broker,controller
+node.id=$id
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_DATA/$name
+num.partitions=6
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+CONF
+  if [ -n "$voters" ]; then
+    echo "controller.quorum.voters=$voters"
+  else
+    echo "controller.quorum.bootstrap.servers=127.0.0.1:$cport"
+  fi
+}
+
+# start_node NAME ID PORT CONTROLLER_PORT HEAP VOTERS: formats the node's
+# storage when it has none (keeping the cluster id of its earlier life, so a
+# wiped broker comes back as the same cluster) and starts it.
+start_node() {
+  local name="$1" id="$2" port="$3" cport="$4" heap="$5" voters="$6"
+  if port_open "$port"; then log "kafka $name: running on $port"; return; fi
+  ensure_kafka_libs
+  local conf="$KAFKA_DATA/$name.properties" idfile="$KAFKA_DATA/$name.cluster-id"
+  [ -n "$voters" ] && idfile="$KAFKA_DATA/cluster.cluster-id"
+  node_config "$name" "$id" "$port" "$cport" "$voters" >"$conf"
+  if [ ! -f "$KAFKA_DATA/$name/meta.properties" ]; then
+    [ -s "$idfile" ] || kafka_tool storage random-uuid >"$idfile"
+    local mode=(--standalone)
+    [ -n "$voters" ] && mode=()
+    log "kafka $name: formatting $KAFKA_DATA/$name"
+    kafka_tool storage format "${mode[@]}" -t "$(cat "$idfile")" -c "$conf" >/dev/null
+  fi
+  log "kafka $name: starting on 127.0.0.1:$port"
+  KAFKA_LOG_LEVEL=INFO nohup java "-Xms$heap" "-Xmx$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$HERE/kafka/log4j2.properties" \
+    -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$conf" >>"$KAFKA_DATA/$name.log" 2>&1 &
+  echo $! >"$KAFKA_DATA/$name.pid"
+  wait_port "$port" 90 "kafka $name" "$!" || { tail -20 "$KAFKA_DATA/$name.log" >&2; return 1; }
+}
+
+# ensure_topics BOOTSTRAP REPLICATION: the coupond topics, 6 partitions. A
+# broker that just opened its port may not have a controller yet: retry.
+ensure_topics() {
+  local bootstrap="$1" rf="$2" t deadline=$((SECONDS + 90))
+  for t in coupon-issued coupon-issued.dlq; do
+    until kafka_tool topics --bootstrap-server "$bootstrap" --create --if-not-exists \
+      --topic "$t" --partitions 6 --replication-factor "$rf" >/dev/null; do
+      if ((SECONDS >= deadline)); then log "kafka: could not create topic $t on $bootstrap"; return 1; fi
+      sleep 1
+    done
+  done
+  log "kafka: topics coupon-issued, coupon-issued.dlq on $bootstrap"
 }
 
 ensure_broker() {
-  ensure_tansu_binary
-  if port_open 9092 && ! broker_healthy; then
-    log "broker: port open but not answering; restarting it"
-    stop_broker
+  if port_open 9092 && [ ! -f "$KAFKA_DATA/single.pid" ]; then
+    log "kafka: a broker already answers on 9092; using it as it is"
+    return
   fi
-  # An older (unpatched) tansu build is replaced by this one; a broker that
-  # is not tansu at all is used as it is.
-  local pid exe
-  pid="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)"
-  exe="$(readlink "/proc/${pid:-0}/exe" 2>/dev/null || true)"
-  if [ -n "$exe" ] && [ "$(basename "$exe")" = tansu ] && [ "$exe" != "$TANSU" ]; then
-    log "broker: replacing $exe with $TANSU"
-    stop_broker
-  fi
-  if port_open 9092; then
-    log "broker: running"
-  else
-    local engine="sqlite://tansu.db"
-    [ "$BROKER_STORAGE" = memory ] && engine="memory://tansu/"
-    log "broker: starting tansu (storage $engine, in $DATA)"
-    # tansu resolves the sqlite path relative to its working directory.
-    (cd "$DATA" && exec nohup "$TANSU" broker \
-      --listener-url tcp://127.0.0.1:9092 \
-      --advertised-listener-url tcp://127.0.0.1:9092 \
-      --storage-engine "$engine" \
-      >>"$CACHE/tansu.log" 2>&1) &
-    echo $! >"$CACHE/tansu.pid"
-    wait_port 9092 60 broker "$!" || { tail -5 "$CACHE/tansu.log" >&2; return 1; }
-  fi
-  if [ -x "$TANSU" ]; then
-    local topics; topics="$("$TANSU" topic list --broker tcp://127.0.0.1:9092 2>/dev/null || true)"
-    for t in coupon-issued coupon-issued.dlq; do
-      if ! grep -qw -- "$t" <<<"$topics"; then
-        "$TANSU" topic create "$t" --partitions 6 --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 \
-          && log "broker: created topic $t" || log "broker: topic $t not created here (coupond creates it)"
-      fi
-    done
-  fi
+  start_node single 1 9092 9093 1g ""
+  ensure_topics 127.0.0.1:9092 1
 }
 
-# Stops whatever broker listens on 9092 (fault tests stop and restart it)
-# and waits until the port is closed.
-stop_broker() {
-  local pids; pids="$(ss -Hltnp 'sport = :9092' 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u || true)"
-  [ -z "$pids" ] && [ -f "$CACHE/tansu.pid" ] && pids="$(cat "$CACHE/tansu.pid")"
-  # SIGKILL: a crash, as the fault tests mean it (tansu's graceful stop
-  # leaves its idempotent-producer state unusable after the restart).
+CLUSTER_VOTERS="1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194"
+CLUSTER_BOOTSTRAP="127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
+
+# The three-broker cluster; nodes start in parallel because a controller
+# quorum of three needs two of them up before any of them is ready.
+cluster_up() {
+  ensure_kafka_libs
+  local i pids=()
+  # One id for all three, drawn before they start in parallel.
+  [ -s "$KAFKA_DATA/cluster.cluster-id" ] || kafka_tool storage random-uuid >"$KAFKA_DATA/cluster.cluster-id"
+  for i in 1 2 3; do
+    start_node "cluster$i" "$i" "$((19091 + i))" "$((19191 + i))" 512m "$CLUSTER_VOTERS" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i"; done
+  ensure_topics "$CLUSTER_BOOTSTRAP" 3
+  log "kafka cluster: up on $CLUSTER_BOOTSTRAP"
+}
+
+# kill_port PORT: SIGKILLs whatever listens on PORT (a crash, as the fault
+# tests mean it) and waits until the port is closed.
+kill_port() {
+  local pids
+  pids="$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u || true)"
   for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
   local deadline=$((SECONDS + 30))
-  while port_open 9092; do
-    if ((SECONDS >= deadline)); then for p in $pids; do kill -9 "$p" 2>/dev/null || true; done; fi
+  while port_open "$1"; do
+    if ((SECONDS >= deadline)); then log "port $1 still open after SIGKILL"; return 1; fi
     sleep 0.1
   done
-  log "broker: stopped"
 }
 
-# Deletes the broker's storage (the broker must be stopped): a broker that
-# lost its disk. Fault tests use it.
+stop_broker() { kill_port 9092; rm -f "$KAFKA_DATA/single.pid"; log "kafka: broker stopped"; }
+
+cluster_kill() { kill_port "$((19091 + $1))"; log "kafka cluster: broker $1 killed"; }
+
+cluster_down() { for i in 1 2 3; do kill_port "$((19091 + i))"; done; log "kafka cluster: stopped"; }
+
+# A broker that lost its disk: its log and metadata directory go (it must be
+# stopped first).
 wipe_broker() {
-  if port_open 9092; then log "broker: still running; not wiping"; return 1; fi
-  rm -f "$DATA"/tansu.db "$DATA"/tansu.db-*
-  log "broker: storage wiped"
+  if port_open 9092; then log "kafka: broker still running; not wiping"; return 1; fi
+  rm -rf "$KAFKA_DATA/single"
+  log "kafka: broker data wiped"
 }
 
 pg_version() { ls /etc/postgresql | sort -V | tail -1; }
@@ -167,8 +279,12 @@ stop_postgres() {
 
 case "${1:-up}" in
   up) ensure_redis; ensure_postgres; ensure_broker; log "stack is up" ;;
+  cluster-up) cluster_up ;;
+  cluster-down) cluster_down ;;
+  cluster-kill) cluster_kill "${2:?broker number 1-3}" ;;
   stop-broker) stop_broker ;;
-  stop-postgres) stop_postgres ;;
   wipe-broker) wipe_broker ;;
-  *) echo "usage: $0 [up|stop-broker|wipe-broker|stop-postgres]" >&2; exit 2 ;;
+  stop-postgres) stop_postgres ;;
+  kafka-tool) shift; kafka_tool "$@" ;;
+  *) echo "usage: $0 [up|cluster-up|cluster-down|cluster-kill N|stop-broker|wipe-broker|stop-postgres|kafka-tool TOOL ARGS]" >&2; exit 2 ;;
 esac
