@@ -35,6 +35,53 @@ pub struct RedisSettings {
         default_value_t = 32
     )]
     pub pool_size: usize,
+    /// Longest wait for a Redis reply (ms). A call that times out may still
+    /// have run: every caller treats it so.
+    #[arg(
+        id = "redis-response-timeout-ms",
+        long = "redis-response-timeout-ms",
+        env = "COUPOND_REDIS_RESPONSE_TIMEOUT_MS",
+        default_value_t = 500
+    )]
+    pub response_timeout_ms: u64,
+    /// Longest wait for a new Redis connection (ms).
+    #[arg(
+        id = "redis-connect-timeout-ms",
+        long = "redis-connect-timeout-ms",
+        env = "COUPOND_REDIS_CONNECT_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub connect_timeout_ms: u64,
+}
+
+/// How preload jobs run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PreloadSettings {
+    /// How long a server holds a preload job without renewing it (ms); a job
+    /// whose server died is taken over (by any server) once this passed.
+    #[arg(
+        id = "preload-lease-ms",
+        long = "preload-lease-ms",
+        env = "COUPOND_PRELOAD_LEASE_MS",
+        default_value_t = 15_000
+    )]
+    pub lease_ms: u64,
+    /// Coupons generated, written and staged per step of a job: what bounds
+    /// the memory a job holds (a few chunks at a time).
+    #[arg(
+        id = "preload-chunk",
+        long = "preload-chunk",
+        env = "COUPOND_PRELOAD_CHUNK",
+        default_value_t = 50_000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub chunk: u32,
+}
+
+impl PreloadSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
 }
 
 /// PostgreSQL connection settings.
@@ -233,6 +280,8 @@ pub struct Settings {
     pub issue: IssueSettings,
     #[command(flatten)]
     pub sweep: crate::service::sweeper::SweepSettings,
+    #[command(flatten)]
+    pub preload: PreloadSettings,
 }
 
 #[derive(clap::Parser)]

@@ -6,7 +6,7 @@ use std::fmt;
 
 use rand::seq::SliceRandom;
 
-use crate::domain::{EventId, IssuanceState, IssuedCoupon};
+use crate::domain::{EventId, EventState, IssuanceState, IssuedCoupon};
 use crate::store::postgres::CouponRow;
 use crate::store::record::{issued_record, queue_entry};
 use crate::store::redis::{RebuiltState, RedisSnapshot};
@@ -19,6 +19,9 @@ const SHOW: usize = 10;
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     pub event_id: String,
+    /// The event's preload state in PostgreSQL (PREPARING events are not
+    /// compared: their job owns both stores until it ends).
+    pub preload_state: String,
     pub pg_total: usize,
     pub pg_available: usize,
     pub pg_issued: usize,
@@ -64,7 +67,10 @@ fn list<T: fmt::Debug>(f: &mut fmt::Formatter<'_>, name: &str, v: &[T]) -> fmt::
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "event {}", self.event_id)?;
+        writeln!(f, "event {} ({})", self.event_id, self.preload_state)?;
+        if self.preload_state == EventState::Preparing.as_str() {
+            return write!(f, "  preload job running: not compared");
+        }
         writeln!(
             f,
             "  postgres: {} coupons, {} available, {} issued",
@@ -184,9 +190,22 @@ pub async fn reconcile(
     redis: &RedisStore,
     event: &EventId,
 ) -> anyhow::Result<Report> {
+    let state = match pg.event(event).await? {
+        Some(e) => e.preload.state,
+        None => anyhow::bail!("event {event} is not in postgres"),
+    };
+    if state == EventState::Preparing {
+        return Ok(Report {
+            event_id: event.to_string(),
+            preload_state: state.as_str().into(),
+            ..Default::default()
+        });
+    }
     let rows = pg.coupons(event).await?;
     let snap = redis.snapshot(event).await?;
-    Ok(compare(event, &rows, &snap))
+    let mut report = compare(event, &rows, &snap);
+    report.preload_state = state.as_str().into();
+    Ok(report)
 }
 
 /// Why a rebuild was refused.
@@ -196,6 +215,8 @@ pub enum RebuildError {
     UnknownEvent(EventId),
     #[error("event {0} is live in redis; rebuild with --force to take it offline first")]
     Live(EventId),
+    #[error("event {0} is {1} (not LIVE): its preload job owns its Redis state")]
+    NotLive(EventId, &'static str),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -216,6 +237,12 @@ pub async fn rebuild(
         .await
         .map_err(anyhow::Error::from)?
         .ok_or_else(|| RebuildError::UnknownEvent(event.clone()))?;
+    if stored.preload.state != EventState::Live {
+        return Err(RebuildError::NotLive(
+            event.clone(),
+            stored.preload.state.as_str(),
+        ));
+    }
     if redis
         .event_exists(event)
         .await
@@ -279,6 +306,7 @@ pub async fn rebuild(
                 starts_ms: stored.window.starts_at().timestamp_millis(),
                 ends_ms: stored.window.ends_at().timestamp_millis(),
                 total: stored.total_count,
+                preload_id: &stored.preload.preload_id,
             },
         )
         .await

@@ -20,11 +20,14 @@ use crate::proto::coupon_issuer_server::CouponIssuerServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::service::batcher::Batcher;
 use crate::service::sweeper::Sweeper;
-use crate::service::{AdminService, IssuerService};
+use crate::service::{AdminService, IssuerService, PreloadJobs};
+use crate::store::redis::RedisTimeouts;
 use crate::store::{PgStore, RedisStore};
 
 /// How long shutdown waits for Kafka to take the last messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for preload jobs to stop at a chunk's end.
+const JOBS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections to the backing services, checked and migrated.
 #[derive(Clone)]
@@ -39,7 +42,11 @@ impl Backends {
     /// runs migrations and creates the topics.
     pub async fn connect(s: &Settings) -> anyhow::Result<Self> {
         let pg = PgStore::connect(&s.database.url, s.database.pool_size)?;
-        let redis = RedisStore::connect(&s.redis.url, s.redis.pool_size)?;
+        let timeouts = RedisTimeouts {
+            response: Duration::from_millis(s.redis.response_timeout_ms),
+            connect: Duration::from_millis(s.redis.connect_timeout_ms),
+        };
+        let redis = RedisStore::connect_with(&s.redis.url, s.redis.pool_size, timeouts)?;
         redis
             .ping()
             .await
@@ -145,9 +152,22 @@ impl Application {
             backends.publisher.clone(),
             settings.issue.durability,
         ));
+        let jobs = PreloadJobs::new(
+            backends.pg.clone(),
+            backends.redis.clone(),
+            settings.database.url.clone(),
+            settings.preload.clone(),
+            shutdown.child_token(),
+        );
+        let resumer = {
+            let jobs = jobs.clone();
+            let token = shutdown.child_token();
+            tokio::spawn(async move { jobs.run_resumer(token).await })
+        };
         let admin = Arc::new(AdminService::new(
             backends.pg.clone(),
             backends.redis.clone(),
+            jobs.clone(),
         ));
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -183,7 +203,8 @@ impl Application {
 
         tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
         let limits = &serve.limits;
-        let admin_svc = CouponAdminServer::new(AdminApi::new(admin))
+        let request_cap = Duration::from_millis(limits.request_timeout_ms);
+        let admin_svc = CouponAdminServer::new(AdminApi::new(admin, request_cap))
             .max_decoding_message_size(limits.max_message_bytes);
         let issuer_svc =
             CouponIssuerServer::new(IssuerApi::new(issuer, settings.issue.stream_in_flight))
@@ -226,6 +247,12 @@ impl Application {
         // The finalizer and sweeper listen to the same signal; wait for the
         // finalizer's last commit.
         shutdown.cancel();
+        jobs.drain(JOBS_TIMEOUT).await;
+        match resumer.await {
+            Ok(Ok(())) => tracing::info!("preload resumer stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "preload resumer ended with an error"),
+            Err(e) => tracing::error!(error = %e, "preload resumer task panicked"),
+        }
         match sweeper.await {
             Ok(Ok(())) => tracing::info!("sweeper stopped"),
             Ok(Err(e)) => tracing::error!(error = %e, "sweeper ended with an error"),

@@ -9,6 +9,7 @@
 -- KEYS[7] couponMeta:{E}          KEYS[8] couponMetaOffline:{E}
 -- ARGV[1] starts_at ms  ARGV[2] ends_at ms  ARGV[3] total
 -- ARGV[4] expected queue length  ARGV[5] expected issued count
+-- ARGV[6] the preload id PostgreSQL records for the event
 if redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('EVENT_LIVE event is live; take it offline first')
 end
@@ -19,5 +20,6 @@ redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[8])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]) end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[6]) end
-redis.call('HSET', KEYS[7], 'starts_at', ARGV[1], 'ends_at', ARGV[2], 'total', ARGV[3])
+redis.call('HSET', KEYS[7], 'starts_at', ARGV[1], 'ends_at', ARGV[2], 'total', ARGV[3],
+  'preload_id', ARGV[6])
 return 1

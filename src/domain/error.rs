@@ -26,8 +26,20 @@ impl FieldError {
 pub enum CouponError {
     #[error("invalid argument: {0}")]
     Invalid(#[from] FieldError),
-    #[error("event {0} already exists")]
-    EventExists(EventId),
+    /// An event with this id exists with other content; `difference` names
+    /// the first field that differs.
+    #[error("event {id} already exists with other content: {difference}")]
+    EventExists { id: EventId, difference: String },
+    /// The event's preload job failed and removed what it had written.
+    #[error("preload of event {id} failed: {reason}")]
+    PreloadFailed { id: EventId, reason: String },
+    /// The event's preload job is still running; the caller stopped waiting.
+    #[error("preload of event {id} is still running ({written} of {total} coupons written)")]
+    PreloadRunning {
+        id: EventId,
+        written: u32,
+        total: u32,
+    },
     #[error("event {0} not found")]
     EventNotFound(EventId),
     #[error("user {user_id} holds no coupon of event {event_id}")]

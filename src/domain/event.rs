@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::allocation::allocate;
 use crate::domain::error::FieldError;
 use crate::domain::ids::{CodePrefix, EventId};
+use crate::domain::preload::PreloadStatus;
 
 /// How a coupon discounts a purchase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,7 +216,7 @@ impl NewEvent {
     }
 }
 
-/// An event as stored, with its allocated counts.
+/// An event as stored, with its allocated counts and its preload job.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub id: EventId,
@@ -224,6 +225,22 @@ pub struct StoredEvent {
     pub policies: Vec<(Policy, u32)>,
     pub window: EventWindow,
     pub prefix: CodePrefix,
+    pub preload: PreloadStatus,
+}
+
+impl StoredEvent {
+    /// The validated request this event was preloaded from.
+    pub fn as_new_event(&self) -> NewEvent {
+        NewEvent {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            total_count: self.total_count,
+            policies: self.policies.iter().map(|(p, _)| p.clone()).collect(),
+            counts: self.policies.iter().map(|(_, n)| *n).collect(),
+            window: self.window,
+            prefix: self.prefix.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

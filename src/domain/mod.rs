@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod issue;
+pub mod preload;
 #[cfg(test)]
 mod properties;
 
@@ -20,3 +21,4 @@ pub use event::{
 };
 pub use ids::{CodePrefix, EventId, RequestId, UserId};
 pub use issue::{IssuanceRecord, IssuanceState, IssueCommand, IssueOutcome, IssuedCoupon};
+pub use preload::{EventState, PolicyDeck, PreloadId, PreloadStatus, PreloadTimings};

@@ -4,8 +4,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use prost_types::Timestamp;
 
 use crate::domain::{
-    DiscountType, FieldError, IssuanceState, IssueOutcome, IssuedCoupon, PolicyInput, PreloadInput,
-    StoredEvent,
+    DiscountType, EventState, FieldError, IssuanceState, IssueOutcome, IssuedCoupon, PolicyInput,
+    PreloadInput, StoredEvent,
 };
 use crate::proto;
 use crate::service::admin::EventView;
@@ -17,18 +17,30 @@ pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
-/// A proto timestamp as a chrono time; `None` when it is outside what
-/// either can represent or not normalized (nanos outside 0..1e9).
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range a
+/// `google.protobuf.Timestamp` may hold.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A proto timestamp as a chrono time; `None` when it is outside the range
+/// protobuf allows (years 1 to 9999) or not normalized (nanos outside
+/// 0..1e9).
 pub fn to_datetime(t: &Timestamp) -> Option<DateTime<Utc>> {
-    if !(0..1_000_000_000).contains(&t.nanos) {
+    if !(0..1_000_000_000).contains(&t.nanos) || !TIMESTAMP_SECONDS.contains(&t.seconds) {
         return None;
     }
     Utc.timestamp_opt(t.seconds, t.nanos as u32).single()
 }
 
 fn time_field(t: Option<&Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, FieldError> {
-    t.map(|t| to_datetime(t).ok_or_else(|| FieldError::new(field, "timestamp out of range")))
-        .transpose()
+    t.map(|t| {
+        to_datetime(t).ok_or_else(|| {
+            FieldError::new(
+                field,
+                "timestamp out of range: must lie in years 1 to 9999 with nanos 0..1e9",
+            )
+        })
+    })
+    .transpose()
 }
 
 pub fn discount_type_to_proto(k: DiscountType) -> proto::DiscountType {
@@ -127,6 +139,29 @@ fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+pub fn event_state(s: EventState) -> proto::EventState {
+    match s {
+        EventState::Preparing => proto::EventState::Preparing,
+        EventState::Live => proto::EventState::Live,
+        EventState::Failed => proto::EventState::Failed,
+    }
+}
+
+/// The answer to a Preload whose event is LIVE: the same for every call.
+pub fn preload_response(e: &StoredEvent) -> proto::PreloadResponse {
+    let t = e.preload.timings.unwrap_or_default();
+    proto::PreloadResponse {
+        event_id: e.id.to_string(),
+        counts_per_policy: e.policies.iter().map(|(_, n)| *n).collect(),
+        generate_ms: t.generate.as_millis() as u64,
+        database_ms: t.database.as_millis() as u64,
+        redis_ms: t.redis.as_millis() as u64,
+        total_ms: t.total.as_millis() as u64,
+        state: event_state(e.preload.state) as i32,
+        preload_id: e.preload.preload_id.to_string(),
+    }
+}
+
 pub fn event(v: &EventView) -> proto::Event {
     let e: &StoredEvent = &v.event;
     proto::Event {
@@ -151,6 +186,10 @@ pub fn event(v: &EventView) -> proto::Event {
         remaining_count: clamp_u32(v.redis.remaining),
         issued_count: clamp_u32(v.redis.issued),
         finalized_count: clamp_u32(v.finalized),
+        state: event_state(e.preload.state) as i32,
+        preloaded_count: e.preload.written,
+        failure_reason: e.preload.failure.clone().unwrap_or_default(),
+        preload_id: e.preload.preload_id.to_string(),
     }
 }
 
@@ -177,6 +216,27 @@ mod tests {
         .is_none());
         assert!(to_datetime(&Timestamp {
             seconds: i64::MAX,
+            nanos: 0
+        })
+        .is_none());
+        // Years 1 and 9999 are in; a second outside either end is not.
+        assert!(to_datetime(&Timestamp {
+            seconds: -62_135_596_800,
+            nanos: 0
+        })
+        .is_some());
+        assert!(to_datetime(&Timestamp {
+            seconds: 253_402_300_799,
+            nanos: 999_999_999
+        })
+        .is_some());
+        assert!(to_datetime(&Timestamp {
+            seconds: -62_135_596_801,
+            nanos: 0
+        })
+        .is_none());
+        assert!(to_datetime(&Timestamp {
+            seconds: 253_402_300_800,
             nanos: 0
         })
         .is_none());

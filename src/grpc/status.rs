@@ -18,9 +18,16 @@ impl From<CouponError> for Status {
                     details,
                 )
             }
-            CouponError::EventExists(id) => {
-                Status::already_exists(format!("event {id} already exists"))
+            e @ CouponError::EventExists { .. } => {
+                Status::already_exists(format!("{e}; nothing changed"))
             }
+            e @ CouponError::PreloadFailed { .. } => Status::unavailable(format!(
+                "{e}; nothing was left behind: call Preload again to start over"
+            )),
+            e @ CouponError::PreloadRunning { .. } => Status::deadline_exceeded(format!(
+                "{e}; the job goes on in the server: call Preload again to keep waiting, \
+                 or watch GetEvent"
+            )),
             CouponError::EventNotFound(id) => Status::not_found(format!("event {id} not found")),
             e @ CouponError::IssuanceNotFound { .. } => Status::not_found(e.to_string()),
             CouponError::Unavailable { context, source } => {

@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod batcher;
 pub mod issuer;
+pub mod preload;
 pub mod sweeper;
 
-pub use admin::{AdminService, PreloadReport};
+pub use admin::AdminService;
 pub use issuer::IssuerService;
+pub use preload::PreloadJobs;

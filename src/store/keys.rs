@@ -2,7 +2,7 @@
 //! tag, so one event lives in one Redis Cluster slot and its scripts may
 //! touch all of its keys.
 
-use crate::domain::EventId;
+use crate::domain::{EventId, PreloadId};
 
 /// The Redis keys of one event.
 pub struct EventKeys {
@@ -14,8 +14,11 @@ pub struct EventKeys {
     pub meta: String,
     /// Sorted set of users issued but not yet finalized, scored by issued_at ms.
     pub pending: String,
-    /// Preload's staging list, renamed to `queue` when the event goes live.
+    /// Rebuild's staged queue (a preload job stages under `preload_staging`).
     pub staging: String,
+    /// The preload id of the job allowed to stage and make the event live
+    /// (the Redis half of the job's fence; PostgreSQL's row is the other).
+    pub preload_owner: String,
     /// Rebuild's staged issued hash.
     pub issued_staging: String,
     /// Rebuild's staged pending set.
@@ -28,13 +31,20 @@ pub struct EventKeys {
 }
 
 impl EventKeys {
+    /// A preload job's own staging list, renamed to `queue` when the job
+    /// makes the event live; no other job can ever write or rename it.
+    pub fn preload_staging(event: &EventId, preload: &PreloadId) -> String {
+        format!("couponStaging:{{{event}}}:{preload}")
+    }
+
     pub fn new(event: &EventId) -> Self {
         Self {
             queue: format!("couponQueue:{{{event}}}"),
             issued: format!("couponIssued:{{{event}}}"),
             meta: format!("couponMeta:{{{event}}}"),
             pending: format!("couponPending:{{{event}}}"),
-            staging: format!("couponStaging:{{{event}}}"),
+            staging: format!("couponRebuildStaging:{{{event}}}"),
+            preload_owner: format!("couponPreload:{{{event}}}"),
             issued_staging: format!("couponIssuedStaging:{{{event}}}"),
             pending_staging: format!("couponPendingStaging:{{{event}}}"),
             meta_offline: format!("couponMetaOffline:{{{event}}}"),
@@ -60,8 +70,14 @@ mod tests {
             &k.pending_staging,
             &k.meta_offline,
             &k.progress,
+            &k.preload_owner,
         ] {
             assert!(key.ends_with(":{e-1}"), "{key}");
         }
+        let staging = EventKeys::preload_staging(
+            &EventId::parse("e-1").unwrap(),
+            &PreloadId::from_stored("p9".into()),
+        );
+        assert_eq!(staging, "couponStaging:{e-1}:p9");
     }
 }

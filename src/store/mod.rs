@@ -1,5 +1,6 @@
 //! Access to Redis (the live issuance state) and PostgreSQL (the record).
 
+pub mod coupon_writer;
 pub mod keys;
 pub mod postgres;
 pub mod record;

@@ -14,14 +14,11 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tracing::instrument;
 
 use crate::domain::{
-    CodePrefix, Discount, DiscountType, EventId, EventWindow, IssuanceRecord, IssuedCoupon,
-    NewEvent, Policy, StoredEvent, UserId,
+    CodePrefix, Discount, DiscountType, EventId, EventState, EventWindow, IssuanceRecord,
+    IssuedCoupon, NewEvent, Policy, PreloadId, PreloadStatus, PreloadTimings, StoredEvent, UserId,
 };
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
-
-/// Rows per INSERT of a preload.
-const INSERT_CHUNK: usize = 50_000;
 
 /// Serializes concurrent `migrate` runs (several servers starting at once).
 const MIGRATION_LOCK: i64 = 0x0063_6f75_706f_6e64; // "coupond"
@@ -46,8 +43,8 @@ pub enum PgStoreError {
     Pool(#[from] PoolError),
     #[error("postgres: {0}")]
     Db(#[from] DieselError),
-    #[error("event already exists")]
-    EventExists,
+    #[error("postgres: {0}")]
+    Copy(#[from] tokio_postgres::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
@@ -88,6 +85,41 @@ struct EventRow {
     ends_at: DateTime<Utc>,
     #[diesel(sql_type = Text)]
     code_prefix: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Text)]
+    preload_id: String,
+    #[diesel(sql_type = Integer)]
+    written_count: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    failure: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    generate_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    database_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    redis_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    total_ms: Option<i64>,
+}
+
+const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_prefix, state, \
+    preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms";
+
+/// What `begin_preload` found.
+#[derive(Debug)]
+pub enum Begun {
+    /// The event was new: it is recorded, PREPARING, held by the job.
+    Started,
+    /// An event with this id exists already.
+    Existing(Box<StoredEvent>),
+}
+
+/// `now() + lease`, in SQL, with the lease bound as milliseconds.
+const LEASE_UNTIL: &str = "now() + $3 * interval '1 millisecond'";
+
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_millis() as f64
 }
 
 #[derive(QueryableByName)]
@@ -114,12 +146,6 @@ struct IssuedRow {
     issued_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Text>)]
     request_id: Option<String>,
-}
-
-#[derive(QueryableByName)]
-struct CodeRow {
-    #[diesel(sql_type = Text)]
-    code: String,
 }
 
 #[derive(QueryableByName)]
@@ -169,33 +195,78 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn event_exists(&self, id: &EventId) -> Result<bool, PgStoreError> {
-        let mut c = self.pool.get().await?;
-        let r: Count = diesel::sql_query("SELECT count(*) AS n FROM events WHERE id = $1")
-            .bind::<Text, _>(id.as_str())
-            .get_result(&mut c)
-            .await?;
-        Ok(r.n > 0)
-    }
-
-    /// Writes the event, its policies and its coupons in one transaction.
-    /// `coupons` holds (code, policy position); a code already used by
-    /// another event is replaced in place with `redraw(position)` and the
-    /// number of replacements is returned.
-    #[instrument(skip_all, fields(event_id = %event.id, n = coupons.len()), err)]
-    pub async fn insert_event(
+    /// Records a new event in state PREPARING, held by `job` for `lease`,
+    /// with its policies, in one transaction; or returns the event that has
+    /// this id already.
+    #[instrument(skip_all, fields(event_id = %event.id, preload_id = %job), err)]
+    pub async fn begin_preload(
         &self,
         event: &NewEvent,
-        coupons: &mut [(String, i16)],
-        redraw: &mut (dyn FnMut() -> String + Send),
-    ) -> Result<usize, PgStoreError> {
+        job: &PreloadId,
+        lease: std::time::Duration,
+    ) -> Result<Begun, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let inserted = c
+            .transaction(async |tx| {
+                let n = diesel::sql_query(format!(
+                    "INSERT INTO events (id, name, total_count, starts_at, ends_at, code_prefix, \
+                         state, preload_id, written_count, lease_until) \
+                     VALUES ($1, $4, $5, $6, $7, $8, 'PREPARING', $2, 0, {LEASE_UNTIL}) \
+                     ON CONFLICT (id) DO NOTHING"
+                ))
+                .bind::<Text, _>(event.id.as_str())
+                .bind::<Text, _>(job.as_str())
+                .bind::<Double, _>(millis(lease))
+                .bind::<Text, _>(&event.name)
+                .bind::<Integer, _>(event.total_count as i32)
+                .bind::<Timestamptz, _>(event.window.starts_at())
+                .bind::<Timestamptz, _>(event.window.ends_at())
+                .bind::<Text, _>(event.prefix.as_str())
+                .execute(tx)
+                .await?;
+                if n == 1 {
+                    insert_policies(tx, event).await?;
+                }
+                Ok::<_, PgStoreError>(n == 1)
+            })
+            .await?;
+        drop(c);
+        if inserted {
+            return Ok(Begun::Started);
+        }
+        match self.event(&event.id).await? {
+            Some(e) => Ok(Begun::Existing(Box::new(e))),
+            // Removed in between (not done by coupond): let the caller retry.
+            None => Err(PgStoreError::Corrupt(format!(
+                "event {} vanished while preloading",
+                event.id
+            ))),
+        }
+    }
+
+    /// Starts `job` on an event whose last job FAILED (`failed`), with the
+    /// content of `event`. False when the event is no longer in that state.
+    #[instrument(skip_all, fields(event_id = %event.id, preload_id = %job), err)]
+    pub async fn restart_failed(
+        &self,
+        event: &NewEvent,
+        failed: &PreloadId,
+        job: &PreloadId,
+        lease: std::time::Duration,
+    ) -> Result<bool, PgStoreError> {
         let mut c = self.pool.get().await?;
         c.transaction(async |tx| {
-            let inserted = diesel::sql_query(
-                "INSERT INTO events (id, name, total_count, starts_at, ends_at, code_prefix) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            )
+            let n = diesel::sql_query(format!(
+                "UPDATE events SET name = $5, total_count = $6, starts_at = $7, ends_at = $8, \
+                     code_prefix = $9, state = 'PREPARING', preload_id = $2, written_count = 0, \
+                     failure = NULL, lease_until = {LEASE_UNTIL}, generate_ms = NULL, \
+                     database_ms = NULL, redis_ms = NULL, total_ms = NULL, created_at = now() \
+                 WHERE id = $1 AND state = 'FAILED' AND preload_id = $4"
+            ))
             .bind::<Text, _>(event.id.as_str())
+            .bind::<Text, _>(job.as_str())
+            .bind::<Double, _>(millis(lease))
+            .bind::<Text, _>(failed.as_str())
             .bind::<Text, _>(&event.name)
             .bind::<Integer, _>(event.total_count as i32)
             .bind::<Timestamptz, _>(event.window.starts_at())
@@ -203,96 +274,208 @@ impl PgStore {
             .bind::<Text, _>(event.prefix.as_str())
             .execute(tx)
             .await?;
-            if inserted == 0 {
-                return Err(PgStoreError::EventExists);
+            if n == 1 {
+                diesel::sql_query("DELETE FROM policies WHERE event_id = $1")
+                    .bind::<Text, _>(event.id.as_str())
+                    .execute(tx)
+                    .await?;
+                insert_policies(tx, event).await?;
             }
-            let positions: Vec<i16> = (0..event.policies.len() as i16).collect();
-            let kinds: Vec<&str> = event
-                .policies
-                .iter()
-                .map(|p| p.discount.kind().as_str())
-                .collect();
-            let values: Vec<i64> = event.policies.iter().map(|p| p.discount.value()).collect();
-            let weights: Vec<i64> = event.policies.iter().map(|p| i64::from(p.weight)).collect();
-            let counts: Vec<i32> = event.counts.iter().map(|&n| n as i32).collect();
-            diesel::sql_query(
-                "INSERT INTO policies (event_id, position, discount_type, discount_value, weight, coupon_count) \
-                 SELECT $1, * FROM unnest($2::int2[], $3::text[], $4::int8[], $5::int8[], $6::int4[])",
-            )
-            .bind::<Text, _>(event.id.as_str())
-            .bind::<Array<SmallInt>, _>(&positions)
-            .bind::<Array<Text>, _>(&kinds)
-            .bind::<Array<BigInt>, _>(&values)
-            .bind::<Array<BigInt>, _>(&weights)
-            .bind::<Array<Integer>, _>(&counts)
-            .execute(tx)
-            .await?;
-            let mut replaced = 0;
-            for chunk in coupons.chunks_mut(INSERT_CHUNK) {
-                replaced += insert_coupons(tx, &event.id, chunk, redraw).await?;
-            }
-            Ok(replaced)
+            Ok(n == 1)
         })
         .await
     }
 
-    /// Removes an event and everything of it (compensation for a preload
-    /// whose Redis half failed).
-    pub async fn delete_event(&self, id: &EventId) -> Result<(), PgStoreError> {
+    /// PREPARING events whose job's lease ran out, with that job's id.
+    pub async fn expired_preloads(&self) -> Result<Vec<(EventId, PreloadId)>, PgStoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            id: String,
+            #[diesel(sql_type = Text)]
+            preload_id: String,
+        }
         let mut c = self.pool.get().await?;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT id, preload_id FROM events \
+             WHERE state = 'PREPARING' AND lease_until < now() ORDER BY lease_until",
+        )
+        .load(&mut c)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let id = EventId::parse(r.id).ok()?;
+                Some((id, PreloadId::from_stored(r.preload_id)))
+            })
+            .collect())
+    }
+
+    /// Hands a PREPARING event whose lease ran out from `expired` to `job`.
+    /// False when another server took it first or its job got on.
+    pub async fn take_over(
+        &self,
+        id: &EventId,
+        expired: &PreloadId,
+        job: &PreloadId,
+        lease: std::time::Duration,
+    ) -> Result<bool, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let n = diesel::sql_query(format!(
+            "UPDATE events SET preload_id = $2, lease_until = {LEASE_UNTIL} \
+             WHERE id = $1 AND state = 'PREPARING' AND preload_id = $4 AND lease_until < now()"
+        ))
+        .bind::<Text, _>(id.as_str())
+        .bind::<Text, _>(job.as_str())
+        .bind::<Double, _>(millis(lease))
+        .bind::<Text, _>(expired.as_str())
+        .execute(&mut c)
+        .await?;
+        Ok(n == 1)
+    }
+
+    /// Extends `job`'s lease; false when the job no longer holds the event.
+    pub async fn renew_lease(
+        &self,
+        id: &EventId,
+        job: &PreloadId,
+        lease: std::time::Duration,
+    ) -> Result<bool, PgStoreError> {
+        self.fenced_update(id, job, lease, &format!("lease_until = {LEASE_UNTIL}"))
+            .await
+    }
+
+    /// Lets the job's lease run out now, so another server (or this one,
+    /// restarted) takes the job over at once.
+    pub async fn release_lease(&self, id: &EventId, job: &PreloadId) -> Result<bool, PgStoreError> {
+        let zero = std::time::Duration::ZERO;
+        self.fenced_update(id, job, zero, "lease_until = now() - interval '1 second'")
+            .await
+    }
+
+    /// Deletes what an earlier holder of the event wrote, so `job` starts
+    /// from nothing.
+    pub async fn reset_preload(
+        &self,
+        id: &EventId,
+        job: &PreloadId,
+        lease: std::time::Duration,
+    ) -> Result<bool, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let job = job.clone();
         c.transaction(async |tx| {
-            diesel::sql_query("DELETE FROM coupons WHERE event_id = $1")
-                .bind::<Text, _>(id.as_str())
-                .execute(tx)
-                .await?;
-            diesel::sql_query("DELETE FROM events WHERE id = $1")
-                .bind::<Text, _>(id.as_str())
-                .execute(tx)
-                .await?;
-            Ok::<_, PgStoreError>(())
+            let held = fenced(
+                tx,
+                id,
+                &job,
+                lease,
+                &format!("written_count = 0, lease_until = {LEASE_UNTIL}"),
+            )
+            .await?;
+            if held {
+                diesel::sql_query("DELETE FROM coupons WHERE event_id = $1")
+                    .bind::<Text, _>(id.as_str())
+                    .execute(tx)
+                    .await?;
+            }
+            Ok(held)
         })
         .await
+    }
+
+    /// PREPARING -> LIVE for `job`, recording its timings; false when the
+    /// job no longer holds the event.
+    pub async fn mark_live(
+        &self,
+        id: &EventId,
+        job: &PreloadId,
+        t: &PreloadTimings,
+    ) -> Result<bool, PgStoreError> {
+        let ms = |d: std::time::Duration| d.as_millis() as i64;
+        self.fenced_update(
+            id,
+            job,
+            std::time::Duration::ZERO,
+            &format!(
+                "state = 'LIVE', written_count = total_count, lease_until = NULL, \
+                 failure = NULL, generate_ms = {}, database_ms = {}, redis_ms = {}, total_ms = {}",
+                ms(t.generate),
+                ms(t.database),
+                ms(t.redis),
+                ms(t.total)
+            ),
+        )
+        .await
+    }
+
+    /// PREPARING -> FAILED for `job`, deleting every coupon it wrote, in
+    /// one transaction. Call only once Redis can no longer make `job` live.
+    pub async fn mark_failed(
+        &self,
+        id: &EventId,
+        job: &PreloadId,
+        reason: &str,
+    ) -> Result<bool, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let job = job.clone();
+        c.transaction(async |tx| {
+            let n = diesel::sql_query(
+                "UPDATE events SET state = 'FAILED', failure = $3, written_count = 0, \
+                     lease_until = NULL \
+                 WHERE id = $1 AND preload_id = $2 AND state = 'PREPARING'",
+            )
+            .bind::<Text, _>(id.as_str())
+            .bind::<Text, _>(job.as_str())
+            .bind::<Text, _>(reason)
+            .execute(tx)
+            .await?;
+            if n == 1 {
+                diesel::sql_query("DELETE FROM coupons WHERE event_id = $1")
+                    .bind::<Text, _>(id.as_str())
+                    .execute(tx)
+                    .await?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn fenced_update(
+        &self,
+        id: &EventId,
+        job: &PreloadId,
+        lease: std::time::Duration,
+        set: &str,
+    ) -> Result<bool, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        fenced(&mut c, id, job, lease, set).await
     }
 
     pub async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, PgStoreError> {
         let mut c = self.pool.get().await?;
-        let rows: Vec<EventRow> = diesel::sql_query(
-            "SELECT id, name, total_count, starts_at, ends_at, code_prefix FROM events WHERE id = $1",
-        )
-        .bind::<Text, _>(id.as_str())
+        let rows: Vec<EventRow> =
+            diesel::sql_query(format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
+                .bind::<Text, _>(id.as_str())
+                .load(&mut c)
+                .await?;
+        Ok(with_policies(&mut c, rows).await?.into_iter().next())
+    }
+
+    /// Up to `limit` events whose id sorts after `after`, in id order.
+    pub async fn events_after(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let rows: Vec<EventRow> = diesel::sql_query(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind::<Text, _>(after)
+        .bind::<BigInt, _>(i64::from(limit))
         .load(&mut c)
         .await?;
-        let Some(e) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let policies: Vec<PolicyRow> = diesel::sql_query(
-            "SELECT discount_type, discount_value, weight, coupon_count FROM policies \
-             WHERE event_id = $1 ORDER BY position",
-        )
-        .bind::<Text, _>(id.as_str())
-        .load(&mut c)
-        .await?;
-        let corrupt = |what: &str| PgStoreError::Corrupt(format!("event {}: {what}", e.id));
-        let policies = policies
-            .into_iter()
-            .map(|p| {
-                Ok((
-                    Policy {
-                        discount: discount_of(&p.discount_type, p.discount_value)?,
-                        weight: u32::try_from(p.weight).map_err(|_| corrupt("weight"))?,
-                    },
-                    u32::try_from(p.coupon_count).map_err(|_| corrupt("coupon_count"))?,
-                ))
-            })
-            .collect::<Result<Vec<_>, PgStoreError>>()?;
-        Ok(Some(StoredEvent {
-            id: EventId::parse(e.id.clone()).map_err(|_| corrupt("id"))?,
-            name: e.name.clone(),
-            total_count: u32::try_from(e.total_count).map_err(|_| corrupt("total_count"))?,
-            policies,
-            window: EventWindow::new(e.starts_at, e.ends_at).map_err(|_| corrupt("window"))?,
-            prefix: CodePrefix::parse(e.code_prefix.clone()).map_err(|_| corrupt("prefix"))?,
-        }))
+        with_policies(&mut c, rows).await
     }
 
     /// Ids of every event of this deployment.
@@ -517,6 +700,133 @@ impl PgStore {
     }
 }
 
+/// Events as the domain knows them: rows plus their policies (one query).
+async fn with_policies(
+    c: &mut AsyncPgConnection,
+    rows: Vec<EventRow>,
+) -> Result<Vec<StoredEvent>, PgStoreError> {
+    #[derive(QueryableByName)]
+    struct EventPolicyRow {
+        #[diesel(sql_type = Text)]
+        event_id: String,
+        #[diesel(embed)]
+        p: PolicyRow,
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let policies: Vec<EventPolicyRow> = diesel::sql_query(
+        "SELECT event_id, discount_type, discount_value, weight, coupon_count FROM policies \
+         WHERE event_id = ANY($1) ORDER BY event_id, position",
+    )
+    .bind::<Array<Text>, _>(&ids)
+    .load(c)
+    .await?;
+    let mut by_event: std::collections::HashMap<String, Vec<PolicyRow>> = Default::default();
+    for r in policies {
+        by_event.entry(r.event_id).or_default().push(r.p);
+    }
+    rows.into_iter()
+        .map(|e| {
+            let p = by_event.remove(&e.id).unwrap_or_default();
+            stored_event(e, p)
+        })
+        .collect()
+}
+
+fn stored_event(e: EventRow, policies: Vec<PolicyRow>) -> Result<StoredEvent, PgStoreError> {
+    let corrupt = |what: &str| PgStoreError::Corrupt(format!("event {}: {what}", e.id));
+    let policies = policies
+        .into_iter()
+        .map(|p| {
+            Ok((
+                Policy {
+                    discount: discount_of(&p.discount_type, p.discount_value)?,
+                    weight: u32::try_from(p.weight).map_err(|_| corrupt("weight"))?,
+                },
+                u32::try_from(p.coupon_count).map_err(|_| corrupt("coupon_count"))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, PgStoreError>>()?;
+    let ms = |v: Option<i64>| v.map(|v| std::time::Duration::from_millis(v.max(0) as u64));
+    let timings = match (
+        ms(e.generate_ms),
+        ms(e.database_ms),
+        ms(e.redis_ms),
+        ms(e.total_ms),
+    ) {
+        (Some(generate), Some(database), Some(redis), Some(total)) => Some(PreloadTimings {
+            generate,
+            database,
+            redis,
+            total,
+        }),
+        _ => None,
+    };
+    Ok(StoredEvent {
+        id: EventId::parse(e.id.clone()).map_err(|_| corrupt("id"))?,
+        name: e.name.clone(),
+        total_count: u32::try_from(e.total_count).map_err(|_| corrupt("total_count"))?,
+        policies,
+        window: EventWindow::new(e.starts_at, e.ends_at).map_err(|_| corrupt("window"))?,
+        prefix: CodePrefix::parse(e.code_prefix.clone()).map_err(|_| corrupt("prefix"))?,
+        preload: PreloadStatus {
+            state: EventState::from_str_opt(&e.state).ok_or_else(|| corrupt("state"))?,
+            preload_id: PreloadId::from_stored(e.preload_id.clone()),
+            written: u32::try_from(e.written_count).map_err(|_| corrupt("written_count"))?,
+            failure: e.failure.clone(),
+            timings,
+        },
+    })
+}
+
+/// `UPDATE events SET <set>` while `job` holds the event (PREPARING, its
+/// preload id); `$3` in `set` is the lease in milliseconds. True when it did.
+async fn fenced(
+    c: &mut AsyncPgConnection,
+    id: &EventId,
+    job: &PreloadId,
+    lease: std::time::Duration,
+    set: &str,
+) -> Result<bool, PgStoreError> {
+    let n = diesel::sql_query(format!(
+        "UPDATE events SET {set} \
+         WHERE id = $1 AND preload_id = $2 AND state = 'PREPARING' AND $3::float8 >= 0"
+    ))
+    .bind::<Text, _>(id.as_str())
+    .bind::<Text, _>(job.as_str())
+    .bind::<Double, _>(millis(lease))
+    .execute(c)
+    .await?;
+    Ok(n == 1)
+}
+
+async fn insert_policies(c: &mut AsyncPgConnection, event: &NewEvent) -> Result<(), PgStoreError> {
+    let positions: Vec<i16> = (0..event.policies.len() as i16).collect();
+    let kinds: Vec<&str> = event
+        .policies
+        .iter()
+        .map(|p| p.discount.kind().as_str())
+        .collect();
+    let values: Vec<i64> = event.policies.iter().map(|p| p.discount.value()).collect();
+    let weights: Vec<i64> = event.policies.iter().map(|p| i64::from(p.weight)).collect();
+    let counts: Vec<i32> = event.counts.iter().map(|&n| n as i32).collect();
+    diesel::sql_query(
+        "INSERT INTO policies (event_id, position, discount_type, discount_value, weight, coupon_count) \
+         SELECT $1, * FROM unnest($2::int2[], $3::text[], $4::int8[], $5::int8[], $6::int4[])",
+    )
+    .bind::<Text, _>(event.id.as_str())
+    .bind::<Array<SmallInt>, _>(&positions)
+    .bind::<Array<Text>, _>(&kinds)
+    .bind::<Array<BigInt>, _>(&values)
+    .bind::<Array<BigInt>, _>(&weights)
+    .bind::<Array<Integer>, _>(&counts)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
 async fn finalize_in_tx(
     c: &mut AsyncPgConnection,
     records: &[IssuanceRecord],
@@ -572,60 +882,4 @@ async fn finalize_in_tx(
         Ok(ok)
     })
     .await
-}
-
-/// Inserts one chunk of coupons; codes that collide with another event's are
-/// redrawn until the whole chunk is in. Returns the number redrawn.
-async fn insert_coupons(
-    tx: &mut AsyncPgConnection,
-    event: &EventId,
-    chunk: &mut [(String, i16)],
-    redraw: &mut (dyn FnMut() -> String + Send),
-) -> Result<usize, PgStoreError> {
-    let mut todo: Vec<usize> = (0..chunk.len()).collect();
-    let mut replaced = 0;
-    loop {
-        let codes: Vec<&str> = todo.iter().map(|&i| chunk[i].0.as_str()).collect();
-        let positions: Vec<i16> = todo.iter().map(|&i| chunk[i].1).collect();
-        let n = diesel::sql_query(
-            "INSERT INTO coupons (code, event_id, policy_position, discount_type, discount_value) \
-             SELECT u.code, $1, u.pos, p.discount_type, p.discount_value \
-             FROM unnest($2::text[], $3::int2[]) AS u(code, pos) \
-             JOIN policies p ON p.event_id = $1 AND p.position = u.pos \
-             ON CONFLICT (code) DO NOTHING",
-        )
-        .bind::<Text, _>(event.as_str())
-        .bind::<Array<Text>, _>(&codes)
-        .bind::<Array<SmallInt>, _>(&positions)
-        .execute(tx)
-        .await?;
-        if n == todo.len() {
-            return Ok(replaced);
-        }
-        // Rare: some code already belongs to another event. Find which, draw
-        // new ones for them, and insert just those again.
-        let taken: Vec<CodeRow> = diesel::sql_query(
-            "SELECT u.code FROM unnest($2::text[]) AS u(code) \
-             WHERE NOT EXISTS (SELECT 1 FROM coupons c WHERE c.code = u.code AND c.event_id = $1)",
-        )
-        .bind::<Text, _>(event.as_str())
-        .bind::<Array<Text>, _>(&codes)
-        .load(tx)
-        .await?;
-        let taken: std::collections::HashSet<String> = taken.into_iter().map(|r| r.code).collect();
-        let mut next = Vec::with_capacity(taken.len());
-        for &i in &todo {
-            if taken.contains(&chunk[i].0) {
-                chunk[i].0 = redraw();
-                replaced += 1;
-                next.push(i);
-            }
-        }
-        if next.is_empty() {
-            return Err(PgStoreError::Corrupt(
-                "insert fell short but no code is taken".into(),
-            ));
-        }
-        todo = next;
-    }
 }

@@ -4,17 +4,21 @@
 
 use std::collections::HashMap;
 
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
-use redis::Script;
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::{AsyncConnectionConfig, Script};
 use tracing::instrument;
 
-use crate::domain::{EventId, IssueOutcome, RequestId, UserId};
+use crate::domain::{EventId, IssueOutcome, PreloadId, RequestId, UserId};
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
 
-/// Entries pushed to the staging list per RPUSH; many RPUSHes go per pipeline.
+/// Entries pushed to a staging list per command.
 const STAGE_CHUNK: usize = 5_000;
-const STAGE_PIPELINE: usize = 8;
+/// Entries per `stage_chunk.lua` call: small enough that one call holds
+/// Redis for a few milliseconds, not the whole chunk's time.
+const STAGE_SCRIPT_ENTRIES: usize = 10_000;
 
 /// Errors of the Redis store.
 #[derive(Debug, thiserror::Error)]
@@ -31,18 +35,74 @@ pub enum RedisStoreError {
     Reply(String),
 }
 
-/// Why making an event live failed.
+/// Why a preload job's Redis step refused.
 #[derive(Debug, thiserror::Error)]
-pub enum MakeLiveError {
-    #[error("event is already live in Redis")]
+pub enum PreloadStepError {
+    /// The event is live with another preload job's codes.
+    #[error("event is already live in Redis with another preload")]
     Exists,
+    /// Another job holds the event's preload fence.
+    #[error("another preload job holds the event")]
+    Fenced,
+    /// The staging list is not what the job wrote (it was lost or changed).
+    #[error("staging list differs from what the job wrote: {0}")]
+    Staging(String),
     #[error(transparent)]
     Store(#[from] RedisStoreError),
 }
 
+impl From<redis::RedisError> for PreloadStepError {
+    fn from(e: redis::RedisError) -> Self {
+        match e.code() {
+            Some("EVENT_EXISTS") => Self::Exists,
+            Some("FENCED") => Self::Fenced,
+            Some("STAGING_MISMATCH" | "STAGING_INCOMPLETE") => Self::Staging(e.to_string()),
+            _ => Self::Store(e.into()),
+        }
+    }
+}
+
+impl From<deadpool_redis::PoolError> for PreloadStepError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// What Redis says of an event when a preload job claims or abandons it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceReply {
+    /// The job holds the fence (claim) or has let go of it (abandon).
+    Done,
+    /// The event is live, made so by this preload id.
+    Live(PreloadId),
+    /// Another job holds the fence (claim only).
+    Fenced(PreloadId),
+}
+
+/// Connection settings of the Redis client.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisTimeouts {
+    /// Longest wait for a reply before the call fails (and may have run).
+    pub response: Duration,
+    /// Longest wait for a new connection.
+    pub connect: Duration,
+}
+
+impl Default for RedisTimeouts {
+    fn default() -> Self {
+        Self {
+            response: Duration::from_millis(500),
+            connect: Duration::from_millis(1000),
+        }
+    }
+}
+
 struct Scripts {
     issue: Script,
+    claim_preload: Script,
+    stage_chunk: Script,
     make_live: Script,
+    abandon_preload: Script,
     finalize: Script,
     claim_stale: Script,
     rebuild: Script,
@@ -69,6 +129,7 @@ pub struct RebuiltState<'a> {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub total: u32,
+    pub preload_id: &'a PreloadId,
 }
 
 /// Live counts of an event in Redis.
@@ -88,14 +149,29 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
-        let mut cfg = Config::from_url(url);
-        cfg.pool = Some(PoolConfig::new(pool_size));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+        Self::connect_with(url, pool_size, RedisTimeouts::default())
+    }
+
+    pub fn connect_with(
+        url: &str,
+        pool_size: usize,
+        timeouts: RedisTimeouts,
+    ) -> anyhow::Result<Self> {
+        let conn = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(timeouts.response))
+            .set_connection_timeout(Some(timeouts.connect));
+        let pool = Pool::builder(Manager::new_with_config(url, conn)?)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .build()?;
         Ok(Self {
             pool,
             scripts: std::sync::Arc::new(Scripts {
                 issue: Script::new(include_str!("../../scripts/lua/issue.lua")),
+                claim_preload: Script::new(include_str!("../../scripts/lua/claim_preload.lua")),
+                stage_chunk: Script::new(include_str!("../../scripts/lua/stage_chunk.lua")),
                 make_live: Script::new(include_str!("../../scripts/lua/make_live.lua")),
+                abandon_preload: Script::new(include_str!("../../scripts/lua/abandon_preload.lua")),
                 finalize: Script::new(include_str!("../../scripts/lua/finalize.lua")),
                 claim_stale: Script::new(include_str!("../../scripts/lua/claim_stale.lua")),
                 rebuild: Script::new(include_str!("../../scripts/lua/rebuild.lua")),
@@ -160,66 +236,115 @@ impl RedisStore {
             .collect()
     }
 
-    /// Replaces the staging list of `event` with `entries` (pipelined chunks).
-    #[instrument(skip_all, fields(event_id = %event, n = entries.len()), err)]
-    pub async fn stage(&self, event: &EventId, entries: &[String]) -> Result<(), RedisStoreError> {
+    /// Gives the event's Redis preload fence to `job`, replacing `replaced`
+    /// (see `claim_preload.lua`).
+    #[instrument(skip_all, fields(event_id = %event, preload_id = %job), err)]
+    pub async fn claim_preload(
+        &self,
+        event: &EventId,
+        job: &PreloadId,
+        replaced: Option<&PreloadId>,
+    ) -> Result<FenceReply, RedisStoreError> {
         let k = EventKeys::new(event);
+        let replaced_staging = match replaced {
+            Some(r) => EventKeys::preload_staging(event, r),
+            None => EventKeys::preload_staging(event, job),
+        };
         let mut c = self.conn().await?;
-        let _: () = redis::cmd("DEL")
-            .arg(&k.staging)
-            .query_async(&mut c)
+        let reply: (String, String) = self
+            .scripts
+            .claim_preload
+            .key(&k.meta)
+            .key(&k.preload_owner)
+            .key(replaced_staging)
+            .key(EventKeys::preload_staging(event, job))
+            .arg(job.as_str())
+            .arg(replaced.map(PreloadId::as_str).unwrap_or(""))
+            .invoke_async(&mut c)
             .await?;
-        for group in entries.chunks(STAGE_CHUNK * STAGE_PIPELINE) {
-            let mut pipe = redis::pipe();
-            for chunk in group.chunks(STAGE_CHUNK) {
-                pipe.cmd("RPUSH").arg(&k.staging).arg(chunk).ignore();
+        fence_reply(reply)
+    }
+
+    /// Appends `entries` to `job`'s staging list, which held `before`
+    /// entries, exactly once however often it is retried; returns the new
+    /// length.
+    pub async fn stage_chunk(
+        &self,
+        event: &EventId,
+        job: &PreloadId,
+        before: u64,
+        entries: &[String],
+    ) -> Result<u64, PreloadStepError> {
+        let k = EventKeys::new(event);
+        let staging = EventKeys::preload_staging(event, job);
+        let mut c = self.conn().await?;
+        let mut len = before;
+        for part in entries.chunks(STAGE_SCRIPT_ENTRIES) {
+            let mut inv = self.scripts.stage_chunk.prepare_invoke();
+            inv.key(&staging)
+                .key(&k.preload_owner)
+                .arg(job.as_str())
+                .arg(len);
+            for e in part {
+                inv.arg(e);
             }
-            let _: () = pipe.query_async(&mut c).await?;
+            len = inv.invoke_async(&mut c).await?;
         }
-        Ok(())
+        Ok(len)
     }
 
-    /// Drops a staging list that will not go live.
-    pub async fn discard_staging(&self, event: &EventId) -> Result<(), RedisStoreError> {
-        let k = EventKeys::new(event);
-        let mut c = self.conn().await?;
-        let _: () = redis::cmd("DEL")
-            .arg(&k.staging)
-            .query_async(&mut c)
-            .await?;
-        Ok(())
-    }
-
-    /// Atomically turns the staging list into the live queue and writes the
-    /// event's meta hash (see `scripts/lua/make_live.lua`).
-    #[instrument(skip_all, fields(event_id = %event), err)]
+    /// Atomically turns `job`'s staging list into the live queue and writes
+    /// the event's meta hash (see `scripts/lua/make_live.lua`). Ok also when
+    /// this job made it live before (a retry after a lost reply).
+    #[instrument(skip_all, fields(event_id = %event, preload_id = %job), err)]
     pub async fn make_live(
         &self,
         event: &EventId,
-        starts_ms: i64,
-        ends_ms: i64,
+        job: &PreloadId,
+        window_ms: (i64, i64),
         total: u32,
-    ) -> Result<(), MakeLiveError> {
+    ) -> Result<(), PreloadStepError> {
         let k = EventKeys::new(event);
-        let mut c = self.conn().await.map_err(MakeLiveError::Store)?;
-        let r: Result<i64, redis::RedisError> = self
+        let mut c = self.conn().await?;
+        let _: i64 = self
             .scripts
             .make_live
-            .key(&k.staging)
+            .key(EventKeys::preload_staging(event, job))
             .key(&k.queue)
             .key(&k.meta)
             .key(&k.issued)
             .key(&k.pending)
-            .arg(starts_ms)
-            .arg(ends_ms)
+            .key(&k.preload_owner)
+            .arg(window_ms.0)
+            .arg(window_ms.1)
             .arg(total)
+            .arg(job.as_str())
             .invoke_async(&mut c)
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("EVENT_EXISTS") => Err(MakeLiveError::Exists),
-            Err(e) => Err(MakeLiveError::Store(e.into())),
-        }
+            .await?;
+        Ok(())
+    }
+
+    /// Makes sure `job` can never make the event live and drops its staging
+    /// list; says so instead when the event is live (see
+    /// `abandon_preload.lua`).
+    #[instrument(skip_all, fields(event_id = %event, preload_id = %job), err)]
+    pub async fn abandon_preload(
+        &self,
+        event: &EventId,
+        job: &PreloadId,
+    ) -> Result<FenceReply, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let reply: (String, String) = self
+            .scripts
+            .abandon_preload
+            .key(&k.meta)
+            .key(&k.preload_owner)
+            .key(EventKeys::preload_staging(event, job))
+            .arg(job.as_str())
+            .invoke_async(&mut c)
+            .await?;
+        fence_reply(reply)
     }
 
     /// Whether the event's meta hash exists (the event is live).
@@ -457,8 +582,18 @@ impl RedisStore {
             .arg(state.total)
             .arg(state.queue.len())
             .arg(state.issued.len())
+            .arg(state.preload_id.as_str())
             .invoke_async(&mut c)
             .await?;
         Ok(())
+    }
+}
+
+fn fence_reply((verdict, id): (String, String)) -> Result<FenceReply, RedisStoreError> {
+    match verdict.as_str() {
+        "CLAIMED" | "ABANDONED" => Ok(FenceReply::Done),
+        "LIVE" => Ok(FenceReply::Live(PreloadId::from_stored(id))),
+        "FENCED" => Ok(FenceReply::Fenced(PreloadId::from_stored(id))),
+        other => Err(RedisStoreError::Reply(format!("fence verdict {other}"))),
     }
 }

@@ -17,7 +17,7 @@ async fn assert_rejected(app: &TestApp, req: PreloadRequest, field: &str) {
     );
     if let Ok(id) = EventId::parse(event.clone()) {
         assert!(
-            !app.pg.event_exists(&id).await.unwrap(),
+            app.pg.event(&id).await.unwrap().is_none(),
             "{field}: event row written"
         );
         assert_eq!(
@@ -97,6 +97,25 @@ async fn every_bad_preload_field_is_named_and_changes_nothing() {
                 })
             }),
         ),
+        (
+            // 10000-01-01T00:00:00Z: one second past protobuf's range.
+            "ends_at",
+            Box::new(|r| {
+                r.ends_at = Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                })
+            }),
+        ),
+        (
+            "starts_at",
+            Box::new(|r| {
+                r.starts_at = Some(prost_types::Timestamp {
+                    seconds: -62_135_596_801,
+                    nanos: 0,
+                })
+            }),
+        ),
         ("code_prefix", Box::new(|r| r.code_prefix = "lower".into())),
         ("code_prefix", Box::new(|r| r.code_prefix = "A".repeat(17))),
     ];
@@ -120,6 +139,11 @@ async fn a_second_preload_of_an_event_is_refused_and_changes_nothing() {
     again.name = "Other".into();
     let err = app.preload(again).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(
+        err.message().contains("name") && err.message().contains("\"Other\""),
+        "names the difference: {}",
+        err.message()
+    );
     assert_eq!(app.redis_state(&event).await, before);
     assert_eq!(app.pg.coupon_count(&id).await.unwrap(), 50);
     let again = app.issue(&event, "u1").await;
