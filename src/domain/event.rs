@@ -1,6 +1,6 @@
 //! Events, their discount policies and the validation of a preload request.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::domain::allocation::allocate;
 use crate::domain::error::FieldError;
@@ -192,12 +192,16 @@ impl NewEvent {
                 weight: p.weight,
             });
         }
+        // Kept to the microsecond, PostgreSQL's precision, so that a stored
+        // event compares equal to the request it was made from.
         let starts_at = input
             .starts_at
-            .ok_or_else(|| FieldError::new("starts_at", "is required"))?;
+            .ok_or_else(|| FieldError::new("starts_at", "is required"))?
+            .trunc_subsecs(6);
         let ends_at = input
             .ends_at
-            .ok_or_else(|| FieldError::new("ends_at", "is required"))?;
+            .ok_or_else(|| FieldError::new("ends_at", "is required"))?
+            .trunc_subsecs(6);
         let window =
             EventWindow::new(starts_at, ends_at).map_err(|r| FieldError::new("ends_at", r))?;
         let prefix =
@@ -323,6 +327,64 @@ mod tests {
         assert_eq!(field_of(|i| i.ends_at = None), "ends_at");
         assert_eq!(field_of(|i| i.ends_at = i.starts_at), "ends_at");
         assert_eq!(field_of(|i| i.code_prefix = "abc".into()), "code_prefix");
+    }
+
+    fn stored(e: &NewEvent) -> StoredEvent {
+        use crate::domain::{EventState, PreloadId, PreloadStatus};
+        StoredEvent {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            total_count: e.total_count,
+            policies: e.policies.iter().cloned().zip(e.counts.clone()).collect(),
+            window: e.window,
+            prefix: e.prefix.clone(),
+            preload: PreloadStatus {
+                state: EventState::Live,
+                preload_id: PreloadId::from_stored("p".into()),
+                written: e.total_count,
+                failure: None,
+                timings: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_same_request_has_no_difference_and_each_field_is_named() {
+        use crate::domain::preload::difference;
+        let e = NewEvent::parse(input()).unwrap();
+        let s = stored(&e);
+        assert_eq!(difference(&e, &s), None);
+        assert_eq!(difference(&s.as_new_event(), &s), None, "round trip");
+        let named = |f: fn(&mut PreloadInput)| {
+            let mut i = input();
+            i.starts_at = Some(e.window.starts_at());
+            i.ends_at = Some(e.window.ends_at());
+            f(&mut i);
+            difference(&NewEvent::parse(i).unwrap(), &s).expect("differs")
+        };
+        assert!(named(|i| i.name = "Other".into()).starts_with("name"));
+        assert!(named(|i| i.total_count = 999).starts_with("total_count"));
+        assert!(named(|i| i.code_prefix = "X-".into()).starts_with("code_prefix"));
+        assert!(named(|i| i.policies[2].discount_value = 99).starts_with("policies[2]"));
+        assert!(named(|i| i.policies[0].weight = 2).starts_with("policies[0]"));
+        assert!(named(|i| {
+            i.policies.pop();
+        })
+        .starts_with("policies"));
+        assert!(
+            named(|i| i.ends_at = i.ends_at.map(|t| t + Duration::seconds(1)))
+                .starts_with("ends_at")
+        );
+    }
+
+    #[test]
+    fn times_keep_microseconds_like_the_database() {
+        let mut i = input();
+        let t = Utc::now();
+        i.starts_at = Some(t);
+        let e = NewEvent::parse(i).unwrap();
+        assert_eq!(e.window.starts_at().timestamp_subsec_nanos() % 1000, 0);
+        assert!(t - e.window.starts_at() < Duration::microseconds(1));
     }
 
     #[test]

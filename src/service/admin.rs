@@ -38,7 +38,7 @@ impl AdminService {
 
     /// Starts (or attaches to) the event's preload job and waits for its
     /// end until `deadline`: the LIVE event, or why not.
-    #[instrument(skip_all, fields(event_id = %event.id, total = event.total_count), err)]
+    #[instrument(skip_all, fields(event_id = %event.id, total = event.total_count))]
     pub async fn preload(
         &self,
         event: NewEvent,

@@ -37,8 +37,10 @@ use crate::store::{PgStore, RedisStore};
 
 /// Attempts at the whole fill (generate, write, stage) before a job fails.
 const FILL_ATTEMPTS: u32 = 3;
-/// Attempts at one idempotent Redis step (claim, stage a chunk) in a fill.
-const STEP_ATTEMPTS: u32 = 8;
+/// How long one idempotent Redis step (claim, stage a chunk) is retried
+/// before the fill counts as failed: long enough to ride out a stalled or
+/// restarting Redis.
+const STEP_BUDGET: Duration = Duration::from_secs(60);
 /// Longest pause between two retries of a step.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -610,20 +612,18 @@ where
     Fut: std::future::Future<Output = Result<T, E>>,
     E: Into<JobEnd> + std::fmt::Display,
 {
+    let started = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 1;
     loop {
         match step().await {
             Ok(v) => return Ok(v),
-            Err(e) => {
-                let end: JobEnd = e.into();
-                match end {
-                    JobEnd::Retry(why) if attempt < STEP_ATTEMPTS => {
-                        tracing::warn!(attempt, error = %why, "{what} failed; retrying");
-                    }
-                    other => return Err(other),
+            Err(e) => match e.into() {
+                JobEnd::Retry(why) if started.elapsed() < STEP_BUDGET => {
+                    tracing::warn!(attempt, error = %why, "{what} failed; retrying");
                 }
-            }
+                other => return Err(other),
+            },
         }
         attempt += 1;
         backoff = pause(stop, backoff).await?;

@@ -1,13 +1,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use coupond::config::{AuthSettings, ServeSettings, Settings};
 use coupond::domain::EventId;
 use coupond::grpc::auth::BearerToken;
 use coupond::proto::coupon_admin_client::CouponAdminClient;
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
-use coupond::proto::{self, DiscountPolicy, DiscountType, PreloadRequest};
+use coupond::proto::{self, PreloadRequest};
 use coupond::startup::Application;
 use coupond::store::keys::EventKeys;
 use coupond::store::{PgStore, RedisStore};
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use crate::common::{eventually, isolated_settings, unique_tag};
+pub use crate::common::{eventually, isolated_settings, policy, preload_request, ts, unique_tag};
 
 /// A running coupond with its own database and topics.
 /// The admin token every test server is started with.
@@ -175,37 +174,6 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    coupond::grpc::convert::timestamp(t)
-}
-
-pub fn policy(kind: DiscountType, value: i64, weight: u32) -> DiscountPolicy {
-    DiscountPolicy {
-        discount_type: kind as i32,
-        discount_value: value,
-        weight,
-    }
-}
-
-/// A valid request: `total` coupons over 10%, 5000-unit and 20% policies
-/// (weights 1:1:1), open from an hour ago for an hour.
-pub fn preload_request(event_id: &str, total: u32) -> PreloadRequest {
-    let now = Utc::now();
-    PreloadRequest {
-        event_id: event_id.into(),
-        name: "Test drop".into(),
-        total_count: total,
-        policies: vec![
-            policy(DiscountType::Percent, 10, 1),
-            policy(DiscountType::Amount, 5000, 1),
-            policy(DiscountType::Percent, 20, 1),
-        ],
-        starts_at: Some(ts(now - chrono::Duration::hours(1))),
-        ends_at: Some(ts(now + chrono::Duration::hours(1))),
-        code_prefix: String::new(),
     }
 }
 

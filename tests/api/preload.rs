@@ -1,9 +1,19 @@
+//! Preload as a job: idempotent calls, fencing, callers that give up,
+//! failures that leave nothing behind, listing.
+
 use std::collections::HashSet;
+use std::time::Duration;
 
 use coupond::domain::{EventId, CODE_ALPHABET};
+use coupond::proto;
 use redis::AsyncCommands;
+use tonic::Code;
 
-use crate::helpers::{preload_request, spawn_app};
+use crate::common::{assert_live_and_consistent, staging_lists, topic_messages};
+use crate::helpers::{
+    check_issued, eventually, isolated_settings, preload_request, spawn_app, spawn_with,
+    unique_tag, TestApp,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preload_writes_every_code_to_postgres_and_the_redis_queue() {
@@ -36,6 +46,223 @@ async fn preload_writes_every_code_to_postgres_and_the_redis_queue() {
         .map(|e| e.split_once('\t').unwrap().1)
         .collect();
     assert!(first_kinds.len() > 1, "policies interleave in the queue");
-    let staging: bool = c.exists(app.keys(&event).staging).await.unwrap();
-    assert!(!staging, "the staging list became the queue");
+    assert_live_and_consistent(&app.pg, &app.redis, &event, 3000).await;
+}
+
+/// Ten identical Preloads at once, spread over two servers sharing the
+/// stores: one event, one job, ten identical answers; then every ISSUED
+/// answer is finalized with its code and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_identical_concurrent_preloads_make_one_event_and_ten_identical_answers() {
+    let app = spawn_app().await;
+    let other = spawn_with(app.settings.clone(), app.tag.clone()).await;
+    let event = app.event_id("ten");
+    let req = preload_request(&event, 30_000);
+    let calls = (0..10).map(|i| {
+        let server = if i % 2 == 0 { &app } else { &other };
+        server.preload(req.clone())
+    });
+    let answers: Vec<_> = futures::future::join_all(calls).await;
+    let first = answers[0].clone().expect("preload succeeds");
+    for a in &answers {
+        assert_eq!(a.as_ref().expect("every call succeeds"), &first);
+    }
+    assert_eq!(first.state, proto::EventState::Live as i32);
+    assert_eq!(first.counts_per_policy, vec![10_000, 10_000, 10_000]);
+    assert_live_and_consistent(&app.pg, &app.redis, &event, 30_000).await;
+    let events = app.pg.events_after("", 100).await.unwrap();
+    assert_eq!(events.len(), 1, "one event row");
+    assert_eq!(events[0].preload.preload_id.as_str(), first.preload_id);
+
+    let mut responses = Vec::new();
+    for i in 0..200 {
+        let server = if i % 2 == 0 { &app } else { &other };
+        let user = format!("u{i}");
+        responses.push((user.clone(), server.issue(&event, &user).await));
+    }
+    let issued = check_issued(&responses, 200, &[]);
+    app.await_finalized(&event, &issued).await;
+    let dlq = app.settings.kafka.dlq_topic();
+    assert_eq!(
+        topic_messages(&app.settings.kafka.brokers, &dlq),
+        0,
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_content_under_a_taken_id_is_refused_concurrently_and_after_live() {
+    let app = spawn_app().await;
+    let event = app.event_id("diff");
+    let small = preload_request(&event, 20_000);
+    let mut large = small.clone();
+    large.total_count = 40_000;
+    let (a, b) = tokio::join!(app.preload(small.clone()), app.preload(large.clone()));
+    let (won, lost) = match (&a, &b) {
+        (Ok(_), Err(e)) => (&small, e),
+        (Err(e), Ok(_)) => (&large, e),
+        other => panic!("exactly one of two different preloads wins: {other:?}"),
+    };
+    assert_eq!(lost.code(), Code::AlreadyExists, "{lost:?}");
+    assert!(lost.message().contains("total_count"), "{}", lost.message());
+    assert_live_and_consistent(&app.pg, &app.redis, &event, won.total_count).await;
+
+    let before = app.redis_state(&event).await;
+    let mut renamed = won.clone();
+    renamed.policies[1].discount_value = 7000;
+    let err = app.preload(renamed).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains("policies[1]"), "{}", err.message());
+    assert_eq!(app.redis_state(&event).await, before, "nothing changed");
+    assert_live_and_consistent(&app.pg, &app.redis, &event, won.total_count).await;
+    // The identical request is still answered, as often as it is asked.
+    assert!(app.preload(won.clone()).await.is_ok());
+}
+
+/// A caller whose deadline passes mid-job ends its wait, not the job: the
+/// job's progress shows in GetEvent and the event ends LIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_does_not_end_the_job() {
+    let tag = unique_tag();
+    let mut settings = isolated_settings(&tag).await;
+    settings.preload.chunk = 10_000;
+    let app = spawn_with(settings, tag).await;
+    let event = app.event_id("gaveup");
+    let total = 300_000;
+    let request = preload_request(&event, total);
+    let mut req = tonic::Request::new(request.clone());
+    req.set_timeout(Duration::from_millis(300));
+    let err = app.admin.clone().preload(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+
+    let seen_progress = std::sync::atomic::AtomicBool::new(false);
+    let live = eventually(Duration::from_secs(60), || async {
+        let e = get_event(&app, &event).await;
+        let preparing = e.state == proto::EventState::Preparing as i32;
+        if preparing && e.preloaded_count > 0 && e.preloaded_count < total {
+            seen_progress.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        e.state == proto::EventState::Live as i32
+    })
+    .await;
+    let seen_progress = seen_progress.into_inner();
+    assert!(live, "the job went on to LIVE");
+    assert!(
+        seen_progress,
+        "GetEvent showed the job's progress while PREPARING"
+    );
+    let e = get_event(&app, &event).await;
+    assert_eq!((e.preloaded_count, e.remaining_count), (total, total));
+    assert_live_and_consistent(&app.pg, &app.redis, &event, total).await;
+    let again = app.preload(request).await.unwrap();
+    assert_eq!(again.state, proto::EventState::Live as i32);
+}
+
+/// A job that cannot finish (here: a preload id unknown to PostgreSQL holds
+/// the event's Redis fence) ends FAILED with its reason and nothing left in
+/// either store; once the cause is gone, the same id preloads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_leaves_nothing_and_the_id_can_be_preloaded_again() {
+    let app = spawn_app().await;
+    let event = app.event_id("failed");
+    let fence = format!("couponPreload:{{{event}}}");
+    let mut c = app.redis.conn().await.unwrap();
+    let _: () = c.set(&fence, "a-stranger").await.unwrap();
+
+    let err = app
+        .preload(preload_request(&event, 5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("a-stranger"), "{}", err.message());
+    let e = get_event(&app, &event).await;
+    assert_eq!(e.state, proto::EventState::Failed as i32);
+    assert!(
+        e.failure_reason.contains("a-stranger"),
+        "{}",
+        e.failure_reason
+    );
+    let id = EventId::parse(event.clone()).unwrap();
+    assert_eq!(app.pg.coupon_count(&id).await.unwrap(), 0);
+    assert_eq!(
+        staging_lists(&app.redis, &event).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(app.redis_state(&event).await, (false, 0, 0, 0));
+
+    let _: () = c.del(&fence).await.unwrap();
+    let mut other = preload_request(&event, 4_000);
+    other.name = "Second try".into();
+    let r = app
+        .preload(other)
+        .await
+        .expect("a failed id preloads again");
+    assert_ne!(r.preload_id, e.preload_id, "a new job");
+    assert_live_and_consistent(&app.pg, &app.redis, &event, 4_000).await;
+    let got = app.issue(&event, "u1").await;
+    assert_eq!(got.result, proto::IssueResult::Issued as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_events_pages_through_every_event_with_its_state() {
+    let app = spawn_app().await;
+    let ids: Vec<String> = (0..5).map(|i| app.event_id(&format!("list{i}"))).collect();
+    for id in &ids {
+        app.preload(preload_request(id, 30)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .admin
+            .clone()
+            .list_events(proto::ListEventsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= 2);
+        for e in &page.events {
+            assert_eq!(e.state, proto::EventState::Live as i32);
+            assert_eq!(
+                (e.total_count, e.preloaded_count, e.remaining_count),
+                (30, 30, 30)
+            );
+            seen.push(e.event_id.clone());
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let err = app
+        .admin
+        .clone()
+        .list_events(proto::ListEventsRequest {
+            page_size: 5000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("page_size"), "{}", err.message());
+}
+
+async fn get_event(app: &TestApp, event: &str) -> proto::Event {
+    app.admin
+        .clone()
+        .get_event(proto::GetEventRequest {
+            event_id: event.into(),
+        })
+        .await
+        .expect("get event")
+        .into_inner()
 }

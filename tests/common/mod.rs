@@ -1,10 +1,15 @@
-//! Shared by the test binaries: unique names and an isolated database.
+//! Shared by the test binaries: unique names, an isolated database, request
+//! builders and the checks both the integration and the fault tests make.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use coupond::config::Settings;
+use coupond::domain::{EventId, EventState};
+use coupond::proto::{DiscountPolicy, DiscountType, PreloadRequest};
+use coupond::store::{PgStore, RedisStore};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 pub fn admin_db_url() -> String {
@@ -58,4 +63,136 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    coupond::grpc::convert::timestamp(t)
+}
+
+pub fn policy(kind: DiscountType, value: i64, weight: u32) -> DiscountPolicy {
+    DiscountPolicy {
+        discount_type: kind as i32,
+        discount_value: value,
+        weight,
+    }
+}
+
+/// A valid request: `total` coupons over 10%, 5000-unit and 20% policies
+/// (weights 1:1:1), open from an hour ago for an hour.
+pub fn preload_request(event_id: &str, total: u32) -> PreloadRequest {
+    let now = Utc::now();
+    PreloadRequest {
+        event_id: event_id.into(),
+        name: "Test drop".into(),
+        total_count: total,
+        policies: vec![
+            policy(DiscountType::Percent, 10, 1),
+            policy(DiscountType::Amount, 5000, 1),
+            policy(DiscountType::Percent, 20, 1),
+        ],
+        starts_at: Some(ts(now - chrono::Duration::hours(1))),
+        ends_at: Some(ts(now + chrono::Duration::hours(1))),
+        code_prefix: String::new(),
+    }
+}
+
+/// Messages in a topic: the sum of its partitions' high watermarks (0 when
+/// the topic does not exist).
+pub fn topic_messages(brokers: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("kafka client");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    md.topics()
+        .first()
+        .map(|t| {
+            t.partitions()
+                .iter()
+                .map(|p| {
+                    c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                        .expect("watermarks")
+                        .1
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Keys of the event's preload staging lists still in Redis.
+pub async fn staging_lists(redis: &RedisStore, event: &str) -> Vec<String> {
+    let mut c = redis.conn().await.expect("redis");
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, part): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("couponStaging:{{{event}}}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .expect("scan");
+        keys.extend(part);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// The event is LIVE with `total` coupons in PostgreSQL and the Redis queue,
+/// `coupond reconcile` finds nothing amiss, and no job left anything behind.
+pub async fn assert_live_and_consistent(pg: &PgStore, redis: &RedisStore, event: &str, total: u32) {
+    let id = EventId::parse(event).unwrap();
+    let e = pg.event(&id).await.unwrap().expect("event recorded");
+    assert_eq!(
+        e.preload.state,
+        EventState::Live,
+        "{event}: {:?}",
+        e.preload
+    );
+    assert_eq!(e.preload.written, total);
+    assert_eq!(pg.coupon_count(&id).await.unwrap(), u64::from(total));
+    let report = coupond::reconcile::reconcile(pg, redis, &id).await.unwrap();
+    assert!(report.consistent(), "{report}");
+    assert!(report.redis_live, "{report}");
+    assert_eq!(
+        report.redis_queue + report.redis_issued,
+        total as usize,
+        "{report}"
+    );
+    assert_no_leftovers(redis, event).await;
+}
+
+/// No staging list and no preload fence of the event remain in Redis.
+pub async fn assert_no_leftovers(redis: &RedisStore, event: &str) {
+    assert_eq!(staging_lists(redis, event).await, Vec::<String>::new());
+    let mut c = redis.conn().await.unwrap();
+    let owner: Option<String> = redis::cmd("GET")
+        .arg(format!("couponPreload:{{{event}}}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(owner, None, "{event}: preload fence left behind");
+}
+
+/// Polls GetEvent-like state from PostgreSQL until the event's job ended.
+pub async fn await_preload_end(pg: &PgStore, event: &str, within: Duration) -> EventState {
+    let id = EventId::parse(event).unwrap();
+    let ended = eventually(within, || async {
+        matches!(
+            pg.event(&id).await.ok().flatten().map(|e| e.preload.state),
+            Some(EventState::Live | EventState::Failed)
+        )
+    })
+    .await;
+    let state = pg.event(&id).await.unwrap().map(|e| e.preload.state);
+    assert!(ended, "{event}: preload still {state:?} after {within:?}");
+    state.unwrap()
 }

@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod preload;
 mod support;
 
 use std::time::Duration;

@@ -15,7 +15,8 @@ use coupond::store::{PgStore, RedisStore};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::common::{eventually, isolated_settings, unique_tag};
+use crate::common::{eventually, isolated_settings, preload_request, topic_messages, unique_tag};
+use coupond::grpc::auth::BearerToken;
 
 const ADMIN_TOKEN: &str = "fault-admin-token-0123456789";
 
@@ -105,24 +106,7 @@ impl Env {
 
     /// Messages in the topic: the sum of its partitions' high watermarks.
     pub fn topic_messages(&self) -> i64 {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let k = &self.settings.kafka;
-        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", &k.brokers)
-            .create()
-            .unwrap();
-        let md = c
-            .fetch_metadata(Some(&k.topic), Duration::from_secs(10))
-            .unwrap();
-        md.topics()[0]
-            .partitions()
-            .iter()
-            .map(|p| {
-                c.fetch_watermarks(&k.topic, p.id(), Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .sum()
+        topic_messages(&self.settings.kafka.brokers, &self.settings.kafka.topic)
     }
 
     /// Starts `coupond serve` and waits until it accepts connections.
@@ -180,31 +164,37 @@ impl Env {
             .connect_lazy()
     }
 
+    pub async fn admin(
+        &self,
+    ) -> CouponAdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>
+    {
+        CouponAdminClient::with_interceptor(
+            self.channel().await,
+            BearerToken::new(Some(ADMIN_TOKEN)).unwrap(),
+        )
+    }
+
     /// Preloads `total` coupons into a fresh event, open now.
     pub async fn preload(&self, total: u32) -> String {
         let event = format!("fault-{}", self.tag);
-        let now = chrono::Utc::now();
-        let ts = coupond::grpc::convert::timestamp;
-        CouponAdminClient::with_interceptor(
-            self.channel().await,
-            coupond::grpc::auth::BearerToken::new(Some(ADMIN_TOKEN)).unwrap(),
-        )
-        .preload(proto::PreloadRequest {
-            event_id: event.clone(),
-            name: "fault drop".into(),
-            total_count: total,
-            policies: vec![proto::DiscountPolicy {
-                discount_type: proto::DiscountType::Percent as i32,
-                discount_value: 15,
-                weight: 1,
-            }],
-            starts_at: Some(ts(now - chrono::Duration::minutes(1))),
-            ends_at: Some(ts(now + chrono::Duration::hours(1))),
-            code_prefix: String::new(),
-        })
-        .await
-        .expect("preload");
+        self.admin()
+            .await
+            .preload(preload_request(&event, total))
+            .await
+            .expect("preload");
         event
+    }
+
+    /// Preloads `req` with a client deadline of `wait`: the answer, or the
+    /// status the caller got when it stopped waiting.
+    pub async fn preload_within(
+        &self,
+        req: proto::PreloadRequest,
+        wait: Duration,
+    ) -> Result<proto::PreloadResponse, tonic::Status> {
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(wait);
+        self.admin().await.preload(r).await.map(|r| r.into_inner())
     }
 
     /// Waits until PostgreSQL holds exactly `told` for the event and nothing
