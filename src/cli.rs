@@ -1,4 +1,5 @@
-//! Command line: `coupond serve | consume | migrate`.
+//! Command line: `coupond serve | consume | migrate | reconcile | preload |
+//! events | bench`.
 
 use std::process::ExitCode;
 
@@ -32,6 +33,19 @@ enum Command {
     /// Compare an event's Redis state with PostgreSQL; exit 1 on any
     /// difference other than in-flight issuances.
     Reconcile(ReconcileArgs),
+    /// Preload an event on a running server and show its progress until it
+    /// is LIVE (admin token from COUPOND_ADMIN_TOKEN).
+    Preload {
+        #[command(flatten)]
+        server: crate::operator::ServerArgs,
+        #[command(flatten)]
+        event: crate::operator::PreloadArgs,
+    },
+    /// List a running server's events with their state and counts.
+    Events {
+        #[command(flatten)]
+        server: crate::operator::ServerArgs,
+    },
     /// Load-test a running server over gRPC and report figures as JSON.
     Bench(crate::bench::BenchArgs),
 }
@@ -142,6 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(Inconsistent.into())
             }
         }
+        Command::Preload { server, event } => crate::operator::preload(&server, &event).await,
+        Command::Events { server } => crate::operator::events(&server).await,
         Command::Migrate => {
             let pg = crate::store::PgStore::connect(&cli.settings.database.url, 1)?;
             pg.migrate().await

@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod domain;
 pub mod grpc;
 pub mod kafka;
+pub mod operator;
 pub mod proto;
 pub mod reconcile;
 pub mod service;

@@ -1,0 +1,562 @@
+//! The operator's commands: `coupond preload` (start a preload and watch it
+//! to its end with a progress bar) and `coupond events` (a table of events).
+//! Both are gRPC clients of a running server, as any admin tool would be.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::Code;
+
+use crate::grpc::auth::BearerToken;
+use crate::grpc::convert::{timestamp, to_datetime};
+use crate::proto::coupon_admin_client::CouponAdminClient;
+use crate::proto::{self, DiscountPolicy, DiscountType, EventState, PreloadRequest};
+
+type Admin = CouponAdminClient<InterceptedService<Channel, BearerToken>>;
+
+/// How to reach the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The coupond server.
+    #[arg(long, env = "COUPOND_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// The admin token (sent as a bearer token).
+    #[arg(
+        long = "admin-token",
+        env = "COUPOND_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// CA certificate (PEM) to trust for an https server.
+    #[arg(long = "tls-ca", env = "COUPOND_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// What to preload: a JSON file, flags, or both (flags win).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PreloadArgs {
+    /// JSON file with any of: event_id, name, total_count, policies
+    /// ([{"type": "PERCENT", "value": 10, "weight": 1}]), starts_at,
+    /// ends_at (RFC 3339), code_prefix.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    #[arg(long = "event-id")]
+    pub event_id: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of coupons.
+    #[arg(long)]
+    pub count: Option<u32>,
+    /// A policy as TYPE:VALUE[:WEIGHT], e.g. PERCENT:10 or AMOUNT:5000:3
+    /// (repeat for several; weight 1 unless given).
+    #[arg(long = "policy")]
+    pub policies: Vec<String>,
+    /// Start of the window, RFC 3339 (default: now).
+    #[arg(long = "starts-at")]
+    pub starts_at: Option<String>,
+    /// End of the window, RFC 3339 (default: a day after the start).
+    #[arg(long = "ends-at")]
+    pub ends_at: Option<String>,
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreloadFile {
+    event_id: Option<String>,
+    name: Option<String>,
+    total_count: Option<u32>,
+    policies: Option<Vec<FilePolicy>>,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    code_prefix: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicy {
+    #[serde(rename = "type")]
+    kind: String,
+    value: i64,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn connect(s: &ServerArgs) -> anyhow::Result<Admin> {
+    let mut ep = Endpoint::from_shared(s.server.clone())
+        .map_err(|e| anyhow::anyhow!("--server {}: {e}", s.server))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = &s.tls_ca {
+        let pem =
+            std::fs::read(ca).map_err(|e| anyhow::anyhow!("--tls-ca {}: {e}", ca.display()))?;
+        ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    }
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", s.server))?;
+    let token = BearerToken::new(s.admin_token.as_deref())
+        .map_err(|e| anyhow::anyhow!("COUPOND_ADMIN_TOKEN: {e}"))?;
+    Ok(CouponAdminClient::with_interceptor(channel, token))
+}
+
+fn kind_of(s: &str, what: &str) -> anyhow::Result<DiscountType> {
+    match s.to_ascii_uppercase().as_str() {
+        "PERCENT" => Ok(DiscountType::Percent),
+        "AMOUNT" => Ok(DiscountType::Amount),
+        _ => anyhow::bail!("{what}: discount type {s:?} is neither PERCENT nor AMOUNT"),
+    }
+}
+
+/// `TYPE:VALUE[:WEIGHT]`.
+fn parse_policy(s: &str) -> anyhow::Result<DiscountPolicy> {
+    let what = format!("--policy {s}");
+    let parts: Vec<&str> = s.split(':').collect();
+    let (kind, value, weight) = match parts.as_slice() {
+        [k, v] => (*k, *v, "1"),
+        [k, v, w] => (*k, *v, *w),
+        _ => anyhow::bail!("{what}: expected TYPE:VALUE or TYPE:VALUE:WEIGHT"),
+    };
+    Ok(DiscountPolicy {
+        discount_type: kind_of(kind, &what)? as i32,
+        discount_value: value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{what}: value {value:?} is not a whole number"))?,
+        weight: weight
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{what}: weight {weight:?} is not a whole number"))?,
+    })
+}
+
+fn parse_time(s: &str, flag: &str) -> anyhow::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| anyhow::anyhow!("{flag} {s:?}: not an RFC 3339 time ({e})"))
+}
+
+/// The request from the file and the flags; the server validates the rest.
+pub fn preload_request(a: &PreloadArgs) -> anyhow::Result<PreloadRequest> {
+    let file: PreloadFile = match &a.file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("--file {}: {e}", p.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--file {}: {e}", p.display()))?
+        }
+        None => PreloadFile::default(),
+    };
+    let policies = if a.policies.is_empty() {
+        let from_file = file.policies.unwrap_or_default();
+        from_file
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Ok(DiscountPolicy {
+                    discount_type: kind_of(&p.kind, &format!("policies[{i}].type"))? as i32,
+                    discount_value: p.value,
+                    weight: p.weight,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        a.policies
+            .iter()
+            .map(|p| parse_policy(p))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let starts_at = match (&a.starts_at, &file.starts_at) {
+        (Some(s), _) => parse_time(s, "--starts-at")?,
+        (None, Some(s)) => parse_time(s, "starts_at")?,
+        (None, None) => Utc::now(),
+    };
+    let ends_at = match (&a.ends_at, &file.ends_at) {
+        (Some(s), _) => parse_time(s, "--ends-at")?,
+        (None, Some(s)) => parse_time(s, "ends_at")?,
+        (None, None) => starts_at + chrono::Duration::days(1),
+    };
+    Ok(PreloadRequest {
+        event_id: a.event_id.clone().or(file.event_id).unwrap_or_default(),
+        name: a.name.clone().or(file.name).unwrap_or_default(),
+        total_count: a.count.or(file.total_count).unwrap_or(0),
+        policies,
+        starts_at: Some(timestamp(starts_at)),
+        ends_at: Some(timestamp(ends_at)),
+        code_prefix: a.prefix.clone().or(file.code_prefix).unwrap_or_default(),
+    })
+}
+
+/// Starts (or attaches to) the preload and shows its progress until the
+/// event is LIVE (prints its summary) or FAILED (an error with the reason).
+pub async fn preload(server: &ServerArgs, args: &PreloadArgs) -> anyhow::Result<()> {
+    let req = preload_request(args)?;
+    let mut admin = connect(server).await?;
+    let event_id = req.event_id.clone();
+    let mut bar = Progress::new(req.total_count);
+    loop {
+        // Short calls: each starts or attaches to the job; in between the
+        // bar follows GetEvent, so a long preload never looks hung.
+        let mut call = tonic::Request::new(req.clone());
+        call.set_timeout(Duration::from_secs(2));
+        match admin.preload(call).await {
+            Ok(r) => {
+                bar.finish();
+                return print_summary(&mut admin, &event_id, &r.into_inner()).await;
+            }
+            Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {}
+            Err(s) => {
+                bar.finish();
+                anyhow::bail!(
+                    "preload {event_id}: {}: {}",
+                    code_name(s.code()),
+                    s.message()
+                );
+            }
+        }
+        let e = get_event(&mut admin, &event_id).await?;
+        bar.show(e.preloaded_count);
+        if e.state == EventState::Failed as i32 {
+            bar.finish();
+            anyhow::bail!("preload {event_id} FAILED: {}", e.failure_reason);
+        }
+    }
+}
+
+/// A status code as the gRPC spec spells it (`INVALID_ARGUMENT`).
+fn code_name(c: Code) -> String {
+    let mut out = String::new();
+    for (i, ch) in format!("{c:?}").chars().enumerate() {
+        if i > 0 && ch.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    out
+}
+
+async fn get_event(admin: &mut Admin, id: &str) -> anyhow::Result<proto::Event> {
+    admin
+        .get_event(proto::GetEventRequest {
+            event_id: id.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| anyhow::anyhow!("GetEvent {id}: {}: {}", code_name(s.code()), s.message()))
+}
+
+async fn print_summary(
+    admin: &mut Admin,
+    id: &str,
+    r: &proto::PreloadResponse,
+) -> anyhow::Result<()> {
+    let e = get_event(admin, id).await?;
+    println!("event {id} is LIVE (preload {})", r.preload_id);
+    println!("  name        {}", e.name);
+    println!("  coupons     {}", e.total_count);
+    for p in &e.policies {
+        let d = p.policy.as_ref();
+        let kind = d
+            .and_then(|d| DiscountType::try_from(d.discount_type).ok())
+            .map_or("?".into(), |k| {
+                k.as_str_name()
+                    .trim_start_matches("DISCOUNT_TYPE_")
+                    .to_owned()
+            });
+        println!(
+            "  policy      {kind} {} (weight {}): {} coupons",
+            d.map_or(0, |d| d.discount_value),
+            d.map_or(0, |d| d.weight),
+            p.coupon_count
+        );
+    }
+    println!(
+        "  window      {} .. {}",
+        time(e.starts_at.as_ref()),
+        time(e.ends_at.as_ref())
+    );
+    println!(
+        "  took        {} ms (generate {} ms, database {} ms, redis {} ms)",
+        r.total_ms, r.generate_ms, r.database_ms, r.redis_ms
+    );
+    Ok(())
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(to_datetime)
+        .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+}
+
+fn state_name(s: i32) -> &'static str {
+    match EventState::try_from(s) {
+        Ok(EventState::Preparing) => "PREPARING",
+        Ok(EventState::Live) => "LIVE",
+        Ok(EventState::Failed) => "FAILED",
+        _ => "?",
+    }
+}
+
+/// Prints every event as a table, paging through ListEvents.
+pub async fn events(server: &ServerArgs) -> anyhow::Result<()> {
+    let mut admin = connect(server).await?;
+    let mut rows = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_events(proto::ListEventsRequest {
+                page_size: 500,
+                page_token: token,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("ListEvents: {}: {}", code_name(s.code()), s.message()))?
+            .into_inner();
+        rows.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    print!("{}", events_table(&rows));
+    Ok(())
+}
+
+/// The table `coupond events` prints: one line per event, aligned.
+pub fn events_table(events: &[proto::Event]) -> String {
+    let head = [
+        "EVENT",
+        "STATE",
+        "TOTAL",
+        "PRELOADED",
+        "REMAINING",
+        "ISSUED",
+        "FINALIZED",
+        "STARTS",
+        "ENDS",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
+    for e in events {
+        lines.push(vec![
+            e.event_id.clone(),
+            state_name(e.state).into(),
+            e.total_count.to_string(),
+            e.preloaded_count.to_string(),
+            e.remaining_count.to_string(),
+            e.issued_count.to_string(),
+            e.finalized_count.to_string(),
+            time(e.starts_at.as_ref()),
+            time(e.ends_at.as_ref()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| match i {
+                // Counts align right, words left.
+                2..=6 => format!("{c:>w$}"),
+                _ => format!("{c:<w$}"),
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if events.is_empty() {
+        out.push_str("(no events)\n");
+    }
+    out
+}
+
+/// A progress bar on stderr (a line every few seconds when it is not a
+/// terminal): coupons written, rate, ETA.
+struct Progress {
+    total: u32,
+    started: Instant,
+    last_line: Option<Instant>,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: u32) -> Self {
+        Self {
+            total,
+            started: Instant::now(),
+            last_line: None,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&mut self, written: u32) {
+        if !self.tty
+            && self
+                .last_line
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.last_line = Some(Instant::now());
+        let line = progress_line(written, self.total, self.started.elapsed());
+        let mut err = std::io::stderr();
+        let _ = if self.tty {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self) {
+        if self.tty && self.last_line.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+/// `[#####---------------]  25%  250,000 / 1,000,000  120,000/s  ETA 6s`
+pub fn progress_line(written: u32, total: u32, elapsed: Duration) -> String {
+    const WIDTH: usize = 30;
+    let frac = if total == 0 {
+        0.0
+    } else {
+        f64::from(written) / f64::from(total)
+    };
+    let filled = ((frac * WIDTH as f64) as usize).min(WIDTH);
+    let rate = f64::from(written) / elapsed.as_secs_f64().max(0.001);
+    let eta = if written == 0 || rate < 1.0 {
+        "ETA ?".to_owned()
+    } else {
+        format!(
+            "ETA {}s",
+            (f64::from(total - written.min(total)) / rate).ceil()
+        )
+    };
+    format!(
+        "[{}{}] {:>3}%  {} / {}  {}/s  {eta}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        (frac * 100.0) as u32,
+        thousands(u64::from(written)),
+        thousands(u64::from(total)),
+        thousands(rate as u64),
+    )
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_from_flags_and_name_the_flag_when_wrong() {
+        let p = parse_policy("amount:5000:3").unwrap();
+        assert_eq!(
+            (p.discount_type, p.discount_value, p.weight),
+            (DiscountType::Amount as i32, 5000, 3)
+        );
+        assert_eq!(parse_policy("PERCENT:10").unwrap().weight, 1);
+        for bad in [
+            "PERCENT",
+            "FREE:10",
+            "PERCENT:ten",
+            "PERCENT:10:x",
+            "A:1:2:3",
+        ] {
+            let e = parse_policy(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--policy {bad}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_window_defaults_to_a_day() {
+        let dir = std::env::temp_dir().join(format!("coupond-op-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("drop.json");
+        std::fs::write(
+            &file,
+            r#"{"event_id": "d1", "name": "Drop", "total_count": 10,
+                "policies": [{"type": "PERCENT", "value": 10}],
+                "starts_at": "2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let args = PreloadArgs {
+            file: Some(file.clone()),
+            count: Some(20),
+            ..Default::default()
+        };
+        let r = preload_request(&args).unwrap();
+        assert_eq!((r.event_id.as_str(), r.total_count), ("d1", 20));
+        assert_eq!(r.policies.len(), 1);
+        let starts = to_datetime(r.starts_at.as_ref().unwrap()).unwrap();
+        let ends = to_datetime(r.ends_at.as_ref().unwrap()).unwrap();
+        assert_eq!(ends - starts, chrono::Duration::days(1));
+        std::fs::write(&file, r#"{"event": "typo"}"#).unwrap();
+        let e = preload_request(&args).unwrap_err().to_string();
+        assert!(e.contains("unknown field `event`"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn status_codes_are_spelled_as_in_the_grpc_spec() {
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn the_progress_line_shows_share_rate_and_eta() {
+        let l = progress_line(250_000, 1_000_000, Duration::from_secs(2));
+        assert!(
+            l.starts_with("[#######-----------------------]  25%"),
+            "{l}"
+        );
+        assert!(l.contains("250,000 / 1,000,000"), "{l}");
+        assert!(l.contains("125,000/s") && l.ends_with("ETA 6s"), "{l}");
+        assert!(progress_line(0, 10, Duration::from_secs(1)).ends_with("ETA ?"));
+    }
+
+    #[test]
+    fn the_events_table_aligns_its_columns() {
+        let e = proto::Event {
+            event_id: "drop-1".into(),
+            state: EventState::Live as i32,
+            total_count: 1000,
+            preloaded_count: 1000,
+            remaining_count: 990,
+            issued_count: 10,
+            finalized_count: 9,
+            ..Default::default()
+        };
+        let t = events_table(&[e]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("EVENT   STATE  TOTAL  PRELOADED"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("drop-1  LIVE    1000       1000"),
+            "{t}"
+        );
+        assert_eq!(events_table(&[]).lines().last(), Some("(no events)"));
+    }
+}
