@@ -6,7 +6,8 @@
 #   - unary Issue at 100, 1,000 and 3,000 concurrent clients;
 #   - IssueStream with 16 streams;
 #   - both in the default `ack` durability and in `async`;
-#   - preload of 1,000,000 coupons;
+#   - preload of 1,000,000 and 10,000,000 coupons beside PostgreSQL's COPY
+#     of the same rows, with the server's peak memory (bench-preload.sh);
 #   - the broker alone: the service's producer's acknowledged rate and a
 #     consumer's rate, the ceiling of ack durability and of the finalizer.
 # Every coupond run verifies the invariants (no code or user twice, issued
@@ -72,6 +73,7 @@ bench() { # name, args...
 }
 
 bench broker --mode broker --requests "$REQUESTS"
+scripts/bench-preload.sh "$OUT"
 start_server ack
 
 # Physical reference: the one-user script straight from redis-benchmark, on a

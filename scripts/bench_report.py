@@ -59,6 +59,12 @@ for name, r in rows.items():
             f"Broker alone ({r['messages']} messages, the service's producer settings): "
             f"produce {r['produce_per_s']:.0f}/s acknowledged (idempotent, acks=all, "
             f"{r['produce_errors']} errors), consume {r['consume_per_s']:.0f}/s.")
+vs_copy = os.path.join(run, "preload-vs-copy.md")
+if os.path.exists(vs_copy):
+    lines.append("")
+    lines.append("Preload beside PostgreSQL's COPY of the same rows (bench-preload.sh):")
+    lines.append("")
+    lines.extend(open(vs_copy).read().splitlines())
 open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 
