@@ -51,7 +51,7 @@ for N in $SIZES; do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
     sleep 0.1
   done
-  "$BIN" bench --addr "http://127.0.0.1:$PORT" --mode preload --coupons "$N" \
+  COUPOND_DATABASE_URL="$DB_URL" "$BIN" bench --addr "http://127.0.0.1:$PORT" --mode preload --coupons "$N" \
     --json "$OUT/preload-$N.json" >/dev/null
   RSS_KB="$(awk '/^VmHWM:/ { print $2 }' "/proc/$SERVER_PID/status")"
   stop_server

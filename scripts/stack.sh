@@ -18,7 +18,12 @@
 #   stack.sh stop-postgres         stops PostgreSQL (`up` starts it again)
 #   stack.sh kafka-tool T ARGS     runs Kafka's own tool T (topics,
 #                                  consumer-groups, producer-perf-test,
-#                                  consumer-perf-test, storage) from the jars
+#                                  consumer-perf-test, configs, storage)
+#                                  from the jars
+#
+# The single broker also listens on 127.0.0.1:9094 with SASL/SCRAM-SHA-256
+# (user `coupond`, password `coupond-secret`: a local test credential), the
+# way a production cluster asks clients to authenticate.
 #
 # Environment: COUPOND_CACHE (default ~/.cache/coupond) holds Kafka's jars,
 # data and logs.
@@ -29,6 +34,9 @@ CACHE="${COUPOND_CACHE:-$HOME/.cache/coupond}"
 KAFKA_VERSION=4.1.1
 KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION"
 KAFKA_DATA="$CACHE/kafka-data"
+SASL_PORT=9094
+SCRAM_USER=coupond
+SCRAM_PASSWORD=coupond-secret
 mkdir -p "$KAFKA_DATA"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -137,6 +145,7 @@ kafka_tool() {
     producer-perf-test) class=org.apache.kafka.tools.ProducerPerformance ;;
     consumer-perf-test) class=org.apache.kafka.tools.ConsumerPerformance ;;
     storage) class=kafka.tools.StorageTool ;;
+    configs) class=kafka.admin.ConfigCommand ;;
     *) log "unknown Kafka tool $tool"; return 2 ;;
   esac
   ensure_kafka_libs
@@ -146,16 +155,19 @@ kafka_tool() {
 # node_config NAME ID PORT CONTROLLER_PORT VOTERS: a KRaft node that is both
 # broker and controller. VOTERS empty: a single node formatted standalone.
 node_config() {
-  local name="$1" id="$2" port="$3" cport="$4" voters="$5" rf=1 isr=1
+  local name="$1" id="$2" port="$3" cport="$4" voters="$5" rf=1 isr=1 sasl=""
   [ -n "$voters" ] && rf=3 && isr=2
+  [ -z "$voters" ] && sasl=",SASL_PLAINTEXT://127.0.0.1:$SASL_PORT"
   cat <<CONF
 process.roles=broker,controller
 node.id=$id
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$sasl
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$sasl
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$KAFKA_DATA/$name
 num.partitions=6
 default.replication.factor=$rf
@@ -219,8 +231,26 @@ ensure_broker() {
     log "kafka: a broker already answers on 9092; using it as it is"
     return
   fi
+  # Ours, started with an older configuration (no SASL listener): restart.
+  if port_open 9092 && ! port_open "$SASL_PORT"; then
+    log "kafka: restarting the broker with the current configuration"
+    stop_broker
+  fi
   start_node single 1 9092 9093 1g ""
   ensure_topics 127.0.0.1:9092 1
+  ensure_scram_user
+}
+
+# The SCRAM credential lives in the cluster's metadata: made once per data
+# directory (a wiped broker gets it again).
+ensure_scram_user() {
+  local marker="$KAFKA_DATA/single/.coupond-scram-user"
+  [ -f "$marker" ] && return
+  kafka_tool configs --bootstrap-server 127.0.0.1:9092 --alter --entity-type users \
+    --entity-name "$SCRAM_USER" \
+    --add-config "SCRAM-SHA-256=[iterations=4096,password=$SCRAM_PASSWORD]" >/dev/null
+  touch "$marker"
+  log "kafka: SASL/SCRAM user $SCRAM_USER on 127.0.0.1:$SASL_PORT"
 }
 
 CLUSTER_VOTERS="1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194"

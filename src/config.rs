@@ -181,9 +181,136 @@ pub struct KafkaSettings {
         default_value = "lz4"
     )]
     pub compression: String,
+    /// Any librdkafka property for every Kafka client coupond makes
+    /// (producer, finalizer, admin), as KEY=VALUE; repeatable, and
+    /// COUPOND_KAFKA_PROPERTIES takes several separated by ';'. For example
+    /// security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,
+    /// sasl.username=..., sasl.password=..., ssl.ca.location=/etc/ca.pem.
+    /// Values of secret properties never reach a log.
+    #[arg(
+        id = "kafka-property",
+        long = "kafka-property",
+        env = "COUPOND_KAFKA_PROPERTIES",
+        value_delimiter = ';',
+        value_parser = KafkaProperty::parse,
+        hide_env_values = true
+    )]
+    pub properties: Vec<KafkaProperty>,
+    /// A file of librdkafka properties, KEY=VALUE a line ('#' starts a
+    /// comment), read at start; --kafka-property entries come after it.
+    #[arg(
+        id = "kafka-properties-file",
+        long = "kafka-properties-file",
+        env = "COUPOND_KAFKA_PROPERTIES_FILE"
+    )]
+    pub properties_file: Option<std::path::PathBuf>,
+}
+
+/// A librdkafka property passed through by the operator. Its Debug form
+/// hides the value of anything secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub key: String,
+    pub value: String,
+}
+
+/// Properties coupond sets itself because its guarantees rest on them (or
+/// because a flag of its own says it): passing one is an error.
+const RESERVED_KAFKA_PROPERTIES: [(&str, &str); 7] = [
+    (
+        "bootstrap.servers",
+        "use --kafka-brokers (COUPOND_KAFKA_BROKERS)",
+    ),
+    ("group.id", "use --kafka-group (COUPOND_KAFKA_GROUP)"),
+    ("enable.idempotence", "the producer is always idempotent"),
+    (
+        "acks",
+        "every message waits for all in-sync replicas (acks=all)",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after PostgreSQL and Redis",
+    ),
+    (
+        "isolation.level",
+        "the finalizer reads uncommitted (no transactions are used)",
+    ),
+    (
+        "transactional.id",
+        "coupond's producers are not transactional",
+    ),
+];
+
+impl KafkaProperty {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("kafka property {s:?} is not KEY=VALUE"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("kafka property {s:?} has no key"));
+        }
+        if let Some((_, why)) = RESERVED_KAFKA_PROPERTIES.iter().find(|(k, _)| *k == key) {
+            return Err(format!("kafka property {key} is set by coupond: {why}"));
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            value: value.trim().to_owned(),
+        })
+    }
+
+    /// Passwords, secrets, private keys, JAAS and OAuth configurations.
+    pub fn is_secret(&self) -> bool {
+        let k = self.key.to_ascii_lowercase();
+        [
+            "password",
+            "secret",
+            "jaas",
+            "key.pem",
+            "oauthbearer.config",
+            "token",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+    }
+}
+
+impl std::fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.is_secret() {
+            "[redacted]"
+        } else {
+            &self.value
+        };
+        write!(f, "{}={value}", self.key)
+    }
 }
 
 impl KafkaSettings {
+    /// The operator's properties: the file's, then the flags'.
+    pub fn all_properties(&self) -> anyhow::Result<Vec<KafkaProperty>> {
+        let mut out = Vec::new();
+        if let Some(path) = &self.properties_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("kafka properties file {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                out.push(KafkaProperty::parse(line).map_err(|e| {
+                    anyhow::anyhow!(
+                        "kafka properties file {} line {}: {e}",
+                        path.display(),
+                        n + 1
+                    )
+                })?);
+            }
+        }
+        out.extend(self.properties.iter().cloned());
+        Ok(out)
+    }
+
     pub fn dlq_topic(&self) -> String {
         format!("{}.dlq", self.topic)
     }
@@ -477,5 +604,68 @@ impl Default for LimitSettings {
             max_concurrent_streams: 4096,
             request_timeout_ms: 30_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_properties_parse_refuse_reserved_keys_and_hide_secrets() {
+        let p = KafkaProperty::parse(" security.protocol = SASL_SSL ").unwrap();
+        assert_eq!(
+            (p.key.as_str(), p.value.as_str()),
+            ("security.protocol", "SASL_SSL")
+        );
+        assert!(KafkaProperty::parse("no-equals")
+            .unwrap_err()
+            .contains("KEY=VALUE"));
+        assert!(KafkaProperty::parse("=x").is_err());
+        let e = KafkaProperty::parse("acks=1").unwrap_err();
+        assert!(e.contains("acks is set by coupond"), "{e}");
+        for secret in [
+            "sasl.password=hunter2",
+            "ssl.key.password=hunter2",
+            "sasl.jaas.config=hunter2",
+        ] {
+            let p = KafkaProperty::parse(secret).unwrap();
+            assert!(!format!("{p:?}").contains("hunter2"), "{p:?}");
+        }
+        let plain = KafkaProperty::parse("sasl.username=coupond").unwrap();
+        assert_eq!(format!("{plain:?}"), "sasl.username=coupond");
+    }
+
+    #[test]
+    fn a_properties_file_comes_before_the_flags_and_names_bad_lines() {
+        let dir = std::env::temp_dir().join(format!("coupond-kprops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("kafka.properties");
+        std::fs::write(
+            &f,
+            "# cluster\nsecurity.protocol=SSL\n\nssl.ca.location=/ca.pem\n",
+        )
+        .unwrap();
+        let mut s = Settings::from_env().unwrap().kafka;
+        s.properties_file = Some(f.clone());
+        s.properties = vec![KafkaProperty::parse("security.protocol=SASL_SSL").unwrap()];
+        let all: Vec<String> = s
+            .all_properties()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "security.protocol=SSL",
+                "ssl.ca.location=/ca.pem",
+                "security.protocol=SASL_SSL"
+            ]
+        );
+        std::fs::write(&f, "ok=1\nacks=0\n").unwrap();
+        let e = s.all_properties().unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("acks"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

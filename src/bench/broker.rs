@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use crate::config::KafkaSettings;
@@ -84,8 +83,7 @@ async fn measure(k: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerRepor
     }
     let produce_s = started.elapsed().as_secs_f64().max(1e-9);
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
+    let consumer: StreamConsumer = crate::kafka::client_config(k)?
         .set("group.id", format!("{}-reader", k.topic))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -119,9 +117,7 @@ async fn measure(k: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerRepor
 }
 
 async fn delete_topics(k: &KafkaSettings) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = crate::kafka::client_config(k)?.create()?;
     let dlq = k.dlq_topic();
     admin
         .delete_topics(&[&k.topic, &dlq], &AdminOptions::new())

@@ -57,9 +57,8 @@ impl Finalizer {
         redis: RedisStore,
         dlq: Publisher,
     ) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
+        let mut config = crate::kafka::client_config(kafka)?;
         config
-            .set("bootstrap.servers", &kafka.brokers)
             .set("group.id", &kafka.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

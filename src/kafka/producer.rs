@@ -47,9 +47,8 @@ struct Inner {
 
 impl Publisher {
     pub fn new(s: &KafkaSettings) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
+        let mut config = super::client_config(s)?;
         config
-            .set("bootstrap.servers", &s.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", s.linger_ms.to_string())

@@ -12,6 +12,7 @@ mod ghz;
 mod helpers;
 mod hostile;
 mod issue;
+mod kafka_security;
 mod operator;
 mod preload;
 mod reconcile;
