@@ -8,7 +8,8 @@
 #   - both in the default `ack` durability and in `async`;
 #   - preload of 1,000,000 and 10,000,000 coupons beside PostgreSQL's COPY
 #     of the same rows, with the server's peak memory (bench-preload.sh);
-#   - the broker alone: the service's producer's acknowledged rate and a
+#   - the broker alone: Kafka's own producer perf test (acks=all,
+#     idempotent), the service's producer's acknowledged rate and a
 #     consumer's rate, the ceiling of ack durability and of the finalizer.
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
@@ -73,6 +74,15 @@ bench() { # name, args...
 }
 
 bench broker --mode broker --requests "$REQUESTS"
+# Kafka's own reference: its producer perf test, acks=all and idempotent like
+# coupond's producer, records the size of a CouponIssued message.
+echo "== kafka-producer-perf-test" >&2
+scripts/stack.sh kafka-tool topics --bootstrap-server 127.0.0.1:9092 --create --if-not-exists \
+  --topic coupond-perf --partitions 6 >/dev/null
+scripts/stack.sh kafka-tool producer-perf-test --topic coupond-perf --num-records "$((REQUESTS * 2))" \
+  --record-size 120 --throughput -1 --producer-props bootstrap.servers=127.0.0.1:9092 acks=all \
+  enable.idempotence=true linger.ms=2 compression.type=lz4 2>/dev/null | tail -1 >"$OUT/kafka-producer-perf.txt"
+scripts/stack.sh kafka-tool topics --bootstrap-server 127.0.0.1:9092 --delete --topic coupond-perf >/dev/null
 scripts/bench-preload.sh "$OUT"
 start_server ack
 

@@ -59,6 +59,10 @@ for name, r in rows.items():
             f"Broker alone ({r['messages']} messages, the service's producer settings): "
             f"produce {r['produce_per_s']:.0f}/s acknowledged (idempotent, acks=all, "
             f"{r['produce_errors']} errors), consume {r['consume_per_s']:.0f}/s.")
+perf = os.path.join(run, "kafka-producer-perf.txt")
+if os.path.exists(perf):
+    lines.append("")
+    lines.append("kafka-producer-perf-test (acks=all, idempotent, 120-byte records): " + open(perf).read().strip())
 vs_copy = os.path.join(run, "preload-vs-copy.md")
 if os.path.exists(vs_copy):
     lines.append("")

@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod kafka;
 mod preload;
 mod support;
 

@@ -28,13 +28,13 @@ pub fn repo_root() -> std::path::PathBuf {
 }
 
 /// Runs `scripts/stack.sh <arg>` and asserts it succeeded.
-pub fn stack(arg: &str) {
+pub fn stack(args: &str) {
     let st = Command::new("bash")
         .arg(repo_root().join("scripts/stack.sh"))
-        .arg(arg)
+        .args(args.split_whitespace())
         .status()
         .expect("run stack.sh");
-    assert!(st.success(), "stack.sh {arg} failed");
+    assert!(st.success(), "stack.sh {args} failed");
 }
 
 /// Brings the stack back up when a fault test ends, passed or failed, so a

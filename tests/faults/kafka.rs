@@ -1,0 +1,92 @@
+//! Apache Kafka's own failures: a broker SIGKILLed and restarted with its
+//! data, one broker of a three-broker cluster SIGKILLed (acks=all with two
+//! in-sync replicas keeps ack mode answering), and one of two finalizers in
+//! a consumer group SIGKILLed (its partitions move to the other).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::support::{stack, Env, Load, RestoreStack, SERIAL};
+
+const COUPONS: u32 = 1500;
+const USERS: u64 = 6000;
+const CONCURRENCY: usize = 24;
+const CLUSTER: &str = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_killed_and_restarted_mid_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
+    let env = Env::new().await;
+    let mut server = env.serve(&[]).await;
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(300).await;
+    stack("stop-broker"); // SIGKILL; its log directory stays
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage being tested
+    stack("up");
+    let (told, errors) = load.finish().await;
+    eprintln!("broker kill: told {} ISSUED, {errors} retried errors", told.len());
+    assert_eq!(told.len() as u32, COUPONS);
+    env.assert_exactly_recorded(&event, &told).await;
+    server.terminate().await;
+}
+
+/// Stops the three-broker cluster when a test ends, passed or failed.
+struct ClusterDown;
+
+impl Drop for ClusterDown {
+    fn drop(&mut self) {
+        stack("cluster-down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_broker_killed_mid_load_does_not_stop_ack_mode() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
+    stack("cluster-up");
+    let _down = ClusterDown;
+    let mut env = Env::new().await;
+    env.settings.kafka.brokers = CLUSTER.into();
+    let replicated = [("COUPOND_KAFKA_CREATE_REPLICATION", "3")];
+    let mut server = env.serve_env(&[], &replicated).await;
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(300).await;
+    stack("cluster-kill 2");
+    // With broker 2 gone, every partition still has two in-sync replicas
+    // once leadership moves: acks=all answers go on while it is down.
+    let at_kill = load.answered.load(Ordering::Relaxed);
+    load.until_answered((at_kill + 1500).min(USERS)).await;
+    let while_down = load.answered.load(Ordering::Relaxed) - at_kill;
+    stack("cluster-up");
+    let (told, errors) = load.finish().await;
+    eprintln!(
+        "cluster broker kill: {while_down} answered while it was down; told {} ISSUED, {errors} retried errors",
+        told.len()
+    );
+    assert_eq!(told.len() as u32, COUPONS);
+    env.assert_exactly_recorded(&event, &told).await;
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_two_finalizers_killed_mid_load_hands_its_partitions_over() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
+    let env = Env::new().await;
+    let mut server = env.serve(&["--no-consumer"]).await;
+    let mut first = env.consume();
+    let mut second = env.consume();
+    let event = env.preload(COUPONS).await;
+    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
+    load.until_answered(500).await;
+    first.kill9();
+    let (told, _) = load.finish().await;
+    assert_eq!(told.len() as u32, COUPONS);
+    // Only the survivor is left to record the rest.
+    env.assert_exactly_recorded(&event, &told).await;
+    second.terminate().await;
+    server.terminate().await;
+}
