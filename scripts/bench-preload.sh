@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}"
 SIZES="${SIZES:-1000000 10000000}"
 PORT=50062
-BIN=target/release/coupond
+BIN="${CARGO_TARGET_DIR:-target}/release/coupond"
 ROWS=/tmp/coupond-bench-preload-rows.tsv
 mkdir -p "$OUT"
 [ -x "$BIN" ] || cargo build --release --bin coupond >&2

@@ -32,7 +32,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE coupond_bench" >/
 export COUPOND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/coupond_bench"
 redis-cli -h 127.0.0.1 --scan --pattern '*{bench-*}' | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
 cargo build --release --bin coupond >&2
-BIN=target/release/coupond
+BIN="${CARGO_TARGET_DIR:-target}/release/coupond"
 SERVER_PID=""
 
 stop_server() {
