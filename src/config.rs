@@ -390,6 +390,17 @@ pub struct IssueSettings {
         default_value_t = 512
     )]
     pub stream_in_flight: usize,
+    /// How long an issue batch whose Redis reply was lost or late is asked
+    /// again (ms) before its callers are told the outcome is unknown
+    /// (DEADLINE_EXCEEDED). The script is idempotent per user, so asking
+    /// again is safe.
+    #[arg(
+        id = "issue-retry-ms",
+        long = "issue-retry-ms",
+        env = "COUPOND_ISSUE_RETRY_MS",
+        default_value_t = 3000
+    )]
+    pub retry_ms: u64,
 }
 
 /// Everything a coupond process needs to reach its backing services.

@@ -144,6 +144,7 @@ impl Application {
             backends.redis.clone(),
             settings.issue.batch_size,
             settings.issue.workers,
+            Duration::from_millis(settings.issue.retry_ms),
         );
         let issuer = Arc::new(IssuerService::new(
             batcher,

@@ -44,6 +44,14 @@ pub enum CouponError {
     EventNotFound(EventId),
     #[error("user {user_id} holds no coupon of event {event_id}")]
     IssuanceNotFound { event_id: String, user_id: String },
+    /// The request may or may not have taken effect: a store took it but
+    /// its answer never came. Asking again (idempotent) tells which.
+    #[error("{context}")]
+    OutcomeUnknown {
+        context: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
     /// A backing service (Redis, PostgreSQL, Kafka) failed; nothing was left
     /// half-done. The source keeps the full chain for the log.
     #[error("{context}")]

@@ -49,6 +49,10 @@ fn stream_item(svc: Arc<IssuerService>, req: proto::IssueRequest) -> ItemFuture 
             Err(CouponError::Invalid(e)) => {
                 convert::issue_failure(req.request_id, proto::IssueResult::Invalid, e.to_string())
             }
+            Err(e @ CouponError::OutcomeUnknown { .. }) => {
+                let detail = Status::from(e).message().to_owned();
+                convert::issue_failure(req.request_id, proto::IssueResult::Unknown, detail)
+            }
             Err(e) => {
                 let detail = Status::from(e).message().to_owned();
                 convert::issue_failure(req.request_id, proto::IssueResult::Unavailable, detail)

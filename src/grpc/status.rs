@@ -30,6 +30,13 @@ impl From<CouponError> for Status {
             )),
             CouponError::EventNotFound(id) => Status::not_found(format!("event {id} not found")),
             e @ CouponError::IssuanceNotFound { .. } => Status::not_found(e.to_string()),
+            CouponError::OutcomeUnknown { context, source } => {
+                tracing::error!(error = ?source, "{context}");
+                Status::deadline_exceeded(format!(
+                    "{context}; the outcome is unknown: ask again with the same request_id \
+                     (an issuance it made is answered ISSUED with the same coupon)"
+                ))
+            }
             CouponError::Unavailable { context, source } => {
                 // The client sees what failed; the log keeps the whole chain.
                 tracing::error!(error = ?source, "{context}");

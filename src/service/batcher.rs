@@ -8,11 +8,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::domain::{CouponError, EventId, IssueCommand, IssueOutcome};
+use crate::store::redis::RedisStoreError;
 use crate::store::RedisStore;
+
+/// First and longest pause between two attempts at a batch.
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<IssueOutcome, CouponError>>;
 
@@ -29,13 +35,14 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(redis: RedisStore, max_batch: usize, workers: usize) -> Self {
+    /// `retry`: how long a batch whose reply was lost is asked again.
+    pub fn start(redis: RedisStore, max_batch: usize, workers: usize, retry: Duration) -> Self {
         let max_batch = max_batch.max(1);
         // Bounded: past this many queued requests, callers wait (backpressure).
         let (tx, rx) = mpsc::channel(max_batch * workers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..workers.max(1) {
-            tokio::spawn(worker(redis.clone(), rx.clone(), max_batch));
+            tokio::spawn(worker(redis.clone(), rx.clone(), max_batch, retry));
         }
         Self { tx }
     }
@@ -53,7 +60,12 @@ impl Batcher {
     }
 }
 
-async fn worker(redis: RedisStore, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+async fn worker(
+    redis: RedisStore,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    max_batch: usize,
+    retry: Duration,
+) {
     let mut jobs = Vec::with_capacity(max_batch);
     loop {
         {
@@ -69,12 +81,12 @@ async fn worker(redis: RedisStore, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batc
                 }
             }
         }
-        run_batch(&redis, &mut jobs).await;
+        run_batch(&redis, &mut jobs, retry).await;
     }
 }
 
 /// One script call per event present in `jobs`, each in arrival order.
-async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>) {
+async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
     let mut by_event: HashMap<EventId, Vec<Job>> = HashMap::new();
     for j in jobs.drain(..) {
         by_event.entry(j.cmd.event_id.clone()).or_default().push(j);
@@ -84,23 +96,66 @@ async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>) {
             .iter()
             .map(|j| (&j.cmd.user_id, &j.cmd.request_id))
             .collect();
-        match redis.issue_batch(&event, &items).await {
+        match issue_asking_again(redis, &event, &items, retry).await {
             Ok(outcomes) => {
                 for (j, o) in group.into_iter().zip(outcomes) {
                     // The caller may have gone (deadline, disconnect); the
-                    // coupon stands and a retry returns ALREADY_ISSUED.
+                    // coupon stands and a retry returns it.
                     let _ = j.reply.send(Ok(o));
                 }
             }
             Err(e) => {
+                let ran = e.may_have_run();
                 let e = Arc::new(e);
                 for j in group {
-                    let _ = j.reply.send(Err(CouponError::unavailable(
-                        "redis issue script failed",
-                        anyhow::anyhow!(e.clone()),
-                    )));
+                    let source = anyhow::anyhow!(e.clone());
+                    let _ = j.reply.send(Err(if ran {
+                        CouponError::OutcomeUnknown {
+                            context: "redis did not answer the issue script in time",
+                            source,
+                        }
+                    } else {
+                        CouponError::unavailable(
+                            "redis issue script failed; nothing was issued",
+                            source,
+                        )
+                    }));
                 }
             }
         }
+    }
+}
+
+/// Runs the batch's script, asking again for up to `retry` when it failed:
+/// the script is idempotent per user and recognises each item's own
+/// request id, so a repeat answers what the lost reply would have.
+async fn issue_asking_again(
+    redis: &RedisStore,
+    event: &EventId,
+    items: &[(&crate::domain::UserId, &crate::domain::RequestId)],
+    retry: Duration,
+) -> Result<Vec<IssueOutcome>, RedisStoreError> {
+    let give_up = Instant::now() + retry;
+    let mut backoff = FIRST_BACKOFF;
+    let mut may_have_run = false;
+    loop {
+        match redis.issue_batch(event, items).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(e) => {
+                // Once a call may have run, the batch's outcome stays
+                // unknown whatever later attempts fail with.
+                may_have_run |= e.may_have_run();
+                if Instant::now() + backoff >= give_up {
+                    return Err(if may_have_run && !e.may_have_run() {
+                        RedisStoreError::Reply(format!("an earlier attempt may have run: {e}"))
+                    } else {
+                        e
+                    });
+                }
+                tracing::warn!(event_id = %event, error = %e, users = items.len(), "issue batch failed; asking again");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

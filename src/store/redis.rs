@@ -35,6 +35,20 @@ pub enum RedisStoreError {
     Reply(String),
 }
 
+impl RedisStoreError {
+    /// Whether the command may have run although the call failed: the
+    /// request may have reached Redis and only the reply was lost or late
+    /// (a timeout, a dropped connection, an unreadable reply). Not when no
+    /// connection could be had, nor when Redis answered with an error.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Self::Pool(_) => false,
+            Self::Redis(e) => e.code().is_none(),
+            Self::Malformed(_) | Self::Parse(_) | Self::Reply(_) => true,
+        }
+    }
+}
+
 /// Why a preload job's Redis step refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PreloadStepError {
@@ -192,7 +206,10 @@ impl RedisStore {
     }
 
     /// Runs the issue script for `items` (user, request id) of one event in
-    /// one call; outcomes come back in the order of `items`.
+    /// one call; outcomes come back in the order of `items`. A user who
+    /// already holds a coupon recorded under this item's own (non-empty)
+    /// request id was issued it by this very request, whose earlier reply
+    /// was lost: that is ISSUED, not ALREADY_ISSUED.
     #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
     pub async fn issue_batch(
         &self,
@@ -220,12 +237,21 @@ impl RedisStore {
         }
         reply
             .chunks_exact(2)
-            .map(|pair| {
+            .zip(items)
+            .map(|(pair, item)| {
                 let status: i64 = redis::from_redis_value_ref(&pair[0])?;
                 let rec: String = redis::from_redis_value_ref(&pair[1])?;
                 Ok(match status {
                     1 => IssueOutcome::Issued(record::parse_issued(&rec)?.coupon),
-                    2 => IssueOutcome::AlreadyIssued(record::parse_issued(&rec)?.coupon),
+                    2 => {
+                        let held = record::parse_issued(&rec)?;
+                        let own = !item.1.as_str().is_empty() && held.request_id == item.1.as_str();
+                        if own {
+                            IssueOutcome::Issued(held.coupon)
+                        } else {
+                            IssueOutcome::AlreadyIssued(held.coupon)
+                        }
+                    }
                     3 => IssueOutcome::SoldOut,
                     4 => IssueOutcome::NotStarted,
                     5 => IssueOutcome::Ended,

@@ -5,12 +5,14 @@ use futures::StreamExt;
 use crate::helpers::{preload_request, spawn_app};
 
 fn ids(users: &[&str]) -> Vec<(UserId, RequestId)> {
+    // Each item is a request of its own (a repeated user is a new request).
     users
         .iter()
-        .map(|u| {
+        .enumerate()
+        .map(|(i, u)| {
             (
                 UserId::parse(*u).unwrap(),
-                RequestId::parse(format!("r-{u}")).unwrap(),
+                RequestId::parse(format!("r{i}-{u}")).unwrap(),
             )
         })
         .collect()

@@ -114,13 +114,18 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
+    /// Issues with request id `req-<user>`.
     pub async fn issue(&self, event: &str, user: &str) -> proto::IssueResponse {
+        self.issue_as(event, user, &format!("req-{user}")).await
+    }
+
+    pub async fn issue_as(&self, event: &str, user: &str, request_id: &str) -> proto::IssueResponse {
         self.issuer
             .clone()
             .issue(proto::IssueRequest {
                 event_id: event.into(),
                 user_id: user.into(),
-                request_id: format!("req-{user}"),
+                request_id: request_id.into(),
             })
             .await
             .expect("issue succeeds")

@@ -46,11 +46,17 @@ async fn asking_again_returns_the_same_coupon() {
     app.preload(preload_request(&event, 5)).await.unwrap();
     let first = app.issue(&event, "alice").await;
     assert_eq!(first.result, IssueResult::Issued as i32);
-    let again = app.issue(&event, "alice").await;
+    // A new request (another request id) of the same user.
+    let again = app.issue_as(&event, "alice", "tap-2").await;
     assert_eq!(again.result, IssueResult::AlreadyIssued as i32);
     assert_eq!(again.coupon, first.coupon, "same coupon, same issued_at");
+    // The first request asked again (its answer was lost): it is this
+    // request's coupon, so ISSUED, the same one.
+    let retried = app.issue(&event, "alice").await;
+    assert_eq!(retried.result, IssueResult::Issued as i32);
+    assert_eq!(retried.coupon, first.coupon);
     let (_, remaining, issued, _) = app.redis_state(&event).await;
-    assert_eq!((remaining, issued), (4, 1), "the second call took nothing");
+    assert_eq!((remaining, issued), (4, 1), "the later calls took nothing");
 
     // GetIssuance sees it, PENDING until finalized, then FINALIZED.
     let code = first.coupon.unwrap().code;

@@ -86,7 +86,11 @@ async fn bad_items_get_invalid_and_the_stream_goes_on() {
             request_id: "r\n".into(),
         },
         req(&event, "ok-2"),
-        req(&event, "ok-1"),
+        // A new request of a user who holds a coupon.
+        proto::IssueRequest {
+            request_id: "again".into(),
+            ..req(&event, "ok-1")
+        },
     ];
     let got = run_stream(&app, reqs).await;
     let results: Vec<i32> = got.iter().map(|r| r.result).collect();

@@ -26,7 +26,10 @@ async fn broker_killed_and_restarted_mid_load_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await; // the outage being tested
     stack("up");
     let (told, errors) = load.finish().await;
-    eprintln!("broker kill: told {} ISSUED, {errors} retried errors", told.len());
+    eprintln!(
+        "broker kill: told {} ISSUED, {errors} retried errors",
+        told.len()
+    );
     assert_eq!(told.len() as u32, COUPONS);
     env.assert_exactly_recorded(&event, &told).await;
     server.terminate().await;

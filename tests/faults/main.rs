@@ -7,6 +7,7 @@
 mod common;
 mod kafka;
 mod preload;
+mod redis;
 mod support;
 
 use std::time::Duration;

@@ -1,0 +1,179 @@
+//! Redis stumbling under issue load: writes stalled past the client's
+//! response timeout (and past the server's retry budget), and every
+//! connection killed again and again. The clients never retry a user, and
+//! afterwards every user is looked up: a user told UNAVAILABLE holds no
+//! coupon, every user told ISSUED is finalized with that code, and a user
+//! told the outcome is unknown (DEADLINE_EXCEEDED) may hold one, which is
+//! then finalized too.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coupond::proto::coupon_issuer_client::CouponIssuerClient;
+use coupond::proto::{self, IssueResult};
+use tonic::Code;
+
+use crate::support::{Env, RestoreStack, SERIAL};
+
+const COUPONS: u32 = 3000;
+const USERS: u64 = 4000;
+const CONCURRENCY: usize = 24;
+
+/// What one user was told, once.
+#[derive(Debug, Clone, PartialEq)]
+enum Told {
+    Issued(String),
+    SoldOut,
+    Unavailable,
+    Unknown,
+}
+
+/// Asks every user once, `CONCURRENCY` at a time, while `fault` runs
+/// beside the load; returns what each user was told.
+async fn ask_once_during(
+    env: &Env,
+    event: &str,
+    fault: impl std::future::Future<Output = ()>,
+) -> HashMap<String, Told> {
+    let told = Arc::new(Mutex::new(HashMap::new()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let mut client = CouponIssuerClient::new(env.channel().await);
+        let (told, next, event) = (told.clone(), next.clone(), event.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= USERS {
+                    return;
+                }
+                let user = format!("user-{n}");
+                let r = client
+                    .issue(proto::IssueRequest {
+                        event_id: event.clone(),
+                        user_id: user.clone(),
+                        request_id: format!("r-{n}"),
+                    })
+                    .await;
+                let t = match r {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        match IssueResult::try_from(resp.result).unwrap() {
+                            IssueResult::Issued => Told::Issued(resp.coupon.unwrap().code),
+                            IssueResult::SoldOut => Told::SoldOut,
+                            other => panic!("{user}: unexpected {other:?}"),
+                        }
+                    }
+                    Err(s) if s.code() == Code::Unavailable => Told::Unavailable,
+                    Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                        Told::Unknown
+                    }
+                    Err(s) => panic!("{user}: unexpected status {s:?}"),
+                };
+                told.lock().unwrap().insert(user, t);
+            }
+        }));
+    }
+    fault.await;
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let told = told.lock().unwrap().clone();
+    told
+}
+
+/// Looks every user up and checks what they hold against what they were
+/// told; then PostgreSQL must hold exactly the coupons users hold.
+async fn check_every_user(env: &Env, event: &str, told: &HashMap<String, Told>, fault: &str) {
+    let mut client = CouponIssuerClient::new(env.channel().await);
+    let mut holds: HashMap<String, String> = HashMap::new();
+    for (user, t) in told {
+        let r = client
+            .get_issuance(proto::GetIssuanceRequest {
+                event_id: event.into(),
+                user_id: user.clone(),
+            })
+            .await;
+        let held = match r {
+            Ok(r) => Some(r.into_inner().coupon.unwrap().code),
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => panic!("looking up {user}: {s:?}"),
+        };
+        match (t, &held) {
+            (Told::Issued(code), Some(h)) => assert_eq!(code, h, "{user} holds what it was told"),
+            (Told::Issued(_), None) => panic!("{user} was told ISSUED and holds nothing"),
+            (Told::Unavailable | Told::SoldOut, Some(h)) => {
+                panic!("{user} was told {t:?} but holds {h}")
+            }
+            _ => {}
+        }
+        if let Some(h) = held {
+            holds.insert(user.clone(), h);
+        }
+    }
+    let count = |f: fn(&Told) -> bool| told.values().filter(|t| f(t)).count();
+    let issued = count(|t| matches!(t, Told::Issued(_)));
+    let unknown = count(|t| *t == Told::Unknown);
+    let unknown_held = told
+        .iter()
+        .filter(|(u, t)| **t == Told::Unknown && holds.contains_key(*u))
+        .count();
+    eprintln!(
+        "{fault}: told ISSUED {issued}, UNAVAILABLE {}, unknown {unknown} ({unknown_held} of them hold a coupon), SOLD_OUT {}; {} hold coupons, lost 0",
+        count(|t| *t == Told::Unavailable),
+        count(|t| *t == Told::SoldOut),
+        holds.len()
+    );
+    assert!(holds.len() <= COUPONS as usize, "no oversell");
+    let codes: HashSet<&String> = holds.values().collect();
+    assert_eq!(codes.len(), holds.len(), "no code held twice");
+    env.assert_exactly_recorded(event, &holds).await;
+}
+
+fn redis_cmd(args: &[&str]) {
+    let mut c = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.exec(&mut c).expect("redis command");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stalled_past_the_timeouts_mid_load_tells_nobody_a_wrong_answer() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
+    let env = Env::new().await;
+    let mut server = env.serve(&[]).await;
+    let event = env.preload(COUPONS).await;
+    let told = ask_once_during(&env, &event, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // 4 s: past the 500 ms response timeout and the 3 s retry budget.
+        redis_cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    })
+    .await;
+    check_every_user(&env, &event, &told, "redis stalled 4 s").await;
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_connections_killed_mid_load_tell_nobody_a_wrong_answer() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
+    let env = Env::new().await;
+    let mut server = env.serve(&[]).await;
+    let event = env.preload(COUPONS).await;
+    let told = ask_once_during(&env, &event, async {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            redis_cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+        }
+    })
+    .await;
+    check_every_user(&env, &event, &told, "redis connections killed").await;
+    server.terminate().await;
+}
