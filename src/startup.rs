@@ -120,11 +120,17 @@ impl Application {
         } = self;
         let addr = listener.local_addr()?;
 
+        // The finalizer and the sweeper outlive the gRPC server: they stop
+        // only after in-flight calls finished and the producer flushed, so
+        // issuances answered during the drain are recorded by this process.
+        let background = CancellationToken::new();
+        // Whatever way this function returns, they do stop.
+        let _stop_background = background.clone().drop_guard();
         let finalizer = if serve.no_consumer {
             None
         } else {
             let f = backends.finalizer(&settings)?;
-            let token = shutdown.child_token();
+            let token = background.clone();
             Some(tokio::spawn(async move { f.run(token).await }))
         };
 
@@ -136,7 +142,7 @@ impl Application {
                 settings.kafka.clone(),
                 settings.sweep.clone(),
             );
-            let token = shutdown.child_token();
+            let token = background.clone();
             tokio::spawn(async move { s.run(token).await })
         };
 
@@ -245,9 +251,10 @@ impl Application {
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "producer flush incomplete; pending issuances will be republished");
         }
-        // The finalizer and sweeper listen to the same signal; wait for the
-        // finalizer's last commit.
+        // Only now the background tasks stop; wait for the finalizer's last
+        // commit.
         shutdown.cancel();
+        background.cancel();
         jobs.drain(JOBS_TIMEOUT).await;
         match resumer.await {
             Ok(Ok(())) => tracing::info!("preload resumer stopped"),

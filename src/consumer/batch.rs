@@ -7,8 +7,9 @@ use rdkafka::message::{BorrowedMessage, OwnedMessage};
 
 /// Waits up to `idle` for the first message (none: an empty batch), then
 /// takes what arrives within `max_wait` of it, up to `max` messages. Only
-/// the wait for the first message may time out, so a batch is never cut
-/// short after messages were taken from the consumer.
+/// the wait for the first message may time out or fail: once messages were
+/// taken from the consumer, a failing read ends the batch with them, since
+/// dropping them would let a later commit move the offset past them.
 pub async fn next_batch(
     consumer: &StreamConsumer,
     max: usize,
@@ -24,7 +25,11 @@ pub async fn next_batch(
     let deadline = tokio::time::Instant::now() + max_wait;
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => batch.push(m?.detach()),
+            Ok(Ok(m)) => batch.push(m.detach()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, taken = batch.len(), "consuming failed mid-batch; applying what was taken");
+                break;
+            }
             Err(_) => break,
         }
     }

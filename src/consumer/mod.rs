@@ -40,6 +40,19 @@ type Applying = Pin<Box<dyn Future<Output = (Vec<OwnedMessage>, Option<BatchStat
 /// (or the earliest, when the group's offsets were lost too).
 const STALL_RESET: Duration = Duration::from_secs(10);
 
+/// How long a finalizer told to stop goes on consuming, to record what was
+/// in its partitions at that moment (what the server's last calls published).
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Next offset per (topic, partition).
+type Offsets = HashMap<(String, i32), i64>;
+
+/// A finalizer that was told to stop: what it must still record, and until when.
+struct Draining {
+    targets: Offsets,
+    until: tokio::time::Instant,
+}
+
 /// Everything the finalizer needs.
 pub struct Finalizer {
     consumer: StreamConsumer,
@@ -101,7 +114,14 @@ impl Finalizer {
         // Set while the broker has failed since the last message arrived.
         let mut troubled_since: Option<tokio::time::Instant> = None;
         let mut applying: FuturesOrdered<Applying> = FuturesOrdered::new();
+        let mut applied: Offsets = HashMap::new();
+        let mut draining: Option<Draining> = None;
         'consume: loop {
+            if let Some(d) = &draining {
+                if caught_up(&d.targets, &applied) || tokio::time::Instant::now() >= d.until {
+                    break 'consume;
+                }
+            }
             if applying.is_empty() && troubled_since.is_some_and(|t| t.elapsed() > STALL_RESET) {
                 self.replace_consumer()?;
                 troubled_since = None;
@@ -109,9 +129,11 @@ impl Finalizer {
             if applying.len() >= depth {
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break 'consume,
+                    _ = shutdown.cancelled(), if draining.is_none() => {
+                        draining = Some(self.start_draining());
+                    }
                     Some(done) = applying.next() => {
-                        if !self.applied(done) {
+                        if !self.applied(done, &mut applied) {
                             break 'consume;
                         }
                     }
@@ -131,9 +153,17 @@ impl Finalizer {
             let gathered = loop {
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break 'consume,
+                    _ = shutdown.cancelled(), if draining.is_none() => {
+                        let d = self.start_draining();
+                        // Nothing left to record: stop now (a batch being
+                        // gathered is not applied, nor committed past).
+                        if applying.is_empty() && caught_up(&d.targets, &applied) {
+                            break 'consume;
+                        }
+                        draining = Some(d);
+                    }
                     Some(done) = applying.next(), if !applying.is_empty() => {
-                        if !self.applied(done) {
+                        if !self.applied(done, &mut applied) {
                             break 'consume;
                         }
                     }
@@ -172,10 +202,20 @@ impl Finalizer {
 
     /// Commits a batch that was applied; false if applying it was
     /// interrupted by shutdown (nothing from it on may be committed).
-    fn applied(&self, (batch, stats): (Vec<OwnedMessage>, Option<BatchStats>)) -> bool {
+    fn applied(
+        &self,
+        (batch, stats): (Vec<OwnedMessage>, Option<BatchStats>),
+        applied: &mut Offsets,
+    ) -> bool {
         let Some(stats) = stats else {
             return false;
         };
+        for m in &batch {
+            let e = applied
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
         tracing::debug!(?stats, "batch finalized");
         // Asynchronous: the next batches need not wait for the broker. A
         // commit that is lost only means a redelivery, which changes nothing.
@@ -207,6 +247,41 @@ impl Finalizer {
         }
     }
 
+    /// What the partitions assigned to this finalizer hold now (their high
+    /// watermarks), less what was committed already: what a stopping
+    /// finalizer still records, for at most `DRAIN_LIMIT`.
+    fn start_draining(&self) -> Draining {
+        let until = tokio::time::Instant::now() + DRAIN_LIMIT;
+        let mut targets = HashMap::new();
+        let timeout = Duration::from_secs(2);
+        let committed = self.consumer.committed(timeout).unwrap_or_default();
+        if let Ok(assigned) = self.consumer.assignment() {
+            for e in assigned.elements() {
+                let Ok((_, high)) =
+                    self.consumer
+                        .fetch_watermarks(e.topic(), e.partition(), timeout)
+                else {
+                    continue;
+                };
+                let done = match committed
+                    .find_partition(e.topic(), e.partition())
+                    .map(|c| c.offset())
+                {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                if high > done {
+                    targets.insert((e.topic().to_owned(), e.partition()), high);
+                }
+            }
+        }
+        tracing::info!(
+            partitions = targets.len(),
+            "finalizer stopping: recording what its partitions hold first"
+        );
+        Draining { targets, until }
+    }
+
     /// Swaps in a new consumer instance (see `STALL_RESET`). The old one
     /// leaves the group from a blocking thread, since closing can wait.
     fn replace_consumer(&mut self) -> anyhow::Result<()> {
@@ -232,4 +307,11 @@ impl Finalizer {
         self.consumer.commit(&tpl, mode)?;
         Ok(())
     }
+}
+
+/// Whether every target offset has been applied.
+fn caught_up(targets: &Offsets, applied: &Offsets) -> bool {
+    targets
+        .iter()
+        .all(|(k, high)| applied.get(k).is_some_and(|a| a >= high))
 }

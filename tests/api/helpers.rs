@@ -119,7 +119,12 @@ impl TestApp {
         self.issue_as(event, user, &format!("req-{user}")).await
     }
 
-    pub async fn issue_as(&self, event: &str, user: &str, request_id: &str) -> proto::IssueResponse {
+    pub async fn issue_as(
+        &self,
+        event: &str,
+        user: &str,
+        request_id: &str,
+    ) -> proto::IssueResponse {
         self.issuer
             .clone()
             .issue(proto::IssueRequest {

@@ -68,3 +68,67 @@ async fn graceful_shutdown_returns_cleanly() {
         "listener closed"
     );
 }
+
+/// Shutdown in the documented order: stop accepting, finish the calls in
+/// flight, flush the producer, then the finalizer records what its
+/// partitions hold and stops. Every issuance answered ISSUED, also during
+/// the drain, is in PostgreSQL when the server has stopped, with nothing
+/// run afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issuances_answered_during_the_drain_are_finalized_before_the_server_stops() {
+    let mut app = spawn_app().await;
+    let event = app.event_id("drain");
+    app.preload(crate::helpers::preload_request(&event, 1000))
+        .await
+        .unwrap();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls: Vec<_> = (0..400)
+        .map(|i| {
+            let mut issuer = app.issuer.clone();
+            let (event, answered) = (event.clone(), answered.clone());
+            tokio::spawn(async move {
+                let user = format!("u{i}");
+                let r = issuer
+                    .issue(coupond::proto::IssueRequest {
+                        event_id: event,
+                        user_id: user.clone(),
+                        request_id: format!("r{i}"),
+                    })
+                    .await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                r.ok()
+                    .and_then(|r| r.into_inner().coupon)
+                    .map(|c| (c.code, user))
+            })
+        })
+        .collect();
+    // Stop while calls are in flight.
+    let started = crate::helpers::eventually(std::time::Duration::from_secs(30), || {
+        let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+        async move { n >= 50 }
+    })
+    .await;
+    assert!(started, "calls are being answered");
+    app.shutdown.cancel();
+    let mut told = std::collections::HashSet::new();
+    for c in calls {
+        if let Some(pair) = c.await.unwrap() {
+            told.insert(pair);
+        }
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), app.stop())
+        .await
+        .expect("shutdown completes");
+    let in_pg = app.issued_pairs_in_pg(&event).await;
+    eprintln!(
+        "drain: {} told ISSUED, {} in postgres at stop",
+        told.len(),
+        in_pg.len()
+    );
+    assert!(told.len() >= 50);
+    let missing: Vec<_> = told.difference(&in_pg).collect();
+    assert!(
+        missing.is_empty(),
+        "answered ISSUED but not recorded at stop: {missing:?}"
+    );
+}
