@@ -7,8 +7,10 @@ use std::time::Duration;
 /// When an ISSUED answer is sent relative to Kafka's acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
-    /// Answer ISSUED only after Kafka acknowledged the CouponIssued message
-    /// (acks=all). A Redis crash right after cannot lose it.
+    /// Answer ISSUED after Kafka acknowledged the CouponIssued message
+    /// (acks=all; `durable` true: a Redis crash right after cannot lose it),
+    /// or, when it did not within the delivery timeout, ISSUED with
+    /// `durable` false (pending in Redis, republished until finalized).
     Ack,
     /// Answer as soon as the Lua script returns; publishing continues in the
     /// background and the pending set guarantees delivery while Redis keeps

@@ -91,8 +91,9 @@ pub fn coupon(c: &IssuedCoupon) -> proto::Coupon {
     }
 }
 
-/// An outcome as an `IssueResponse` for the request `request_id`.
-pub fn issue_response(request_id: String, o: &IssueOutcome) -> proto::IssueResponse {
+/// An outcome as an `IssueResponse` for the request `request_id`;
+/// `durable`: Kafka acknowledged an ISSUED one.
+pub fn issue_response(request_id: String, o: &IssueOutcome, durable: bool) -> proto::IssueResponse {
     use proto::IssueResult as R;
     let (result, coupon_, detail) = match o {
         IssueOutcome::Issued(c) => (R::Issued, Some(coupon(c)), "coupon issued"),
@@ -111,6 +112,7 @@ pub fn issue_response(request_id: String, o: &IssueOutcome) -> proto::IssueRespo
         result: result as i32,
         coupon: coupon_,
         detail: detail.to_owned(),
+        durable: durable && result == R::Issued,
     }
 }
 
@@ -125,6 +127,7 @@ pub fn issue_failure(
         result: result as i32,
         coupon: None,
         detail,
+        durable: false,
     }
 }
 

@@ -45,7 +45,7 @@ fn stream_item(svc: Arc<IssuerService>, req: proto::IssueRequest) -> ItemFuture 
             }
         };
         match svc.issue(cmd).await {
-            Ok(o) => convert::issue_response(req.request_id, &o),
+            Ok(a) => convert::issue_response(req.request_id, &a.outcome, a.durable),
             Err(CouponError::Invalid(e)) => {
                 convert::issue_failure(req.request_id, proto::IssueResult::Invalid, e.to_string())
             }
@@ -70,10 +70,11 @@ impl CouponIssuer for IssuerApi {
         let r = req.into_inner();
         let cmd = IssueCommand::parse(&r.event_id, &r.user_id, &r.request_id)
             .map_err(|e| Status::from(CouponError::Invalid(e)))?;
-        let outcome = self.svc.issue(cmd).await?;
+        let a = self.svc.issue(cmd).await?;
         Ok(Response::new(convert::issue_response(
             r.request_id,
-            &outcome,
+            &a.outcome,
+            a.durable,
         )))
     }
 

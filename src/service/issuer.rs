@@ -19,6 +19,13 @@ pub struct IssuanceView {
     pub state: IssuanceState,
 }
 
+/// An issue outcome, and whether an ISSUED one is durable (in Kafka).
+#[derive(Debug, Clone)]
+pub struct IssueAnswer {
+    pub outcome: IssueOutcome,
+    pub durable: bool,
+}
+
 /// The issue path: Redis script (batched), then Kafka.
 pub struct IssuerService {
     batcher: Batcher,
@@ -45,29 +52,36 @@ impl IssuerService {
         }
     }
 
-    /// Issues a coupon to the command's user. An ISSUED outcome is answered
-    /// after Kafka acknowledged the CouponIssued message (ack mode) or at
-    /// once (async mode). A failed publish does not undo the coupon: the
-    /// issuance stays in the pending set until it is finalized.
+    /// Issues a coupon to the command's user. In ack mode an ISSUED outcome
+    /// is answered after Kafka acknowledged the CouponIssued message
+    /// (durable), or, when it did not within the publish timeout, answered
+    /// as not yet durable; in async mode at once (not yet durable). A failed
+    /// publish does not undo the coupon: the issuance stays in the pending
+    /// set, republished until it is finalized.
     #[instrument(skip_all, fields(event_id = %cmd.event_id, user_id = %cmd.user_id))]
-    pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueOutcome, CouponError> {
+    pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueAnswer, CouponError> {
         let outcome = self.batcher.issue(cmd.clone()).await?;
-        if let IssueOutcome::Issued(coupon) = &outcome {
-            let record = IssuanceRecord {
-                event_id: cmd.event_id,
-                user_id: cmd.user_id,
-                coupon: coupon.clone(),
-                request_id: cmd.request_id.as_str().to_owned(),
-            };
-            match self.durability {
-                Durability::Ack => publish_logged(&self.publisher, &record).await,
-                Durability::Async => {
-                    let p = self.publisher.clone();
-                    tokio::spawn(async move { publish_logged(&p, &record).await });
-                }
+        let IssueOutcome::Issued(coupon) = &outcome else {
+            return Ok(IssueAnswer {
+                outcome,
+                durable: false,
+            });
+        };
+        let record = IssuanceRecord {
+            event_id: cmd.event_id,
+            user_id: cmd.user_id,
+            coupon: coupon.clone(),
+            request_id: cmd.request_id.as_str().to_owned(),
+        };
+        let durable = match self.durability {
+            Durability::Ack => publish_logged(&self.publisher, &record).await,
+            Durability::Async => {
+                let p = self.publisher.clone();
+                tokio::spawn(async move { publish_logged(&p, &record).await });
+                false
             }
-        }
-        Ok(outcome)
+        };
+        Ok(IssueAnswer { outcome, durable })
     }
 
     /// The coupon `user` holds for `event`, from Redis, or from PostgreSQL
@@ -109,8 +123,12 @@ impl IssuerService {
     }
 }
 
-async fn publish_logged(p: &Publisher, record: &IssuanceRecord) {
-    if let Err(e) = p.publish(record).await {
+/// Publishes; true when Kafka acknowledged.
+async fn publish_logged(p: &Publisher, record: &IssuanceRecord) -> bool {
+    let Err(e) = p.publish(record).await else {
+        return true;
+    };
+    {
         // The coupon stands: the record is in the pending set and is
         // republished until PostgreSQL has it.
         tracing::error!(
@@ -121,4 +139,5 @@ async fn publish_logged(p: &Publisher, record: &IssuanceRecord) {
             "publishing coupon-issued failed; issuance left pending"
         );
     }
+    false
 }

@@ -3,8 +3,12 @@
 //! in-sync replicas keeps ack mode answering), and one of two finalizers in
 //! a consumer group SIGKILLed (its partitions move to the other).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use coupond::proto::coupon_issuer_client::CouponIssuerClient;
+use coupond::proto::{self, IssueResult};
 
 use crate::support::{stack, Env, Load, RestoreStack, SERIAL};
 
@@ -91,5 +95,51 @@ async fn one_of_two_finalizers_killed_mid_load_hands_its_partitions_over() {
     // Only the survivor is left to record the rest.
     env.assert_exactly_recorded(&event, &told).await;
     second.terminate().await;
+    server.terminate().await;
+}
+
+/// ack mode keeps its word: with the broker down past the publish timeout,
+/// an issuance is answered ISSUED with `durable` false (the coupon is the
+/// user's, pending in Redis), never `durable` true; once the broker is back
+/// every one of them is finalized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_down_past_the_publish_timeout_answers_not_yet_durable_and_finalizes_later() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreStack;
+    let env = Env::new().await;
+    let quick = [("COUPOND_KAFKA_DELIVERY_TIMEOUT_MS", "1500")];
+    let mut server = env.serve_env(&[], &quick).await;
+    let event = env.preload(COUPONS).await;
+    let issue = |user: String| {
+        let (env, event) = (&env, event.clone());
+        async move {
+            let mut c = CouponIssuerClient::new(env.channel().await);
+            let r = c
+                .issue(proto::IssueRequest {
+                    event_id: event,
+                    user_id: user.clone(),
+                    request_id: format!("r-{user}"),
+                })
+                .await
+                .expect("answered")
+                .into_inner();
+            assert_eq!(r.result, IssueResult::Issued as i32, "{user}: {r:?}");
+            (user, r.coupon.unwrap().code, r.durable)
+        }
+    };
+    let (user, code, durable) = issue("before".into()).await;
+    assert!(durable, "with the broker up, ISSUED is durable");
+    let mut told = HashMap::from([(user, code)]);
+
+    stack("stop-broker");
+    let during = futures::future::join_all((0..40).map(|i| issue(format!("down-{i}")))).await;
+    assert!(
+        during.iter().all(|(_, _, durable)| !durable),
+        "no answer claims durability while the broker is down"
+    );
+    stack("up");
+    told.extend(during.into_iter().map(|(u, c, _)| (u, c)));
+    eprintln!("broker down: 40 told ISSUED not yet durable; all finalized after it returned");
+    env.assert_exactly_recorded(&event, &told).await;
     server.terminate().await;
 }
