@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{
     assert_live_and_consistent, assert_no_leftovers, await_preload_end, eventually, preload_request,
 };
-use crate::support::{Env, Load, RestoreStack, SERIAL};
+use crate::support::{redis_cmd, Env, Load, RestoreStack, SERIAL};
 
 /// Short leases, so a dead server's job is taken over within seconds, and
 /// small chunks, so a kill lands mid-job.
@@ -236,16 +236,7 @@ async fn a_make_live_whose_reply_was_lost_answers_ok_when_asked_again() {
 
     // Its reply was late past the client's timeout (writes paused).
     let (late, job) = staged_event(&impatient, "late").await;
-    let mut c = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(600)
-        .arg("WRITE")
-        .exec(&mut c)
-        .unwrap();
+    redis_cmd(&["CLIENT", "PAUSE", "600", "WRITE"]);
     let timed_out = impatient.make_live(&late, &job, window, 1000).await;
     assert!(timed_out.is_err(), "the reply came too late: {timed_out:?}");
     let answered = eventually(Duration::from_secs(10), || async {

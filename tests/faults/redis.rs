@@ -14,7 +14,7 @@ use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, IssueResult};
 use tonic::Code;
 
-use crate::support::{Env, RestoreStack, SERIAL};
+use crate::support::{redis_cmd, Env, RestoreStack, SERIAL};
 
 const COUPONS: u32 = 3000;
 const USERS: u64 = 4000;
@@ -131,49 +131,36 @@ async fn check_every_user(env: &Env, event: &str, told: &HashMap<String, Told>, 
     env.assert_exactly_recorded(event, &holds).await;
 }
 
-fn redis_cmd(args: &[&str]) {
-    let mut c = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.exec(&mut c).expect("redis command");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_stalled_past_the_timeouts_mid_load_tells_nobody_a_wrong_answer() {
+/// A server under a once-only load of every user while `fault` runs; then
+/// every user is looked up.
+async fn every_answer_true_through(fault_name: &str, fault: impl std::future::Future<Output = ()>) {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
     let env = Env::new().await;
     let mut server = env.serve(&[]).await;
     let event = env.preload(COUPONS).await;
-    let told = ask_once_during(&env, &event, async {
+    let told = ask_once_during(&env, &event, fault).await;
+    check_every_user(&env, &event, &told, fault_name).await;
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stalled_past_the_timeouts_mid_load_tells_nobody_a_wrong_answer() {
+    every_answer_true_through("redis stalled 4 s", async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         // 4 s: past the 500 ms response timeout and the 3 s retry budget.
         redis_cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
     })
     .await;
-    check_every_user(&env, &event, &told, "redis stalled 4 s").await;
-    server.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_connections_killed_mid_load_tell_nobody_a_wrong_answer() {
-    let _serial = SERIAL.lock().await;
-    let _restore = RestoreStack;
-    let env = Env::new().await;
-    let mut server = env.serve(&[]).await;
-    let event = env.preload(COUPONS).await;
-    let told = ask_once_during(&env, &event, async {
+    every_answer_true_through("redis connections killed", async {
         for _ in 0..30 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             redis_cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
         }
     })
     .await;
-    check_every_user(&env, &event, &told, "redis connections killed").await;
-    server.terminate().await;
 }

@@ -37,6 +37,20 @@ pub fn stack(args: &str) {
     assert!(st.success(), "stack.sh {args} failed");
 }
 
+/// Runs one Redis command on a connection of its own (faults: CLIENT
+/// PAUSE, CLIENT KILL).
+pub fn redis_cmd(args: &[&str]) {
+    let mut c = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.exec(&mut c).expect("redis command");
+}
+
 /// Brings the stack back up when a fault test ends, passed or failed, so a
 /// failure never leaves PostgreSQL or the broker down for what runs next.
 pub struct RestoreStack;
