@@ -59,7 +59,8 @@ struct ReconcileArgs {
     #[arg(long)]
     rebuild_redis: bool,
     /// With --rebuild-redis: also when the event is live (takes it offline
-    /// for the moments of the rebuild).
+    /// for the moments of the rebuild), and while the finalizer lags
+    /// (keeps the event's issuances found in its backlog, pending).
     #[arg(long, requires = "rebuild_redis")]
     force: bool,
     /// Print the report as JSON.
@@ -141,14 +142,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let s = &cli.settings;
             let pg = crate::store::PgStore::connect(&s.database.url, 2)?;
             let redis = crate::store::RedisStore::connect(&s.redis.url, 2)?;
-            if args.rebuild_redis {
-                crate::reconcile::rebuild(&pg, &redis, &event, args.force).await?;
-            }
+            let rebuilt = match args.rebuild_redis {
+                true => Some(
+                    crate::reconcile::rebuild(&pg, &redis, &s.kafka, &event, args.force).await?,
+                ),
+                false => None,
+            };
             let report = crate::reconcile::reconcile(&pg, &redis, &event).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
+            match (args.json, &rebuilt) {
+                (true, None) => println!("{}", serde_json::to_string_pretty(&report)?),
+                (true, Some(r)) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "rebuild": r, "reconcile": report })
+                    )?
+                ),
+                (false, r) => {
+                    if let Some(r) = r {
+                        println!("{r}");
+                    }
+                    println!("{report}");
+                }
             }
             if report.consistent() {
                 Ok(())

@@ -6,7 +6,9 @@ use std::fmt;
 
 use rand::seq::SliceRandom;
 
+use crate::config::KafkaSettings;
 use crate::domain::{EventId, EventState, IssuanceState, IssuedCoupon};
+use crate::kafka::backlog::Backlog;
 use crate::store::postgres::CouponRow;
 use crate::store::record::{issued_record, queue_entry};
 use crate::store::redis::{RebuiltState, RedisSnapshot};
@@ -43,6 +45,18 @@ pub struct Report {
     pub in_neither: Vec<String>,
     /// Codes Redis holds (queue or issued) that PostgreSQL has not for this event.
     pub unknown_to_pg: Vec<String>,
+    /// Issuances PostgreSQL refused: users told ISSUED who hold nothing.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A user whose issuance PostgreSQL refused, and who holds the code there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Conflict {
+    pub user: String,
+    pub code: String,
+    /// The user PostgreSQL records the code for (`None`: nobody, or the
+    /// code is not the event's).
+    pub holder: Option<String>,
 }
 
 impl Report {
@@ -54,6 +68,7 @@ impl Report {
             && self.issued_in_pg_only.is_empty()
             && self.in_neither.is_empty()
             && self.unknown_to_pg.is_empty()
+            && self.conflicts.is_empty()
     }
 }
 
@@ -100,6 +115,22 @@ impl fmt::Display for Report {
             &self.in_neither,
         )?;
         list(f, "codes in redis unknown to postgres", &self.unknown_to_pg)?;
+        writeln!(
+            f,
+            "  conflicts (told ISSUED, refused by postgres): {}",
+            self.conflicts.len()
+        )?;
+        for c in self.conflicts.iter().take(SHOW) {
+            writeln!(
+                f,
+                "    user {:?} code {} held in postgres by {}",
+                c.user,
+                c.code,
+                c.holder
+                    .as_deref()
+                    .map_or("nobody".into(), |h| format!("{h:?}"))
+            )?;
+        }
         write!(
             f,
             "  verdict: {}",
@@ -157,6 +188,16 @@ pub fn compare(event: &EventId, pg: &[CouponRow], redis: &RedisSnapshot) -> Repo
     }
     for (user, rec) in &redis.issued {
         let code = rec.coupon.code.as_str();
+        if rec.state == IssuanceState::Conflicted {
+            r.conflicts.push(Conflict {
+                user: user.clone(),
+                code: code.to_owned(),
+                holder: pg_by_code
+                    .get(code)
+                    .and_then(|c| c.issued.as_ref().map(|(u, _, _)| u.clone())),
+            });
+            continue;
+        }
         if !pg_by_code.contains_key(code) {
             r.unknown_to_pg.push(code.to_owned());
             continue;
@@ -170,6 +211,7 @@ pub fn compare(event: &EventId, pg: &[CouponRow], redis: &RedisSnapshot) -> Repo
             r.issued_in_redis_only.push((user.clone(), code.to_owned()));
         }
     }
+    r.conflicts.sort_by(|a, b| a.user.cmp(&b.user));
     for (user, code) in &pg_user_code {
         if redis.issued.get(*user).map(|rec| rec.coupon.code.as_str()) != Some(*code) {
             r.issued_in_pg_only
@@ -217,21 +259,92 @@ pub enum RebuildError {
     Live(EventId),
     #[error("event {0} is {1} (not LIVE): its preload job owns its Redis state")]
     NotLive(EventId, &'static str),
+    #[error(
+        "the finalizer has {lag} unconsumed messages in kafka; wait until it caught up \
+         (consumer lag 0), or rebuild with --force, which reads them and keeps the event's \
+         issuances among them"
+    )]
+    Lagging { lag: u64 },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
+/// What a rebuild kept besides PostgreSQL's records, and every issuance
+/// it could not keep as the user's (none is dropped without a line here).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RebuildReport {
+    /// The finalizer's consumer lag when the rebuild started.
+    pub lag: u64,
+    pub queued: usize,
+    pub finalized: usize,
+    /// Pending issuances kept from Redis and from the finalizer's backlog.
+    pub pending_from_redis: usize,
+    pub pending_from_kafka: usize,
+    /// Issuances whose code PostgreSQL or an issuance kept earlier holds:
+    /// kept as conflicted (the user holds nothing; reconcile lists them).
+    pub conflicted: Vec<Conflict>,
+    /// (user, code) whose user holds another code in PostgreSQL, which wins.
+    pub superseded: Vec<(String, String)>,
+    /// (user, code) whose code is not the event's in PostgreSQL.
+    pub unknown_code: Vec<(String, String)>,
+}
+
+impl fmt::Display for RebuildReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "rebuilt: {} queued, {} finalized, {} pending kept from redis, {} pending from the \
+             finalizer's backlog (lag was {})",
+            self.queued, self.finalized, self.pending_from_redis, self.pending_from_kafka, self.lag
+        )?;
+        for c in &self.conflicted {
+            writeln!(
+                f,
+                "  conflicted: user {:?} code {} (held by {})",
+                c.user,
+                c.code,
+                c.holder.as_deref().unwrap_or("an issuance kept earlier")
+            )?;
+        }
+        for (u, c) in &self.superseded {
+            writeln!(
+                f,
+                "  superseded: user {u:?} code {c} (postgres records another code for the user)"
+            )?;
+        }
+        for (u, c) in &self.unknown_code {
+            writeln!(
+                f,
+                "  dropped: user {u:?} code {c} is not the event's in postgres"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// An issuance the rebuild may keep: from Redis's leftovers or the backlog.
+struct Candidate {
+    user: String,
+    coupon: IssuedCoupon,
+    request_id: String,
+    conflicted: bool,
+    from_kafka: bool,
+}
+
 /// Rebuilds the event's Redis state from PostgreSQL and installs it
-/// atomically. Issuances that Redis still holds but PostgreSQL has not
-/// recorded yet (pending) are kept, pending, with their codes out of the
-/// queue. A live event is refused unless `force`, which takes it offline
-/// first (Issue answers EVENT_NOT_FOUND for the few moments of the rebuild).
+/// atomically. Refused while the finalizer lags unless `force`, and for a
+/// live event unless `force` (which takes it offline: Issue answers
+/// EVENT_NOT_FOUND for the moments of the rebuild). Issuances PostgreSQL
+/// has not recorded yet, found in Redis or in the finalizer's backlog, are
+/// kept pending with their codes out of the queue; the report names every
+/// one that could not be kept as the user's.
 pub async fn rebuild(
     pg: &PgStore,
     redis: &RedisStore,
+    kafka: &KafkaSettings,
     event: &EventId,
     force: bool,
-) -> Result<(), RebuildError> {
+) -> Result<RebuildReport, RebuildError> {
     let stored = pg
         .event(event)
         .await
@@ -242,6 +355,10 @@ pub async fn rebuild(
             event.clone(),
             stored.preload.state.as_str(),
         ));
+    }
+    let lag = read_backlog(kafka).await?.lag();
+    if lag > 0 && !force {
+        return Err(RebuildError::Lagging { lag });
     }
     if redis
         .event_exists(event)
@@ -256,12 +373,79 @@ pub async fn rebuild(
             .await
             .map_err(anyhow::Error::from)?;
     }
+    // Read again with the event offline: nothing issues it any more.
+    let backlog = read_backlog(kafka).await?;
+    let from_kafka = {
+        let (kafka, event) = (kafka.clone(), event.clone());
+        tokio::task::spawn_blocking(move || backlog.issuances_of(&kafka, &event))
+            .await
+            .map_err(anyhow::Error::from)??
+    };
     let rows = pg.coupons(event).await.map_err(anyhow::Error::from)?;
     let leftover = redis.snapshot(event).await.map_err(anyhow::Error::from)?;
+    let mut candidates: Vec<Candidate> = leftover
+        .issued
+        .into_iter()
+        .map(|(user, rec)| Candidate {
+            user,
+            conflicted: rec.state == IssuanceState::Conflicted,
+            coupon: rec.coupon,
+            request_id: rec.request_id,
+            from_kafka: false,
+        })
+        .collect();
+    candidates.extend(from_kafka.into_iter().map(|r| Candidate {
+        user: r.user_id.to_string(),
+        coupon: r.coupon,
+        request_id: r.request_id,
+        conflicted: false,
+        from_kafka: true,
+    }));
+    let (state, mut report) = plan(&rows, candidates);
+    report.lag = lag;
+    redis
+        .install_rebuilt(
+            event,
+            RebuiltState {
+                queue: &state.queue,
+                issued: &state.issued,
+                pending: &state.pending,
+                starts_ms: stored.window.starts_at().timestamp_millis(),
+                ends_ms: stored.window.ends_at().timestamp_millis(),
+                total: stored.total_count,
+                preload_id: &stored.preload.preload_id,
+                conflicted: &state.conflicted,
+            },
+        )
+        .await
+        .map_err(anyhow::Error::from)?;
+    tracing::info!(event_id = %event, ?report, "rebuilt redis state from postgres");
+    Ok(report)
+}
 
+async fn read_backlog(kafka: &KafkaSettings) -> anyhow::Result<Backlog> {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || Backlog::read(&kafka)).await?
+}
+
+/// The Redis state a rebuild installs (owned parts of `RebuiltState`).
+#[derive(Debug, Default)]
+struct Planned {
+    queue: Vec<String>,
+    issued: Vec<(String, String)>,
+    pending: Vec<(String, i64)>,
+    conflicted: Vec<String>,
+}
+
+/// Decides the rebuilt state: PostgreSQL's records win; then each candidate
+/// in order is kept pending if its code is free, else kept conflicted; the
+/// queue is every code left, shuffled. Pure.
+fn plan(rows: &[CouponRow], candidates: Vec<Candidate>) -> (Planned, RebuildReport) {
+    let mut report = RebuildReport::default();
     let mut issued: HashMap<String, String> = HashMap::new();
-    let mut taken: HashSet<String> = HashSet::new();
-    for c in &rows {
+    let mut pg_code_of: HashMap<&str, &str> = HashMap::new();
+    let mut taken: HashMap<String, Option<String>> = HashMap::new();
+    for c in rows {
         if let Some((user, at, req)) = &c.issued {
             let coupon = IssuedCoupon {
                 code: c.code.clone(),
@@ -272,53 +456,65 @@ pub async fn rebuild(
                 user.clone(),
                 issued_record(&coupon, req, IssuanceState::Finalized),
             );
-            taken.insert(c.code.clone());
+            pg_code_of.insert(user.as_str(), c.code.as_str());
+            taken.insert(c.code.clone(), Some(user.clone()));
         }
     }
+    report.finalized = issued.len();
     let pg_codes: HashSet<&str> = rows.iter().map(|c| c.code.as_str()).collect();
-    let mut pending = Vec::new();
-    for (user, rec) in &leftover.issued {
-        let code = &rec.coupon.code;
-        if issued.contains_key(user) || taken.contains(code) || !pg_codes.contains(code.as_str()) {
-            continue; // PostgreSQL's record wins
+    let mut out = Planned::default();
+    for c in candidates {
+        let code = c.coupon.code.clone();
+        if let Some(pg_code) = pg_code_of.get(c.user.as_str()) {
+            if *pg_code != code {
+                report.superseded.push((c.user, code));
+            }
+            continue;
         }
-        issued.insert(
-            user.clone(),
-            issued_record(&rec.coupon, &rec.request_id, IssuanceState::Pending),
-        );
-        taken.insert(code.clone());
-        pending.push((user.clone(), rec.coupon.issued_at.timestamp_millis()));
+        if issued.contains_key(&c.user) {
+            continue; // the same issuance, from Redis and from the backlog
+        }
+        if !pg_codes.contains(code.as_str()) {
+            report.unknown_code.push((c.user, code));
+            continue;
+        }
+        let state = match taken.get(&code) {
+            Some(holder) => {
+                report.conflicted.push(Conflict {
+                    user: c.user.clone(),
+                    code: code.clone(),
+                    holder: holder.clone(),
+                });
+                IssuanceState::Conflicted
+            }
+            None if c.conflicted => IssuanceState::Conflicted,
+            None => IssuanceState::Pending,
+        };
+        // A kept issuance's code is never queued again, conflicted or not.
+        taken.entry(code.clone()).or_insert(None);
+        match state {
+            IssuanceState::Conflicted => out.conflicted.push(c.user.clone()),
+            _ => {
+                out.pending
+                    .push((c.user.clone(), c.coupon.issued_at.timestamp_millis()));
+                if c.from_kafka {
+                    report.pending_from_kafka += 1;
+                } else {
+                    report.pending_from_redis += 1;
+                }
+            }
+        }
+        issued.insert(c.user, issued_record(&c.coupon, &c.request_id, state));
     }
-    let mut queue: Vec<String> = rows
+    out.queue = rows
         .iter()
-        .filter(|c| c.issued.is_none() && !taken.contains(&c.code))
+        .filter(|c| c.issued.is_none() && !taken.contains_key(&c.code))
         .map(|c| queue_entry(&c.code, &c.discount))
         .collect();
-    queue.shuffle(&mut rand::rng());
-    let issued: Vec<(String, String)> = issued.into_iter().collect();
-    redis
-        .install_rebuilt(
-            event,
-            RebuiltState {
-                queue: &queue,
-                issued: &issued,
-                pending: &pending,
-                starts_ms: stored.window.starts_at().timestamp_millis(),
-                ends_ms: stored.window.ends_at().timestamp_millis(),
-                total: stored.total_count,
-                preload_id: &stored.preload.preload_id,
-            },
-        )
-        .await
-        .map_err(anyhow::Error::from)?;
-    tracing::info!(
-        event_id = %event,
-        queued = queue.len(),
-        issued = issued.len(),
-        pending = pending.len(),
-        "rebuilt redis state from postgres"
-    );
-    Ok(())
+    out.queue.shuffle(&mut rand::rng());
+    out.issued = issued.into_iter().collect();
+    report.queued = out.queue.len();
+    (out, report)
 }
 
 #[cfg(test)]
@@ -412,5 +608,117 @@ mod tests {
         assert!(!r.consistent());
         assert_eq!(r.issued_in_pg_only.len(), 1);
         assert_eq!(r.in_neither, vec!["B".to_string()]);
+    }
+
+    fn candidate(user: &str, code: &str, from_kafka: bool) -> Candidate {
+        Candidate {
+            user: user.into(),
+            coupon: rec(code, IssuanceState::Pending).coupon,
+            request_id: String::new(),
+            conflicted: false,
+            from_kafka,
+        }
+    }
+
+    #[test]
+    fn a_rebuild_keeps_every_issuance_it_finds_and_names_the_ones_it_cannot() {
+        let pg = [
+            row("A", Some("u1")),
+            row("B", None),
+            row("C", None),
+            row("D", None),
+        ];
+        let (planned, report) = plan(
+            &pg,
+            vec![
+                candidate("u2", "C", false),
+                candidate("u3", "D", true),
+                candidate("u2", "C", true), // the same issuance, also in the backlog
+                candidate("u4", "A", true), // A is u1's in postgres
+                candidate("u5", "D", true), // D was kept for u3
+                candidate("u1", "A", true), // postgres has it already
+                candidate("u1", "B", true), // postgres records A for u1
+                candidate("u6", "Z", true), // not the event's code
+            ],
+        );
+        let queued: Vec<&str> = planned.queue.iter().map(|e| &e[..1]).collect();
+        assert_eq!(queued, ["B"], "only codes nobody holds are queued");
+        let mut pending: Vec<&str> = planned.pending.iter().map(|(u, _)| u.as_str()).collect();
+        pending.sort();
+        assert_eq!(pending, ["u2", "u3"]);
+        let mut conflicted = planned.conflicted.clone();
+        conflicted.sort();
+        assert_eq!(conflicted, ["u4", "u5"]);
+        assert_eq!(
+            report.conflicted,
+            vec![
+                Conflict {
+                    user: "u4".into(),
+                    code: "A".into(),
+                    holder: Some("u1".into())
+                },
+                Conflict {
+                    user: "u5".into(),
+                    code: "D".into(),
+                    holder: None
+                },
+            ]
+        );
+        assert_eq!(report.superseded, vec![("u1".to_string(), "B".to_string())]);
+        assert_eq!(
+            report.unknown_code,
+            vec![("u6".to_string(), "Z".to_string())]
+        );
+        assert_eq!(
+            (
+                report.finalized,
+                report.pending_from_redis,
+                report.pending_from_kafka
+            ),
+            (1, 1, 1)
+        );
+        let states: HashMap<String, IssuanceState> = planned
+            .issued
+            .iter()
+            .map(|(u, r)| {
+                (
+                    u.clone(),
+                    crate::store::record::parse_issued(r).unwrap().state,
+                )
+            })
+            .collect();
+        assert_eq!(states["u1"], IssuanceState::Finalized);
+        assert_eq!(states["u4"], IssuanceState::Conflicted);
+        assert_eq!(states.len(), 5, "u1..u5 hold a record, u6 none");
+    }
+
+    #[test]
+    fn a_conflicted_issuance_is_a_difference_naming_the_holder() {
+        let pg = [row("A", Some("u1")), row("B", None)];
+        let snap = RedisSnapshot {
+            live: true,
+            queue: vec!["B".into()],
+            issued: [
+                ("u1".to_string(), rec("A", IssuanceState::Finalized)),
+                ("u2".to_string(), rec("A", IssuanceState::Conflicted)),
+            ]
+            .into(),
+            pending: HashMap::new(),
+        };
+        let r = compare(&event(), &pg, &snap);
+        assert!(!r.consistent(), "{r}");
+        assert_eq!(
+            r.conflicts,
+            vec![Conflict {
+                user: "u2".into(),
+                code: "A".into(),
+                holder: Some("u1".into())
+            }]
+        );
+        assert!(
+            r.to_string()
+                .contains(r#"user "u2" code A held in postgres by "u1""#),
+            "{r}"
+        );
     }
 }

@@ -21,8 +21,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct BatchStats {
     pub messages: usize,
     pub finalized: usize,
+    /// Refused by PostgreSQL (the code is someone else's): marked
+    /// conflicted in Redis, and dead-lettered.
+    pub conflicted: usize,
     pub dead_lettered: usize,
 }
+
+/// (user, code) pairs grouped by event.
+type ByEvent<'a> = HashMap<&'a EventId, Vec<(&'a UserId, &'a str)>>;
 
 /// The stores a batch is applied to.
 #[derive(Clone)]
@@ -69,35 +75,47 @@ impl Sink {
                 self.pg.finalize(&records)
             })
             .await?;
-            let mut by_event: HashMap<&EventId, Vec<(&UserId, &str)>> = HashMap::new();
-            for (i, ok) in held.iter().enumerate() {
+            let mut finalized: ByEvent<'_> = HashMap::new();
+            let mut refused: HashMap<&EventId, Vec<&IssuanceRecord>> = HashMap::new();
+            for (r, ok) in records.iter().zip(&held) {
                 if *ok {
-                    let r = &records[i];
-                    by_event
+                    finalized
                         .entry(&r.event_id)
                         .or_default()
                         .push((&r.user_id, r.coupon.code.as_str()));
-                    stats.finalized += 1;
                 } else {
-                    let reason =
-                        "conflicts with postgres: unknown code, or code or user already taken";
-                    tracing::error!(
-                        event_id = %records[i].event_id,
-                        user_id = %records[i].user_id,
-                        code = %records[i].coupon.code,
-                        "{reason}; dead-lettered"
-                    );
-                    if !self.dead_letter(sources[i], reason, shutdown).await {
-                        return None;
-                    }
-                    stats.dead_lettered += 1;
+                    refused.entry(&r.event_id).or_default().push(r);
                 }
             }
-            for (event, items) in &by_event {
+            for (event, items) in &finalized {
                 retry(shutdown, "finalizing in redis", || {
                     self.redis.finalize(event, items)
                 })
                 .await?;
+                stats.finalized += items.len();
+            }
+            // Marked before dead-lettering: a crash in between redelivers the
+            // message, which is refused and marked (idempotently) again, so
+            // no conflict stays pending and republished forever.
+            for (event, items) in &refused {
+                retry(shutdown, "marking conflicts in redis", || {
+                    self.redis.mark_conflicted(event, items)
+                })
+                .await?;
+                stats.conflicted += items.len();
+            }
+            for (i, _) in held.iter().enumerate().filter(|(_, ok)| !**ok) {
+                let reason = "conflicts with postgres: unknown code, or code or user already taken";
+                tracing::error!(
+                    event_id = %records[i].event_id,
+                    user_id = %records[i].user_id,
+                    code = %records[i].coupon.code,
+                    "{reason}; marked conflicted and dead-lettered"
+                );
+                if !self.dead_letter(sources[i], reason, shutdown).await {
+                    return None;
+                }
+                stats.dead_lettered += 1;
             }
         }
         Some(stats)

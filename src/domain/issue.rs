@@ -43,6 +43,9 @@ pub enum IssueOutcome {
     NotStarted,
     Ended,
     EventNotFound,
+    /// The coupon this user was issued is recorded in PostgreSQL for
+    /// another user: the user holds none (see `IssuanceState::Conflicted`).
+    Conflicted(IssuedCoupon),
 }
 
 /// Whether an issuance has been recorded in PostgreSQL yet.
@@ -50,6 +53,9 @@ pub enum IssueOutcome {
 pub enum IssuanceState {
     Pending,
     Finalized,
+    /// PostgreSQL refused it, recording the code for another user. Final:
+    /// no longer republished, reported by reconcile.
+    Conflicted,
 }
 
 /// A user's issuance of one event: what the `coupon-issued` message carries

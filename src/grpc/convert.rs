@@ -106,6 +106,11 @@ pub fn issue_response(request_id: String, o: &IssueOutcome, durable: bool) -> pr
         IssueOutcome::NotStarted => (R::NotStarted, None, "the event has not started"),
         IssueOutcome::Ended => (R::Ended, None, "the event has ended"),
         IssueOutcome::EventNotFound => (R::EventNotFound, None, "no such event"),
+        IssueOutcome::Conflicted(c) => (
+            R::Conflicted,
+            Some(coupon(c)),
+            "the coupon issued to this user is recorded for another user; the user holds none",
+        ),
     };
     proto::IssueResponse {
         request_id,
@@ -135,6 +140,7 @@ pub fn issuance_state(s: IssuanceState) -> proto::IssuanceState {
     match s {
         IssuanceState::Pending => proto::IssuanceState::Pending,
         IssuanceState::Finalized => proto::IssuanceState::Finalized,
+        IssuanceState::Conflicted => proto::IssuanceState::Conflicted,
     }
 }
 
@@ -187,12 +193,13 @@ pub fn event(v: &EventView) -> proto::Event {
             .collect(),
         total_count: e.total_count,
         remaining_count: clamp_u32(v.redis.remaining),
-        issued_count: clamp_u32(v.redis.issued),
+        issued_count: clamp_u32(v.redis.issued.saturating_sub(v.redis.conflicted)),
         finalized_count: clamp_u32(v.finalized),
         state: event_state(e.preload.state) as i32,
         preloaded_count: e.preload.written,
         failure_reason: e.preload.failure.clone().unwrap_or_default(),
         preload_id: e.preload.preload_id.to_string(),
+        conflicted_count: clamp_u32(v.redis.conflicted),
     }
 }
 

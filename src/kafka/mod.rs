@@ -1,6 +1,7 @@
 //! Kafka: the `coupon-issued` producer, its message codec and topic setup.
 //! Nothing here is specific to a broker implementation.
 
+pub mod backlog;
 pub mod message;
 pub mod producer;
 pub mod topics;

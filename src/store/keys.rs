@@ -28,6 +28,8 @@ pub struct EventKeys {
     /// When the finalizer last recorded an issuance of the event (unix ms,
     /// expiring): the sweeper holds back while the finalizer is progressing.
     pub progress: String,
+    /// Set of users whose issuance PostgreSQL refused (record state C).
+    pub conflicts: String,
 }
 
 impl EventKeys {
@@ -49,6 +51,7 @@ impl EventKeys {
             pending_staging: format!("couponPendingStaging:{{{event}}}"),
             meta_offline: format!("couponMetaOffline:{{{event}}}"),
             progress: format!("couponProgress:{{{event}}}"),
+            conflicts: format!("couponConflicts:{{{event}}}"),
         }
     }
 }
@@ -71,6 +74,7 @@ mod tests {
             &k.meta_offline,
             &k.progress,
             &k.preload_owner,
+            &k.conflicts,
         ] {
             assert!(key.ends_with(":{e-1}"), "{key}");
         }

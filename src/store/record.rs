@@ -1,7 +1,8 @@
 //! The text forms the Lua scripts keep in Redis.
 //!
 //! Queue entry: `code \t TYPE \t value`.
-//! Issued record: `code \t TYPE \t value \t issued_ms \t request_id \t P|F`.
+//! Issued record: `code \t TYPE \t value \t issued_ms \t request_id \t P|F|C`
+//! (pending, finalized, conflicted).
 //! Tabs cannot occur inside ids (control characters are rejected at the edge).
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -22,6 +23,7 @@ pub fn issued_record(coupon: &IssuedCoupon, request_id: &str, state: IssuanceSta
         match state {
             IssuanceState::Pending => "P",
             IssuanceState::Finalized => "F",
+            IssuanceState::Conflicted => "C",
         }
     )
 }
@@ -54,6 +56,7 @@ pub fn parse_issued(rec: &str) -> Result<IssuedRecord, MalformedRecord> {
     let state = match state {
         "P" => IssuanceState::Pending,
         "F" => IssuanceState::Finalized,
+        "C" => IssuanceState::Conflicted,
         _ => return Err(bad()),
     };
     Ok(IssuedRecord {

@@ -10,7 +10,9 @@ use deadpool_redis::{Manager, Pool, Runtime};
 use redis::{AsyncConnectionConfig, Script};
 use tracing::instrument;
 
-use crate::domain::{EventId, IssueOutcome, PreloadId, RequestId, UserId};
+use crate::domain::{
+    EventId, IssuanceRecord, IssuanceState, IssueOutcome, PreloadId, RequestId, UserId,
+};
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
 
@@ -121,6 +123,7 @@ struct Scripts {
     claim_stale: Script,
     rebuild: Script,
     take_offline: Script,
+    conflict: Script,
 }
 
 /// Everything Redis holds for one event.
@@ -144,6 +147,8 @@ pub struct RebuiltState<'a> {
     pub ends_ms: i64,
     pub total: u32,
     pub preload_id: &'a PreloadId,
+    /// Users whose record in `issued` is conflicted.
+    pub conflicted: &'a [String],
 }
 
 /// Live counts of an event in Redis.
@@ -152,6 +157,8 @@ pub struct RedisCounts {
     pub remaining: u64,
     pub issued: u64,
     pub pending: u64,
+    /// Issuances PostgreSQL refused (see `mark_conflicted`).
+    pub conflicted: u64,
 }
 
 /// Handle to Redis; cheap to clone.
@@ -189,6 +196,7 @@ impl RedisStore {
                 finalize: Script::new(include_str!("../../scripts/lua/finalize.lua")),
                 claim_stale: Script::new(include_str!("../../scripts/lua/claim_stale.lua")),
                 rebuild: Script::new(include_str!("../../scripts/lua/rebuild.lua")),
+                conflict: Script::new(include_str!("../../scripts/lua/conflict.lua")),
                 take_offline: Script::new(include_str!("../../scripts/lua/take_offline.lua")),
             }),
         })
@@ -246,7 +254,9 @@ impl RedisStore {
                     2 => {
                         let held = record::parse_issued(&rec)?;
                         let own = !item.1.as_str().is_empty() && held.request_id == item.1.as_str();
-                        if own {
+                        if held.state == IssuanceState::Conflicted {
+                            IssueOutcome::Conflicted(held.coupon)
+                        } else if own {
                             IssueOutcome::Issued(held.coupon)
                         } else {
                             IssueOutcome::AlreadyIssued(held.coupon)
@@ -387,19 +397,22 @@ impl RedisStore {
     pub async fn counts(&self, event: &EventId) -> Result<RedisCounts, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut c = self.conn().await?;
-        let (remaining, issued, pending): (u64, u64, u64) = redis::pipe()
+        let (remaining, issued, pending, conflicted): (u64, u64, u64, u64) = redis::pipe()
             .cmd("LLEN")
             .arg(&k.queue)
             .cmd("HLEN")
             .arg(&k.issued)
             .cmd("ZCARD")
             .arg(&k.pending)
+            .cmd("SCARD")
+            .arg(&k.conflicts)
             .query_async(&mut c)
             .await?;
         Ok(RedisCounts {
             remaining,
             issued,
             pending,
+            conflicted,
         })
     }
 
@@ -432,6 +445,32 @@ impl RedisStore {
         inv.key(&k.issued).key(&k.pending).key(&k.progress);
         for (u, code) in items {
             inv.arg(u.as_str()).arg(*code);
+        }
+        let mut c = self.conn().await?;
+        Ok(inv.invoke_async(&mut c).await?)
+    }
+
+    /// Marks issuances of one event that PostgreSQL refused as conflicted
+    /// (record state C, out of the pending set, into the conflict set; see
+    /// `conflict.lua`; a user Redis no longer knows gets the refused record).
+    /// Returns how many are conflicted now.
+    #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
+    pub async fn mark_conflicted(
+        &self,
+        event: &EventId,
+        items: &[&IssuanceRecord],
+    ) -> Result<u64, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut inv = self.scripts.conflict.prepare_invoke();
+        inv.key(&k.issued).key(&k.pending).key(&k.conflicts);
+        for r in items {
+            inv.arg(r.user_id.as_str())
+                .arg(&r.coupon.code)
+                .arg(record::issued_record(
+                    &r.coupon,
+                    &r.request_id,
+                    IssuanceState::Conflicted,
+                ));
         }
         let mut c = self.conn().await?;
         Ok(inv.invoke_async(&mut c).await?)
@@ -603,12 +642,14 @@ impl RedisStore {
             .key(&k.pending)
             .key(&k.meta)
             .key(&k.meta_offline)
+            .key(&k.conflicts)
             .arg(state.starts_ms)
             .arg(state.ends_ms)
             .arg(state.total)
             .arg(state.queue.len())
             .arg(state.issued.len())
             .arg(state.preload_id.as_str())
+            .arg(state.conflicted)
             .invoke_async(&mut c)
             .await?;
         Ok(())

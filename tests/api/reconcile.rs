@@ -6,20 +6,59 @@ use coupond::proto::IssueResult;
 use futures::future::join_all;
 use redis::AsyncCommands;
 
-use crate::helpers::{preload_request, spawn_app, TestApp};
+use crate::common::topic_messages;
+use crate::helpers::{
+    eventually, isolated_settings, preload_request, serve_settings, spawn_app, spawn_serving,
+    spawn_with, unique_tag, TestApp,
+};
+
+/// A server whose finalizer does not run (it lags without end), and the
+/// settings a second server with a finalizer shares the stores with.
+async fn spawn_without_finalizer() -> TestApp {
+    let tag = unique_tag();
+    let mut serve = serve_settings();
+    serve.no_consumer = true;
+    spawn_serving(isolated_settings(&tag).await, serve, tag).await
+}
+
+/// Starts a finalizer (a second server) on `app`'s stores and topics.
+async fn start_finalizer(app: &TestApp) -> TestApp {
+    spawn_with(app.settings.clone(), app.tag.clone()).await
+}
+
+/// Makes Redis forget the event (as a restart without persistence does).
+async fn lose_event_in_redis(app: &TestApp, event: &str) {
+    let k = app.keys(event);
+    let mut c = app.redis.conn().await.unwrap();
+    let _: () = c
+        .del(&[&k.queue, &k.issued, &k.meta, &k.pending, &k.conflicts])
+        .await
+        .unwrap();
+}
+
+fn dead_letters(app: &TestApp) -> i64 {
+    topic_messages(&app.settings.kafka.brokers, &app.settings.kafka.dlq_topic())
+}
 
 /// Runs `coupond reconcile` against the test's database and Redis.
 fn reconcile_cli(app: &TestApp, event: &str, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_coupond"))
         .env("COUPOND_DATABASE_URL", &app.settings.database.url)
         .env("COUPOND_REDIS_URL", &app.settings.redis.url)
+        .env("COUPOND_KAFKA_BROKERS", &app.settings.kafka.brokers)
+        .env("COUPOND_KAFKA_TOPIC", &app.settings.kafka.topic)
+        .env("COUPOND_KAFKA_GROUP", &app.settings.kafka.group)
         .args(["reconcile", "--event", event])
         .args(extra)
         .output()
         .expect("run coupond reconcile");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -113,4 +152,145 @@ async fn a_lost_redis_event_is_reported_rebuilt_and_issuing_goes_on_without_dupl
         .unwrap();
     assert!(report.consistent(), "{report}");
     assert_eq!((report.pg_issued, report.redis_queue), (200, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conflict_ends_marked_counted_visible_and_reported() {
+    let app = spawn_without_finalizer().await;
+    let event = app.event_id("conflict");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let first = app.issue(&event, "u1").await;
+    let code = first.coupon.unwrap().code;
+
+    // Redis loses its last writes (a restart with a lagging append-only
+    // file): u1's record is gone and its code is back at the queue's head,
+    // while u1's CouponIssued message is already in Kafka.
+    let k = app.keys(&event);
+    let mut c = app.redis.conn().await.unwrap();
+    let rec: String = c.hget(&k.issued, "u1").await.unwrap();
+    let entry: Vec<&str> = rec.splitn(4, '\t').take(3).collect();
+    let _: () = c.hdel(&k.issued, "u1").await.unwrap();
+    let _: () = c.zrem(&k.pending, "u1").await.unwrap();
+    let _: () = c.lpush(&k.queue, entry.join("\t")).await.unwrap();
+    let second = app.issue(&event, "u2").await;
+    assert_eq!(second.coupon.unwrap().code, code, "the code went out twice");
+
+    // The two messages may reach PostgreSQL in either order (users are
+    // keys, spread over partitions): the first takes the code, the other is
+    // refused. Either way the refused user ends conflicted, visibly.
+    let _finalizer = start_finalizer(&app).await;
+    let state_of = |user: &'static str| {
+        let (app, event) = (&app, event.clone());
+        async move {
+            app.issuer
+                .clone()
+                .get_issuance(coupond::proto::GetIssuanceRequest {
+                    event_id: event,
+                    user_id: user.into(),
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().state)
+        }
+    };
+    let conflicted = coupond::proto::IssuanceState::Conflicted as i32;
+    let settled = eventually(std::time::Duration::from_secs(60), || async {
+        let states = (state_of("u1").await, state_of("u2").await);
+        app.issued_pairs_in_pg(&event).await.len() == 1
+            && (states.0 == Some(conflicted) || states.1 == Some(conflicted))
+    })
+    .await;
+    assert!(settled, "one user finalized, the other marked conflicted");
+    let pg = app.issued_pairs_in_pg(&event).await;
+    let holder = pg.iter().next().unwrap().1.clone();
+    let loser = if holder == "u1" { "u2" } else { "u1" };
+    assert_eq!(pg, HashSet::from([(code.clone(), holder.clone())]));
+    assert_eq!(
+        state_of(if holder == "u1" { "u2" } else { "u1" }).await,
+        Some(conflicted)
+    );
+    let (_, _, _, pending) = app.redis_state(&event).await;
+    assert_eq!(pending, 0, "no longer pending, so never republished");
+    let again = app.issue(&event, loser).await;
+    assert_eq!(again.result, IssueResult::Conflicted as i32);
+    let ev = app
+        .admin
+        .clone()
+        .get_event(coupond::proto::GetEventRequest {
+            event_id: event.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Issued counts the records Redis holds less the conflicted: u2's
+    // only when u2 holds the code (Redis lost u1's record).
+    let holder_in_redis = u32::from(holder == "u2");
+    assert_eq!((ev.conflicted_count, ev.issued_count), (1, holder_in_redis));
+
+    // A later issuance is finalized; the conflict was dead-lettered once.
+    let third = app.issue(&event, "u3").await;
+    let mut expected = pg.clone();
+    expected.insert((third.coupon.unwrap().code, "u3".into()));
+    app.await_finalized(&event, &expected).await;
+    assert_eq!(dead_letters(&app), 1);
+
+    let (exit, report) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(exit, 1, "{report}");
+    assert!(
+        report.contains(&format!(
+            r#"user "{loser}" code {code} held in postgres by "{holder}""#
+        )),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_waits_for_the_finalizer_and_a_forced_one_keeps_its_backlog() {
+    let app = spawn_without_finalizer().await;
+    let event = app.event_id("lagging");
+    app.preload(preload_request(&event, 50)).await.unwrap();
+    let early: Vec<String> = (0..20).map(|i| format!("early-{i}")).collect();
+    let mut pairs: HashSet<(String, String)> = HashSet::new();
+    for (u, r) in issue_all(&app, &event, &early).await {
+        assert_eq!(r.result, IssueResult::Issued as i32);
+        pairs.insert((r.coupon.unwrap().code, u));
+    }
+    lose_event_in_redis(&app, &event).await;
+
+    let (exit, out) = reconcile_cli(&app, &event, &["--rebuild-redis"]);
+    assert_ne!(exit, 0, "{out}");
+    assert!(out.contains("unconsumed messages in kafka"), "{out}");
+    assert_eq!(
+        app.redis_state(&event).await,
+        (false, 0, 0, 0),
+        "nothing changed"
+    );
+
+    let (exit, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
+    assert_eq!(exit, 0, "{out}");
+    assert!(
+        out.contains("20 pending from the finalizer's backlog"),
+        "{out}"
+    );
+    assert_eq!(app.redis_state(&event).await, (true, 30, 20, 20));
+
+    // The 30 codes left go to new users, none of the early ones twice.
+    let late: Vec<String> = (0..31).map(|i| format!("late-{i}")).collect();
+    let mut sold_out = 0;
+    for (u, r) in issue_all(&app, &event, &late).await {
+        match IssueResult::try_from(r.result).unwrap() {
+            IssueResult::Issued => assert!(pairs.insert((r.coupon.unwrap().code, u))),
+            IssueResult::SoldOut => sold_out += 1,
+            other => panic!("{u}: {other:?}"),
+        }
+    }
+    assert_eq!((pairs.len(), sold_out), (50, 1));
+    let codes: HashSet<&String> = pairs.iter().map(|(c, _)| c).collect();
+    assert_eq!(codes.len(), 50, "no code twice");
+
+    let finalizer = start_finalizer(&app).await;
+    finalizer.await_finalized(&event, &pairs).await;
+    assert_eq!(dead_letters(&app), 0, "no conflict");
+    let (exit, report) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(exit, 0, "{report}");
 }
