@@ -118,6 +118,30 @@ impl Env {
         c
     }
 
+    /// Runs `coupond reconcile --event <event> <extra>`: exit code, and
+    /// stdout and stderr together.
+    pub fn reconcile(&self, event: &str, extra: &[&str]) -> (i32, String) {
+        let mut args = vec!["reconcile", "--event", event];
+        args.extend_from_slice(extra);
+        let out = self.command(&args).output().expect("run coupond reconcile");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Messages in the dead-letter topic.
+    pub fn dead_letters(&self) -> i64 {
+        topic_messages(
+            &self.settings.kafka.brokers,
+            &self.settings.kafka.dlq_topic(),
+        )
+    }
+
     /// Messages in the topic: the sum of its partitions' high watermarks.
     pub fn topic_messages(&self) -> i64 {
         topic_messages(&self.settings.kafka.brokers, &self.settings.kafka.topic)
@@ -246,6 +270,83 @@ impl Env {
         );
         let codes: HashSet<&String> = told.values().collect();
         assert_eq!(codes.len(), told.len(), "no code told to two users");
+    }
+}
+
+/// A Redis server of the test's own, on a free port and a directory of its
+/// own, for faults that crash and restart it.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    /// Append-only file with `appendfsync always`; otherwise no persistence.
+    aof: bool,
+    proc: Option<Proc>,
+}
+
+impl OwnRedis {
+    pub async fn start(aof: bool) -> Self {
+        let mut r = Self {
+            port: free_port(),
+            dir: std::env::temp_dir().join(format!("coupond-redis-{}", unique_tag())),
+            aof,
+            proc: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Crashes it (SIGKILL): what it had not persisted is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts it on the same port and directory; waits until it answers.
+    pub async fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--daemonize", "no"])
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.proc = Some(Proc { child });
+        let url = self.url();
+        let up = eventually(Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let Ok(c) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut c) = c.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        assert!(up, "redis on port {} did not come up", self.port);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
