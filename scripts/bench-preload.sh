@@ -14,9 +14,10 @@ OUT="${1:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}"
 SIZES="${SIZES:-1000000 10000000}"
 PORT=50062
 BIN="${CARGO_TARGET_DIR:-target}/release/coupond"
+BENCH="${CARGO_TARGET_DIR:-target}/release/coupond-bench"
 ROWS=/tmp/coupond-bench-preload-rows.tsv
 mkdir -p "$OUT"
-[ -x "$BIN" ] || cargo build --release --bin coupond >&2
+[ -x "$BIN" ] && [ -x "$BENCH" ] || cargo build --release --bin coupond --bin coupond-bench >&2
 
 psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -qtA "$@"; }
 fresh_db() {
@@ -51,7 +52,7 @@ for N in $SIZES; do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
     sleep 0.1
   done
-  COUPOND_DATABASE_URL="$DB_URL" "$BIN" bench --addr "http://127.0.0.1:$PORT" --mode preload --coupons "$N" \
+  COUPOND_DATABASE_URL="$DB_URL" "$BENCH" --addr "http://127.0.0.1:$PORT" --mode preload --coupons "$N" \
     --json "$OUT/preload-$N.json" >/dev/null
   RSS_KB="$(awk '/^VmHWM:/ { print $2 }' "/proc/$SERVER_PID/status")"
   stop_server

@@ -31,8 +31,9 @@ psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS coupond_b
 psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE coupond_bench" >/dev/null
 export COUPOND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/coupond_bench"
 redis-cli -h 127.0.0.1 --scan --pattern '*{bench-*}' | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
-cargo build --release --bin coupond >&2
+cargo build --release --bin coupond --bin coupond-bench >&2
 BIN="${CARGO_TARGET_DIR:-target}/release/coupond"
+BENCH="${CARGO_TARGET_DIR:-target}/release/coupond-bench"
 SERVER_PID=""
 
 stop_server() {
@@ -69,7 +70,7 @@ bench() { # name, args...
   echo "== $name" >&2
   local before
   before="$(script_calls)"
-  "$BIN" bench --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
+  "$BENCH" --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
   echo $(($(script_calls) - before)) >"$OUT/$name.scripts"
 }
 

@@ -15,4 +15,5 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc \
     [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null || true
   done
 
-cargo test --all-targets "$@"
+# The workspace: the service crate and the load generator (`bench/`).
+cargo test --workspace --all-targets "$@"

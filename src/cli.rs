@@ -1,5 +1,5 @@
 //! Command line: `coupond serve | consume | migrate | reconcile | preload |
-//! events | bench`.
+//! events`. The load generator is a binary of its own (`coupond-bench`).
 
 use std::process::ExitCode;
 
@@ -46,8 +46,6 @@ enum Command {
         #[command(flatten)]
         server: crate::operator::ServerArgs,
     },
-    /// Load-test a running server over gRPC and report figures as JSON.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -109,32 +107,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .finalizer(&cli.settings)?
                 .run(shutdown::on_signals())
                 .await
-        }
-        Command::Bench(args) if args.mode == crate::bench::Mode::Broker => {
-            let report = crate::bench::broker::run(&cli.settings.kafka, args.requests).await?;
-            eprintln!("{}", report.summary());
-            let out = serde_json::to_string_pretty(&report)?;
-            if let Some(path) = &args.json {
-                std::fs::write(path, &out)?;
-            }
-            println!("{out}");
-            Ok(())
-        }
-        Command::Bench(args) => {
-            let json = args.json.clone();
-            // Lazy: no connection is made until the report asks.
-            let pg = crate::store::PgStore::connect(&cli.settings.database.url, 1)?;
-            let report = crate::bench::run(args, Some(&pg)).await?;
-            eprintln!("{}", report.summary());
-            let out = serde_json::to_string_pretty(&report)?;
-            if let Some(path) = json {
-                std::fs::write(&path, &out)?;
-            }
-            println!("{out}");
-            if !report.invariants_ok {
-                anyhow::bail!("invariants violated: duplicate codes or users, or oversold");
-            }
-            Ok(())
         }
         Command::Reconcile(args) => {
             let event = crate::domain::EventId::parse(args.event)

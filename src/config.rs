@@ -405,6 +405,38 @@ pub struct IssueSettings {
     pub retry_ms: u64,
 }
 
+/// Sweeper settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepSettings {
+    /// Republish issuances pending for longer than this (ms).
+    #[arg(
+        id = "sweep-age-ms",
+        long = "sweep-age-ms",
+        env = "COUPOND_SWEEP_AGE_MS",
+        default_value_t = 5000
+    )]
+    pub age_ms: u64,
+    /// While the finalizer is recording issuances of an event, wait this
+    /// long (ms) instead: those still pending are most likely queued in
+    /// Kafka, and republishing them would only lengthen the queue. Also the
+    /// longest back-off between two republishes of one issuance.
+    #[arg(
+        id = "sweep-max-age-ms",
+        long = "sweep-max-age-ms",
+        env = "COUPOND_SWEEP_MAX_AGE_MS",
+        default_value_t = 60_000
+    )]
+    pub max_age_ms: u64,
+    /// Pause between sweeps (ms).
+    #[arg(
+        id = "sweep-interval-ms",
+        long = "sweep-interval-ms",
+        env = "COUPOND_SWEEP_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub interval_ms: u64,
+}
+
 /// Everything a coupond process needs to reach its backing services.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
@@ -419,7 +451,7 @@ pub struct Settings {
     #[command(flatten)]
     pub issue: IssueSettings,
     #[command(flatten)]
-    pub sweep: crate::service::sweeper::SweepSettings,
+    pub sweep: SweepSettings,
     #[command(flatten)]
     pub preload: PreloadSettings,
 }

@@ -4,7 +4,6 @@
 //! (`store`) and Kafka (`kafka`); `consumer` finalizes issuances in
 //! PostgreSQL; `startup` wires it all and `cli` is what `main` calls.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod consumer;

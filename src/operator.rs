@@ -11,8 +11,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use crate::grpc::auth::BearerToken;
-use crate::grpc::convert::{timestamp, to_datetime};
 use crate::proto::coupon_admin_client::CouponAdminClient;
+use crate::proto::wire::{timestamp, to_datetime};
 use crate::proto::{self, DiscountPolicy, DiscountType, EventState, PreloadRequest};
 
 type Admin = CouponAdminClient<InterceptedService<Channel, BearerToken>>;

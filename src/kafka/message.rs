@@ -2,9 +2,11 @@
 
 use prost::Message;
 
-use crate::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId};
-use crate::grpc::convert::{discount_type_to_proto, timestamp, to_datetime};
+use crate::domain::{Discount, EventId, IssuanceRecord, IssuedCoupon, UserId};
 use crate::proto;
+use crate::proto::wire::{
+    discount_type_from_proto, discount_type_to_proto, timestamp, to_datetime,
+};
 
 /// The message key: per user, so one hot event spreads over every partition
 /// while each user's messages stay ordered.
@@ -36,16 +38,8 @@ pub enum DecodeError {
 
 pub fn decode(payload: &[u8]) -> Result<IssuanceRecord, DecodeError> {
     let m = proto::CouponIssued::decode(payload)?;
-    let kind = match proto::DiscountType::try_from(m.discount_type) {
-        Ok(proto::DiscountType::Percent) => DiscountType::Percent,
-        Ok(proto::DiscountType::Amount) => DiscountType::Amount,
-        _ => {
-            return Err(DecodeError::Field(
-                "discount_type",
-                m.discount_type.to_string(),
-            ))
-        }
-    };
+    let kind = discount_type_from_proto(m.discount_type)
+        .ok_or_else(|| DecodeError::Field("discount_type", m.discount_type.to_string()))?;
     if m.code.is_empty() {
         return Err(DecodeError::Field("code", "empty".into()));
     }
@@ -71,6 +65,7 @@ pub fn decode(payload: &[u8]) -> Result<IssuanceRecord, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::DiscountType;
     use chrono::{TimeZone, Utc};
 
     #[test]

@@ -8,45 +8,13 @@ use std::time::Duration;
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KafkaSettings;
+use crate::config::{KafkaSettings, SweepSettings};
 use crate::domain::{EventId, IssuanceRecord};
 use crate::kafka::{topics, Publisher};
 use crate::store::{PgStore, RedisStore};
 
 /// Most issuances claimed per script call.
 const CLAIM_BATCH: usize = 500;
-
-/// Sweeper settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SweepSettings {
-    /// Republish issuances pending for longer than this (ms).
-    #[arg(
-        id = "sweep-age-ms",
-        long = "sweep-age-ms",
-        env = "COUPOND_SWEEP_AGE_MS",
-        default_value_t = 5000
-    )]
-    pub age_ms: u64,
-    /// While the finalizer is recording issuances of an event, wait this
-    /// long (ms) instead: those still pending are most likely queued in
-    /// Kafka, and republishing them would only lengthen the queue. Also the
-    /// longest back-off between two republishes of one issuance.
-    #[arg(
-        id = "sweep-max-age-ms",
-        long = "sweep-max-age-ms",
-        env = "COUPOND_SWEEP_MAX_AGE_MS",
-        default_value_t = 60_000
-    )]
-    pub max_age_ms: u64,
-    /// Pause between sweeps (ms).
-    #[arg(
-        id = "sweep-interval-ms",
-        long = "sweep-interval-ms",
-        env = "COUPOND_SWEEP_INTERVAL_MS",
-        default_value_t = 1000
-    )]
-    pub interval_ms: u64,
-}
 
 pub struct Sweeper {
     /// Lists this deployment's events: a Redis shared by several

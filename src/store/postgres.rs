@@ -23,20 +23,6 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Serializes concurrent `migrate` runs (several servers starting at once).
 const MIGRATION_LOCK: i64 = 0x0063_6f75_706f_6e64; // "coupond"
 
-/// ISSUED-to-PostgreSQL delays of one event's issuances (see
-/// `PgStore::finalize_delays`).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct FinalizeDelays {
-    pub count: u64,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// From the first batch's commit to the last one's: with a backlog
-    /// throughout, `count` over it is the finalizer's rows/s.
-    pub span_ms: f64,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PgStoreError {
     #[error("postgres pool: {0}")]
@@ -505,57 +491,6 @@ impl PgStore {
         .get_result(&mut c)
         .await?;
         Ok(r.n as u64)
-    }
-
-    /// How long issuances of the event took from ISSUED in Redis to their
-    /// row being committed ISSUED here (`issued_at` to `finalized_at`), in
-    /// milliseconds: count, p50, p90, p99 and max. `None` before any.
-    pub async fn finalize_delays(
-        &self,
-        id: &EventId,
-    ) -> Result<Option<FinalizeDelays>, PgStoreError> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-            #[diesel(sql_type = Nullable<Double>)]
-            p50: Option<f64>,
-            #[diesel(sql_type = Nullable<Double>)]
-            p90: Option<f64>,
-            #[diesel(sql_type = Nullable<Double>)]
-            p99: Option<f64>,
-            #[diesel(sql_type = Nullable<Double>)]
-            max: Option<f64>,
-            #[diesel(sql_type = Nullable<Double>)]
-            span: Option<f64>,
-        }
-        let mut c = self.pool.get().await?;
-        let r: Row = diesel::sql_query(
-            "SELECT count(*) AS n, \
-                 percentile_disc(0.5) WITHIN GROUP (ORDER BY d) AS p50, \
-                 percentile_disc(0.9) WITHIN GROUP (ORDER BY d) AS p90, \
-                 percentile_disc(0.99) WITHIN GROUP (ORDER BY d) AS p99, \
-                 max(d) AS max, \
-                 (extract(epoch FROM max(finalized_at) - min(finalized_at)) * 1000)::float8 AS span \
-             FROM (SELECT finalized_at, \
-                       (extract(epoch FROM finalized_at - issued_at) * 1000)::float8 AS d \
-                   FROM coupons WHERE event_id = $1 AND state = 'ISSUED' \
-                       AND finalized_at IS NOT NULL) x",
-        )
-        .bind::<Text, _>(id.as_str())
-        .get_result(&mut c)
-        .await?;
-        Ok(match (r.p50, r.p90, r.p99, r.max) {
-            (Some(p50), Some(p90), Some(p99), Some(max)) if r.n > 0 => Some(FinalizeDelays {
-                count: r.n as u64,
-                p50_ms: p50,
-                p90_ms: p90,
-                p99_ms: p99,
-                max_ms: max,
-                span_ms: r.span.unwrap_or(0.0),
-            }),
-            _ => None,
-        })
     }
 
     /// Every (code, user) recorded as ISSUED for the event.

@@ -88,7 +88,7 @@ async fn redelivered_messages_change_nothing_and_garbage_goes_to_the_dlq() {
             coupon: IssuedCoupon {
                 code: c.code,
                 discount: Discount::new(kind, c.discount_value).unwrap(),
-                issued_at: coupond::grpc::convert::to_datetime(&c.issued_at.unwrap()).unwrap(),
+                issued_at: coupond::proto::wire::to_datetime(&c.issued_at.unwrap()).unwrap(),
             },
             request_id: r.request_id,
         });

@@ -4,9 +4,10 @@
 //! everything stale once the finalizer has gone quiet. Its claims back off
 //! with how long an issuance has been pending, and a pass ends on shutdown.
 
+use coupond::config::SweepSettings;
 use coupond::domain::{EventId, UserId};
 use coupond::kafka::Publisher;
-use coupond::service::sweeper::{SweepSettings, Sweeper};
+use coupond::service::sweeper::Sweeper;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 

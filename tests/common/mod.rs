@@ -66,7 +66,7 @@ where
 }
 
 pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    coupond::grpc::convert::timestamp(t)
+    coupond::proto::wire::timestamp(t)
 }
 
 pub fn policy(kind: DiscountType, value: i64, weight: u32) -> DiscountPolicy {

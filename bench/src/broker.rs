@@ -11,9 +11,9 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
-use crate::config::KafkaSettings;
-use crate::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId};
-use crate::kafka::{topics, Publisher};
+use coupond::config::KafkaSettings;
+use coupond::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId};
+use coupond::kafka::{topics, Publisher};
 
 /// Acknowledgements awaited at once (librdkafka batches the sends).
 const IN_FLIGHT: usize = 20_000;
@@ -43,7 +43,7 @@ pub async fn run(kafka: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerR
     topics::ensure(&k).await?;
     let result = measure(&k, messages).await;
     if let Err(e) = delete_topics(&k).await {
-        tracing::warn!(error = %e, topic = %k.topic, "deleting the bench topic failed");
+        eprintln!("deleting the bench topic {} failed: {e}", k.topic);
     }
     result
 }
@@ -83,7 +83,7 @@ async fn measure(k: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerRepor
     }
     let produce_s = started.elapsed().as_secs_f64().max(1e-9);
 
-    let consumer: StreamConsumer = crate::kafka::client_config(k)?
+    let consumer: StreamConsumer = coupond::kafka::client_config(k)?
         .set("group.id", format!("{}-reader", k.topic))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -100,7 +100,7 @@ async fn measure(k: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerRepor
                 first.get_or_insert_with(Instant::now);
                 consumed += 1;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "bench consumer"),
+            Ok(Err(e)) => eprintln!("bench consumer: {e}"),
             Err(_) => {}
         }
     }
@@ -117,7 +117,7 @@ async fn measure(k: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerRepor
 }
 
 async fn delete_topics(k: &KafkaSettings) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = crate::kafka::client_config(k)?.create()?;
+    let admin: AdminClient<DefaultClientContext> = coupond::kafka::client_config(k)?.create()?;
     let dlq = k.dlq_topic();
     admin
         .delete_topics(&[&k.topic, &dlq], &AdminOptions::new())

@@ -1,12 +1,11 @@
 //! The benchmark report: JSON for machines, a summary for people.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use hdrhistogram::Histogram;
+use std::collections::HashSet;
 
-use super::{BenchArgs, Mode};
-use crate::store::postgres::FinalizeDelays;
+use crate::db::FinalizeDelays;
+use crate::load::{BenchArgs, Event, Finalization, Measured, Mode};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
@@ -38,30 +37,24 @@ pub struct Latency {
 }
 
 impl Report {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
+    pub fn new(
         args: &BenchArgs,
-        event_id: String,
+        event: &Event,
         total_coupons: u32,
-        preload_ms: Option<u64>,
-        elapsed: Duration,
-        h: &Histogram<u64>,
-        results: HashMap<String, u64>,
-        grpc_errors: HashMap<String, u64>,
-        issued: u64,
-        invariants_ok: bool,
-        finalized: u32,
-        finalize_catch_up_ms: Option<u64>,
-        finalize_delay: Option<FinalizeDelays>,
+        run: Measured,
+        fin: Finalization,
     ) -> Self {
-        let requests = results.values().sum::<u64>() + grpc_errors.values().sum::<u64>();
+        let Measured { tally, elapsed } = run;
+        let h = &tally.latency;
+        let requests = tally.results.values().sum::<u64>() + tally.errors.values().sum::<u64>();
         let secs = elapsed.as_secs_f64().max(1e-9);
+        let issued = tally.issued.len() as u64;
         Self {
             mode: args.mode,
             concurrency: args.concurrency,
-            event_id,
+            event_id: event.id.clone(),
             total_coupons,
-            preload_ms,
+            preload_ms: event.preload_ms,
             requests,
             elapsed_s: secs,
             requests_per_s: requests as f64 / secs,
@@ -71,13 +64,13 @@ impl Report {
                 p99: h.value_at_quantile(0.99),
                 max: h.max(),
             },
-            results,
-            grpc_errors,
+            invariants_ok: invariants_hold(&tally.issued, total_coupons),
+            results: tally.results,
+            grpc_errors: tally.errors,
             issued,
-            invariants_ok,
-            finalized,
-            finalize_catch_up_ms,
-            finalize_delay,
+            finalized: fin.finalized,
+            finalize_catch_up_ms: fin.catch_up_ms,
+            finalize_delay: fin.delays,
         }
     }
 
@@ -109,5 +102,28 @@ impl Report {
                 ))
                 .unwrap_or_default(),
         )
+    }
+}
+
+/// No code and no user twice among the ISSUED answers, and no more issued
+/// than the event holds.
+fn invariants_hold(issued: &[(String, String)], total: u32) -> bool {
+    let codes: HashSet<&String> = issued.iter().map(|(c, _)| c).collect();
+    let users: HashSet<&String> = issued.iter().map(|(_, u)| u).collect();
+    let n = issued.len();
+    codes.len() == n && users.len() == n && n as u64 <= u64::from(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invariants_hold;
+
+    #[test]
+    fn a_code_or_user_twice_or_an_oversell_breaks_the_invariants() {
+        let p = |c: &str, u: &str| (c.to_owned(), u.to_owned());
+        assert!(invariants_hold(&[p("A", "u1"), p("B", "u2")], 2));
+        assert!(!invariants_hold(&[p("A", "u1"), p("A", "u2")], 2));
+        assert!(!invariants_hold(&[p("A", "u1"), p("B", "u1")], 2));
+        assert!(!invariants_hold(&[p("A", "u1"), p("B", "u2")], 1));
     }
 }

@@ -1,12 +1,9 @@
-//! `coupond bench`: a load generator over the public gRPC API. It preloads
+//! The load generator over the public gRPC API. It preloads
 //! an event (or uses a given one), drives Issue or IssueStream with distinct
 //! user ids, reports throughput, latency percentiles and result counts, and
 //! then checks the invariants and how long finalization took to catch up.
 
-pub mod broker;
-mod report;
-
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,16 +12,18 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::domain::EventId;
-use crate::grpc::auth::BearerToken;
-use crate::proto::coupon_admin_client::CouponAdminClient;
-use crate::proto::coupon_issuer_client::CouponIssuerClient;
-use crate::proto::{self, IssueResult};
-use crate::store::PgStore;
-pub use report::Report;
+use coupond::grpc::auth::BearerToken;
+use coupond::proto::coupon_admin_client::CouponAdminClient;
+use coupond::proto::coupon_issuer_client::CouponIssuerClient;
+use coupond::proto::wire::timestamp;
+use coupond::proto::{self, IssueResult};
 
-type IssuerClient =
-    CouponIssuerClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+use crate::db::FinalizeDelays;
+use crate::report::Report;
+
+type Authorised = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
+type IssuerClient = CouponIssuerClient<Authorised>;
+type AdminClient = CouponAdminClient<Authorised>;
 
 /// Which API the load goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -41,7 +40,7 @@ pub enum Mode {
     Broker,
 }
 
-/// `coupond bench` arguments.
+/// `coupond-bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Server address.
@@ -83,12 +82,12 @@ pub struct BenchArgs {
 }
 
 /// Shared tallies of one run.
-struct Tally {
-    latency: Histogram<u64>,
-    results: HashMap<String, u64>,
-    errors: HashMap<String, u64>,
+pub struct Tally {
+    pub latency: Histogram<u64>,
+    pub results: HashMap<String, u64>,
+    pub errors: HashMap<String, u64>,
     /// (code, user) of every ISSUED answer, to check invariants after.
-    issued: Vec<(String, String)>,
+    pub issued: Vec<(String, String)>,
 }
 
 impl Tally {
@@ -142,67 +141,120 @@ async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(out)
 }
 
-/// Runs one benchmark and returns its report.
-/// `pg`, when given, is the server's database: the report then carries the
-/// per-issuance ISSUED-to-PostgreSQL delays.
-pub async fn run(args: BenchArgs, pg: Option<&PgStore>) -> anyhow::Result<Report> {
+/// Runs one benchmark and returns its report. `db`, when given, is the
+/// server's database URL: the report then carries the per-issuance
+/// ISSUED-to-PostgreSQL delays.
+pub async fn run(args: BenchArgs, db: Option<&str>) -> anyhow::Result<Report> {
     let chans = channels(&args.addr, args.connections).await?;
     let mut admin = CouponAdminClient::with_interceptor(
         chans[0].clone(),
         BearerToken::new(args.admin_token.as_deref())?,
     );
-    let issuer_auth = BearerToken::new(args.issuer_token.as_deref())?;
     let run_id = format!("{:x}", rand::random::<u32>());
-
-    let mut preload_ms = None;
     let event = match &args.event {
-        Some(e) => e.clone(),
-        None => {
-            let e = format!("bench-{run_id}");
-            let now = chrono::Utc::now();
-            let req = proto::PreloadRequest {
-                event_id: e.clone(),
-                name: "benchmark".into(),
-                total_count: args.coupons,
-                policies: vec![
-                    policy(proto::DiscountType::Percent, 10, 5),
-                    policy(proto::DiscountType::Amount, 3000, 3),
-                    policy(proto::DiscountType::Percent, 50, 2),
-                ],
-                starts_at: Some(crate::grpc::convert::timestamp(
-                    now - chrono::Duration::minutes(1),
-                )),
-                ends_at: Some(crate::grpc::convert::timestamp(
-                    now + chrono::Duration::hours(1),
-                )),
-                code_prefix: String::new(),
-            };
-            let t = Instant::now();
-            // A preload longer than the server's request cap answers
-            // DEADLINE_EXCEEDED while its job goes on: call again to wait.
-            let r = loop {
-                match admin.preload(req.clone()).await {
-                    Ok(r) => break r.into_inner(),
-                    Err(s) if s.code() == tonic::Code::DeadlineExceeded => continue,
-                    Err(s) => return Err(s.into()),
-                }
-            };
-            preload_ms = Some(t.elapsed().as_millis() as u64);
-            eprintln!(
-                "preloaded {} coupons in {} ms (server: generate {} ms, database {} ms, redis {} ms, total {} ms)",
-                args.coupons, preload_ms.unwrap(), r.generate_ms, r.database_ms, r.redis_ms, r.total_ms
-            );
-            e
+        Some(e) => Event {
+            id: e.clone(),
+            preload_ms: None,
+        },
+        None => preload(&mut admin, &args, &run_id).await?,
+    };
+    let total_coupons = get_event(&mut admin, &event.id).await?.total_count;
+    let (tally, elapsed) = drive(&args, &chans, &event.id, &run_id).await?;
+    let mut finalization = Finalization::default();
+    if args.mode != Mode::Preload && !args.no_finalize_wait {
+        finalization = await_finalization(&mut admin, &event.id).await?;
+    }
+    if let Some(db) = db {
+        match crate::db::finalize_delays(db, &event.id).await {
+            Ok(d) => finalization.delays = d,
+            Err(e) => eprintln!("reading finalization delays failed: {e:#}"),
+        }
+    }
+    Ok(Report::new(
+        &args,
+        &event,
+        total_coupons,
+        Measured { tally, elapsed },
+        finalization,
+    ))
+}
+
+/// The event a run issues from.
+pub struct Event {
+    pub id: String,
+    /// How long preloading it took, when the run preloaded it.
+    pub preload_ms: Option<u64>,
+}
+
+/// What the clients saw.
+pub struct Measured {
+    pub tally: Tally,
+    pub elapsed: Duration,
+}
+
+/// How PostgreSQL caught up after the load.
+#[derive(Default)]
+pub struct Finalization {
+    pub finalized: u32,
+    pub catch_up_ms: Option<u64>,
+    pub delays: Option<FinalizeDelays>,
+}
+
+/// Preloads a fresh event of `args.coupons` over three policies, open now.
+async fn preload(admin: &mut AdminClient, args: &BenchArgs, run_id: &str) -> anyhow::Result<Event> {
+    let id = format!("bench-{run_id}");
+    let now = chrono::Utc::now();
+    let req = proto::PreloadRequest {
+        event_id: id.clone(),
+        name: "benchmark".into(),
+        total_count: args.coupons,
+        policies: vec![
+            policy(proto::DiscountType::Percent, 10, 5),
+            policy(proto::DiscountType::Amount, 3000, 3),
+            policy(proto::DiscountType::Percent, 50, 2),
+        ],
+        starts_at: Some(timestamp(now - chrono::Duration::minutes(1))),
+        ends_at: Some(timestamp(now + chrono::Duration::hours(1))),
+        code_prefix: String::new(),
+    };
+    let t = Instant::now();
+    // A preload longer than the server's request cap answers
+    // DEADLINE_EXCEEDED while its job goes on: call again to wait.
+    let r = loop {
+        match admin.preload(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => continue,
+            Err(s) => return Err(s.into()),
         }
     };
-    let total_coupons = admin
+    let ms = t.elapsed().as_millis() as u64;
+    eprintln!(
+        "preloaded {} coupons in {ms} ms (server: generate {} ms, database {} ms, redis {} ms, total {} ms)",
+        args.coupons, r.generate_ms, r.database_ms, r.redis_ms, r.total_ms
+    );
+    Ok(Event {
+        id,
+        preload_ms: Some(ms),
+    })
+}
+
+async fn get_event(admin: &mut AdminClient, event: &str) -> anyhow::Result<proto::Event> {
+    Ok(admin
         .get_event(proto::GetEventRequest {
-            event_id: event.clone(),
+            event_id: event.to_owned(),
         })
         .await?
-        .into_inner()
-        .total_count;
+        .into_inner())
+}
 
+/// Runs the load's clients to the end; what they saw and how long it took.
+async fn drive(
+    args: &BenchArgs,
+    chans: &[Channel],
+    event: &str,
+    run_id: &str,
+) -> anyhow::Result<(Tally, Duration)> {
+    let issuer_auth = BearerToken::new(args.issuer_token.as_deref())?;
     let tally = Arc::new(Mutex::new(Tally::new()));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
@@ -214,8 +266,12 @@ pub async fn run(args: BenchArgs, pg: Option<&PgStore>) -> anyhow::Result<Report
                 chans[i % chans.len()].clone(),
                 issuer_auth.clone(),
             );
-            let (tally, next, event, run_id) =
-                (tally.clone(), next.clone(), event.clone(), run_id.clone());
+            let (tally, next, event, run_id) = (
+                tally.clone(),
+                next.clone(),
+                event.to_owned(),
+                run_id.to_owned(),
+            );
             let requests = args.requests;
             let mode = args.mode;
             tasks.push(tokio::spawn(async move {
@@ -237,61 +293,26 @@ pub async fn run(args: BenchArgs, pg: Option<&PgStore>) -> anyhow::Result<Report
     let tally = Arc::try_unwrap(tally)
         .map_err(|_| anyhow::anyhow!("tally still shared"))?
         .into_inner();
+    Ok((tally, elapsed))
+}
 
-    // Invariants over what the clients were told.
-    let codes: HashSet<&String> = tally.issued.iter().map(|(c, _)| c).collect();
-    let users: HashSet<&String> = tally.issued.iter().map(|(_, u)| u).collect();
-    let issued = tally.issued.len() as u64;
-    let invariants_ok = codes.len() as u64 == issued
-        && users.len() as u64 == issued
-        && issued <= u64::from(total_coupons);
-
-    // Finalization catch-up: until PostgreSQL counts every issued coupon.
-    let mut finalize_catch_up_ms = None;
-    let mut finalized = 0;
-    if args.mode != Mode::Preload && !args.no_finalize_wait {
-        let t = Instant::now();
-        let limit = Duration::from_secs(120);
-        loop {
-            let e = admin
-                .get_event(proto::GetEventRequest {
-                    event_id: event.clone(),
-                })
-                .await?
-                .into_inner();
-            finalized = e.finalized_count;
-            if u64::from(e.finalized_count) >= u64::from(e.issued_count) || t.elapsed() > limit {
-                finalize_catch_up_ms = Some(t.elapsed().as_millis() as u64);
-                break;
-            }
-            // Counting a big event's finalized rows costs PostgreSQL tens
-            // of milliseconds: polling faster would slow the finalizer it
-            // measures. The per-issuance delays below are exact anyway.
-            tokio::time::sleep(Duration::from_millis(250)).await;
+/// Polls GetEvent until PostgreSQL counts every issued coupon (at most 120 s).
+async fn await_finalization(admin: &mut AdminClient, event: &str) -> anyhow::Result<Finalization> {
+    let t = Instant::now();
+    loop {
+        let e = get_event(admin, event).await?;
+        if e.finalized_count >= e.issued_count || t.elapsed() > Duration::from_secs(120) {
+            return Ok(Finalization {
+                finalized: e.finalized_count,
+                catch_up_ms: Some(t.elapsed().as_millis() as u64),
+                delays: None,
+            });
         }
+        // Counting a big event's finalized rows costs PostgreSQL tens of
+        // milliseconds: polling faster would slow the finalizer it
+        // measures. The per-issuance delays are exact anyway.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut finalize_delays = None;
-    if let (Some(pg), Ok(id)) = (pg, EventId::parse(&event)) {
-        match pg.finalize_delays(&id).await {
-            Ok(d) => finalize_delays = d,
-            Err(e) => tracing::warn!(error = %e, "reading finalization delays failed"),
-        }
-    }
-    Ok(Report::new(
-        &args,
-        event,
-        total_coupons,
-        preload_ms,
-        elapsed,
-        &tally.latency,
-        tally.results,
-        tally.errors,
-        issued,
-        invariants_ok,
-        finalized,
-        finalize_catch_up_ms,
-        finalize_delays,
-    ))
 }
 
 fn policy(kind: proto::DiscountType, value: i64, weight: u32) -> proto::DiscountPolicy {

@@ -1,0 +1,61 @@
+//! `coupond-bench`: drives a running coupond over its public gRPC API
+//! (unary Issue, IssueStream, Preload) or measures the broker alone, and
+//! prints a JSON report. A binary of its own, so the service carries none
+//! of it.
+
+mod broker;
+mod db;
+mod load;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use coupond::config::Settings;
+
+#[derive(Parser)]
+#[command(name = "coupond-bench", version, about)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    args: load::BenchArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coupond-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.args.json.clone();
+    if cli.args.mode == load::Mode::Broker {
+        let report = broker::run(&cli.settings.kafka, cli.args.requests).await?;
+        eprintln!("{}", report.summary());
+        return write(&report, json.as_deref());
+    }
+    let report = load::run(cli.args, Some(&cli.settings.database.url)).await?;
+    eprintln!("{}", report.summary());
+    write(&report, json.as_deref())?;
+    anyhow::ensure!(
+        report.invariants_ok,
+        "invariants violated: duplicate codes or users, or oversold"
+    );
+    Ok(())
+}
+
+/// Prints the report as JSON, and writes it to `path` too when given.
+fn write(report: &impl serde::Serialize, path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let out = serde_json::to_string_pretty(report)?;
+    if let Some(path) = path {
+        std::fs::write(path, &out)?;
+    }
+    println!("{out}");
+    Ok(())
+}
