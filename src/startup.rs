@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -119,33 +120,70 @@ impl Application {
             backends,
         } = self;
         let addr = listener.local_addr()?;
-
         // The finalizer and the sweeper outlive the gRPC server: they stop
         // only after in-flight calls finished and the producer flushed, so
         // issuances answered during the drain are recorded by this process.
         let background = CancellationToken::new();
         // Whatever way this function returns, they do stop.
         let _stop_background = background.clone().drop_guard();
-        let finalizer = if serve.no_consumer {
-            None
-        } else {
-            let f = backends.finalizer(&settings)?;
-            let token = background.clone();
-            Some(tokio::spawn(async move { f.run(token).await }))
-        };
+        let tasks = BackgroundTasks::start(&backends, &settings, &serve, &background)?;
+        let services = Services::build(&backends, &settings, &shutdown);
+        let router = grpc_server(&serve, &settings, &services).await?;
+        tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
+        let served = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+            .await;
+        tracing::info!(
+            ok = served.is_ok(),
+            "grpc server stopped; flushing kafka producer"
+        );
+        drain(&backends, &shutdown, &background, services, tasks).await?;
+        served?;
+        Ok(())
+    }
+}
 
-        let sweeper = {
-            let s = Sweeper::new(
-                backends.pg.clone(),
-                backends.redis.clone(),
-                backends.publisher.clone(),
-                settings.kafka.clone(),
-                settings.sweep.clone(),
-            );
-            let token = background.clone();
-            tokio::spawn(async move { s.run(token).await })
-        };
+/// The tasks that run beside the gRPC server until the drain ends.
+struct BackgroundTasks {
+    finalizer: Option<JoinHandle<anyhow::Result<()>>>,
+    sweeper: JoinHandle<anyhow::Result<()>>,
+}
 
+impl BackgroundTasks {
+    fn start(
+        backends: &Backends,
+        settings: &Settings,
+        serve: &ServeSettings,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let finalizer = match serve.no_consumer {
+            true => None,
+            false => Some(tokio::spawn(
+                backends.finalizer(settings)?.run(stop.clone()),
+            )),
+        };
+        let sweeper = Sweeper::new(
+            backends.pg.clone(),
+            backends.redis.clone(),
+            backends.publisher.clone(),
+            settings.kafka.clone(),
+            settings.sweep.clone(),
+        );
+        let sweeper = tokio::spawn(sweeper.run(stop.clone()));
+        Ok(Self { finalizer, sweeper })
+    }
+}
+
+/// The services behind the gRPC edge, and the preload jobs they own.
+struct Services {
+    issuer: Arc<IssuerService>,
+    admin: Arc<AdminService>,
+    jobs: PreloadJobs,
+    resumer: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Services {
+    fn build(backends: &Backends, settings: &Settings, shutdown: &CancellationToken) -> Self {
         let batcher = Batcher::start(
             backends.redis.clone(),
             settings.issue.batch_size,
@@ -167,8 +205,7 @@ impl Application {
             shutdown.child_token(),
         );
         let resumer = {
-            let jobs = jobs.clone();
-            let token = shutdown.child_token();
+            let (jobs, token) = (jobs.clone(), shutdown.child_token());
             tokio::spawn(async move { jobs.run_resumer(token).await })
         };
         let admin = Arc::new(AdminService::new(
@@ -176,104 +213,121 @@ impl Application {
             backends.redis.clone(),
             jobs.clone(),
         ));
+        Self {
+            issuer,
+            admin,
+            jobs,
+            resumer,
+        }
+    }
+}
 
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<CouponAdminServer<AdminApi>>()
-            .await;
-        health_reporter
-            .set_serving::<CouponIssuerServer<IssuerApi>>()
-            .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+/// The gRPC server: health, reflection, and both APIs behind their access
+/// rules, with the configured limits and TLS.
+async fn grpc_server(
+    serve: &ServeSettings,
+    settings: &Settings,
+    services: &Services,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CouponAdminServer<AdminApi>>()
+        .await;
+    health_reporter
+        .set_serving::<CouponIssuerServer<IssuerApi>>()
+        .await;
+    let limits = &serve.limits;
+    let request_cap = Duration::from_millis(limits.request_timeout_ms);
+    let admin_svc = CouponAdminServer::new(AdminApi::new(services.admin.clone(), request_cap))
+        .max_decoding_message_size(limits.max_message_bytes);
+    let issuer_svc = CouponIssuerServer::new(IssuerApi::new(
+        services.issuer.clone(),
+        settings.issue.stream_in_flight,
+    ))
+    .max_decoding_message_size(limits.max_message_bytes);
+    let (admin_access, issuer_access) = access(serve)?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = serve.tls.server_config()? {
+        tracing::info!(mtls = serve.tls.client_ca.is_some(), "TLS on");
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        // Client deadlines (grpc-timeout) are honoured below this cap.
+        .timeout(request_cap)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(InterceptedService::new(
+            admin_svc,
+            RequireToken::new(admin_access),
+        ))
+        .add_service(InterceptedService::new(
+            issuer_svc,
+            RequireToken::new(issuer_access),
+        )))
+}
 
-        let admin_access = match serve.auth.admin_token()? {
-            Some(t) => Access::Token(t.into()),
-            None if serve.auth.insecure_dev => {
-                tracing::warn!("--insecure-dev: CouponAdmin accepts calls WITHOUT a token; never use this in production");
-                Access::Open
-            }
-            None => Access::Closed(
-                "CouponAdmin is disabled: the server has no admin token configured (COUPOND_ADMIN_TOKEN)",
-            ),
-        };
-        let issuer_access = match serve.auth.issuer_token()? {
-            Some(t) => Access::Token(t.into()),
-            None => Access::Open,
-        };
+/// Who may call CouponAdmin and CouponIssuer.
+fn access(serve: &ServeSettings) -> anyhow::Result<(Access, Access)> {
+    let admin = match serve.auth.admin_token()? {
+        Some(t) => Access::Token(t.into()),
+        None if serve.auth.insecure_dev => {
+            tracing::warn!("--insecure-dev: CouponAdmin accepts calls WITHOUT a token; never use this in production");
+            Access::Open
+        }
+        None => Access::Closed(
+            "CouponAdmin is disabled: the server has no admin token configured (COUPOND_ADMIN_TOKEN)",
+        ),
+    };
+    let issuer = match serve.auth.issuer_token()? {
+        Some(t) => Access::Token(t.into()),
+        None => Access::Open,
+    };
+    Ok((admin, issuer))
+}
 
-        tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
-        let limits = &serve.limits;
-        let request_cap = Duration::from_millis(limits.request_timeout_ms);
-        let admin_svc = CouponAdminServer::new(AdminApi::new(admin, request_cap))
-            .max_decoding_message_size(limits.max_message_bytes);
-        let issuer_svc =
-            CouponIssuerServer::new(IssuerApi::new(issuer, settings.issue.stream_in_flight))
-                .max_decoding_message_size(limits.max_message_bytes);
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = serve.tls.server_config()? {
-            tracing::info!(mtls = serve.tls.client_ca.is_some(), "TLS on");
-            builder = builder.tls_config(tls)?;
-        }
-        let server = builder
-            .max_concurrent_streams(Some(limits.max_concurrent_streams))
-            // Client deadlines (grpc-timeout) are honoured below this cap.
-            .timeout(Duration::from_millis(limits.request_timeout_ms))
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(
-                admin_svc,
-                RequireToken::new(admin_access),
-            ))
-            .add_service(InterceptedService::new(
-                issuer_svc,
-                RequireToken::new(issuer_access),
-            ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
-        let served = server.await;
-        tracing::info!(
-            ok = served.is_ok(),
-            "grpc server stopped; flushing kafka producer"
-        );
+/// Server reflection of every coupond proto and health (both protocol
+/// versions are served: grpcurl and ghz ask either).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
 
-        let publisher = backends.publisher.clone();
-        let flushed = tokio::task::spawn_blocking(move || publisher.flush(FLUSH_TIMEOUT)).await?;
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "producer flush incomplete; pending issuances will be republished");
-        }
-        // Only now the background tasks stop; wait for the finalizer's last
-        // commit.
-        shutdown.cancel();
-        background.cancel();
-        jobs.drain(JOBS_TIMEOUT).await;
-        match resumer.await {
-            Ok(Ok(())) => tracing::info!("preload resumer stopped"),
-            Ok(Err(e)) => tracing::error!(error = %e, "preload resumer ended with an error"),
-            Err(e) => tracing::error!(error = %e, "preload resumer task panicked"),
-        }
-        match sweeper.await {
-            Ok(Ok(())) => tracing::info!("sweeper stopped"),
-            Ok(Err(e)) => tracing::error!(error = %e, "sweeper ended with an error"),
-            Err(e) => tracing::error!(error = %e, "sweeper task panicked"),
-        }
-        if let Some(f) = finalizer {
-            match f.await {
-                Ok(Ok(())) => tracing::info!("finalizer drained"),
-                Ok(Err(e)) => tracing::error!(error = %e, "finalizer ended with an error"),
-                Err(e) => tracing::error!(error = %e, "finalizer task panicked"),
-            }
-        }
-        served?;
-        Ok(())
+/// After the gRPC server stopped: flush the producer, then stop the
+/// preload jobs and the background tasks and wait for each (the finalizer
+/// records what its partitions hold first).
+async fn drain(
+    backends: &Backends,
+    shutdown: &CancellationToken,
+    background: &CancellationToken,
+    services: Services,
+    tasks: BackgroundTasks,
+) -> anyhow::Result<()> {
+    let publisher = backends.publisher.clone();
+    let flushed = tokio::task::spawn_blocking(move || publisher.flush(FLUSH_TIMEOUT)).await?;
+    if let Err(e) = &flushed {
+        tracing::error!(error = %e, "producer flush incomplete; pending issuances will be republished");
+    }
+    shutdown.cancel();
+    background.cancel();
+    services.jobs.drain(JOBS_TIMEOUT).await;
+    log_end("preload resumer", services.resumer.await);
+    log_end("sweeper", tasks.sweeper.await);
+    if let Some(f) = tasks.finalizer {
+        log_end("finalizer", f.await);
+    }
+    Ok(())
+}
+
+fn log_end(task: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+    match r {
+        Ok(Ok(())) => tracing::info!("{task} stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "{task} ended with an error"),
+        Err(e) => tracing::error!(error = %e, "{task} task panicked"),
     }
 }

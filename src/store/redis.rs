@@ -476,18 +476,6 @@ impl RedisStore {
         Ok(inv.invoke_async(&mut c).await?)
     }
 
-    /// Users of an event still pending finalization.
-    pub async fn pending_users(&self, event: &EventId) -> Result<Vec<String>, RedisStoreError> {
-        let k = EventKeys::new(event);
-        let mut c = self.conn().await?;
-        Ok(redis::cmd("ZRANGE")
-            .arg(&k.pending)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
-            .await?)
-    }
-
     /// Claims up to `max` issuances of `event` pending for longer than
     /// `age_ms`, or than `max_age_ms` while the finalizer is progressing
     /// (see `scripts/lua/claim_stale.lua`).
