@@ -397,34 +397,8 @@ pub async fn rebuild(
             .await
             .map_err(anyhow::Error::from)?;
     }
-    // Read again with the event offline: nothing issues it any more.
-    let backlog = read_backlog(kafka).await?;
-    let from_kafka = {
-        let (kafka, event) = (kafka.clone(), event.clone());
-        tokio::task::spawn_blocking(move || backlog.issuances_of(&kafka, &event))
-            .await
-            .map_err(anyhow::Error::from)??
-    };
     let rows = pg.coupons(event).await.map_err(anyhow::Error::from)?;
-    let leftover = redis.snapshot(event).await.map_err(anyhow::Error::from)?;
-    let mut candidates: Vec<Candidate> = leftover
-        .issued
-        .into_iter()
-        .map(|(user, rec)| Candidate {
-            user,
-            conflicted: rec.state == IssuanceState::Conflicted,
-            coupon: rec.coupon,
-            request_id: rec.request_id,
-            from_kafka: false,
-        })
-        .collect();
-    candidates.extend(from_kafka.into_iter().map(|r| Candidate {
-        user: r.user_id.to_string(),
-        coupon: r.coupon,
-        request_id: r.request_id,
-        conflicted: false,
-        from_kafka: true,
-    }));
+    let candidates = candidates(redis, kafka, event).await?;
     let (state, mut report) = plan(&rows, candidates);
     report.lag = lag;
     redis
@@ -445,6 +419,41 @@ pub async fn rebuild(
         .map_err(anyhow::Error::from)?;
     tracing::info!(event_id = %event, ?report, "rebuilt redis state from postgres");
     Ok(report)
+}
+
+/// What the rebuild may keep besides PostgreSQL's records: the event's
+/// issuances Redis still holds, then those in the finalizer's backlog
+/// (read with the event offline: nothing issues it any more).
+async fn candidates(
+    redis: &RedisStore,
+    kafka: &KafkaSettings,
+    event: &EventId,
+) -> anyhow::Result<Vec<Candidate>> {
+    let backlog = read_backlog(kafka).await?;
+    let from_kafka = {
+        let (kafka, event) = (kafka.clone(), event.clone());
+        tokio::task::spawn_blocking(move || backlog.issuances_of(&kafka, &event)).await??
+    };
+    let leftover = redis.snapshot(event).await?;
+    let mut out: Vec<Candidate> = leftover
+        .issued
+        .into_iter()
+        .map(|(user, rec)| Candidate {
+            user,
+            conflicted: rec.state == IssuanceState::Conflicted,
+            coupon: rec.coupon,
+            request_id: rec.request_id,
+            from_kafka: false,
+        })
+        .collect();
+    out.extend(from_kafka.into_iter().map(|r| Candidate {
+        user: r.user_id.to_string(),
+        coupon: r.coupon,
+        request_id: r.request_id,
+        conflicted: false,
+        from_kafka: true,
+    }));
+    Ok(out)
 }
 
 async fn read_backlog(kafka: &KafkaSettings) -> anyhow::Result<Backlog> {

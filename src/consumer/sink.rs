@@ -47,9 +47,6 @@ impl Sink {
         batch: &[OwnedMessage],
         shutdown: &CancellationToken,
     ) -> Option<BatchStats> {
-        if batch.is_empty() {
-            return Some(BatchStats::default());
-        }
         let mut stats = BatchStats {
             messages: batch.len(),
             ..Default::default()
@@ -71,54 +68,68 @@ impl Sink {
             }
         }
         if !records.is_empty() {
-            let held = retry(shutdown, "finalizing in postgres", || {
-                self.pg.finalize(&records)
-            })
-            .await?;
-            let mut finalized: ByEvent<'_> = HashMap::new();
-            let mut refused: HashMap<&EventId, Vec<&IssuanceRecord>> = HashMap::new();
-            for (r, ok) in records.iter().zip(&held) {
-                if *ok {
-                    finalized
-                        .entry(&r.event_id)
-                        .or_default()
-                        .push((&r.user_id, r.coupon.code.as_str()));
-                } else {
-                    refused.entry(&r.event_id).or_default().push(r);
-                }
-            }
-            for (event, items) in &finalized {
-                retry(shutdown, "finalizing in redis", || {
-                    self.redis.finalize(event, items)
-                })
+            self.record(&records, &sources, shutdown, &mut stats)
                 .await?;
-                stats.finalized += items.len();
-            }
-            // Marked before dead-lettering: a crash in between redelivers the
-            // message, which is refused and marked (idempotently) again, so
-            // no conflict stays pending and republished forever.
-            for (event, items) in &refused {
-                retry(shutdown, "marking conflicts in redis", || {
-                    self.redis.mark_conflicted(event, items)
-                })
-                .await?;
-                stats.conflicted += items.len();
-            }
-            for (i, _) in held.iter().enumerate().filter(|(_, ok)| !**ok) {
-                let reason = "conflicts with postgres: unknown code, or code or user already taken";
-                tracing::error!(
-                    event_id = %records[i].event_id,
-                    user_id = %records[i].user_id,
-                    code = %records[i].coupon.code,
-                    "{reason}; marked conflicted and dead-lettered"
-                );
-                if !self.dead_letter(sources[i], reason, shutdown).await {
-                    return None;
-                }
-                stats.dead_lettered += 1;
-            }
         }
         Some(stats)
+    }
+
+    /// Records decoded issuances: PostgreSQL first, then Redis (finalized,
+    /// or conflicted where PostgreSQL refused), refusals dead-lettered.
+    async fn record(
+        &self,
+        records: &[IssuanceRecord],
+        sources: &[&OwnedMessage],
+        shutdown: &CancellationToken,
+        stats: &mut BatchStats,
+    ) -> Option<()> {
+        let held = retry(shutdown, "finalizing in postgres", || {
+            self.pg.finalize(records)
+        })
+        .await?;
+        let mut finalized: ByEvent<'_> = HashMap::new();
+        let mut refused: HashMap<&EventId, Vec<&IssuanceRecord>> = HashMap::new();
+        for (r, ok) in records.iter().zip(&held) {
+            if *ok {
+                finalized
+                    .entry(&r.event_id)
+                    .or_default()
+                    .push((&r.user_id, r.coupon.code.as_str()));
+            } else {
+                refused.entry(&r.event_id).or_default().push(r);
+            }
+        }
+        for (event, items) in &finalized {
+            retry(shutdown, "finalizing in redis", || {
+                self.redis.finalize(event, items)
+            })
+            .await?;
+            stats.finalized += items.len();
+        }
+        // Marked before dead-lettering: a crash in between redelivers the
+        // message, which is refused and marked (idempotently) again, so
+        // no conflict stays pending and republished forever.
+        for (event, items) in &refused {
+            retry(shutdown, "marking conflicts in redis", || {
+                self.redis.mark_conflicted(event, items)
+            })
+            .await?;
+            stats.conflicted += items.len();
+        }
+        for (i, _) in held.iter().enumerate().filter(|(_, ok)| !**ok) {
+            let reason = "conflicts with postgres: unknown code, or code or user already taken";
+            tracing::error!(
+                event_id = %records[i].event_id,
+                user_id = %records[i].user_id,
+                code = %records[i].coupon.code,
+                "{reason}; marked conflicted and dead-lettered"
+            );
+            if !self.dead_letter(sources[i], reason, shutdown).await {
+                return None;
+            }
+            stats.dead_lettered += 1;
+        }
+        Some(())
     }
 
     async fn dead_letter(

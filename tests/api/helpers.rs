@@ -3,8 +3,6 @@ use std::time::Duration;
 
 use coupond::config::{AuthSettings, ServeSettings, Settings};
 use coupond::domain::EventId;
-use coupond::grpc::auth::BearerToken;
-use coupond::proto::coupon_admin_client::CouponAdminClient;
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, PreloadRequest};
 use coupond::startup::Application;
@@ -12,17 +10,14 @@ use coupond::store::keys::EventKeys;
 use coupond::store::{PgStore, RedisStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use crate::common::{eventually, isolated_settings, policy, preload_request, ts, unique_tag};
+pub use crate::common::{
+    admin_client, eventually, isolated_settings, policy, preload_request, ts, unique_tag,
+    AdminClient, ADMIN_TOKEN,
+};
 
 /// A running coupond with its own database and topics.
-/// The admin token every test server is started with.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-
-pub type AdminClient = CouponAdminClient<InterceptedService<Channel, BearerToken>>;
-
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub settings: Settings,
@@ -76,10 +71,7 @@ pub async fn spawn_serving(settings: Settings, serve: ServeSettings, tag: String
         .expect("connect to the test server");
     TestApp {
         addr,
-        admin: CouponAdminClient::with_interceptor(
-            channel.clone(),
-            BearerToken::new(Some(ADMIN_TOKEN)).unwrap(),
-        ),
+        admin: admin_client(channel.clone()),
         issuer: CouponIssuerClient::new(channel),
         pg: PgStore::connect(&settings.database.url, 2).unwrap(),
         redis: RedisStore::connect(&settings.redis.url, 4).unwrap(),
@@ -162,22 +154,8 @@ impl TestApp {
     /// Polls until PostgreSQL holds exactly `expected` for the event and its
     /// pending set is empty, or panics at the deadline with what it saw.
     pub async fn await_finalized(&self, event: &str, expected: &HashSet<(String, String)>) {
-        let ok = eventually(Duration::from_secs(60), || async {
-            let pg = self.issued_pairs_in_pg(event).await;
-            let (_, _, _, pending) = self.redis_state(event).await;
-            pg == *expected && pending == 0
-        })
-        .await;
-        let pg = self.issued_pairs_in_pg(event).await;
-        let (_, _, _, pending) = self.redis_state(event).await;
-        assert!(
-            ok,
-            "postgres has {} pairs ({} expected, {} missing, {} extra), pending {pending}",
-            pg.len(),
-            expected.len(),
-            expected.difference(&pg).count(),
-            pg.difference(expected).count()
-        );
+        let within = Duration::from_secs(60);
+        crate::common::await_exactly_recorded(&self.pg, &self.redis, event, expected, within).await;
     }
 }
 

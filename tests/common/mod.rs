@@ -2,12 +2,14 @@
 //! builders and the checks both the integration and the fault tests make.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use coupond::config::Settings;
 use coupond::domain::{EventId, EventState};
+use coupond::grpc::auth::BearerToken;
 use coupond::proto::{DiscountPolicy, DiscountType, PreloadRequest};
 use coupond::store::{PgStore, RedisStore};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -195,4 +197,58 @@ pub async fn await_preload_end(pg: &PgStore, event: &str, within: Duration) -> E
     let state = pg.event(&id).await.unwrap().map(|e| e.preload.state);
     assert!(ended, "{event}: preload still {state:?} after {within:?}");
     state.unwrap()
+}
+
+/// The admin token every test server is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub type AdminClient = coupond::proto::coupon_admin_client::CouponAdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// A CouponAdmin client that sends `ADMIN_TOKEN`.
+pub fn admin_client(channel: tonic::transport::Channel) -> AdminClient {
+    coupond::proto::coupon_admin_client::CouponAdminClient::with_interceptor(
+        channel,
+        BearerToken::new(Some(ADMIN_TOKEN)).unwrap(),
+    )
+}
+
+/// Polls until PostgreSQL holds exactly `expected` (code, user) pairs for
+/// the event and its Redis pending set is empty, or panics at `within`
+/// with the difference.
+pub async fn await_exactly_recorded(
+    pg: &PgStore,
+    redis: &RedisStore,
+    event: &str,
+    expected: &HashSet<(String, String)>,
+    within: Duration,
+) {
+    let id = EventId::parse(event).unwrap();
+    let state = || async {
+        let pairs: HashSet<(String, String)> = match pg.issued_pairs(&id).await {
+            Ok(p) => p.into_iter().collect(),
+            Err(_) => HashSet::new(),
+        };
+        let pending = redis
+            .counts(&id)
+            .await
+            .map(|c| c.pending)
+            .unwrap_or(u64::MAX);
+        (pairs, pending)
+    };
+    let ok = eventually(within, || async {
+        let (pairs, pending) = state().await;
+        pairs == *expected && pending == 0
+    })
+    .await;
+    let (pairs, pending) = state().await;
+    assert!(
+        ok,
+        "postgres holds {} pairs, {} expected: {} missing, {} extra; {pending} pending",
+        pairs.len(),
+        expected.len(),
+        expected.difference(&pairs).count(),
+        pairs.difference(expected).count()
+    );
 }

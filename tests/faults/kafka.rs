@@ -22,20 +22,12 @@ async fn broker_killed_and_restarted_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
     let env = Env::new().await;
-    let mut server = env.serve(&[]).await;
-    let event = env.preload(COUPONS).await;
-    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
-    load.until_answered(300).await;
+    let (mut server, event, load) = env.serve_under_load((&[], &[]), COUPONS, USERS, 300).await;
     stack("stop-broker"); // SIGKILL; its log directory stays
     tokio::time::sleep(Duration::from_secs(3)).await; // the outage being tested
     stack("up");
-    let (told, errors) = load.finish().await;
-    eprintln!(
-        "broker kill: told {} ISSUED, {errors} retried errors",
-        told.len()
-    );
-    assert_eq!(told.len() as u32, COUPONS);
-    env.assert_exactly_recorded(&event, &told).await;
+    env.finish_and_check(load, &event, COUPONS, "broker kill")
+        .await;
     server.terminate().await;
 }
 
@@ -57,10 +49,9 @@ async fn a_cluster_broker_killed_mid_load_does_not_stop_ack_mode() {
     let mut env = Env::new().await;
     env.settings.kafka.brokers = CLUSTER.into();
     let replicated = [("COUPOND_KAFKA_CREATE_REPLICATION", "3")];
-    let mut server = env.serve_env(&[], &replicated).await;
-    let event = env.preload(COUPONS).await;
-    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
-    load.until_answered(300).await;
+    let (mut server, event, load) = env
+        .serve_under_load((&[], &replicated), COUPONS, USERS, 300)
+        .await;
     stack("cluster-kill 2");
     // With broker 2 gone, every partition still has two in-sync replicas
     // once leadership moves: acks=all answers go on while it is down.
@@ -68,13 +59,9 @@ async fn a_cluster_broker_killed_mid_load_does_not_stop_ack_mode() {
     load.until_answered((at_kill + 1500).min(USERS)).await;
     let while_down = load.answered.load(Ordering::Relaxed) - at_kill;
     stack("cluster-up");
-    let (told, errors) = load.finish().await;
-    eprintln!(
-        "cluster broker kill: {while_down} answered while it was down; told {} ISSUED, {errors} retried errors",
-        told.len()
-    );
-    assert_eq!(told.len() as u32, COUPONS);
-    env.assert_exactly_recorded(&event, &told).await;
+    eprintln!("cluster broker kill: {while_down} answered while it was down");
+    env.finish_and_check(load, &event, COUPONS, "cluster broker kill")
+        .await;
     server.terminate().await;
 }
 
@@ -90,10 +77,9 @@ async fn one_of_two_finalizers_killed_mid_load_hands_its_partitions_over() {
     let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
     load.until_answered(500).await;
     first.kill9();
-    let (told, _) = load.finish().await;
-    assert_eq!(told.len() as u32, COUPONS);
     // Only the survivor is left to record the rest.
-    env.assert_exactly_recorded(&event, &told).await;
+    env.finish_and_check(load, &event, COUPONS, "one of two finalizers killed")
+        .await;
     second.terminate().await;
     server.terminate().await;
 }

@@ -23,21 +23,13 @@ async fn broker_crashed_and_lost_its_data_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
     let env = Env::new().await;
-    let mut server = env.serve(&[]).await;
-    let event = env.preload(COUPONS).await;
-    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
-    load.until_answered(300).await;
+    let (mut server, event, load) = env.serve_under_load((&[], &[]), COUPONS, USERS, 300).await;
     stack("stop-broker"); // SIGKILL
     stack("wipe-broker"); // every message, topic and committed offset gone
     tokio::time::sleep(Duration::from_secs(4)).await; // the outage being tested
     stack("up");
-    let (told, errors) = load.finish().await;
-    eprintln!(
-        "broker fault: told {} ISSUED, {errors} retried errors",
-        told.len()
-    );
-    assert_eq!(told.len() as u32, COUPONS, "every coupon went to someone");
-    env.assert_exactly_recorded(&event, &told).await;
+    env.finish_and_check(load, &event, COUPONS, "broker crash, data wiped")
+        .await;
     server.terminate().await;
 }
 
@@ -46,20 +38,13 @@ async fn server_killed_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
     let env = Env::new().await;
-    let mut server = env.serve(&[]).await;
-    let event = env.preload(COUPONS).await;
-    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
-    load.until_answered(300).await;
+    let (mut server, event, load) = env.serve_under_load((&[], &[]), COUPONS, USERS, 300).await;
     server.kill9();
     let mut server = env.serve(&[]).await;
-    let (told, errors) = load.finish().await;
-    eprintln!(
-        "server kill: told {} ISSUED, {errors} retried errors",
-        told.len()
-    );
+    let errors = env
+        .finish_and_check(load, &event, COUPONS, "server kill")
+        .await;
     assert!(errors > 0, "the kill interrupted calls");
-    assert_eq!(told.len() as u32, COUPONS);
-    env.assert_exactly_recorded(&event, &told).await;
     server.terminate().await;
 }
 
@@ -68,18 +53,14 @@ async fn postgres_stopped_mid_load_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let _restore = RestoreStack;
     let env = Env::new().await;
-    let mut server = env.serve(&[]).await;
-    let event = env.preload(COUPONS).await;
-    let load = Load::start(&env, &event, USERS, CONCURRENCY).await;
-    load.until_answered(300).await;
+    let (mut server, event, load) = env.serve_under_load((&[], &[]), COUPONS, USERS, 300).await;
     stack("stop-postgres");
     // Issuance goes on from Redis while the database is down.
     let before = load.answered.load(std::sync::atomic::Ordering::Relaxed);
     load.until_answered((before + 300).min(USERS)).await;
     stack("up");
-    let (told, _) = load.finish().await;
-    assert_eq!(told.len() as u32, COUPONS);
-    env.assert_exactly_recorded(&event, &told).await;
+    env.finish_and_check(load, &event, COUPONS, "postgres stopped")
+        .await;
     server.terminate().await;
 }
 
@@ -96,9 +77,8 @@ async fn consumer_killed_mid_batch_loses_nothing() {
     consumer.kill9();
     load.until_answered(1000).await;
     let mut consumer = env.consume();
-    let (told, _) = load.finish().await;
-    assert_eq!(told.len() as u32, COUPONS);
-    env.assert_exactly_recorded(&event, &told).await;
+    env.finish_and_check(load, &event, COUPONS, "consumer killed")
+        .await;
     consumer.terminate().await;
     server.terminate().await;
 }
@@ -121,12 +101,6 @@ async fn sigterm_mid_load_drains_flushes_and_loses_nothing() {
         "every issuance answered before exit was flushed to Kafka"
     );
     let mut server = env.serve(&[]).await;
-    let (told, errors) = load.finish().await;
-    eprintln!(
-        "sigterm: told {} ISSUED, {errors} retried errors",
-        told.len()
-    );
-    assert_eq!(told.len() as u32, COUPONS);
-    env.assert_exactly_recorded(&event, &told).await;
+    env.finish_and_check(load, &event, COUPONS, "sigterm").await;
     server.terminate().await;
 }

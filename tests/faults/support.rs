@@ -7,18 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coupond::config::Settings;
-use coupond::domain::EventId;
-use coupond::proto::coupon_admin_client::CouponAdminClient;
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, IssueResult};
 use coupond::store::{PgStore, RedisStore};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::common::{eventually, isolated_settings, preload_request, topic_messages, unique_tag};
-use coupond::grpc::auth::BearerToken;
-
-const ADMIN_TOKEN: &str = "fault-admin-token-0123456789";
+use crate::common::{
+    admin_client, await_exactly_recorded, eventually, isolated_settings, preload_request,
+    topic_messages, unique_tag, AdminClient, ADMIN_TOKEN,
+};
 
 /// Fault tests stop shared services (the broker, PostgreSQL): one at a time.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -202,14 +200,8 @@ impl Env {
             .connect_lazy()
     }
 
-    pub async fn admin(
-        &self,
-    ) -> CouponAdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>
-    {
-        CouponAdminClient::with_interceptor(
-            self.channel().await,
-            BearerToken::new(Some(ADMIN_TOKEN)).unwrap(),
-        )
+    pub async fn admin(&self) -> AdminClient {
+        admin_client(self.channel().await)
     }
 
     /// Preloads `total` coupons into a fresh event, open now.
@@ -237,37 +229,48 @@ impl Env {
 
     /// Waits until PostgreSQL holds exactly `told` for the event and nothing
     /// is pending, then checks it (with a report of the difference).
+    /// Starts `coupond serve <extra>` with `envs`, preloads a fresh event
+    /// of `coupons`, and starts a load of `users` once `answered` of them
+    /// were answered: the server, the event and the load.
+    pub async fn serve_under_load(
+        &self,
+        (extra, envs): (&[&str], &[(&str, &str)]),
+        coupons: u32,
+        users: u64,
+        answered: u64,
+    ) -> (Proc, String, Load) {
+        let server = self.serve_env(extra, envs).await;
+        let event = self.preload(coupons).await;
+        let load = Load::start(self, &event, users, LOAD_CONCURRENCY).await;
+        load.until_answered(answered).await;
+        (server, event, load)
+    }
+
+    /// Waits for the load to end, then checks every coupon went to someone
+    /// and PostgreSQL holds exactly what the load was told; returns how
+    /// many calls failed and were retried.
+    pub async fn finish_and_check(
+        &self,
+        load: Load,
+        event: &str,
+        coupons: u32,
+        fault: &str,
+    ) -> u64 {
+        let (told, errors) = load.finish().await;
+        eprintln!(
+            "{fault}: told {} ISSUED, {errors} retried errors",
+            told.len()
+        );
+        assert_eq!(told.len() as u32, coupons, "every coupon went to someone");
+        self.assert_exactly_recorded(event, &told).await;
+        errors
+    }
+
     pub async fn assert_exactly_recorded(&self, event: &str, told: &HashMap<String, String>) {
-        let id = EventId::parse(event).unwrap();
         let expected: HashSet<(String, String)> =
             told.iter().map(|(u, c)| (c.clone(), u.clone())).collect();
         let (pg, redis) = (self.pg(), self.redis());
-        let state = || async {
-            let pairs: HashSet<(String, String)> = match pg.issued_pairs(&id).await {
-                Ok(p) => p.into_iter().collect(),
-                Err(_) => HashSet::new(),
-            };
-            let pending = redis
-                .counts(&id)
-                .await
-                .map(|c| c.pending)
-                .unwrap_or(u64::MAX);
-            (pairs, pending)
-        };
-        let ok = eventually(Duration::from_secs(120), || async {
-            let (pairs, pending) = state().await;
-            pairs == expected && pending == 0
-        })
-        .await;
-        let (pairs, pending) = state().await;
-        assert!(
-            ok,
-            "postgres holds {} pairs, told {}: {} missing, {} extra; {pending} pending",
-            pairs.len(),
-            expected.len(),
-            expected.difference(&pairs).count(),
-            pairs.difference(&expected).count()
-        );
+        await_exactly_recorded(&pg, &redis, event, &expected, Duration::from_secs(120)).await;
         let codes: HashSet<&String> = told.values().collect();
         assert_eq!(codes.len(), told.len(), "no code told to two users");
     }
@@ -383,6 +386,9 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Concurrent clients of a fault test's load.
+pub const LOAD_CONCURRENCY: usize = 24;
 
 /// A load of distinct users that retries every failed call (an idempotent
 /// Issue returns the same coupon) and records each (user, code) it was told.
