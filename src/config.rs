@@ -2,6 +2,8 @@
 //! defaults, in that order of precedence.
 
 use std::net::SocketAddr;
+
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 /// When an ISSUED answer is sent relative to Kafka's acknowledgement.
@@ -19,7 +21,7 @@ pub enum Durability {
 }
 
 /// Redis connection settings.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct RedisSettings {
     /// Redis URL.
     #[arg(
@@ -56,6 +58,32 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
 }
 
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+/// The URL with its password (if any) replaced by `***`: what logs and
+/// error messages show of a connection URL.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 /// How preload jobs run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PreloadSettings {
@@ -87,7 +115,7 @@ impl PreloadSettings {
 }
 
 /// PostgreSQL connection settings.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct DatabaseSettings {
     /// PostgreSQL URL.
     #[arg(
@@ -105,6 +133,15 @@ pub struct DatabaseSettings {
         default_value_t = 8
     )]
     pub pool_size: usize,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 /// Kafka settings shared by the producer and the consumer.
@@ -481,7 +518,7 @@ pub struct AuthSettings {
         env = "COUPOND_ADMIN_TOKEN",
         hide_env_values = true
     )]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretString>,
     /// File holding the admin token (first line).
     #[arg(
         id = "admin-token-file",
@@ -497,7 +534,7 @@ pub struct AuthSettings {
         env = "COUPOND_ISSUER_TOKEN",
         hide_env_values = true
     )]
-    pub issuer_token: Option<String>,
+    pub issuer_token: Option<SecretString>,
     /// File holding the issuer token (first line).
     #[arg(
         id = "issuer-token-file",
@@ -515,13 +552,13 @@ pub struct AuthSettings {
 }
 
 fn read_token(
-    inline: &Option<String>,
+    inline: &Option<SecretString>,
     file: &Option<std::path::PathBuf>,
     what: &str,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<SecretString>> {
     let token = match (inline, file) {
         (Some(_), Some(_)) => anyhow::bail!("give the {what} token inline or as a file, not both"),
-        (Some(t), None) => Some(t.trim().to_owned()),
+        (Some(t), None) => Some(t.expose_secret().trim().to_owned()),
         (None, Some(f)) => Some(
             std::fs::read_to_string(f)
                 .map_err(|e| anyhow::anyhow!("reading the {what} token file {}: {e}", f.display()))?
@@ -535,16 +572,16 @@ fn read_token(
     };
     match token {
         Some(t) if t.len() < 16 => anyhow::bail!("the {what} token must be at least 16 characters"),
-        t => Ok(t),
+        t => Ok(t.map(SecretString::from)),
     }
 }
 
 impl AuthSettings {
-    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+    pub fn admin_token(&self) -> anyhow::Result<Option<SecretString>> {
         read_token(&self.admin_token, &self.admin_token_file, "admin")
     }
 
-    pub fn issuer_token(&self) -> anyhow::Result<Option<String>> {
+    pub fn issuer_token(&self) -> anyhow::Result<Option<SecretString>> {
         read_token(&self.issuer_token, &self.issuer_token_file, "issuer")
     }
 }
@@ -621,7 +658,7 @@ impl TlsSettings {
 /// Bounds on what one client can make the server hold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitSettings {
-    /// Largest request message accepted (bytes); larger ones get RESOURCE_EXHAUSTED.
+    /// Largest request message accepted (bytes); larger ones get OUT_OF_RANGE.
     #[arg(id = "max-message-bytes", long = "max-message-bytes", env = "COUPOND_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     pub max_message_bytes: usize,
     /// Concurrent HTTP/2 streams (calls) per connection.
@@ -712,5 +749,34 @@ mod tests {
         let e = s.all_properties().unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("acks"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_tokens_never_print() {
+        assert_eq!(
+            redacted_url("postgres://app:hunter2@db:5432/coupond"),
+            "postgres://app:***@db:5432/coupond"
+        );
+        assert_eq!(redacted_url("redis://:pw@r:6379"), "redis://:***@r:6379");
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        let mut s = Settings::from_env().unwrap();
+        s.database.url = "postgres://app:hunter2@db/coupond".into();
+        s.redis.url = "redis://user:hunter3@r:6379".into();
+        let auth = AuthSettings {
+            admin_token: Some(SecretString::from("admin-secret-0123456789")),
+            ..Default::default()
+        };
+        let printed = format!("{s:?} {auth:?}");
+        for secret in ["hunter2", "hunter3", "admin-secret"] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
     }
 }

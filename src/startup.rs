@@ -11,7 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::config::{ServeSettings, Settings};
+use crate::config::{redacted_url, ServeSettings, Settings};
 use crate::consumer::Finalizer;
 use crate::grpc::auth::{Access, RequireToken};
 use crate::grpc::{AdminApi, IssuerApi};
@@ -51,10 +51,10 @@ impl Backends {
         redis
             .ping()
             .await
-            .map_err(|e| anyhow::anyhow!("redis at {}: {e}", s.redis.url))?;
+            .map_err(|e| anyhow::anyhow!("redis at {}: {e}", redacted_url(&s.redis.url)))?;
         pg.migrate()
             .await
-            .map_err(|e| anyhow::anyhow!("postgres at {}: {e:#}", s.database.url))?;
+            .map_err(|e| anyhow::anyhow!("postgres at {}: {e:#}", redacted_url(&s.database.url)))?;
         topics::ensure(&s.kafka)
             .await
             .map_err(|e| anyhow::anyhow!("kafka at {}: {e:#}", s.kafka.brokers))?;
@@ -274,7 +274,7 @@ async fn grpc_server(
 /// Who may call CouponAdmin and CouponIssuer.
 fn access(serve: &ServeSettings) -> anyhow::Result<(Access, Access)> {
     let admin = match serve.auth.admin_token()? {
-        Some(t) => Access::Token(t.into()),
+        Some(t) => Access::Token(Arc::new(t)),
         None if serve.auth.insecure_dev => {
             tracing::warn!("--insecure-dev: CouponAdmin accepts calls WITHOUT a token; never use this in production");
             Access::Open
@@ -284,7 +284,7 @@ fn access(serve: &ServeSettings) -> anyhow::Result<(Access, Access)> {
         ),
     };
     let issuer = match serve.auth.issuer_token()? {
-        Some(t) => Access::Token(t.into()),
+        Some(t) => Access::Token(Arc::new(t)),
         None => Access::Open,
     };
     Ok((admin, issuer))

@@ -18,7 +18,7 @@ pub const DEFAULT_CODE_LENGTH: usize = 12;
 const REJECT_FROM: u8 = (256 / CODE_ALPHABET.len() * CODE_ALPHABET.len()) as u8;
 
 /// Draws codes from a CSPRNG. Generic over the RNG so tests can seed one;
-/// production uses `rand::rng()` (ChaCha12, reseeded from the OS).
+/// production uses `StdRng::from_os_rng()` (ChaCha12 seeded from the OS).
 pub struct CodeGenerator<R> {
     rng: R,
     length: usize,

@@ -1,5 +1,7 @@
 //! Bearer-token authentication for the gRPC services.
 
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -7,17 +9,14 @@ use tonic::{Request, Status};
 /// Compares in time that depends only on the lengths, so a caller cannot
 /// learn a token byte by byte from response times.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 /// Server side: what a service demands of its callers.
 #[derive(Clone)]
 pub enum Access {
     /// `authorization: Bearer <token>` must match.
-    Token(std::sync::Arc<str>),
+    Token(std::sync::Arc<SecretString>),
     /// Anyone may call (trusted network, or explicit development mode).
     Open,
     /// Nobody may call: no token was configured and open access was not asked for.
@@ -52,7 +51,7 @@ impl Interceptor for RequireToken {
                     .ok_or_else(|| {
                         Status::unauthenticated("authorization must be: Bearer <token>")
                     })?;
-                if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+                if constant_time_eq(token.as_bytes(), expected.expose_secret().as_bytes()) {
                     Ok(req)
                 } else {
                     Err(Status::unauthenticated("invalid token"))
@@ -104,7 +103,7 @@ mod tests {
 
     #[test]
     fn tokens_are_checked() {
-        let t = || Access::Token("s3cret".into());
+        let t = || Access::Token(std::sync::Arc::new(SecretString::from("s3cret")));
         assert_eq!(call(t(), Some("Bearer s3cret")), Ok(()));
         assert_eq!(
             call(t(), Some("Bearer s3creT")),
