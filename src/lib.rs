@@ -1,8 +1,10 @@
 //! coupond: coupon pre-generation and real-time issuance.
 //!
-//! `domain` is pure; `grpc` is the edge; `service` orchestrates the stores
-//! (`store`) and Kafka (`kafka`); `consumer` finalizes issuances in
-//! PostgreSQL; `startup` wires it all and `cli` is what `main` calls.
+//! Top-down: `cli` (what `main` calls) and `startup` wire it all; `grpc` is
+//! the edge; `service` orchestrates the stores (`store`) and Kafka
+//! (`kafka`); `consumer` finalizes issuances in PostgreSQL; `proto` holds
+//! the wire types, `domain` the pure rules, `config` the settings. Imports
+//! only point down.
 
 pub mod cli;
 pub mod config;
