@@ -8,13 +8,8 @@
 # once per machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION=1.75.0
-TOOLS="${COUPOND_CACHE:-$HOME/.cache/coupond}/tools/buf-$VERSION"
-BUF="$TOOLS/node_modules/.bin/buf"
-if [ ! -x "$BUF" ]; then
-  mkdir -p "$TOOLS"
-  npm install --silent --no-audit --no-fund --prefix "$TOOLS" "@bufbuild/buf@$VERSION" >&2
-fi
+source scripts/tools.sh
+BUF="$(buf_path)"
 cd proto
 "$BUF" lint
 echo "buf lint: proto/ clean" >&2

@@ -1,7 +1,7 @@
 //! The ghz configurations in `ghz/` stay in step with the proto: each names
 //! an existing method, and every field (and enum value) in its `data` exists
-//! in that method's request message. ghz itself is not packaged for Debian,
-//! so this is what keeps a proto change from silently breaking them.
+//! in that method's request message; and each runs, with ghz itself, against
+//! a server.
 
 use prost::Message;
 use prost_types::{
@@ -9,6 +9,10 @@ use prost_types::{
     FileDescriptorSet,
 };
 use serde_json::Value;
+use std::process::Command;
+
+use crate::helpers::{spawn_app, TestApp, ADMIN_TOKEN};
+use coupond::proto;
 
 fn descriptors() -> FileDescriptorSet {
     FileDescriptorSet::decode(coupond::proto::FILE_DESCRIPTOR_SET).unwrap()
@@ -133,4 +137,99 @@ fn ghz_configurations_match_the_proto() {
         ["issue.json", "issue_stream.json", "preload.json"],
         "every configuration the ghz README names was checked"
     );
+}
+
+/// Runs `ghz/<name>` against `app` with `changes` applied to its JSON (the
+/// event id, smaller counts, the server's address) and returns ghz's JSON
+/// report. ghz is a pinned `go install` (scripts/ghz.sh).
+fn run_ghz(app: &TestApp, name: &str, changes: Value) -> Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("ghz").join(name)).unwrap())
+            .unwrap();
+    merge(&mut config, changes);
+    config["host"] = Value::String(app.addr.to_string());
+    config["metadata"] = serde_json::json!({ "authorization": format!("Bearer {ADMIN_TOKEN}") });
+    let path = std::env::temp_dir().join(format!("ghz-{}-{name}", app.tag));
+    std::fs::write(&path, config.to_string()).unwrap();
+    let ghz = Command::new("bash")
+        .arg(root.join("scripts/ghz.sh"))
+        .output()
+        .expect("install ghz");
+    assert!(
+        ghz.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ghz.stderr)
+    );
+    let bin = String::from_utf8(ghz.stdout).unwrap().trim().to_owned();
+    let out = Command::new(bin)
+        .args(["--config", path.to_str().unwrap(), "--format", "json"])
+        .output()
+        .expect("run ghz");
+    let _ = std::fs::remove_file(&path);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name}: ghz printed no report ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn merge(into: &mut Value, changes: Value) {
+    match (into, changes) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// ghz's count of calls that ended with `code`, and of errors.
+fn calls(report: &Value, code: &str) -> (u64, u64) {
+    let n = report["statusCodeDistribution"][code].as_u64().unwrap_or(0);
+    let errors = report["errorDistribution"]
+        .as_object()
+        .map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
+    (n, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ghz_configuration_runs_against_a_server() {
+    let app = spawn_app().await;
+    let event = app.event_id("ghz");
+    let preload = run_ghz(
+        &app,
+        "preload.json",
+        serde_json::json!({ "data": { "event_id": event, "total_count": 2000 } }),
+    );
+    assert_eq!(calls(&preload, "OK"), (1, 0), "preload: {preload}");
+
+    let unary = run_ghz(
+        &app,
+        "issue.json",
+        serde_json::json!({ "total": 300, "concurrency": 10, "connections": 2,
+                            "data": { "event_id": event } }),
+    );
+    assert_eq!(calls(&unary, "OK"), (300, 0), "issue: {unary}");
+    let stream = run_ghz(
+        &app,
+        "issue_stream.json",
+        serde_json::json!({ "total": 4, "concurrency": 2, "connections": 1,
+                            "stream-call-count": 100, "data": { "event_id": event } }),
+    );
+    assert_eq!(calls(&stream, "OK"), (4, 0), "issue stream: {stream}");
+
+    // Every unary call and every streamed message issued a distinct user.
+    let ev = app
+        .admin
+        .clone()
+        .get_event(proto::GetEventRequest { event_id: event })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ev.issued_count, 300 + 4 * 100);
+    assert_eq!(ev.remaining_count, 2000 - 700);
 }

@@ -5,6 +5,7 @@
 
 mod auth;
 mod batch;
+mod clients;
 #[path = "../common/mod.rs"]
 mod common;
 mod finalize;
