@@ -17,7 +17,7 @@ BIN="${CARGO_TARGET_DIR:-target}/release/coupond"
 BENCH="${CARGO_TARGET_DIR:-target}/release/coupond-bench"
 ROWS=/tmp/coupond-bench-preload-rows.tsv
 mkdir -p "$OUT"
-[ -x "$BIN" ] && [ -x "$BENCH" ] || cargo build --release --bin coupond --bin coupond-bench >&2
+[ -x "$BIN" ] && [ -x "$BENCH" ] || cargo build --release --workspace --bin coupond --bin coupond-bench >&2
 
 psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -qtA "$@"; }
 fresh_db() {

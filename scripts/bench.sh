@@ -5,6 +5,7 @@
 #     script (EVALSHA) against the same Redis, unpipelined and pipelined 16;
 #   - unary Issue at 100, 1,000 and 3,000 concurrent clients;
 #   - IssueStream with 16 streams;
+#   - the same unary and stream loads (ack) driven by ghz, the standard tool;
 #   - both in the default `ack` durability and in `async`;
 #   - preload of 1,000,000 and 10,000,000 coupons beside PostgreSQL's COPY
 #     of the same rows, with the server's peak memory (bench-preload.sh);
@@ -31,7 +32,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS coupond_b
 psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE coupond_bench" >/dev/null
 export COUPOND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/coupond_bench"
 redis-cli -h 127.0.0.1 --scan --pattern '*{bench-*}' | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
-cargo build --release --bin coupond --bin coupond-bench >&2
+cargo build --release --workspace --bin coupond --bin coupond-bench >&2
 BIN="${CARGO_TARGET_DIR:-target}/release/coupond"
 BENCH="${CARGO_TARGET_DIR:-target}/release/coupond-bench"
 SERVER_PID=""
@@ -108,6 +109,26 @@ for C in 100 1000 3000; do
   bench "unary-ack-c$C" --mode unary --concurrency "$C" --requests "$REQUESTS" --coupons $((REQUESTS * 2))
 done
 bench stream-ack-s16 --mode stream --concurrency 16 --requests "$((REQUESTS * 2))" --coupons $((REQUESTS * 4))
+
+# ghz, the standard tool, against the same server (ack): unary Issue at the
+# same concurrencies and IssueStream with 16 streams, each on an event of
+# its own, so the two harnesses can be read side by side.
+GHZ="$(scripts/ghz.sh)"
+mkdir -p "$OUT/ghz"
+ghz_run() { # name, configuration, changes (JSON)
+  local name="$1" event
+  echo "== ghz $name" >&2
+  "$BENCH" --addr "$ADDR" --mode preload --coupons $((REQUESTS * 4)) \
+    --json "$OUT/ghz/$name-event.json" >/dev/null 2>&1
+  event="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/ghz/$name-event.json")"
+  python3 scripts/ghz_config.py "ghz/$2" "$OUT/ghz/$name-config.json" "$3" "$event" "127.0.0.1:$PORT"
+  "$GHZ" --config "$OUT/ghz/$name-config.json" --format json >"$OUT/ghz/$name.json"
+}
+for C in 100 1000 3000; do
+  ghz_run "unary-ack-c$C" issue.json "{\"total\": $REQUESTS, \"concurrency\": $C, \"connections\": 8}"
+done
+ghz_run stream-ack-s16 issue_stream.json \
+  "{\"total\": 16, \"concurrency\": 16, \"connections\": 8, \"stream-call-count\": $((REQUESTS * 2 / 16))}"
 
 start_server async
 for C in 100 1000 3000; do

@@ -69,6 +69,30 @@ if os.path.exists(vs_copy):
     lines.append("Preload beside PostgreSQL's COPY of the same rows (bench-preload.sh):")
     lines.append("")
     lines.extend(open(vs_copy).read().splitlines())
+ghz = {}
+for path in sorted(glob.glob(os.path.join(run, "ghz", "*.json"))):
+    name = os.path.basename(path)[:-5]
+    if not name.endswith(("-event", "-config")):
+        ghz[name] = json.load(open(path))
+if ghz:
+    lines.append("")
+    lines.append("ghz beside coupond-bench, same server (ack), same run; ghz counts a stream as one call, "
+                 "so stream rates are messages/s over ghz's total time and its stream latencies are of whole streams:")
+    lines.append("")
+    lines.append("| load | ghz requests/s | ghz p50 / p99 ms | ghz errors | coupond-bench requests/s | coupond-bench p50 / p99 ms |")
+    lines.append("|---|---|---|---|---|---|")
+    for name, g in ghz.items():
+        pct = {int(p["percentage"]): p["latency"] / 1e6 for p in g.get("latencyDistribution") or []}
+        errors = sum((g.get("errorDistribution") or {}).values())
+        rate = g["rps"]
+        if name.startswith("stream"):
+            cfg = json.load(open(os.path.join(run, "ghz", name + "-config.json")))
+            rate = g["count"] * cfg["stream-call-count"] / (g["total"] / 1e9)
+        ours = rows.get(name, {})
+        ours_lat = ours.get("latency_us", {})
+        lines.append(
+            f"| {name} | {rate:.0f} | {pct.get(50, 0):.2f} / {pct.get(99, 0):.2f} | {errors} | "
+            f"{ours.get('requests_per_s', 0):.0f} | {ours_lat.get('p50', 0)/1000:.2f} / {ours_lat.get('p99', 0)/1000:.2f} |")
 open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 
