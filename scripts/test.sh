@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings the local stack up and runs the whole test suite (unit and
 # integration tests against the real Redis, PostgreSQL and broker).
-# Extra arguments go to `cargo test`.
+# Extra arguments go to `cargo test` (before its `--`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +16,6 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc \
   done
 
 # The workspace: the service crate and the load generator (`bench/`).
-cargo test --workspace --all-targets "$@"
+# --show-output: what passing tests print (fault counts, client build
+# times) stays in the log.
+cargo test --workspace --all-targets "$@" -- --show-output
