@@ -60,6 +60,14 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Prometheus and promtool from Debian's package, for the metrics test and
+# `promtool check rules`; installed, never started here (tests start their own).
+ensure_prometheus() {
+  command -v promtool >/dev/null && return
+  log "prometheus: installing"
+  apt_install prometheus
+}
+
 ensure_redis() {
   if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
     log "redis: running"; return
@@ -308,7 +316,7 @@ stop_postgres() {
 }
 
 case "${1:-up}" in
-  up) ensure_redis; ensure_postgres; ensure_broker; log "stack is up" ;;
+  up) ensure_redis; ensure_postgres; ensure_broker; ensure_prometheus; log "stack is up" ;;
   cluster-up) cluster_up ;;
   cluster-down) cluster_down ;;
   cluster-kill) cluster_kill "${2:?broker number 1-3}" ;;

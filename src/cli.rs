@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ServeSettings, Settings};
-use crate::startup::{Application, Backends};
+use crate::startup::Application;
 use crate::{shutdown, telemetry};
 
 #[derive(Parser)]
@@ -27,7 +27,7 @@ enum Command {
     /// Run the gRPC server (and, unless --no-consumer, the finalizer).
     Serve(ServeSettings),
     /// Run only the finalizer (Kafka -> PostgreSQL), e.g. to scale it separately.
-    Consume,
+    Consume(ConsumeArgs),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Compare an event's Redis state with PostgreSQL; exit 1 on any
@@ -46,6 +46,19 @@ enum Command {
         #[command(flatten)]
         server: crate::operator::ServerArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct ConsumeArgs {
+    /// gRPC listener answering `grpc.health.v1` for service
+    /// "coupon.v1.Finalizer" (NOT_SERVING while Redis, PostgreSQL or Kafka
+    /// is unreachable, or while draining), or "off".
+    #[arg(
+        long,
+        env = "COUPOND_CONSUME_HEALTH_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    health_listen: String,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +83,14 @@ struct ReconcileArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("redis and postgres differ")]
 struct Inconsistent;
+
+/// The process's Prometheus exporter (`serve` and `consume` only).
+fn install_metrics(s: &Settings) -> anyhow::Result<()> {
+    match s.metrics.addr()? {
+        Some(addr) => crate::metrics::install(addr),
+        None => Ok(()),
+    }
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,15 +119,19 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(serve) => {
+            install_metrics(&cli.settings)?;
             let app = Application::build(cli.settings, serve).await?;
             app.run_until_stopped(shutdown::on_signals()).await
         }
-        Command::Consume => {
-            let backends = Backends::connect(&cli.settings).await?;
-            backends
-                .finalizer(&cli.settings)?
-                .run(shutdown::on_signals())
-                .await
+        Command::Consume(args) => {
+            install_metrics(&cli.settings)?;
+            let health = match args.health_listen.trim() {
+                "off" => None,
+                a => Some(a.parse().map_err(|e| {
+                    anyhow::anyhow!("--health-listen / COUPOND_CONSUME_HEALTH_LISTEN {a:?}: {e}")
+                })?),
+            };
+            crate::startup::consume(&cli.settings, health, shutdown::on_signals()).await
         }
         Command::Reconcile(args) => {
             let event = crate::domain::EventId::parse(args.event)

@@ -474,6 +474,32 @@ pub struct SweepSettings {
     pub interval_ms: u64,
 }
 
+/// Where Prometheus scrapes a `serve` or `consume` process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsSettings {
+    /// HTTP listener serving `GET /metrics` (Prometheus text format), or
+    /// "off". Give `serve` and `consume` on one host different ports.
+    #[arg(
+        id = "metrics-listen",
+        long = "metrics-listen",
+        env = "COUPOND_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The listener's address; `None` when off.
+    pub fn addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.listen.trim() {
+            "off" | "" => Ok(None),
+            a => a.parse().map(Some).map_err(|e| {
+                anyhow::anyhow!("COUPOND_METRICS_LISTEN / --metrics-listen {a:?}: {e} (an address like 127.0.0.1:9464, or off)")
+            }),
+        }
+    }
+}
+
 /// Everything a coupond process needs to reach its backing services.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
@@ -491,6 +517,8 @@ pub struct Settings {
     pub sweep: SweepSettings,
     #[command(flatten)]
     pub preload: PreloadSettings,
+    #[command(flatten)]
+    pub metrics: MetricsSettings,
 }
 
 #[derive(clap::Parser)]

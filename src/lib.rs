@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod domain;
 pub mod grpc;
 pub mod kafka;
+pub mod metrics;
 pub mod operator;
 pub mod proto;
 pub mod reconcile;

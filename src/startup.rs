@@ -14,16 +14,20 @@ use tonic::service::interceptor::InterceptedService;
 use crate::config::{redacted_url, ServeSettings, Settings};
 use crate::consumer::Finalizer;
 use crate::grpc::auth::{Access, RequireToken};
+use crate::grpc::health::{self, Reports};
 use crate::grpc::{AdminApi, IssuerApi};
 use crate::kafka::{topics, Publisher};
 use crate::proto::coupon_admin_server::CouponAdminServer;
 use crate::proto::coupon_issuer_server::CouponIssuerServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::service::batcher::Batcher;
+use crate::service::gauges::Gauges;
+use crate::service::readiness::Readiness;
 use crate::service::sweeper::Sweeper;
 use crate::service::{AdminService, IssuerService, PreloadJobs};
 use crate::store::redis::RedisTimeouts;
 use crate::store::{PgStore, RedisStore};
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 /// How long shutdown waits for Kafka to take the last messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +68,24 @@ impl Backends {
             redis,
             publisher,
         })
+    }
+
+    /// What health probes.
+    pub fn readiness(&self, s: &Settings) -> Readiness {
+        Readiness {
+            pg: self.pg.clone(),
+            redis: self.redis.clone(),
+            kafka: s.kafka.clone(),
+        }
+    }
+
+    /// The gauges task (consumer lag, pending per live event).
+    pub fn gauges(&self, s: &Settings) -> Gauges {
+        Gauges {
+            pg: self.pg.clone(),
+            redis: self.redis.clone(),
+            kafka: s.kafka.clone(),
+        }
     }
 
     pub fn finalizer(&self, s: &Settings) -> anyhow::Result<Finalizer> {
@@ -128,7 +150,14 @@ impl Application {
         let _stop_background = background.clone().drop_guard();
         let tasks = BackgroundTasks::start(&backends, &settings, &serve, &background)?;
         let services = Services::build(&backends, &settings, &shutdown);
-        let router = grpc_server(&serve, &settings, &services).await?;
+        let (reporter, health_svc) = tonic_health::server::health_reporter();
+        let health = tokio::spawn(health::report(
+            reporter,
+            backends.readiness(&settings),
+            Reports::Server,
+            shutdown.clone(),
+        ));
+        let router = grpc_server(&serve, &settings, &services, health_svc)?;
         tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
         let served = router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
@@ -138,6 +167,7 @@ impl Application {
             "grpc server stopped; flushing kafka producer"
         );
         drain(&backends, &shutdown, &background, services, tasks).await?;
+        log_end("health reporter", health.await);
         served?;
         Ok(())
     }
@@ -147,6 +177,7 @@ impl Application {
 struct BackgroundTasks {
     finalizer: Option<JoinHandle<anyhow::Result<()>>>,
     sweeper: JoinHandle<anyhow::Result<()>>,
+    gauges: JoinHandle<anyhow::Result<()>>,
 }
 
 impl BackgroundTasks {
@@ -170,7 +201,12 @@ impl BackgroundTasks {
             settings.sweep.clone(),
         );
         let sweeper = tokio::spawn(sweeper.run(stop.clone()));
-        Ok(Self { finalizer, sweeper })
+        let gauges = tokio::spawn(backends.gauges(settings).run(stop.clone()));
+        Ok(Self {
+            finalizer,
+            sweeper,
+            gauges,
+        })
     }
 }
 
@@ -224,18 +260,12 @@ impl Services {
 
 /// The gRPC server: health, reflection, and both APIs behind their access
 /// rules, with the configured limits and TLS.
-async fn grpc_server(
+fn grpc_server(
     serve: &ServeSettings,
     settings: &Settings,
     services: &Services,
+    health: HealthServer<impl Health>,
 ) -> anyhow::Result<tonic::transport::server::Router> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CouponAdminServer<AdminApi>>()
-        .await;
-    health_reporter
-        .set_serving::<CouponIssuerServer<IssuerApi>>()
-        .await;
     let limits = &serve.limits;
     let request_cap = Duration::from_millis(limits.request_timeout_ms);
     let admin_svc = CouponAdminServer::new(AdminApi::new(services.admin.clone(), request_cap))
@@ -318,6 +348,7 @@ async fn drain(
     services.jobs.drain(JOBS_TIMEOUT).await;
     log_end("preload resumer", services.resumer.await);
     log_end("sweeper", tasks.sweeper.await);
+    log_end("gauges", tasks.gauges.await);
     if let Some(f) = tasks.finalizer {
         log_end("finalizer", f.await);
     }
@@ -330,4 +361,66 @@ fn log_end(task: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) {
         Ok(Err(e)) => tracing::error!(error = %e, "{task} ended with an error"),
         Err(e) => tracing::error!(error = %e, "{task} task panicked"),
     }
+}
+
+/// `coupond consume`: the finalizer, the gauges and (unless `health` is
+/// None) a health listener, until `stop` fires.
+pub async fn consume(
+    settings: &Settings,
+    health: Option<SocketAddr>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let backends = Backends::connect(settings).await?;
+    let gauges = tokio::spawn(backends.gauges(settings).run(stop.clone()));
+    let health = match health {
+        Some(addr) => Some(health_listener(&backends, settings, addr, &stop).await?),
+        None => None,
+    };
+    let finalized = backends.finalizer(settings)?.run(stop.clone()).await;
+    stop.cancel();
+    log_end("gauges", gauges.await);
+    if let Some((reporting, serving)) = health {
+        log_end("health reporter", reporting.await);
+        log_end("health listener", serving.await);
+    }
+    finalized
+}
+
+/// Serves `grpc.health.v1` alone on `addr`, reporting the finalizer.
+async fn health_listener(
+    backends: &Backends,
+    settings: &Settings,
+    addr: SocketAddr,
+    stop: &CancellationToken,
+) -> anyhow::Result<(
+    JoinHandle<anyhow::Result<()>>,
+    JoinHandle<anyhow::Result<()>>,
+)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the health listener {addr}: {e}"))?;
+    let (reporter, svc) = tonic_health::server::health_reporter();
+    let readiness = backends.readiness(settings);
+    // Health goes NOT_SERVING at the signal; the listener outlives the
+    // finalizer's drain and stops with the process.
+    let reporting = tokio::spawn(health::report(
+        reporter,
+        readiness,
+        Reports::Finalizer,
+        stop.clone(),
+    ));
+    let until = stop.clone();
+    let serving = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                until.cancelled().await;
+                // Let watchers see NOT_SERVING before the listener goes.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    tracing::info!(%addr, "finalizer health on {addr}");
+    Ok((reporting, serving))
 }

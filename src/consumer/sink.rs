@@ -63,6 +63,7 @@ impl Sink {
                     if !self.dead_letter(m, &e.to_string(), shutdown).await {
                         return None;
                     }
+                    crate::metrics::dead_lettered("undecodable");
                     stats.dead_lettered += 1;
                 }
             }
@@ -71,6 +72,8 @@ impl Sink {
             self.record(&records, &sources, shutdown, &mut stats)
                 .await?;
         }
+        let undecodable = stats.dead_lettered - stats.conflicted;
+        crate::metrics::finalizer_batch(stats.finalized, stats.conflicted, undecodable);
         Some(stats)
     }
 
@@ -106,6 +109,16 @@ impl Sink {
             .await?;
             stats.finalized += items.len();
         }
+        let now = chrono::Utc::now();
+        for r in records
+            .iter()
+            .zip(&held)
+            .filter(|(_, ok)| **ok)
+            .map(|(r, _)| r)
+        {
+            let delay = (now - r.coupon.issued_at).to_std().unwrap_or_default();
+            crate::metrics::finalize_delay(delay);
+        }
         // Marked before dead-lettering: a crash in between redelivers the
         // message, which is refused and marked (idempotently) again, so
         // no conflict stays pending and republished forever.
@@ -127,6 +140,7 @@ impl Sink {
             if !self.dead_letter(sources[i], reason, shutdown).await {
                 return None;
             }
+            crate::metrics::dead_lettered("conflict");
             stats.dead_lettered += 1;
         }
         Some(())

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::stream::FuturesOrdered;
 use futures::{Future, Stream, StreamExt};
@@ -11,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{CouponError, EventId, FieldError, IssueCommand, UserId};
 use crate::grpc::convert;
+use crate::metrics::{self, Rpc};
 use crate::proto;
 use crate::proto::coupon_issuer_server::CouponIssuer;
 use crate::service::IssuerService;
@@ -34,6 +36,16 @@ type ItemFuture = Pin<Box<dyn Future<Output = proto::IssueResponse> + Send>>;
 /// One stream item: never fails, every problem becomes a result value.
 fn stream_item(svc: Arc<IssuerService>, req: proto::IssueRequest) -> ItemFuture {
     Box::pin(async move {
+        let started = Instant::now();
+        let resp = answer_item(svc, req).await;
+        let result = proto::IssueResult::try_from(resp.result).unwrap_or_default();
+        metrics::issue_answered(Rpc::IssueStream, result_name(result), started.elapsed());
+        resp
+    })
+}
+
+async fn answer_item(svc: Arc<IssuerService>, req: proto::IssueRequest) -> proto::IssueResponse {
+    {
         let cmd = match IssueCommand::parse(&req.event_id, &req.user_id, &req.request_id) {
             Ok(c) => c,
             Err(e) => {
@@ -58,7 +70,43 @@ fn stream_item(svc: Arc<IssuerService>, req: proto::IssueRequest) -> ItemFuture 
                 convert::issue_failure(req.request_id, proto::IssueResult::Unavailable, detail)
             }
         }
-    })
+    }
+}
+
+/// A result's metric label: its proto name, lower case, without the prefix.
+fn result_name(r: proto::IssueResult) -> &'static str {
+    use proto::IssueResult as R;
+    match r {
+        R::Unspecified => "unspecified",
+        R::Issued => "issued",
+        R::AlreadyIssued => "already_issued",
+        R::SoldOut => "sold_out",
+        R::NotStarted => "not_started",
+        R::Ended => "ended",
+        R::EventNotFound => "event_not_found",
+        R::Invalid => "invalid",
+        R::Unavailable => "unavailable",
+        R::Unknown => "unknown",
+        R::Conflicted => "conflicted",
+    }
+}
+
+/// A failed unary call's metric label: the results a stream item would get.
+fn status_name(s: &Status) -> &'static str {
+    match s.code() {
+        tonic::Code::InvalidArgument => "invalid",
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => "unknown",
+        _ => "unavailable",
+    }
+}
+
+impl IssuerApi {
+    async fn answer(&self, r: proto::IssueRequest) -> Result<proto::IssueResponse, Status> {
+        let cmd = IssueCommand::parse(&r.event_id, &r.user_id, &r.request_id)
+            .map_err(|e| Status::from(CouponError::Invalid(e)))?;
+        let a = self.svc.issue(cmd).await?;
+        Ok(convert::issue_response(r.request_id, &a.outcome, a.durable))
+    }
 }
 
 #[tonic::async_trait]
@@ -67,15 +115,14 @@ impl CouponIssuer for IssuerApi {
         &self,
         req: Request<proto::IssueRequest>,
     ) -> Result<Response<proto::IssueResponse>, Status> {
-        let r = req.into_inner();
-        let cmd = IssueCommand::parse(&r.event_id, &r.user_id, &r.request_id)
-            .map_err(|e| Status::from(CouponError::Invalid(e)))?;
-        let a = self.svc.issue(cmd).await?;
-        Ok(Response::new(convert::issue_response(
-            r.request_id,
-            &a.outcome,
-            a.durable,
-        )))
+        let started = Instant::now();
+        let answer = self.answer(req.into_inner()).await;
+        let result = match &answer {
+            Ok(r) => result_name(proto::IssueResult::try_from(r.result).unwrap_or_default()),
+            Err(s) => status_name(s),
+        };
+        metrics::issue_answered(Rpc::Issue, result, started.elapsed());
+        answer.map(Response::new)
     }
 
     type IssueStreamStream =

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod health;
 pub mod issuer;
 pub mod status;
 

@@ -51,12 +51,16 @@ impl Backlog {
         Ok(Self { ranges })
     }
 
+    /// Unconsumed messages per partition.
+    pub fn per_partition(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.ranges
+            .iter()
+            .map(|(p, (next, high))| (*p, (high - next).max(0) as u64))
+    }
+
     /// Messages the group has not consumed yet, over all partitions.
     pub fn lag(&self) -> u64 {
-        self.ranges
-            .values()
-            .map(|(next, high)| (high - next).max(0) as u64)
-            .sum()
+        self.per_partition().map(|(_, lag)| lag).sum()
     }
 
     /// The issuances of `event` among the unconsumed messages (undecodable

@@ -96,7 +96,10 @@ async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
             .iter()
             .map(|j| (&j.cmd.user_id, &j.cmd.request_id))
             .collect();
-        match issue_asking_again(redis, &event, &items, retry).await {
+        let started = Instant::now();
+        let answered = issue_asking_again(redis, &event, &items, retry).await;
+        crate::metrics::script_called(items.len(), started.elapsed());
+        match answered {
             Ok(outcomes) => {
                 for (j, o) in group.into_iter().zip(outcomes) {
                     // The caller may have gone (deadline, disconnect); the

@@ -74,7 +74,13 @@ impl IssuerService {
             request_id: cmd.request_id.as_str().to_owned(),
         };
         let durable = match self.durability {
-            Durability::Ack => publish_logged(&self.publisher, &record).await,
+            Durability::Ack => {
+                let durable = publish_logged(&self.publisher, &record).await;
+                if !durable {
+                    crate::metrics::answered_not_durable();
+                }
+                durable
+            }
             Durability::Async => {
                 let p = self.publisher.clone();
                 tokio::spawn(async move { publish_logged(&p, &record).await });
@@ -125,7 +131,10 @@ impl IssuerService {
 
 /// Publishes; true when Kafka acknowledged.
 async fn publish_logged(p: &Publisher, record: &IssuanceRecord) -> bool {
-    let Err(e) = p.publish(record).await else {
+    let started = std::time::Instant::now();
+    let published = p.publish(record).await;
+    crate::metrics::published(started.elapsed(), published.is_ok());
+    let Err(e) = published else {
         return true;
     };
     {

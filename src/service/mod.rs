@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod gauges;
 pub mod issuer;
 pub mod preload;
+pub mod readiness;
 pub mod sweeper;
 
 pub use admin::AdminService;

@@ -452,6 +452,7 @@ impl Job {
         let mut redraw = move || redraws.code(&prefix);
         let policies = &self.event.policies;
         let mut spent = Duration::ZERO;
+        let mut written = 0u64;
         while let Some(mut chunk) = chunks.recv().await {
             if stop.is_cancelled() {
                 return Err(JobEnd::Stopped);
@@ -468,6 +469,8 @@ impl Job {
                 )
                 .await?;
             spent += t.elapsed();
+            written += chunk.len() as u64;
+            crate::metrics::preload_written(self.event.id.as_str(), written);
             let entries = chunk
                 .iter()
                 .map(|(code, pos)| queue_entry(code, &policies[*pos as usize].discount))

@@ -122,6 +122,7 @@ impl Sweeper {
                 }
             }
             republished += n - failed;
+            crate::metrics::republished(n - failed);
             if n < CLAIM_BATCH
                 || failed > 0
                 || shutdown.is_cancelled()

@@ -5,7 +5,9 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod health;
 mod kafka;
+mod metrics;
 mod preload;
 mod redis;
 mod support;

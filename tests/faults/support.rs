@@ -62,7 +62,7 @@ impl Drop for RestoreStack {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -108,6 +108,9 @@ impl Env {
             .env("COUPOND_SWEEP_INTERVAL_MS", "300")
             .env("COUPOND_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("COUPOND_ADMIN_TOKEN", ADMIN_TOKEN)
+            // Several processes per test: only a test that scrapes opens it.
+            .env("COUPOND_METRICS_LISTEN", "off")
+            .env("COUPOND_CONSUME_HEALTH_LISTEN", "off")
             .env(
                 "RUST_LOG",
                 std::env::var("FAULT_LOG").unwrap_or_else(|_| "warn".into()),
@@ -176,11 +179,15 @@ impl Env {
 
     /// Starts `coupond consume`.
     pub fn consume(&self) -> Proc {
+        self.consume_env(&[])
+    }
+
+    /// `consume` with extra environment variables.
+    pub fn consume_env(&self, envs: &[(&str, &str)]) -> Proc {
+        let mut c = self.command(&["consume"]);
+        c.envs(envs.iter().copied());
         Proc {
-            child: self
-                .command(&["consume"])
-                .spawn()
-                .expect("spawn coupond consume"),
+            child: c.spawn().expect("spawn coupond consume"),
         }
     }
 
@@ -356,6 +363,12 @@ impl Drop for OwnRedis {
 /// A child process, killed when dropped.
 pub struct Proc {
     child: Child,
+}
+
+impl From<Child> for Proc {
+    fn from(child: Child) -> Self {
+        Self { child }
+    }
 }
 
 impl Proc {
