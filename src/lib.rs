@@ -20,4 +20,5 @@ pub mod service;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;

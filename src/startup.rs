@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -27,12 +26,16 @@ use crate::service::sweeper::Sweeper;
 use crate::service::{AdminService, IssuerService, PreloadJobs};
 use crate::store::redis::RedisTimeouts;
 use crate::store::{PgStore, RedisStore};
+use crate::supervisor::Supervisor;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 /// How long shutdown waits for Kafka to take the last messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for preload jobs to stop at a chunk's end.
 const JOBS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the tasks (the finalizer drains its
+/// partitions for up to 10 s of this).
+const TASKS_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Connections to the backing services, checked and migrated.
 #[derive(Clone)]
@@ -148,66 +151,57 @@ impl Application {
         let background = CancellationToken::new();
         // Whatever way this function returns, they do stop.
         let _stop_background = background.clone().drop_guard();
-        let tasks = BackgroundTasks::start(&backends, &settings, &serve, &background)?;
-        let services = Services::build(&backends, &settings, &shutdown);
+        let mut tasks = Supervisor::default();
+        start_background(&mut tasks, &backends, &settings, &serve, &background)?;
+        let services = Services::build(&backends, &settings, &shutdown, &mut tasks);
         let (reporter, health_svc) = tonic_health::server::health_reporter();
-        let health = tokio::spawn(health::report(
-            reporter,
-            backends.readiness(&settings),
-            Reports::Server,
-            shutdown.clone(),
-        ));
+        health::serving_at_start(&reporter, Reports::Server).await;
+        let readiness = backends.readiness(&settings);
+        let draining = shutdown.clone();
+        tasks.spawn(
+            "health reporter",
+            health::report(reporter, readiness, Reports::Server, draining),
+        );
         let router = grpc_server(&serve, &settings, &services, health_svc)?;
         tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
-        let served = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
-            .await;
+        let serving = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
+        let (served, ended) = tasks.run(serving, &shutdown).await;
         tracing::info!(
             ok = served.is_ok(),
             "grpc server stopped; flushing kafka producer"
         );
         drain(&backends, &shutdown, &background, services, tasks).await?;
-        log_end("health reporter", health.await);
+        if let Some(e) = ended {
+            return Err(e.into());
+        }
         served?;
         Ok(())
     }
 }
 
-/// The tasks that run beside the gRPC server until the drain ends.
-struct BackgroundTasks {
-    finalizer: Option<JoinHandle<anyhow::Result<()>>>,
-    sweeper: JoinHandle<anyhow::Result<()>>,
-    gauges: JoinHandle<anyhow::Result<()>>,
-}
-
-impl BackgroundTasks {
-    fn start(
-        backends: &Backends,
-        settings: &Settings,
-        serve: &ServeSettings,
-        stop: &CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let finalizer = match serve.no_consumer {
-            true => None,
-            false => Some(tokio::spawn(
-                backends.finalizer(settings)?.run(stop.clone()),
-            )),
-        };
-        let sweeper = Sweeper::new(
-            backends.pg.clone(),
-            backends.redis.clone(),
-            backends.publisher.clone(),
-            settings.kafka.clone(),
-            settings.sweep.clone(),
-        );
-        let sweeper = tokio::spawn(sweeper.run(stop.clone()));
-        let gauges = tokio::spawn(backends.gauges(settings).run(stop.clone()));
-        Ok(Self {
-            finalizer,
-            sweeper,
-            gauges,
-        })
+/// The tasks that run beside the gRPC server until the drain ends: the
+/// finalizer (unless --no-consumer), the sweeper and the gauges.
+fn start_background(
+    tasks: &mut Supervisor,
+    backends: &Backends,
+    settings: &Settings,
+    serve: &ServeSettings,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if !serve.no_consumer {
+        tasks.spawn("finalizer", backends.finalizer(settings)?.run(stop.clone()));
     }
+    let sweeper = Sweeper::new(
+        backends.pg.clone(),
+        backends.redis.clone(),
+        backends.publisher.clone(),
+        settings.kafka.clone(),
+        settings.sweep.clone(),
+    );
+    tasks.spawn("sweeper", sweeper.run(stop.clone()));
+    tasks.spawn("gauges", backends.gauges(settings).run(stop.clone()));
+    Ok(())
 }
 
 /// The services behind the gRPC edge, and the preload jobs they own.
@@ -215,16 +209,21 @@ struct Services {
     issuer: Arc<IssuerService>,
     admin: Arc<AdminService>,
     jobs: PreloadJobs,
-    resumer: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Services {
-    fn build(backends: &Backends, settings: &Settings, shutdown: &CancellationToken) -> Self {
+    fn build(
+        backends: &Backends,
+        settings: &Settings,
+        shutdown: &CancellationToken,
+        tasks: &mut Supervisor,
+    ) -> Self {
         let batcher = Batcher::start(
             backends.redis.clone(),
             settings.issue.batch_size,
             settings.issue.workers,
             Duration::from_millis(settings.issue.retry_ms),
+            tasks,
         );
         let issuer = Arc::new(IssuerService::new(
             batcher,
@@ -240,10 +239,10 @@ impl Services {
             settings.preload.clone(),
             shutdown.child_token(),
         );
-        let resumer = {
-            let (jobs, token) = (jobs.clone(), shutdown.child_token());
-            tokio::spawn(async move { jobs.run_resumer(token).await })
-        };
+        let (resumer, token) = (jobs.clone(), shutdown.child_token());
+        tasks.spawn("preload resumer", async move {
+            resumer.run_resumer(token).await
+        });
         let admin = Arc::new(AdminService::new(
             backends.pg.clone(),
             backends.redis.clone(),
@@ -253,7 +252,6 @@ impl Services {
             issuer,
             admin,
             jobs,
-            resumer,
         }
     }
 }
@@ -328,16 +326,18 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// After the gRPC server stopped: flush the producer, then stop the
-/// preload jobs and the background tasks and wait for each (the finalizer
-/// records what its partitions hold first).
+/// After the gRPC server stopped: the last background publishes, the
+/// producer flush, then the preload jobs and every task stop, each awaited
+/// within the deadline (the finalizer records what its partitions hold
+/// first).
 async fn drain(
     backends: &Backends,
     shutdown: &CancellationToken,
     background: &CancellationToken,
     services: Services,
-    tasks: BackgroundTasks,
+    tasks: Supervisor,
 ) -> anyhow::Result<()> {
+    services.issuer.finish_publishes(FLUSH_TIMEOUT).await;
     let publisher = backends.publisher.clone();
     let flushed = tokio::task::spawn_blocking(move || publisher.flush(FLUSH_TIMEOUT)).await?;
     if let Err(e) = &flushed {
@@ -346,21 +346,10 @@ async fn drain(
     shutdown.cancel();
     background.cancel();
     services.jobs.drain(JOBS_TIMEOUT).await;
-    log_end("preload resumer", services.resumer.await);
-    log_end("sweeper", tasks.sweeper.await);
-    log_end("gauges", tasks.gauges.await);
-    if let Some(f) = tasks.finalizer {
-        log_end("finalizer", f.await);
-    }
+    // The batch workers stop once the last handle to them is gone.
+    drop(services);
+    tasks.wait_all(TASKS_TIMEOUT).await;
     Ok(())
-}
-
-fn log_end(task: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) {
-    match r {
-        Ok(Ok(())) => tracing::info!("{task} stopped"),
-        Ok(Err(e)) => tracing::error!(error = %e, "{task} ended with an error"),
-        Err(e) => tracing::error!(error = %e, "{task} task panicked"),
-    }
 }
 
 /// `coupond consume`: the finalizer, the gauges and (unless `health` is
@@ -371,46 +360,41 @@ pub async fn consume(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let backends = Backends::connect(settings).await?;
-    let gauges = tokio::spawn(backends.gauges(settings).run(stop.clone()));
-    let health = match health {
-        Some(addr) => Some(health_listener(&backends, settings, addr, &stop).await?),
-        None => None,
-    };
-    let finalized = backends.finalizer(settings)?.run(stop.clone()).await;
+    let mut tasks = Supervisor::default();
+    tasks.spawn("gauges", backends.gauges(settings).run(stop.clone()));
+    if let Some(addr) = health {
+        health_listener(&mut tasks, &backends, settings, addr, &stop).await?;
+    }
+    let finalizing = backends.finalizer(settings)?.run(stop.clone());
+    let (finalized, ended) = tasks.run(finalizing, &stop).await;
     stop.cancel();
-    log_end("gauges", gauges.await);
-    if let Some((reporting, serving)) = health {
-        log_end("health reporter", reporting.await);
-        log_end("health listener", serving.await);
+    tasks.wait_all(TASKS_TIMEOUT).await;
+    if let Some(e) = ended {
+        return Err(e.into());
     }
     finalized
 }
 
 /// Serves `grpc.health.v1` alone on `addr`, reporting the finalizer.
 async fn health_listener(
+    tasks: &mut Supervisor,
     backends: &Backends,
     settings: &Settings,
     addr: SocketAddr,
     stop: &CancellationToken,
-) -> anyhow::Result<(
-    JoinHandle<anyhow::Result<()>>,
-    JoinHandle<anyhow::Result<()>>,
-)> {
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the health listener {addr}: {e}"))?;
     let (reporter, svc) = tonic_health::server::health_reporter();
+    health::serving_at_start(&reporter, Reports::Finalizer).await;
     let readiness = backends.readiness(settings);
     // Health goes NOT_SERVING at the signal; the listener outlives the
     // finalizer's drain and stops with the process.
-    let reporting = tokio::spawn(health::report(
-        reporter,
-        readiness,
-        Reports::Finalizer,
-        stop.clone(),
-    ));
+    let reporting = health::report(reporter, readiness, Reports::Finalizer, stop.clone());
+    tasks.spawn("health reporter", reporting);
     let until = stop.clone();
-    let serving = tokio::spawn(async move {
+    tasks.spawn("health listener", async move {
         tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -422,5 +406,5 @@ async fn health_listener(
             .map_err(anyhow::Error::from)
     });
     tracing::info!(%addr, "finalizer health on {addr}");
-    Ok((reporting, serving))
+    Ok(())
 }

@@ -35,15 +35,28 @@ impl Reports {
     }
 }
 
-/// Probes and reports until `draining` fires, then reports NOT_SERVING for
-/// every service (the server keeps answering health while it drains).
+const ALL: Reachable = Reachable {
+    redis: true,
+    postgres: true,
+    kafka: true,
+};
+
+/// Reports every service SERVING: what a process that just connected to
+/// its stores says before it accepts the first call.
+pub async fn serving_at_start(reporter: &HealthReporter, reports: Reports) {
+    set(reporter, reports.statuses(&ALL)).await;
+}
+
+/// Probes and reports changes until `draining` fires, then reports
+/// NOT_SERVING for every service (the server keeps answering health while
+/// it drains). Starts from `serving_at_start`.
 pub async fn report(
     reporter: HealthReporter,
     readiness: Readiness,
     reports: Reports,
     draining: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut last: Option<Reachable> = None;
+    let mut last = Some(ALL);
     loop {
         let reachable = tokio::select! {
             _ = draining.cancelled() => break,

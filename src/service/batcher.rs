@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use crate::domain::{CouponError, EventId, IssueCommand, IssueOutcome};
 use crate::store::redis::RedisStoreError;
 use crate::store::RedisStore;
+use crate::supervisor::Supervisor;
 
 /// First and longest pause between two attempts at a batch.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -35,14 +36,25 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// `retry`: how long a batch whose reply was lost is asked again.
-    pub fn start(redis: RedisStore, max_batch: usize, workers: usize, retry: Duration) -> Self {
+    /// `retry`: how long a batch whose reply was lost is asked again. The
+    /// workers run under `tasks`.
+    pub fn start(
+        redis: RedisStore,
+        max_batch: usize,
+        workers: usize,
+        retry: Duration,
+        tasks: &mut Supervisor,
+    ) -> Self {
         let max_batch = max_batch.max(1);
         // Bounded: past this many queued requests, callers wait (backpressure).
         let (tx, rx) = mpsc::channel(max_batch * workers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..workers.max(1) {
-            tokio::spawn(worker(redis.clone(), rx.clone(), max_batch, retry));
+            let w = worker(redis.clone(), rx.clone(), max_batch, retry);
+            tasks.spawn("issue batch worker", async move {
+                w.await;
+                Ok(())
+            });
         }
         Self { tx }
     }

@@ -1,5 +1,8 @@
 //! Issuing coupons and looking up issuances.
 
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
 use tracing::instrument;
 
 use crate::config::Durability;
@@ -33,6 +36,8 @@ pub struct IssuerService {
     pg: PgStore,
     publisher: Publisher,
     durability: Durability,
+    /// Background publishes (async durability), awaited at shutdown.
+    publishes: TaskTracker,
 }
 
 impl IssuerService {
@@ -49,6 +54,22 @@ impl IssuerService {
             pg,
             publisher,
             durability,
+            publishes: TaskTracker::new(),
+        }
+    }
+
+    /// Shutdown: waits (up to `limit`) for the background publishes to hand
+    /// their messages to the producer, which is flushed next.
+    pub async fn finish_publishes(&self, limit: Duration) {
+        self.publishes.close();
+        if tokio::time::timeout(limit, self.publishes.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                left = self.publishes.len(),
+                "background publishes unfinished at shutdown; the sweeper republishes them"
+            );
         }
     }
 
@@ -83,7 +104,8 @@ impl IssuerService {
             }
             Durability::Async => {
                 let p = self.publisher.clone();
-                tokio::spawn(async move { publish_logged(&p, &record).await });
+                self.publishes
+                    .spawn(async move { publish_logged(&p, &record).await });
                 false
             }
         };
