@@ -71,7 +71,8 @@ bench() { # name, args...
   echo "== $name" >&2
   local before
   before="$(script_calls)"
-  "$BENCH" --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
+  python3 scripts/cpu-seconds.py "$OUT/$name.cpu" \
+    "$BENCH" --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
   echo $(($(script_calls) - before)) >"$OUT/$name.scripts"
 }
 
@@ -122,7 +123,8 @@ ghz_run() { # name, configuration, changes (JSON)
     --json "$OUT/ghz/$name-event.json" >/dev/null 2>&1
   event="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/ghz/$name-event.json")"
   python3 scripts/ghz_config.py "ghz/$2" "$OUT/ghz/$name-config.json" "$3" "$event" "127.0.0.1:$PORT"
-  "$GHZ" --config "$OUT/ghz/$name-config.json" --format json >"$OUT/ghz/$name.json"
+  python3 scripts/cpu-seconds.py "$OUT/ghz/$name.cpu" \
+    "$GHZ" --config "$OUT/ghz/$name-config.json" --format json >"$OUT/ghz/$name.json"
 }
 for C in 100 1000 3000; do
   ghz_run "unary-ack-c$C" issue.json "{\"total\": $REQUESTS, \"concurrency\": $C, \"connections\": 8}"

@@ -69,6 +69,15 @@ if os.path.exists(vs_copy):
     lines.append("Preload beside PostgreSQL's COPY of the same rows (bench-preload.sh):")
     lines.append("")
     lines.extend(open(vs_copy).read().splitlines())
+def cpu(path):
+    """`cpu (wall)` seconds of a client process, from cpu-seconds.py."""
+    try:
+        c, w = open(path).read().split()
+        return f"{float(c):.1f} ({float(w):.1f})"
+    except (OSError, ValueError):
+        return "-"
+
+
 ghz = {}
 for path in sorted(glob.glob(os.path.join(run, "ghz", "*.json"))):
     name = os.path.basename(path)[:-5]
@@ -79,8 +88,8 @@ if ghz:
     lines.append("ghz beside coupond-bench, same server (ack), same run; ghz counts a stream as one call, "
                  "so stream rates are messages/s over ghz's total time and its stream latencies are of whole streams:")
     lines.append("")
-    lines.append("| load | ghz requests/s | ghz p50 / p99 ms | ghz errors | coupond-bench requests/s | coupond-bench p50 / p99 ms |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| load | ghz requests/s | ghz p50 / p99 ms | ghz errors | ghz CPU s (wall s) | coupond-bench requests/s | coupond-bench p50 / p99 ms | coupond-bench CPU s (wall s) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for name, g in ghz.items():
         pct = {int(p["percentage"]): p["latency"] / 1e6 for p in g.get("latencyDistribution") or []}
         errors = sum((g.get("errorDistribution") or {}).values())
@@ -92,7 +101,9 @@ if ghz:
         ours_lat = ours.get("latency_us", {})
         lines.append(
             f"| {name} | {rate:.0f} | {pct.get(50, 0):.2f} / {pct.get(99, 0):.2f} | {errors} | "
-            f"{ours.get('requests_per_s', 0):.0f} | {ours_lat.get('p50', 0)/1000:.2f} / {ours_lat.get('p99', 0)/1000:.2f} |")
+            f"{cpu(os.path.join(run, 'ghz', name + '.cpu'))} | "
+            f"{ours.get('requests_per_s', 0):.0f} | {ours_lat.get('p50', 0)/1000:.2f} / {ours_lat.get('p99', 0)/1000:.2f} | "
+            f"{cpu(os.path.join(run, name + '.cpu'))} |")
 open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 
