@@ -41,10 +41,13 @@ enum Command {
         #[command(flatten)]
         event: crate::operator::PreloadArgs,
     },
-    /// List a running server's events with their state and counts.
+    /// List a running server's events with their state and counts, or
+    /// control one: `coupond events pause|resume|close|extend --event E --reason R`.
     Events {
         #[command(flatten)]
         server: crate::operator::ServerArgs,
+        #[command(subcommand)]
+        control: Option<crate::operator::EventControl>,
     },
 }
 
@@ -168,7 +171,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Preload { server, event } => crate::operator::preload(&server, &event).await,
-        Command::Events { server } => crate::operator::events(&server).await,
+        Command::Events {
+            server,
+            control: None,
+        } => crate::operator::events(&server).await,
+        Command::Events {
+            server,
+            control: Some(c),
+        } => crate::operator::control(&server, &c).await,
         Command::Migrate => {
             let pg = crate::store::PgStore::connect(&cli.settings.database.url, 1)?;
             pg.migrate().await

@@ -326,6 +326,79 @@ pub async fn events(server: &ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An operator's control of a live event (`coupond events <control>`).
+#[derive(clap::Subcommand)]
+pub enum EventControl {
+    /// Pause: Issue answers PAUSED and issues nothing until `resume`.
+    Pause(ControlArgs),
+    /// Resume a paused event.
+    Resume(ControlArgs),
+    /// End the event's window now: Issue answers ENDED.
+    Close(ControlArgs),
+    /// Move the event's end (RFC 3339, e.g. 2026-11-25T18:00:00Z).
+    Extend {
+        #[command(flatten)]
+        args: ControlArgs,
+        #[arg(long)]
+        ends_at: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ControlArgs {
+    /// The event.
+    #[arg(long)]
+    pub event: String,
+    /// Why, recorded with the control.
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// Applies `control` and prints the event it leaves.
+pub async fn control(server: &ServerArgs, control: &EventControl) -> anyhow::Result<()> {
+    let mut admin = connect(server).await?;
+    let fail = |s: tonic::Status| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message());
+    let event = match control {
+        EventControl::Pause(a) => admin
+            .pause_event(proto::PauseEventRequest {
+                event_id: a.event.clone(),
+                reason: a.reason.clone(),
+            })
+            .await
+            .map(|r| r.into_inner().event),
+        EventControl::Resume(a) => admin
+            .resume_event(proto::ResumeEventRequest {
+                event_id: a.event.clone(),
+                reason: a.reason.clone(),
+            })
+            .await
+            .map(|r| r.into_inner().event),
+        EventControl::Close(a) => admin
+            .close_event(proto::CloseEventRequest {
+                event_id: a.event.clone(),
+                reason: a.reason.clone(),
+            })
+            .await
+            .map(|r| r.into_inner().event),
+        EventControl::Extend { args, ends_at } => {
+            let t = chrono::DateTime::parse_from_rfc3339(ends_at).map_err(|e| {
+                anyhow::anyhow!("--ends-at {ends_at:?}: {e} (RFC 3339, e.g. 2026-11-25T18:00:00Z)")
+            })?;
+            admin
+                .extend_event(proto::ExtendEventRequest {
+                    event_id: args.event.clone(),
+                    ends_at: Some(timestamp(t.with_timezone(&chrono::Utc))),
+                    reason: args.reason.clone(),
+                })
+                .await
+                .map(|r| r.into_inner().event)
+        }
+    }
+    .map_err(fail)?;
+    print!("{}", events_table(&event.into_iter().collect::<Vec<_>>()));
+    Ok(())
+}
+
 /// The table `coupond events` prints: one line per event, aligned.
 pub fn events_table(events: &[proto::Event]) -> String {
     let head = [
@@ -343,7 +416,10 @@ pub fn events_table(events: &[proto::Event]) -> String {
     for e in events {
         lines.push(vec![
             e.event_id.clone(),
-            state_name(e.state).into(),
+            match e.paused {
+                true => format!("{} (PAUSED)", state_name(e.state)),
+                false => state_name(e.state).into(),
+            },
             e.total_count.to_string(),
             e.preloaded_count.to_string(),
             e.remaining_count.to_string(),

@@ -413,6 +413,7 @@ pub async fn rebuild(
                 total: stored.total_count,
                 preload_id: &stored.preload.preload_id,
                 conflicted: &state.conflicted,
+                paused: stored.paused,
             },
         )
         .await

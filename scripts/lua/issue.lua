@@ -2,12 +2,12 @@
 --
 -- KEYS[1] couponQueue:{E}    list of "code\ttype\tvalue", shuffled at preload
 -- KEYS[2] couponIssued:{E}   hash user -> "code\ttype\tvalue\tissued_ms\trequest_id\tP|F"
--- KEYS[3] couponMeta:{E}     hash starts_at, ends_at (unix ms), total
+-- KEYS[3] couponMeta:{E}     hash starts_at, ends_at (unix ms), total, paused (1 or absent)
 -- KEYS[4] couponPending:{E}  sorted set user -> issued_ms, issued but not yet in PostgreSQL
 -- ARGV[1] N; then ARGV[2i], ARGV[2i+1] = user id, request id of item i (1-based)
 --
 -- Returns 2N values: status_i, record_i. Status: 1 ISSUED, 2 ALREADY_ISSUED,
--- 3 SOLD_OUT, 4 NOT_STARTED, 5 ENDED, 6 EVENT_NOT_FOUND; the record is the
+-- 3 SOLD_OUT, 4 NOT_STARTED, 5 ENDED, 6 EVENT_NOT_FOUND, 7 PAUSED; the record is the
 -- user's issued-hash entry for 1 and 2, else "".
 --
 -- Tabs separate record fields: ids may not contain control characters, so a
@@ -15,7 +15,7 @@
 local n = tonumber(ARGV[1])
 local out = {}
 
-local meta = redis.call('HMGET', KEYS[3], 'starts_at', 'ends_at')
+local meta = redis.call('HMGET', KEYS[3], 'starts_at', 'ends_at', 'paused')
 local closed = nil
 if not meta[1] then
   closed = 6
@@ -27,6 +27,8 @@ else
     closed = 4
   elseif now >= tonumber(meta[2]) then
     closed = 5
+  elseif meta[3] == '1' then
+    closed = 7
   else
     for i = 1, n do
       local user = ARGV[2 * i]

@@ -10,7 +10,8 @@
 -- ARGV[1] starts_at ms  ARGV[2] ends_at ms  ARGV[3] total
 -- ARGV[4] expected queue length  ARGV[5] expected issued count
 -- ARGV[6] the preload id PostgreSQL records for the event
--- ARGV[7..] users whose staged record is conflicted (state C)
+-- ARGV[7] 1 when the event is paused, else 0
+-- ARGV[8..] users whose staged record is conflicted (state C)
 -- KEYS[9] couponConflicts:{E}
 if redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('EVENT_LIVE event is live; take it offline first')
@@ -19,10 +20,11 @@ if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[4]) or redis.call('HLEN', KEYS[2
   return redis.error_reply('STAGING_INCOMPLETE staged state does not match')
 end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[8], KEYS[9])
-for i = 7, #ARGV do redis.call('SADD', KEYS[9], ARGV[i]) end
+for i = 8, #ARGV do redis.call('SADD', KEYS[9], ARGV[i]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]) end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[6]) end
 redis.call('HSET', KEYS[7], 'starts_at', ARGV[1], 'ends_at', ARGV[2], 'total', ARGV[3],
   'preload_id', ARGV[6])
+if ARGV[7] == '1' then redis.call('HSET', KEYS[7], 'paused', '1') end
 return 1

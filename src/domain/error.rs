@@ -42,6 +42,9 @@ pub enum CouponError {
     },
     #[error("event {0} not found")]
     EventNotFound(EventId),
+    /// A control of an event that is not LIVE.
+    #[error("event {id} is {state}, not LIVE: only a live event can be controlled")]
+    NotLive { id: EventId, state: &'static str },
     #[error("user {user_id} holds no coupon of event {event_id}")]
     IssuanceNotFound { event_id: String, user_id: String },
     /// The request may or may not have taken effect: a store took it but

@@ -230,6 +230,8 @@ pub struct StoredEvent {
     pub window: EventWindow,
     pub prefix: CodePrefix,
     pub preload: PreloadStatus,
+    /// Paused by an operator (PauseEvent).
+    pub paused: bool,
 }
 
 impl StoredEvent {
@@ -345,6 +347,7 @@ mod tests {
                 failure: None,
                 timings: None,
             },
+            paused: false,
         }
     }
 

@@ -43,6 +43,8 @@ pub enum IssueOutcome {
     NotStarted,
     Ended,
     EventNotFound,
+    /// The event is paused by an operator; nothing was issued.
+    Paused,
     /// The coupon this user was issued is recorded in PostgreSQL for
     /// another user: the user holds none (see `IssuanceState::Conflicted`).
     Conflicted(IssuedCoupon),

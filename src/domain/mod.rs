@@ -5,6 +5,7 @@
 
 pub mod allocation;
 pub mod code;
+pub mod control;
 pub mod error;
 pub mod event;
 pub mod ids;
@@ -15,6 +16,7 @@ mod properties;
 
 pub use allocation::allocate;
 pub use code::{CodeGenerator, CODE_ALPHABET, DEFAULT_CODE_LENGTH};
+pub use control::Control;
 pub use error::{CouponError, FieldError};
 pub use event::{
     Discount, DiscountType, EventWindow, NewEvent, Policy, PolicyInput, PreloadInput, StoredEvent,

@@ -5,10 +5,14 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::{CouponError, EventId, FieldError, NewEvent, PreloadInput};
+use chrono::{DurationRound, Utc};
+
+use crate::domain::control::parse_reason;
+use crate::domain::{Control, CouponError, EventId, FieldError, NewEvent, PreloadInput};
 use crate::grpc::convert;
 use crate::proto;
 use crate::proto::coupon_admin_server::CouponAdmin;
+use crate::proto::wire::to_datetime;
 use crate::service::admin::MAX_PAGE;
 use crate::service::AdminService;
 
@@ -121,6 +125,84 @@ impl CouponAdmin for AdminApi {
             events: views.iter().map(convert::event).collect(),
             next_page_token,
         }))
+    }
+
+    async fn pause_event(
+        &self,
+        req: Request<proto::PauseEventRequest>,
+    ) -> Result<Response<proto::PauseEventResponse>, Status> {
+        let r = req.into_inner();
+        let event = self.control(&r.event_id, Control::Pause, &r.reason).await?;
+        Ok(Response::new(proto::PauseEventResponse { event }))
+    }
+
+    async fn resume_event(
+        &self,
+        req: Request<proto::ResumeEventRequest>,
+    ) -> Result<Response<proto::ResumeEventResponse>, Status> {
+        let r = req.into_inner();
+        let event = self
+            .control(&r.event_id, Control::Resume, &r.reason)
+            .await?;
+        Ok(Response::new(proto::ResumeEventResponse { event }))
+    }
+
+    async fn close_event(
+        &self,
+        req: Request<proto::CloseEventRequest>,
+    ) -> Result<Response<proto::CloseEventResponse>, Status> {
+        let r = req.into_inner();
+        // Milliseconds: what Redis keeps of the window.
+        let now = Utc::now()
+            .duration_trunc(chrono::Duration::milliseconds(1))
+            .unwrap_or_else(|_| Utc::now());
+        let event = self
+            .control(&r.event_id, Control::Close(now), &r.reason)
+            .await?;
+        Ok(Response::new(proto::CloseEventResponse { event }))
+    }
+
+    async fn extend_event(
+        &self,
+        req: Request<proto::ExtendEventRequest>,
+    ) -> Result<Response<proto::ExtendEventResponse>, Status> {
+        let r = req.into_inner();
+        let ends_at = r
+            .ends_at
+            .as_ref()
+            .ok_or_else(|| invalid(FieldError::new("ends_at", "is required")))
+            .and_then(|t| {
+                to_datetime(t).ok_or_else(|| {
+                    invalid(FieldError::new(
+                        "ends_at",
+                        "timestamp out of range: must lie in years 1 to 9999 with nanos 0..1e9",
+                    ))
+                })
+            })?;
+        let ends_at = ends_at
+            .duration_trunc(chrono::Duration::milliseconds(1))
+            .unwrap_or(ends_at);
+        let event = self
+            .control(&r.event_id, Control::Extend(ends_at), &r.reason)
+            .await?;
+        Ok(Response::new(proto::ExtendEventResponse { event }))
+    }
+}
+
+impl AdminApi {
+    /// Parses the event id and the reason, applies the control, and
+    /// converts the event it leaves.
+    async fn control(
+        &self,
+        event_id: &str,
+        control: Control,
+        reason: &str,
+    ) -> Result<Option<proto::Event>, Status> {
+        let id = EventId::parse(event_id.to_owned())
+            .map_err(|r| invalid(FieldError::new("event_id", r)))?;
+        let reason = parse_reason(reason).map_err(invalid)?;
+        let view = self.svc.control(&id, control, &reason).await?;
+        Ok(Some(convert::event(&view)))
     }
 }
 

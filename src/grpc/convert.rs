@@ -73,6 +73,7 @@ pub fn issue_response(request_id: String, o: &IssueOutcome, durable: bool) -> pr
         IssueOutcome::NotStarted => (R::NotStarted, None, "the event has not started"),
         IssueOutcome::Ended => (R::Ended, None, "the event has ended"),
         IssueOutcome::EventNotFound => (R::EventNotFound, None, "no such event"),
+        IssueOutcome::Paused => (R::Paused, None, "the event is paused; ask again later"),
         IssueOutcome::Conflicted(c) => (
             R::Conflicted,
             Some(coupon(c)),
@@ -167,5 +168,6 @@ pub fn event(v: &EventView) -> proto::Event {
         failure_reason: e.preload.failure.clone().unwrap_or_default(),
         preload_id: e.preload.preload_id.to_string(),
         conflicted_count: clamp_u32(v.redis.conflicted),
+        paused: e.paused,
     }
 }

@@ -88,6 +88,7 @@ fn result_name(r: proto::IssueResult) -> &'static str {
         R::Unavailable => "unavailable",
         R::Unknown => "unknown",
         R::Conflicted => "conflicted",
+        R::Paused => "paused",
     }
 }
 

@@ -29,6 +29,7 @@ impl From<CouponError> for Status {
                  or watch GetEvent"
             )),
             CouponError::EventNotFound(id) => Status::not_found(format!("event {id} not found")),
+            e @ CouponError::NotLive { .. } => Status::failed_precondition(e.to_string()),
             e @ CouponError::IssuanceNotFound { .. } => Status::not_found(e.to_string()),
             CouponError::OutcomeUnknown { context, source } => {
                 tracing::error!(error = ?source, "{context}");

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tracing::instrument;
 
-use crate::domain::{CouponError, EventId, EventState, NewEvent, StoredEvent};
+use crate::domain::{Control, CouponError, EventId, EventState, NewEvent, StoredEvent};
 use crate::service::preload::PreloadJobs;
 use crate::store::postgres::PgStoreError;
 use crate::store::redis::RedisCounts;
@@ -51,12 +51,7 @@ impl AdminService {
     /// The event with its policies, preload state and live counts.
     #[instrument(skip_all, fields(event_id = %id), err)]
     pub async fn event(&self, id: &EventId) -> Result<EventView, CouponError> {
-        let event = self
-            .pg
-            .event(id)
-            .await
-            .map_err(pg_unavailable("reading the event"))?
-            .ok_or_else(|| CouponError::EventNotFound(id.clone()))?;
+        let event = self.stored(id).await?;
         self.view(event).await
     }
 
@@ -72,6 +67,54 @@ impl AdminService {
             views.push(self.view(e).await?);
         }
         Ok(views)
+    }
+
+    /// Applies an operator's control to a LIVE event: recorded in
+    /// PostgreSQL first (with the reason), then in effect in Redis; a
+    /// failure between the two is UNAVAILABLE, and calling again (the
+    /// controls are idempotent) finishes it.
+    #[instrument(skip_all, fields(event_id = %id, action = control.action()), err)]
+    pub async fn control(
+        &self,
+        id: &EventId,
+        control: Control,
+        reason: &str,
+    ) -> Result<EventView, CouponError> {
+        let event = self.stored(id).await?;
+        let not_live = |e: &StoredEvent| CouponError::NotLive {
+            id: id.clone(),
+            state: e.preload.state.as_str(),
+        };
+        if event.preload.state != EventState::Live {
+            return Err(not_live(&event));
+        }
+        control.check_window(event.window.starts_at())?;
+        let event = self
+            .pg
+            .apply_control(id, &control, reason)
+            .await
+            .map_err(pg_unavailable("recording the control"))?
+            .ok_or_else(|| not_live(&event))?;
+        let applied = self.redis.apply_control(id, &control).await.map_err(|e| {
+            CouponError::unavailable("applying the control in redis (recorded; call again)", e)
+        })?;
+        if !applied {
+            return Err(CouponError::unavailable(
+                "the event is not live in redis (being rebuilt?); the control is recorded: call again",
+                anyhow::anyhow!("meta hash missing"),
+            ));
+        }
+        tracing::info!(reason, "event controlled");
+        self.view(event).await
+    }
+
+    /// The event as PostgreSQL records it; NOT_FOUND when there is none.
+    async fn stored(&self, id: &EventId) -> Result<StoredEvent, CouponError> {
+        self.pg
+            .event(id)
+            .await
+            .map_err(pg_unavailable("reading the event"))?
+            .ok_or_else(|| CouponError::EventNotFound(id.clone()))
     }
 
     async fn view(&self, event: StoredEvent) -> Result<EventView, CouponError> {

@@ -5,7 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, SmallInt, Text, Timestamptz};
+use diesel::sql_types::{
+    Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz,
+};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
@@ -14,7 +16,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tracing::instrument;
 
 use crate::domain::{
-    CodePrefix, Discount, DiscountType, EventId, EventState, EventWindow, IssuanceRecord,
+    CodePrefix, Control, Discount, DiscountType, EventId, EventState, EventWindow, IssuanceRecord,
     IssuedCoupon, NewEvent, Policy, PreloadId, PreloadStatus, PreloadTimings, StoredEvent, UserId,
 };
 
@@ -79,6 +81,8 @@ struct EventRow {
     written_count: i32,
     #[diesel(sql_type = Nullable<Text>)]
     failure: Option<String>,
+    #[diesel(sql_type = Bool)]
+    paused: bool,
     #[diesel(sql_type = Nullable<BigInt>)]
     generate_ms: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -90,7 +94,7 @@ struct EventRow {
 }
 
 const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_prefix, state, \
-    preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms";
+    preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms, paused";
 
 /// What `begin_preload` found.
 #[derive(Debug)]
@@ -464,6 +468,84 @@ impl PgStore {
         with_policies(&mut c, rows).await
     }
 
+    /// Applies `control` to the LIVE event `id` and records it with `reason`,
+    /// in one transaction. `None` when no LIVE event has that id.
+    pub async fn apply_control(
+        &self,
+        id: &EventId,
+        control: &Control,
+        reason: &str,
+    ) -> Result<Option<StoredEvent>, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let set = match control {
+            Control::Pause => "paused = true",
+            Control::Resume => "paused = false",
+            Control::Close(_) | Control::Extend(_) => "ends_at = $2",
+        };
+        let changed = c
+            .transaction(async |tx| {
+                // $2 is bound either way (NULL for pause and resume).
+                let n = diesel::sql_query(format!(
+                    "UPDATE events SET {set} WHERE id = $1 AND state = 'LIVE' \
+                     AND ($2::timestamptz IS NULL OR TRUE)"
+                ))
+                .bind::<Text, _>(id.as_str())
+                .bind::<Nullable<Timestamptz>, _>(control.ends_at())
+                .execute(tx)
+                .await?;
+                if n == 0 {
+                    return Ok::<_, PgStoreError>(false);
+                }
+                diesel::sql_query(
+                    "INSERT INTO event_controls (event_id, action, reason, ends_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind::<Text, _>(id.as_str())
+                .bind::<Text, _>(control.action())
+                .bind::<Text, _>(reason)
+                .bind::<Nullable<Timestamptz>, _>(control.ends_at())
+                .execute(tx)
+                .await?;
+                Ok(true)
+            })
+            .await?;
+        drop(c);
+        match changed {
+            true => self.event(id).await,
+            false => Ok(None),
+        }
+    }
+
+    /// The controls recorded for an event, oldest first: (action, reason,
+    /// ends_at set, when).
+    pub async fn controls(
+        &self,
+        id: &EventId,
+    ) -> Result<Vec<(String, String, Option<DateTime<Utc>>, DateTime<Utc>)>, PgStoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            action: String,
+            #[diesel(sql_type = Text)]
+            reason: String,
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            ends_at: Option<DateTime<Utc>>,
+            #[diesel(sql_type = Timestamptz)]
+            at: DateTime<Utc>,
+        }
+        let mut c = self.pool.get().await?;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT action, reason, ends_at, at FROM event_controls WHERE event_id = $1 ORDER BY id",
+        )
+        .bind::<Text, _>(id.as_str())
+        .load(&mut c)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.action, r.reason, r.ends_at, r.at))
+            .collect())
+    }
+
     /// Ids of every event of this deployment.
     pub async fn event_ids(&self) -> Result<Vec<EventId>, PgStoreError> {
         #[derive(QueryableByName)]
@@ -713,6 +795,7 @@ fn stored_event(e: EventRow, policies: Vec<PolicyRow>) -> Result<StoredEvent, Pg
             failure: e.failure.clone(),
             timings,
         },
+        paused: e.paused,
     })
 }
 

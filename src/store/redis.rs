@@ -11,7 +11,7 @@ use redis::{AsyncConnectionConfig, Script};
 use tracing::instrument;
 
 use crate::domain::{
-    EventId, IssuanceRecord, IssuanceState, IssueOutcome, PreloadId, RequestId, UserId,
+    Control, EventId, IssuanceRecord, IssuanceState, IssueOutcome, PreloadId, RequestId, UserId,
 };
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
@@ -124,6 +124,7 @@ struct Scripts {
     rebuild: Script,
     take_offline: Script,
     conflict: Script,
+    control: Script,
 }
 
 /// Everything Redis holds for one event.
@@ -149,6 +150,8 @@ pub struct RebuiltState<'a> {
     pub preload_id: &'a PreloadId,
     /// Users whose record in `issued` is conflicted.
     pub conflicted: &'a [String],
+    /// The event is paused (PostgreSQL's record).
+    pub paused: bool,
 }
 
 /// Live counts of an event in Redis.
@@ -197,6 +200,7 @@ impl RedisStore {
                 claim_stale: Script::new(include_str!("../../scripts/lua/claim_stale.lua")),
                 rebuild: Script::new(include_str!("../../scripts/lua/rebuild.lua")),
                 conflict: Script::new(include_str!("../../scripts/lua/conflict.lua")),
+                control: Script::new(include_str!("../../scripts/lua/control.lua")),
                 take_offline: Script::new(include_str!("../../scripts/lua/take_offline.lua")),
             }),
         })
@@ -266,6 +270,7 @@ impl RedisStore {
                     4 => IssueOutcome::NotStarted,
                     5 => IssueOutcome::Ended,
                     6 => IssueOutcome::EventNotFound,
+                    7 => IssueOutcome::Paused,
                     other => return Err(RedisStoreError::Reply(format!("status {other}"))),
                 })
             })
@@ -476,6 +481,28 @@ impl RedisStore {
         Ok(inv.invoke_async(&mut c).await?)
     }
 
+    /// Applies an operator's control to the live event (see `control.lua`);
+    /// `Ok(false)` when the event is not live in Redis.
+    pub async fn apply_control(
+        &self,
+        event: &EventId,
+        control: &Control,
+    ) -> Result<bool, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut inv = self.scripts.control.prepare_invoke();
+        inv.key(&k.meta);
+        match control.ends_at() {
+            Some(t) => inv.arg("ends_at").arg(t.timestamp_millis()),
+            None => inv.arg(control.action()),
+        };
+        let mut c = self.conn().await?;
+        match inv.invoke_async::<i64>(&mut c).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("NOT_LIVE") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Claims up to `max` issuances of `event` pending for longer than
     /// `age_ms`, or than `max_age_ms` while the finalizer is progressing
     /// (see `scripts/lua/claim_stale.lua`).
@@ -637,6 +664,7 @@ impl RedisStore {
             .arg(state.queue.len())
             .arg(state.issued.len())
             .arg(state.preload_id.as_str())
+            .arg(u8::from(state.paused))
             .arg(state.conflicted)
             .invoke_async(&mut c)
             .await?;

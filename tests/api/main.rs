@@ -8,6 +8,7 @@ mod batch;
 mod clients;
 #[path = "../common/mod.rs"]
 mod common;
+mod controls;
 mod finalize;
 mod ghz;
 mod helpers;

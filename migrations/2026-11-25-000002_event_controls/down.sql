@@ -1,0 +1,2 @@
+DROP TABLE event_controls;
+ALTER TABLE events DROP COLUMN paused;

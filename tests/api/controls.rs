@@ -1,0 +1,237 @@
+//! Event controls: PauseEvent / ResumeEvent / CloseEvent / ExtendEvent take
+//! effect at once in Issue, are recorded in PostgreSQL with the reason, are
+//! refused with the field named on bad input (changing nothing), survive a
+//! rebuild of Redis, and work as `coupond events <control>`.
+
+use coupond::domain::EventId;
+use coupond::proto::{self, IssueResult};
+use tonic::Code;
+
+use crate::helpers::{preload_request, spawn_app, ts, AdminClient, TestApp};
+use crate::operator::coupond;
+
+fn result(r: &proto::IssueResponse) -> IssueResult {
+    IssueResult::try_from(r.result).unwrap()
+}
+
+async fn pause(
+    admin: &mut AdminClient,
+    event: &str,
+    reason: &str,
+) -> Result<proto::Event, tonic::Status> {
+    admin
+        .pause_event(proto::PauseEventRequest {
+            event_id: event.into(),
+            reason: reason.into(),
+        })
+        .await
+        .map(|r| r.into_inner().event.unwrap())
+}
+
+async fn extend(
+    admin: &mut AdminClient,
+    event: &str,
+    ends_at: chrono::DateTime<chrono::Utc>,
+) -> Result<proto::Event, tonic::Status> {
+    admin
+        .extend_event(proto::ExtendEventRequest {
+            event_id: event.into(),
+            ends_at: Some(ts(ends_at)),
+            reason: "demand".into(),
+        })
+        .await
+        .map(|r| r.into_inner().event.unwrap())
+}
+
+/// The field the status's google.rpc.BadRequest detail names.
+fn field(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let bad = s.get_details_bad_request().expect("a BadRequest detail");
+    bad.field_violations[0].field.clone()
+}
+
+async fn live_event(app: &TestApp, name: &str) -> String {
+    let event = app.event_id(name);
+    app.preload(preload_request(&event, 20)).await.unwrap();
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_take_effect_at_once_and_are_recorded_with_the_reason() {
+    let app = spawn_app().await;
+    let event = live_event(&app, "controls").await;
+    let mut admin = app.admin.clone();
+    assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Issued);
+
+    let paused = pause(&mut admin, &event, "suspicious traffic")
+        .await
+        .unwrap();
+    assert!(paused.paused);
+    assert_eq!(result(&app.issue(&event, "u2").await), IssueResult::Paused);
+    assert_eq!(
+        result(&app.issue(&event, "u1").await),
+        IssueResult::Paused,
+        "paused: nothing is looked up or issued"
+    );
+    let resumed = admin
+        .resume_event(proto::ResumeEventRequest {
+            event_id: event.clone(),
+            reason: "cleared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    assert!(!resumed.paused);
+    assert_eq!(result(&app.issue(&event, "u2").await), IssueResult::Issued);
+
+    let closed = admin
+        .close_event(proto::CloseEventRequest {
+            event_id: event.clone(),
+            reason: "sold enough".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    let closed_at = closed.ends_at.unwrap().seconds;
+    assert!((closed_at - chrono::Utc::now().timestamp()).abs() <= 5);
+    assert_eq!(result(&app.issue(&event, "u3").await), IssueResult::Ended);
+
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    let extended = extend(&mut admin, &event, later).await.unwrap();
+    assert_eq!(extended.ends_at.unwrap().seconds, later.timestamp());
+    assert_eq!(result(&app.issue(&event, "u3").await), IssueResult::Issued);
+
+    let id = EventId::parse(event.clone()).unwrap();
+    let controls = app.pg.controls(&id).await.unwrap();
+    let seen: Vec<(&str, &str)> = controls
+        .iter()
+        .map(|(a, r, _, _)| (a.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("pause", "suspicious traffic"),
+            ("resume", "cleared"),
+            ("close", "sold enough"),
+            ("extend", "demand"),
+        ]
+    );
+    assert_eq!(
+        controls[3].2.map(|t| t.timestamp()),
+        Some(later.timestamp())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_controls_name_the_field_and_change_nothing() {
+    let app = spawn_app().await;
+    let event = live_event(&app, "badctl").await;
+    let mut admin = app.admin.clone();
+    let e = pause(&mut admin, &event, "").await.unwrap_err();
+    assert_eq!(
+        (e.code(), field(&e)),
+        (Code::InvalidArgument, "reason".into())
+    );
+    let e = pause(&mut admin, "no such/id", "x").await.unwrap_err();
+    assert_eq!(
+        (e.code(), field(&e)),
+        (Code::InvalidArgument, "event_id".into())
+    );
+    let e = pause(&mut admin, &app.event_id("missing"), "x")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let before_start = chrono::Utc::now() - chrono::Duration::days(1);
+    let e = extend(&mut admin, &event, before_start).await.unwrap_err();
+    assert_eq!(
+        (e.code(), field(&e)),
+        (Code::InvalidArgument, "ends_at".into())
+    );
+    // Nothing changed: still live, open and unpaused; nothing recorded.
+    assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Issued);
+    let id = EventId::parse(event.clone()).unwrap();
+    assert!(app.pg.controls(&id).await.unwrap().is_empty());
+    // Without the admin token: refused.
+    let mut anonymous = coupond::proto::coupon_admin_client::CouponAdminClient::connect(format!(
+        "http://{}",
+        app.addr
+    ))
+    .await
+    .unwrap();
+    let e = anonymous
+        .pause_event(proto::PauseEventRequest {
+            event_id: event.clone(),
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_survives_a_rebuild_and_the_cli_controls_events() {
+    let app = spawn_app().await;
+    let event = live_event(&app, "ctlcli").await;
+    let out = coupond(
+        &app,
+        &[
+            "events",
+            "pause",
+            "--event",
+            &event,
+            "--reason",
+            "incident 42",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("LIVE (PAUSED)"), "{stdout}");
+
+    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"))
+        .env("COUPOND_DATABASE_URL", &app.settings.database.url)
+        .env("COUPOND_REDIS_URL", &app.settings.redis.url)
+        .env("COUPOND_KAFKA_BROKERS", &app.settings.kafka.brokers)
+        .env("COUPOND_KAFKA_TOPIC", &app.settings.kafka.topic)
+        .env("COUPOND_KAFKA_GROUP", &app.settings.kafka.group)
+        .args(["reconcile", "--event", &event, "--rebuild-redis", "--force"])
+        .output()
+        .unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stdout)
+    );
+    assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Paused);
+
+    let out = coupond(
+        &app,
+        &[
+            "events", "resume", "--event", &event, "--reason", "resolved",
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Issued);
+    let out = coupond(
+        &app,
+        &[
+            "events",
+            "extend",
+            "--event",
+            &event,
+            "--reason",
+            "r",
+            "--ends-at",
+            "yesterday",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ends-at"));
+}
