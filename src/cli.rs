@@ -41,6 +41,12 @@ enum Command {
         #[command(flatten)]
         event: crate::operator::PreloadArgs,
     },
+    /// The dead-letter topic: `list` what was dead-lettered and why,
+    /// `replay` it onto coupon-issued after a fix (each message once).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// List a running server's events with their state and counts, or
     /// control one: `coupond events pause|resume|close|extend --event E --reason R`.
     Events {
@@ -49,6 +55,18 @@ enum Command {
         #[command(subcommand)]
         control: Option<crate::operator::EventControl>,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Print every dead letter: partition/offset, the issuance, the reason.
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the dead letters not replayed yet back onto coupon-issued.
+    Replay,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +189,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Preload { server, event } => crate::operator::preload(&server, &event).await,
+        Command::Dlq {
+            action: DlqAction::List { json },
+        } => crate::dead_letters::list(&cli.settings.kafka, json).await,
+        Command::Dlq {
+            action: DlqAction::Replay,
+        } => crate::dead_letters::replay(&cli.settings.kafka)
+            .await
+            .map(|_| ()),
         Command::Events {
             server,
             control: None,

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod domain;
 pub mod grpc;
 pub mod kafka;

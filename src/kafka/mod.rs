@@ -2,6 +2,7 @@
 //! Nothing here is specific to a broker implementation.
 
 pub mod backlog;
+pub mod dlq;
 pub mod message;
 pub mod producer;
 pub mod topics;

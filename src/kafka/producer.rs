@@ -122,6 +122,13 @@ impl Publisher {
         self.send(&topic, &key, &payload, None).await
     }
 
+    /// Puts a dead-lettered message back on `coupon-issued`, as it was.
+    pub async fn replay(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), PublishError> {
+        let topic = self.inner.topic.clone();
+        self.send(&topic, key.unwrap_or_default(), payload, None)
+            .await
+    }
+
     /// Sends an undecodable or conflicting message to the dead-letter topic
     /// with the reason in a header.
     pub async fn dead_letter(

@@ -79,7 +79,7 @@ impl IssuerService {
     /// as not yet durable; in async mode at once (not yet durable). A failed
     /// publish does not undo the coupon: the issuance stays in the pending
     /// set, republished until it is finalized.
-    #[instrument(skip_all, fields(event_id = %cmd.event_id, user_id = %cmd.user_id))]
+    #[instrument(skip_all, fields(event_id = %cmd.event_id, user_id = %cmd.user_id, request_id = %cmd.request_id.as_str()))]
     pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueAnswer, CouponError> {
         let outcome = self.batcher.issue(cmd.clone()).await?;
         let IssueOutcome::Issued(coupon) = &outcome else {

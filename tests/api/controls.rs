@@ -7,7 +7,7 @@ use coupond::domain::EventId;
 use coupond::proto::{self, IssueResult};
 use tonic::Code;
 
-use crate::helpers::{preload_request, spawn_app, ts, AdminClient, TestApp};
+use crate::helpers::{coupond_cli, preload_request, spawn_app, ts, AdminClient, TestApp};
 use crate::operator::coupond;
 
 fn result(r: &proto::IssueResponse) -> IssueResult {
@@ -195,20 +195,11 @@ async fn a_pause_survives_a_rebuild_and_the_cli_controls_events() {
     );
     assert!(stdout.contains("LIVE (PAUSED)"), "{stdout}");
 
-    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"))
-        .env("COUPOND_DATABASE_URL", &app.settings.database.url)
-        .env("COUPOND_REDIS_URL", &app.settings.redis.url)
-        .env("COUPOND_KAFKA_BROKERS", &app.settings.kafka.brokers)
-        .env("COUPOND_KAFKA_TOPIC", &app.settings.kafka.topic)
-        .env("COUPOND_KAFKA_GROUP", &app.settings.kafka.group)
-        .args(["reconcile", "--event", &event, "--rebuild-redis", "--force"])
-        .output()
-        .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuilt.stdout)
+    let (exit, out) = coupond_cli(
+        &app,
+        &["reconcile", "--event", &event, "--rebuild-redis", "--force"],
     );
+    assert_eq!(exit, 0, "{out}");
     assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Paused);
 
     let out = coupond(

@@ -159,6 +159,44 @@ impl TestApp {
     }
 }
 
+/// Runs the `coupond` binary against the test's stores and topics: exit
+/// code, and stdout and stderr together.
+pub fn coupond_cli(app: &TestApp, args: &[&str]) -> (i32, String) {
+    let s = &app.settings;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"))
+        .env("COUPOND_DATABASE_URL", &s.database.url)
+        .env("COUPOND_REDIS_URL", &s.redis.url)
+        .env("COUPOND_KAFKA_BROKERS", &s.kafka.brokers)
+        .env("COUPOND_KAFKA_TOPIC", &s.kafka.topic)
+        .env("COUPOND_KAFKA_GROUP", &s.kafka.group)
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .output()
+        .expect("run coupond");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A server whose finalizer does not run (it lags without end); a second
+/// server from `start_finalizer` shares its stores and topics.
+pub async fn spawn_without_finalizer() -> TestApp {
+    let tag = unique_tag();
+    let mut serve = serve_settings();
+    serve.no_consumer = true;
+    spawn_serving(isolated_settings(&tag).await, serve, tag).await
+}
+
+/// Starts a finalizer (a second server) on `app`'s stores and topics.
+pub async fn start_finalizer(app: &TestApp) -> TestApp {
+    spawn_with(app.settings.clone(), app.tag.clone()).await
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();

@@ -9,6 +9,7 @@ mod clients;
 #[path = "../common/mod.rs"]
 mod common;
 mod controls;
+mod dlq;
 mod finalize;
 mod ghz;
 mod helpers;

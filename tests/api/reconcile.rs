@@ -1,5 +1,4 @@
 use std::collections::HashSet;
-use std::process::Command;
 
 use coupond::domain::EventId;
 use coupond::proto::IssueResult;
@@ -8,23 +7,9 @@ use redis::AsyncCommands;
 
 use crate::common::topic_messages;
 use crate::helpers::{
-    eventually, isolated_settings, preload_request, serve_settings, spawn_app, spawn_serving,
-    spawn_with, unique_tag, TestApp,
+    coupond_cli, eventually, preload_request, spawn_app, spawn_without_finalizer, start_finalizer,
+    TestApp,
 };
-
-/// A server whose finalizer does not run (it lags without end), and the
-/// settings a second server with a finalizer shares the stores with.
-async fn spawn_without_finalizer() -> TestApp {
-    let tag = unique_tag();
-    let mut serve = serve_settings();
-    serve.no_consumer = true;
-    spawn_serving(isolated_settings(&tag).await, serve, tag).await
-}
-
-/// Starts a finalizer (a second server) on `app`'s stores and topics.
-async fn start_finalizer(app: &TestApp) -> TestApp {
-    spawn_with(app.settings.clone(), app.tag.clone()).await
-}
 
 /// Makes Redis forget the event (as a restart without persistence does).
 async fn lose_event_in_redis(app: &TestApp, event: &str) {
@@ -40,26 +25,11 @@ fn dead_letters(app: &TestApp) -> i64 {
     topic_messages(&app.settings.kafka.brokers, &app.settings.kafka.dlq_topic())
 }
 
-/// Runs `coupond reconcile` against the test's database and Redis.
+/// Runs `coupond reconcile --event <event> <extra>`.
 fn reconcile_cli(app: &TestApp, event: &str, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_coupond"))
-        .env("COUPOND_DATABASE_URL", &app.settings.database.url)
-        .env("COUPOND_REDIS_URL", &app.settings.redis.url)
-        .env("COUPOND_KAFKA_BROKERS", &app.settings.kafka.brokers)
-        .env("COUPOND_KAFKA_TOPIC", &app.settings.kafka.topic)
-        .env("COUPOND_KAFKA_GROUP", &app.settings.kafka.group)
-        .args(["reconcile", "--event", event])
-        .args(extra)
-        .output()
-        .expect("run coupond reconcile");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut args = vec!["reconcile", "--event", event];
+    args.extend_from_slice(extra);
+    coupond_cli(app, &args)
 }
 
 async fn issue_all(
