@@ -472,6 +472,16 @@ pub struct SweepSettings {
         default_value_t = 1000
     )]
     pub interval_ms: u64,
+    /// How long an event's Redis keys live after it has ended and nothing
+    /// of it is pending (seconds). PostgreSQL keeps the record, and
+    /// GetIssuance and GetEvent answer from it afterwards.
+    #[arg(
+        id = "retention-secs",
+        long = "retention-secs",
+        env = "COUPOND_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
+    pub retention_secs: u64,
 }
 
 /// Where Prometheus scrapes a `serve` or `consume` process.

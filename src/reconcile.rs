@@ -418,6 +418,7 @@ pub async fn rebuild(
         )
         .await
         .map_err(anyhow::Error::from)?;
+    pg.unsettle(event).await.map_err(anyhow::Error::from)?;
     tracing::info!(event_id = %event, ?report, "rebuilt redis state from postgres");
     Ok(report)
 }

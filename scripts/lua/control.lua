@@ -2,7 +2,10 @@
 -- resume, or a new end of the window (close and extend). Issue reads the
 -- same meta hash, so the next script call sees the change.
 --
--- KEYS[1] couponMeta:{E}
+-- A new end also takes the expiry off the event's keys (an event that had
+-- ended and settled is reopened; see the sweeper's retention).
+--
+-- KEYS[1] couponMeta:{E}; KEYS[2..] the event's other keys
 -- ARGV[1] pause | resume | ends_at   ARGV[2] the new ends_at (unix ms), for ends_at
 -- Returns 1; an error reply NOT_LIVE when the event is not live in Redis.
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -15,6 +18,7 @@ elseif action == 'resume' then
   redis.call('HDEL', KEYS[1], 'paused')
 elseif action == 'ends_at' then
   redis.call('HSET', KEYS[1], 'ends_at', ARGV[2])
+  for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 else
   return redis.error_reply('BAD_ACTION ' .. action)
 end

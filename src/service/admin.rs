@@ -108,6 +108,21 @@ impl AdminService {
         self.view(event).await
     }
 
+    /// Whether a settled event's Redis keys have expired (retention).
+    async fn expired(&self, id: &EventId) -> Result<bool, CouponError> {
+        let settled = self
+            .pg
+            .settled(id)
+            .await
+            .map_err(pg_unavailable("reading the event"))?;
+        let live = self
+            .redis
+            .event_exists(id)
+            .await
+            .map_err(|e| CouponError::unavailable("reading the event from redis", e))?;
+        Ok(settled && !live)
+    }
+
     /// The event as PostgreSQL records it; NOT_FOUND when there is none.
     async fn stored(&self, id: &EventId) -> Result<StoredEvent, CouponError> {
         self.pg
@@ -130,10 +145,21 @@ impl AdminService {
             self.redis.counts(&event.id),
             self.pg.finalized_count(&event.id)
         );
+        let mut redis =
+            redis.map_err(|e| CouponError::unavailable("reading counts from redis", e))?;
+        let finalized = finalized.map_err(pg_unavailable("counting finalized coupons"))?;
+        if redis.issued == 0 && redis.remaining == 0 && self.expired(&event.id).await? {
+            // Retention removed the keys; PostgreSQL has the whole record.
+            redis = RedisCounts {
+                remaining: u64::from(event.total_count).saturating_sub(finalized),
+                issued: finalized,
+                ..Default::default()
+            };
+        }
         Ok(EventView {
             event,
-            redis: redis.map_err(|e| CouponError::unavailable("reading counts from redis", e))?,
-            finalized: finalized.map_err(pg_unavailable("counting finalized coupons"))?,
+            redis,
+            finalized,
         })
     }
 }

@@ -41,10 +41,10 @@ impl Gauges {
             Ok(Err(e)) => tracing::debug!(error = %e, "reading the consumer lag failed"),
             Err(e) => tracing::debug!(error = %e, "reading the consumer lag panicked"),
         }
-        let Ok(events) = self.pg.event_ids().await else {
+        let Ok(events) = self.pg.events_to_sweep().await else {
             return;
         };
-        for event in events {
+        for (event, _) in events {
             if let (Ok(true), Ok(c)) = (
                 self.redis.event_exists(&event).await,
                 self.redis.counts(&event).await,

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
@@ -20,8 +22,9 @@ pub struct Sweeper {
     /// Lists this deployment's events: a Redis shared by several
     /// deployments holds events that are not ours to republish.
     pg: PgStore,
-    /// The last event list read, used while PostgreSQL is unreachable.
-    events: tokio::sync::Mutex<Vec<EventId>>,
+    /// The last event list read (unsettled LIVE events and their end), used
+    /// while PostgreSQL is unreachable.
+    events: tokio::sync::Mutex<Vec<(EventId, DateTime<Utc>)>>,
     redis: RedisStore,
     publisher: Publisher,
     kafka: KafkaSettings,
@@ -72,20 +75,48 @@ impl Sweeper {
     pub async fn sweep_all(&self, shutdown: &CancellationToken) -> anyhow::Result<usize> {
         let events = {
             let mut cached = self.events.lock().await;
-            match self.pg.event_ids().await {
+            match self.pg.events_to_sweep().await {
                 Ok(ids) => *cached = ids,
                 Err(e) => tracing::debug!(error = %e, "listing events failed; using the last list"),
             }
             cached.clone()
         };
         let mut total = 0;
-        for event in events {
+        for (event, ends_at) in events {
             if shutdown.is_cancelled() {
                 break;
             }
             total += self.sweep(&event, shutdown).await?;
+            if ends_at <= Utc::now() {
+                self.settle_if_done(&event).await;
+            }
         }
         Ok(total)
+    }
+
+    /// An ended event with nothing pending is done: its Redis keys get the
+    /// retention expiry (first, so a crash before the record only means
+    /// doing it again), then PostgreSQL records it settled and the sweeper
+    /// stops visiting it.
+    async fn settle_if_done(&self, event: &EventId) {
+        let retention = Duration::from_secs(self.settings.retention_secs);
+        let done = async {
+            let pending = self.redis.counts(event).await?.pending;
+            if pending > 0 {
+                return anyhow::Ok(false);
+            }
+            self.redis.expire_event(event, retention).await?;
+            Ok(self.pg.settle(event).await?)
+        };
+        match done.await {
+            Ok(true) => tracing::info!(
+                event_id = %event,
+                retention_secs = retention.as_secs(),
+                "event ended and fully finalized: its redis keys expire"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(event_id = %event, error = %e, "settling failed; next sweep"),
+        }
     }
 
     async fn sweep(&self, event: &EventId, shutdown: &CancellationToken) -> anyhow::Result<usize> {

@@ -480,7 +480,9 @@ impl PgStore {
         let set = match control {
             Control::Pause => "paused = true",
             Control::Resume => "paused = false",
-            Control::Close(_) | Control::Extend(_) => "ends_at = $2",
+            Control::Close(_) => "ends_at = $2",
+            // Reopens a settled event: the sweeper visits it again.
+            Control::Extend(_) => "ends_at = $2, settled_at = NULL",
         };
         let changed = c
             .transaction(async |tx| {
@@ -546,21 +548,68 @@ impl PgStore {
             .collect())
     }
 
-    /// Ids of every event of this deployment.
-    pub async fn event_ids(&self) -> Result<Vec<EventId>, PgStoreError> {
+    /// LIVE events not settled yet (see `settle`), with their end: what
+    /// the sweeper visits.
+    pub async fn events_to_sweep(&self) -> Result<Vec<(EventId, DateTime<Utc>)>, PgStoreError> {
         #[derive(QueryableByName)]
-        struct Id {
+        struct Row {
             #[diesel(sql_type = Text)]
             id: String,
+            #[diesel(sql_type = Timestamptz)]
+            ends_at: DateTime<Utc>,
         }
         let mut c = self.pool.get().await?;
-        let rows: Vec<Id> = diesel::sql_query("SELECT id FROM events ORDER BY created_at")
-            .load(&mut c)
-            .await?;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT id, ends_at FROM events WHERE state = 'LIVE' AND settled_at IS NULL \
+             ORDER BY created_at",
+        )
+        .load(&mut c)
+        .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|r| EventId::parse(r.id).ok())
+            .filter_map(|r| Some((EventId::parse(r.id).ok()?, r.ends_at)))
             .collect())
+    }
+
+    /// Marks an ended event settled (its Redis keys expire); false when it
+    /// was not (already settled, not ended, or extended meanwhile).
+    pub async fn settle(&self, id: &EventId) -> Result<bool, PgStoreError> {
+        let mut c = self.pool.get().await?;
+        let n = diesel::sql_query(
+            "UPDATE events SET settled_at = now() \
+             WHERE id = $1 AND settled_at IS NULL AND ends_at <= now()",
+        )
+        .bind::<Text, _>(id.as_str())
+        .execute(&mut c)
+        .await?;
+        Ok(n == 1)
+    }
+
+    /// Whether the event is settled.
+    pub async fn settled(&self, id: &EventId) -> Result<bool, PgStoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Bool)]
+            settled: bool,
+        }
+        let mut c = self.pool.get().await?;
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT settled_at IS NOT NULL AS settled FROM events WHERE id = $1")
+                .bind::<Text, _>(id.as_str())
+                .load(&mut c)
+                .await?;
+        Ok(rows.iter().any(|r| r.settled))
+    }
+
+    /// Clears `settled` (a rebuilt event's keys carry no expiry: the
+    /// sweeper visits it again and settles it anew).
+    pub async fn unsettle(&self, id: &EventId) -> Result<(), PgStoreError> {
+        let mut c = self.pool.get().await?;
+        diesel::sql_query("UPDATE events SET settled_at = NULL WHERE id = $1")
+            .bind::<Text, _>(id.as_str())
+            .execute(&mut c)
+            .await?;
+        Ok(())
     }
 
     /// Coupons of the event recorded as ISSUED.

@@ -490,7 +490,12 @@ impl RedisStore {
     ) -> Result<bool, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.control.prepare_invoke();
-        inv.key(&k.meta);
+        inv.key(&k.meta)
+            .key(&k.queue)
+            .key(&k.issued)
+            .key(&k.pending)
+            .key(&k.conflicts)
+            .key(&k.progress);
         match control.ends_at() {
             Some(t) => inv.arg("ends_at").arg(t.timestamp_millis()),
             None => inv.arg(control.action()),
@@ -501,6 +506,31 @@ impl RedisStore {
             Err(e) if e.code() == Some("NOT_LIVE") => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Gives every key of the event an expiry of `ttl` (retention of a
+    /// settled event). Idempotent.
+    pub async fn expire_event(
+        &self,
+        event: &EventId,
+        ttl: Duration,
+    ) -> Result<(), RedisStoreError> {
+        let k = EventKeys::new(event);
+        let ms = ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        for key in [
+            &k.meta,
+            &k.queue,
+            &k.issued,
+            &k.pending,
+            &k.conflicts,
+            &k.progress,
+        ] {
+            pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
+        }
+        let mut c = self.conn().await?;
+        pipe.query_async::<()>(&mut c).await?;
+        Ok(())
     }
 
     /// Claims up to `max` issuances of `event` pending for longer than

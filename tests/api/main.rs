@@ -19,6 +19,7 @@ mod kafka_security;
 mod operator;
 mod preload;
 mod reconcile;
+mod retention;
 mod server;
 mod stream;
 mod sweeper;

@@ -162,6 +162,7 @@ async fn a_sweep_pass_covers_every_claim_batch_and_stops_on_shutdown() {
             age_ms: AGE_MS,
             max_age_ms: 60_000,
             interval_ms: 1_000,
+            retention_secs: 86_400,
         },
     );
 

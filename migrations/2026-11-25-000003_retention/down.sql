@@ -1,0 +1,2 @@
+DROP INDEX events_unsettled;
+ALTER TABLE events DROP COLUMN settled_at;
