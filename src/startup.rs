@@ -29,6 +29,10 @@ use crate::store::{PgStore, RedisStore};
 use crate::supervisor::Supervisor;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
+/// HTTP/2 flow-control windows (see `grpc_server`).
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const STREAM_WINDOW: u32 = 256 << 10;
+
 /// How long shutdown waits for Kafka to take the last messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for preload jobs to stop at a chunk's end.
@@ -284,6 +288,15 @@ fn grpc_server(
         // Client deadlines (grpc-timeout) are honoured below this cap.
         .timeout(request_cap)
         .tcp_nodelay(true)
+        // h2 buffers a stream's frames the server has not read yet, and
+        // counts small DATA frames against a budget of half the connection
+        // window: a client streaming tiny Issue messages faster than the
+        // stream's 512 in-flight items are answered (ghz does) would
+        // exhaust it and get GOAWAY "too_many_data_frames". A wide
+        // connection window with modest stream windows keeps what one
+        // stream may buffer well inside the budget.
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health)
