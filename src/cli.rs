@@ -1,5 +1,5 @@
 //! Command line: `coupond serve | consume | migrate | reconcile | preload |
-//! events`. The load generator is a binary of its own (`coupond-bench`).
+//! events | watch | dlq`. The load generator is a binary of its own (`coupond-bench`).
 
 use std::process::ExitCode;
 
@@ -40,6 +40,13 @@ enum Command {
         server: crate::operator::ServerArgs,
         #[command(flatten)]
         event: crate::operator::PreloadArgs,
+    },
+    /// A live view of a drop, refreshed each second until the event ends.
+    Watch {
+        #[command(flatten)]
+        server: crate::operator::ServerArgs,
+        #[command(flatten)]
+        args: crate::watch::WatchArgs,
     },
     /// The dead-letter topic: `list` what was dead-lettered and why,
     /// `replay` it onto coupon-issued after a fix (each message once).
@@ -189,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Preload { server, event } => crate::operator::preload(&server, &event).await,
+        Command::Watch { server, args } => crate::watch::watch(&server, &args).await,
         Command::Dlq {
             action: DlqAction::List { json },
         } => crate::dead_letters::list(&cli.settings.kafka, json).await,

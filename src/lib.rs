@@ -23,3 +23,4 @@ pub mod startup;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod watch;

@@ -15,7 +15,7 @@ use crate::proto::coupon_admin_client::CouponAdminClient;
 use crate::proto::wire::{timestamp, to_datetime};
 use crate::proto::{self, DiscountPolicy, DiscountType, EventState, PreloadRequest};
 
-type Admin = CouponAdminClient<InterceptedService<Channel, BearerToken>>;
+pub type Admin = CouponAdminClient<InterceptedService<Channel, BearerToken>>;
 
 /// How to reach the server.
 #[derive(Debug, Clone, clap::Args)]
@@ -90,7 +90,7 @@ fn one() -> u32 {
     1
 }
 
-async fn connect(s: &ServerArgs) -> anyhow::Result<Admin> {
+pub async fn connect(s: &ServerArgs) -> anyhow::Result<Admin> {
     let mut ep = Endpoint::from_shared(s.server.clone())
         .map_err(|e| anyhow::anyhow!("--server {}: {e}", s.server))?
         .connect_timeout(Duration::from_secs(5));

@@ -110,6 +110,30 @@ async fn prometheus_counts_exactly_what_the_clients_were_told() {
             "{q}: prometheus says {got:?}, the clients were told {v}"
         );
     }
+    // The live view reads the same server: its counts and its metrics.
+    let metrics_url = format!("http://{metrics}/metrics");
+    let (exit, screen) = env.run(&[
+        "watch",
+        "--server",
+        &env.addr(),
+        "--event",
+        &event,
+        "--metrics",
+        &metrics_url,
+        "--frames",
+        "2",
+    ]);
+    eprintln!("{screen}");
+    assert_eq!(exit, 0, "{screen}");
+    assert!(
+        screen.contains(&format!("{COUPONS} of {COUPONS}")),
+        "{screen}"
+    );
+    assert!(screen.contains("errors              0"), "{screen}");
+    assert!(
+        !screen.contains("p99                 -"),
+        "a p99 from the metrics: {screen}"
+    );
     server.terminate().await;
 }
 

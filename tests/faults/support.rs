@@ -124,7 +124,13 @@ impl Env {
     pub fn reconcile(&self, event: &str, extra: &[&str]) -> (i32, String) {
         let mut args = vec!["reconcile", "--event", event];
         args.extend_from_slice(extra);
-        let out = self.command(&args).output().expect("run coupond reconcile");
+        self.run(&args)
+    }
+
+    /// Runs `coupond <args>` against this environment: exit code, and
+    /// stdout and stderr together.
+    pub fn run(&self, args: &[&str]) -> (i32, String) {
+        let out = self.command(args).output().expect("run coupond");
         (
             out.status.code().unwrap_or(-1),
             format!(
