@@ -122,7 +122,6 @@ fn install_metrics(s: &Settings) -> anyhow::Result<()> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,7 +132,14 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    // Inside the runtime: the OTLP exporter batches on it.
+    let result = rt.block_on(async {
+        telemetry::init();
+        let r = run(cli).await;
+        tokio::task::spawn_blocking(telemetry::shutdown).await.ok();
+        r
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Inconsistent>() => ExitCode::from(1),
         Err(e) => {

@@ -8,6 +8,7 @@ mod common;
 mod health;
 mod kafka;
 mod metrics;
+mod otlp;
 mod preload;
 mod redis;
 mod support;

@@ -95,8 +95,21 @@ async fn prometheus_counts_exactly_what_the_clients_were_told() {
         (issued, f64::from(COUPONS)),
         (sold_out, (USERS - u64::from(COUPONS)) as f64),
         (finalized, f64::from(COUPONS)),
+        // Every answer timed; every finalized issuance's delay observed.
+        (
+            r#"sum(coupond_issue_duration_seconds_count{rpc="issue"})"#,
+            USERS as f64,
+        ),
+        (
+            "sum(coupond_finalize_delay_seconds_count)",
+            f64::from(COUPONS),
+        ),
+        // Nothing left behind: no lag, nothing pending, nothing dead.
+        ("sum(coupond_consumer_lag_messages)", 0.0),
+        (r#"sum(coupond_pending_issuances{event=~"fault-.*"})"#, 0.0),
+        (r#"coupond_serving{service="issuer"}"#, 1.0),
     ];
-    let seen = eventually(Duration::from_secs(30), || async {
+    let seen = eventually(Duration::from_secs(60), || async {
         expected
             .iter()
             .all(|(q, v)| prometheus.query(q) == Some(*v))
