@@ -4,6 +4,7 @@
 //! then checks the invariants and how long finalization took to catch up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -256,8 +257,13 @@ async fn drive(
 ) -> anyhow::Result<(Tally, Duration)> {
     let issuer_auth = BearerToken::new(args.issuer_token.as_deref())?;
     let tally = Arc::new(Mutex::new(Tally::new()));
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let work = Arc::new(Work {
+        next: AtomicU64::new(0),
+        requests: args.requests,
+        deadline: Instant::now() + Duration::from_secs(args.duration_s),
+        event: event.to_owned(),
+        run_id: run_id.to_owned(),
+    });
     let started = Instant::now();
     if args.mode != Mode::Preload {
         let mut tasks = Vec::with_capacity(args.concurrency);
@@ -266,23 +272,11 @@ async fn drive(
                 chans[i % chans.len()].clone(),
                 issuer_auth.clone(),
             );
-            let (tally, next, event, run_id) = (
-                tally.clone(),
-                next.clone(),
-                event.to_owned(),
-                run_id.to_owned(),
-            );
-            let requests = args.requests;
-            let mode = args.mode;
-            tasks.push(tokio::spawn(async move {
-                match mode {
-                    Mode::Unary => {
-                        unary_client(client, tally, next, requests, deadline, event, run_id).await
-                    }
-                    _ => {
-                        stream_client(client, tally, next, requests, deadline, event, run_id).await
-                    }
-                }
+            let (tally, work) = (tally.clone(), work.clone());
+            tasks.push(tokio::spawn(match args.mode {
+                Mode::Unary => Box::pin(unary_client(client, tally, work))
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+                _ => Box::pin(stream_client(client, tally, work)),
             }));
         }
         for t in tasks {
@@ -323,66 +317,62 @@ fn policy(kind: proto::DiscountType, value: i64, weight: u32) -> proto::Discount
     }
 }
 
-fn take(next: &std::sync::atomic::AtomicU64, requests: u64, deadline: Instant) -> Option<u64> {
-    if Instant::now() >= deadline {
-        return None;
-    }
-    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    (n < requests).then_some(n)
-}
-
-async fn unary_client(
-    mut client: IssuerClient,
-    tally: Arc<Mutex<Tally>>,
-    next: Arc<std::sync::atomic::AtomicU64>,
+/// The requests of one run, handed out to every client.
+struct Work {
+    next: AtomicU64,
     requests: u64,
     deadline: Instant,
     event: String,
     run_id: String,
-) {
-    while let Some(n) = take(&next, requests, deadline) {
-        let user = format!("u{run_id}-{n}");
+}
+
+impl Work {
+    /// The next request number, until the count or the deadline is reached.
+    fn take(&self) -> Option<u64> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (n < self.requests).then_some(n)
+    }
+
+    /// Request `n`: a distinct user per request, the number as request id.
+    fn user(&self, n: &str) -> String {
+        format!("u{}-{n}", self.run_id)
+    }
+
+    fn request(&self, n: u64) -> proto::IssueRequest {
+        proto::IssueRequest {
+            event_id: self.event.clone(),
+            user_id: self.user(&n.to_string()),
+            request_id: n.to_string(),
+        }
+    }
+}
+
+async fn unary_client(mut client: IssuerClient, tally: Arc<Mutex<Tally>>, work: Arc<Work>) {
+    while let Some(n) = work.take() {
+        let req = work.request(n);
+        let user = req.user_id.clone();
         let t = Instant::now();
-        let r = client
-            .issue(proto::IssueRequest {
-                event_id: event.clone(),
-                user_id: user.clone(),
-                request_id: n.to_string(),
-            })
-            .await
-            .map(|r| r.into_inner());
+        let r = client.issue(req).await.map(|r| r.into_inner());
         tally.lock().await.record(user, t.elapsed(), r);
     }
 }
 
 /// One stream: a producer task feeds requests as fast as the server's flow
 /// control takes them; latency is measured per item from send to answer.
-async fn stream_client(
-    mut client: IssuerClient,
-    tally: Arc<Mutex<Tally>>,
-    next: Arc<std::sync::atomic::AtomicU64>,
-    requests: u64,
-    deadline: Instant,
-    event: String,
-    run_id: String,
-) {
+async fn stream_client(mut client: IssuerClient, tally: Arc<Mutex<Tally>>, work: Arc<Work>) {
     let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
     let (tx, rx) = tokio::sync::mpsc::channel::<proto::IssueRequest>(1024);
     let feeder = {
-        let sent = sent.clone();
-        let run_id = run_id.clone();
+        let (sent, work) = (sent.clone(), work.clone());
         tokio::spawn(async move {
-            while let Some(n) = take(&next, requests, deadline) {
-                let user = format!("u{run_id}-{n}");
+            while let Some(n) = work.take() {
                 sent.lock()
                     .expect("sent map")
                     .insert(n.to_string(), Instant::now());
-                let req = proto::IssueRequest {
-                    event_id: event.clone(),
-                    user_id: user,
-                    request_id: n.to_string(),
-                };
-                if tx.send(req).await.is_err() {
+                if tx.send(work.request(n)).await.is_err() {
                     break;
                 }
             }
@@ -408,7 +398,7 @@ async fn stream_client(
         match item {
             Ok(r) => {
                 let t0 = sent.lock().expect("sent map").remove(&r.request_id);
-                let user = format!("u{run_id}-{}", r.request_id);
+                let user = work.user(&r.request_id);
                 local.push((user, t0.map(|t| t.elapsed()).unwrap_or_default(), Ok(r)));
             }
             Err(s) => {

@@ -60,7 +60,7 @@ pub async fn report(
     loop {
         let reachable = tokio::select! {
             _ = draining.cancelled() => break,
-            r = readiness.probe() => r,
+            r = readiness.probe(matches!(reports, Reports::Finalizer)) => r,
         };
         if last != Some(reachable) {
             tracing::info!(?reachable, "health: stores reachable");

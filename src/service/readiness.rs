@@ -42,19 +42,28 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Probes every store at once.
-    pub async fn probe(&self) -> Reachable {
+    /// Probes the stores at once, each within the probe timeout; Kafka only
+    /// when `kafka` (only the finalizer needs it: a server would open a
+    /// Kafka client every second for nothing).
+    pub async fn probe(&self, kafka: bool) -> Reachable {
         let redis = tokio::time::timeout(PROBE_TIMEOUT, self.redis.ping());
         let postgres = tokio::time::timeout(PROBE_TIMEOUT, self.pg.ping());
-        let kafka = {
+        let broker = async {
+            if !kafka {
+                return true;
+            }
             let k = self.kafka.clone();
-            tokio::task::spawn_blocking(move || Backlog::read(&k))
+            let read = tokio::task::spawn_blocking(move || Backlog::read(&k));
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, read).await,
+                Ok(Ok(Ok(_)))
+            )
         };
-        let (r, p, k) = tokio::join!(redis, postgres, kafka);
+        let (r, p, kafka) = tokio::join!(redis, postgres, broker);
         Reachable {
             redis: matches!(r, Ok(Ok(()))),
             postgres: matches!(p, Ok(Ok(()))),
-            kafka: matches!(k, Ok(Ok(_))),
+            kafka,
         }
     }
 }

@@ -8,7 +8,6 @@ use coupond::proto::{self, IssueResult};
 use tonic::Code;
 
 use crate::helpers::{coupond_cli, preload_request, spawn_app, ts, AdminClient, TestApp};
-use crate::operator::coupond;
 
 fn result(r: &proto::IssueResponse) -> IssueResult {
     IssueResult::try_from(r.result).unwrap()
@@ -176,24 +175,17 @@ async fn bad_controls_name_the_field_and_change_nothing() {
 async fn a_pause_survives_a_rebuild_and_the_cli_controls_events() {
     let app = spawn_app().await;
     let event = live_event(&app, "ctlcli").await;
-    let out = coupond(
-        &app,
-        &[
-            "events",
-            "pause",
-            "--event",
-            &event,
-            "--reason",
-            "incident 42",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("LIVE (PAUSED)"), "{stdout}");
+    let pause = [
+        "events",
+        "pause",
+        "--event",
+        &event,
+        "--reason",
+        "incident 42",
+    ];
+    let (exit, out) = coupond_cli(&app, &pause);
+    assert_eq!(exit, 0, "{out}");
+    assert!(out.contains("LIVE (PAUSED)"), "{out}");
 
     let (exit, out) = coupond_cli(
         &app,
@@ -202,27 +194,64 @@ async fn a_pause_survives_a_rebuild_and_the_cli_controls_events() {
     assert_eq!(exit, 0, "{out}");
     assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Paused);
 
-    let out = coupond(
-        &app,
-        &[
-            "events", "resume", "--event", &event, "--reason", "resolved",
-        ],
-    );
-    assert!(out.status.success());
+    let resume = [
+        "events", "resume", "--event", &event, "--reason", "resolved",
+    ];
+    let (exit, out) = coupond_cli(&app, &resume);
+    assert_eq!(exit, 0, "{out}");
     assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Issued);
-    let out = coupond(
-        &app,
-        &[
-            "events",
-            "extend",
-            "--event",
-            &event,
-            "--reason",
-            "r",
-            "--ends-at",
-            "yesterday",
-        ],
+    let extend = [
+        "events",
+        "extend",
+        "--event",
+        &event,
+        "--reason",
+        "r",
+        "--ends-at",
+        "yesterday",
+    ];
+    let (exit, out) = coupond_cli(&app, &extend);
+    assert_ne!(exit, 0);
+    assert!(out.contains("--ends-at"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_recorded_but_not_applied_in_redis_is_finished_by_calling_again() {
+    let app = spawn_app().await;
+    let event = live_event(&app, "ctlhalf").await;
+    let id = EventId::parse(event.clone()).unwrap();
+    let mut admin = app.admin.clone();
+    // Redis cannot take the control (the event is offline there, as during
+    // a rebuild): PostgreSQL has recorded it, the caller is told to retry.
+    assert!(app.redis.take_offline(&id).await.unwrap());
+    let e = pause(&mut admin, &event, "first try").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("call again"), "{e:?}");
+    assert!(app.pg.event(&id).await.unwrap().unwrap().paused);
+    // Redis back; calling again finishes it.
+    let k = app.keys(&event);
+    let mut c = app.redis.conn().await.unwrap();
+    let _: () = redis::cmd("RENAME")
+        .arg(&k.meta_offline)
+        .arg(&k.meta)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        result(&app.issue(&event, "u1").await),
+        IssueResult::Issued,
+        "not in effect before the second call"
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--ends-at"));
+    assert!(
+        pause(&mut admin, &event, "second try")
+            .await
+            .unwrap()
+            .paused
+    );
+    assert_eq!(result(&app.issue(&event, "u2").await), IssueResult::Paused);
+    assert_eq!(
+        app.pg.controls(&id).await.unwrap().len(),
+        2,
+        "each call is recorded"
+    );
 }

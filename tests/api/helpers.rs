@@ -159,11 +159,13 @@ impl TestApp {
     }
 }
 
-/// Runs the `coupond` binary against the test's stores and topics: exit
-/// code, and stdout and stderr together.
+/// Runs the `coupond` binary against the test's server, stores and
+/// topics: exit code, and stdout and stderr together.
 pub fn coupond_cli(app: &TestApp, args: &[&str]) -> (i32, String) {
     let s = &app.settings;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"))
+        .env("COUPOND_SERVER", format!("http://{}", app.addr))
+        .env("COUPOND_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("COUPOND_DATABASE_URL", &s.database.url)
         .env("COUPOND_REDIS_URL", &s.redis.url)
         .env("COUPOND_KAFKA_BROKERS", &s.kafka.brokers)

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use crate::common::assert_live_and_consistent;
 use crate::helpers::{spawn_app, TestApp, ADMIN_TOKEN};
 
-pub fn coupond(app: &TestApp, args: &[&str]) -> Output {
+fn coupond(app: &TestApp, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coupond"))
         .args(args)
         .env("COUPOND_SERVER", format!("http://{}", app.addr))

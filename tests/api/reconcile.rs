@@ -175,12 +175,27 @@ async fn a_conflict_ends_marked_counted_visible_and_reported() {
     let holder = pg.iter().next().unwrap().1.clone();
     let loser = if holder == "u1" { "u2" } else { "u1" };
     assert_eq!(pg, HashSet::from([(code.clone(), holder.clone())]));
-    assert_eq!(
-        state_of(if holder == "u1" { "u2" } else { "u1" }).await,
-        Some(conflicted)
-    );
+    assert_eq!(state_of(loser).await, Some(conflicted));
     let (_, _, _, pending) = app.redis_state(&event).await;
     assert_eq!(pending, 0, "no longer pending, so never republished");
+    // A finalizer that died between marking and dead-lettering gets the
+    // message again and marks it again: nothing changes.
+    let id = EventId::parse(event.clone()).unwrap();
+    let loser_id = coupond::domain::UserId::parse(loser).unwrap();
+    let held = app.redis.issuance(&id, &loser_id).await.unwrap().unwrap();
+    let again = coupond::domain::IssuanceRecord {
+        event_id: id.clone(),
+        user_id: loser_id,
+        coupon: held.coupon,
+        request_id: held.request_id,
+    };
+    assert_eq!(app.redis.mark_conflicted(&id, &[&again]).await.unwrap(), 1);
+    let c = app.redis.counts(&id).await.unwrap();
+    assert_eq!(
+        (c.conflicted, c.pending),
+        (1, 0),
+        "marking twice counts once"
+    );
     let again = app.issue(&event, loser).await;
     assert_eq!(again.result, IssueResult::Conflicted as i32);
     let ev = app
