@@ -45,6 +45,10 @@ pub enum CouponError {
     /// A control of an event that is not LIVE.
     #[error("event {id} is {state}, not LIVE: only a live event can be controlled")]
     NotLive { id: EventId, state: &'static str },
+    /// The event cannot be served now and nothing was issued: a forced
+    /// rebuild has it offline, or Redis lost it. Asking again is safe.
+    #[error("event {id} is {reason}")]
+    EventUnavailable { id: EventId, reason: &'static str },
     #[error("user {user_id} holds no coupon of event {event_id}")]
     IssuanceNotFound { event_id: String, user_id: String },
     /// The request may or may not have taken effect: a store took it but

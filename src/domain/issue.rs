@@ -50,6 +50,27 @@ pub enum IssueOutcome {
     Conflicted(IssuedCoupon),
 }
 
+impl IssueOutcome {
+    /// What a user who holds `coupon` is answered, whatever the event's
+    /// state: ISSUED when the coupon was recorded under the asking
+    /// request's own (non-empty) id (a repeat of a request whose answer was
+    /// lost), ALREADY_ISSUED otherwise, CONFLICTED when PostgreSQL refused
+    /// it. What a user holds decides before the window, a pause or stock.
+    pub fn for_holder(
+        coupon: IssuedCoupon,
+        state: IssuanceState,
+        recorded_request: &str,
+        asking: &RequestId,
+    ) -> Self {
+        let own = !asking.as_str().is_empty() && recorded_request == asking.as_str();
+        match state {
+            IssuanceState::Conflicted => Self::Conflicted(coupon),
+            _ if own => Self::Issued(coupon),
+            _ => Self::AlreadyIssued(coupon),
+        }
+    }
+}
+
 /// Whether an issuance has been recorded in PostgreSQL yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssuanceState {
@@ -73,6 +94,41 @@ pub struct IssuanceRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_is_answered_by_what_they_hold() {
+        let coupon = IssuedCoupon {
+            code: "C".into(),
+            discount: Discount::new(crate::domain::DiscountType::Percent, 5).unwrap(),
+            issued_at: Utc::now(),
+        };
+        let r = |s: &str| RequestId::parse(s).unwrap();
+        let answer = |state, recorded, asking: &str| {
+            IssueOutcome::for_holder(coupon.clone(), state, recorded, &r(asking))
+        };
+        use IssuanceState::*;
+        assert_eq!(
+            answer(Pending, "r1", "r1"),
+            IssueOutcome::Issued(coupon.clone())
+        );
+        assert_eq!(
+            answer(Finalized, "r1", "r1"),
+            IssueOutcome::Issued(coupon.clone())
+        );
+        assert_eq!(
+            answer(Finalized, "r1", "r2"),
+            IssueOutcome::AlreadyIssued(coupon.clone())
+        );
+        assert_eq!(
+            answer(Pending, "", ""),
+            IssueOutcome::AlreadyIssued(coupon.clone()),
+            "without a request id a repeat cannot be told from a new ask"
+        );
+        assert_eq!(
+            answer(Conflicted, "r1", "r1"),
+            IssueOutcome::Conflicted(coupon.clone())
+        );
+    }
 
     #[test]
     fn issue_command_names_the_bad_field() {

@@ -5,6 +5,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::CouponError;
 
+/// When a client should retry an event that is offline (a rebuild takes
+/// seconds).
+const RETRY_EVENT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<CouponError> for Status {
     fn from(e: CouponError) -> Self {
         // No catch-all arm: a new error variant must decide its code here.
@@ -31,6 +35,15 @@ impl From<CouponError> for Status {
             CouponError::EventNotFound(id) => Status::not_found(format!("event {id} not found")),
             e @ CouponError::NotLive { .. } => Status::failed_precondition(e.to_string()),
             e @ CouponError::IssuanceNotFound { .. } => Status::not_found(e.to_string()),
+            e @ CouponError::EventUnavailable { .. } => {
+                // An expected state (a rebuild), not a fault of ours: no log.
+                let details = ErrorDetails::with_retry_info(Some(RETRY_EVENT_AFTER));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    format!("{e}; nothing was issued: retry shortly"),
+                    details,
+                )
+            }
             CouponError::OutcomeUnknown { context, source } => {
                 tracing::error!(error = ?source, "{context}");
                 Status::deadline_exceeded(format!(

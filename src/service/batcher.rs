@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::domain::{CouponError, EventId, IssueCommand, IssueOutcome};
-use crate::store::redis::RedisStoreError;
+use crate::domain::{CouponError, EventId, IssueCommand};
+use crate::store::redis::{RedisStoreError, Verdict};
 use crate::store::RedisStore;
 use crate::supervisor::Supervisor;
 
@@ -21,7 +21,7 @@ use crate::supervisor::Supervisor;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
-type Reply = oneshot::Sender<Result<IssueOutcome, CouponError>>;
+type Reply = oneshot::Sender<Result<Verdict, CouponError>>;
 
 struct Job {
     cmd: IssueCommand,
@@ -59,8 +59,9 @@ impl Batcher {
         Self { tx }
     }
 
-    /// Issues through the next batch and waits for this request's outcome.
-    pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueOutcome, CouponError> {
+    /// Issues through the next batch and waits for the script's verdict on
+    /// this request.
+    pub async fn issue(&self, cmd: IssueCommand) -> Result<Verdict, CouponError> {
         let (reply, rx) = oneshot::channel();
         let closed =
             || CouponError::unavailable("issuer shutting down", anyhow::anyhow!("batcher closed"));
@@ -149,7 +150,7 @@ async fn issue_asking_again(
     event: &EventId,
     items: &[(&crate::domain::UserId, &crate::domain::RequestId)],
     retry: Duration,
-) -> Result<Vec<IssueOutcome>, RedisStoreError> {
+) -> Result<Vec<Verdict>, RedisStoreError> {
     let give_up = Instant::now() + retry;
     let mut backoff = FIRST_BACKOFF;
     let mut may_have_run = false;

@@ -12,6 +12,8 @@ use crate::domain::{
 };
 use crate::kafka::Publisher;
 use crate::service::batcher::Batcher;
+use crate::service::stored_answers::StoredAnswers;
+use crate::store::redis::Verdict;
 use crate::store::{PgStore, RedisStore};
 
 /// A user's coupon with its state, as GetIssuance reports it.
@@ -34,6 +36,8 @@ pub struct IssuerService {
     batcher: Batcher,
     redis: RedisStore,
     pg: PgStore,
+    /// What Redis cannot decide (an event it does not hold), PostgreSQL does.
+    stored: StoredAnswers,
     publisher: Publisher,
     durability: Durability,
     /// Background publishes (async durability), awaited at shutdown.
@@ -51,6 +55,7 @@ impl IssuerService {
         Self {
             batcher,
             redis,
+            stored: StoredAnswers::new(pg.clone()),
             pg,
             publisher,
             durability,
@@ -81,7 +86,16 @@ impl IssuerService {
     /// set, republished until it is finalized.
     #[instrument(skip_all, fields(event_id = %cmd.event_id, user_id = %cmd.user_id, request_id = %cmd.request_id.as_str()))]
     pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueAnswer, CouponError> {
-        let outcome = self.batcher.issue(cmd.clone()).await?;
+        let outcome = match self.batcher.issue(cmd.clone()).await? {
+            Verdict::Decided(o) => o,
+            // PostgreSQL's answers need no publish: an ISSUED from there is
+            // recorded already.
+            v => {
+                let outcome = self.stored.answer(&cmd, v == Verdict::Offline).await?;
+                let durable = matches!(outcome, IssueOutcome::Issued(_));
+                return Ok(IssueAnswer { outcome, durable });
+            }
+        };
         let IssueOutcome::Issued(coupon) = &outcome else {
             return Ok(IssueAnswer {
                 outcome,

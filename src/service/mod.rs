@@ -7,6 +7,7 @@ pub mod gauges;
 pub mod issuer;
 pub mod preload;
 pub mod readiness;
+pub mod stored_answers;
 pub mod sweeper;
 
 pub use admin::AdminService;

@@ -96,6 +96,16 @@ struct EventRow {
 const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_prefix, state, \
     preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms, paused";
 
+/// An event's state as Issue needs it when Redis does not hold the event.
+#[derive(Debug, Clone)]
+pub struct IssueFacts {
+    pub state: EventState,
+    pub window: EventWindow,
+    pub paused: bool,
+    /// PostgreSQL's clock when this was read.
+    pub now: DateTime<Utc>,
+}
+
 /// What `begin_preload` found.
 #[derive(Debug)]
 pub enum Begun {
@@ -583,6 +593,44 @@ impl PgStore {
         .execute(&mut c)
         .await?;
         Ok(n == 1)
+    }
+
+    /// What Issue needs of an event Redis does not hold: its state, window
+    /// and pause, with PostgreSQL's clock. `None` when there is no such event.
+    pub async fn issue_facts(&self, id: &EventId) -> Result<Option<IssueFacts>, PgStoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            state: String,
+            #[diesel(sql_type = Timestamptz)]
+            starts_at: DateTime<Utc>,
+            #[diesel(sql_type = Timestamptz)]
+            ends_at: DateTime<Utc>,
+            #[diesel(sql_type = Bool)]
+            paused: bool,
+            #[diesel(sql_type = Timestamptz)]
+            now: DateTime<Utc>,
+        }
+        let mut c = self.pool.get().await?;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT state, starts_at, ends_at, paused, now() AS now FROM events WHERE id = $1",
+        )
+        .bind::<Text, _>(id.as_str())
+        .load(&mut c)
+        .await?;
+        rows.into_iter()
+            .next()
+            .map(|r| {
+                Ok(IssueFacts {
+                    state: EventState::from_str_opt(&r.state)
+                        .ok_or_else(|| PgStoreError::Corrupt(format!("event {id} state")))?,
+                    window: EventWindow::new(r.starts_at, r.ends_at)
+                        .map_err(|_| PgStoreError::Corrupt(format!("event {id} window")))?,
+                    paused: r.paused,
+                    now: r.now,
+                })
+            })
+            .transpose()
     }
 
     /// Whether the event is settled.

@@ -95,6 +95,20 @@ pub enum FenceReply {
     Fenced(PreloadId),
 }
 
+/// What the issue script decided for one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The outcome, decided by Redis.
+    Decided(IssueOutcome),
+    /// The user holds nothing in Redis and the event has no meta there: it
+    /// expired after retention, was lost, or never existed. PostgreSQL
+    /// decides.
+    NotInRedis,
+    /// The user holds nothing in Redis and a forced rebuild has the event
+    /// offline: try again shortly (or PostgreSQL knows the user's coupon).
+    Offline,
+}
+
 /// Connection settings of the Redis client.
 #[derive(Debug, Clone, Copy)]
 pub struct RedisTimeouts {
@@ -218,22 +232,22 @@ impl RedisStore {
     }
 
     /// Runs the issue script for `items` (user, request id) of one event in
-    /// one call; outcomes come back in the order of `items`. A user who
-    /// already holds a coupon recorded under this item's own (non-empty)
-    /// request id was issued it by this very request, whose earlier reply
-    /// was lost: that is ISSUED, not ALREADY_ISSUED.
+    /// one call; verdicts come back in the order of `items`. A user's own
+    /// record decides first (see `IssueOutcome::for_holder`); the event's
+    /// state only for users who hold nothing.
     #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
     pub async fn issue_batch(
         &self,
         event: &EventId,
         items: &[(&UserId, &RequestId)],
-    ) -> Result<Vec<IssueOutcome>, RedisStoreError> {
+    ) -> Result<Vec<Verdict>, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.issue.prepare_invoke();
         inv.key(&k.queue)
             .key(&k.issued)
             .key(&k.meta)
-            .key(&k.pending);
+            .key(&k.pending)
+            .key(&k.meta_offline);
         inv.arg(items.len());
         for (u, r) in items {
             inv.arg(u.as_str()).arg(r.as_str());
@@ -250,27 +264,27 @@ impl RedisStore {
         reply
             .chunks_exact(2)
             .zip(items)
-            .map(|(pair, item)| {
+            .map(|(pair, (_, asking))| {
                 let status: i64 = redis::from_redis_value_ref(&pair[0])?;
                 let rec: String = redis::from_redis_value_ref(&pair[1])?;
+                let decided = Verdict::Decided;
                 Ok(match status {
-                    1 => IssueOutcome::Issued(record::parse_issued(&rec)?.coupon),
+                    1 => decided(IssueOutcome::Issued(record::parse_issued(&rec)?.coupon)),
                     2 => {
                         let held = record::parse_issued(&rec)?;
-                        let own = !item.1.as_str().is_empty() && held.request_id == item.1.as_str();
-                        if held.state == IssuanceState::Conflicted {
-                            IssueOutcome::Conflicted(held.coupon)
-                        } else if own {
-                            IssueOutcome::Issued(held.coupon)
-                        } else {
-                            IssueOutcome::AlreadyIssued(held.coupon)
-                        }
+                        decided(IssueOutcome::for_holder(
+                            held.coupon,
+                            held.state,
+                            &held.request_id,
+                            asking,
+                        ))
                     }
-                    3 => IssueOutcome::SoldOut,
-                    4 => IssueOutcome::NotStarted,
-                    5 => IssueOutcome::Ended,
-                    6 => IssueOutcome::EventNotFound,
-                    7 => IssueOutcome::Paused,
+                    3 => decided(IssueOutcome::SoldOut),
+                    4 => decided(IssueOutcome::NotStarted),
+                    5 => decided(IssueOutcome::Ended),
+                    6 => Verdict::NotInRedis,
+                    7 => decided(IssueOutcome::Paused),
+                    8 => Verdict::Offline,
                     other => return Err(RedisStoreError::Reply(format!("status {other}"))),
                 })
             })

@@ -1,5 +1,6 @@
 use coupond::domain::{EventId, IssueOutcome, RequestId, UserId};
 use coupond::proto::{self, IssueResult};
+use coupond::store::redis::Verdict;
 use futures::StreamExt;
 
 use crate::helpers::{preload_request, spawn_app};
@@ -27,7 +28,17 @@ async fn one_script_call_issues_a_repeated_user_once_and_sells_out_mid_batch() {
 
     let users = ids(&["a", "b", "a", "c", "d", "e", "b"]);
     let items: Vec<_> = users.iter().map(|(u, r)| (u, r)).collect();
-    let out = app.redis.issue_batch(&id, &items).await.unwrap();
+    let out: Vec<IssueOutcome> = app
+        .redis
+        .issue_batch(&id, &items)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| match v {
+            Verdict::Decided(o) => o,
+            other => panic!("the live event decides: {other:?}"),
+        })
+        .collect();
     assert_eq!(out.len(), 7, "one outcome per item, in order");
     let code = |o: &IssueOutcome| match o {
         IssueOutcome::Issued(c) | IssueOutcome::AlreadyIssued(c) => c.code.clone(),

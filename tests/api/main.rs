@@ -17,6 +17,7 @@ mod hostile;
 mod issue;
 mod kafka_security;
 mod operator;
+mod precedence;
 mod preload;
 mod reconcile;
 mod retention;

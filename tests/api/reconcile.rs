@@ -70,10 +70,24 @@ async fn a_lost_redis_event_is_reported_rebuilt_and_issuing_goes_on_without_dupl
         .del(&[&k.queue, &k.issued, &k.meta, &k.pending])
         .await
         .unwrap();
-    assert_eq!(
-        app.issue(&event, "early-0").await.result,
-        IssueResult::EventNotFound as i32
-    );
+    // A holder is still answered with their coupon (from PostgreSQL), and
+    // nobody is told the event does not exist.
+    let again = app.issue(&event, "early-0").await;
+    assert_eq!(again.result, IssueResult::Issued as i32);
+    let code = again.coupon.unwrap().code;
+    assert!(pairs.contains(&(code, "early-0".to_string())));
+    let err = app
+        .issuer
+        .clone()
+        .issue(coupond::proto::IssueRequest {
+            event_id: event.clone(),
+            user_id: "newcomer".into(),
+            request_id: "r".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("rebuild"), "{err:?}");
     let (code, report) = reconcile_cli(&app, &event, &[]);
     assert_eq!(code, 1, "{report}");
     assert!(

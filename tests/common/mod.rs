@@ -14,6 +14,8 @@ use coupond::proto::{DiscountPolicy, DiscountType, PreloadRequest};
 use coupond::store::{PgStore, RedisStore};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+pub mod proxy;
+
 pub fn admin_db_url() -> String {
     std::env::var("COUPOND_TEST_ADMIN_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
