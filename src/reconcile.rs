@@ -7,11 +7,11 @@ use std::fmt;
 use rand::seq::SliceRandom;
 
 use crate::config::KafkaSettings;
-use crate::domain::{EventId, EventState, IssuanceState, IssuedCoupon};
+use crate::domain::{EventId, EventState, IssuanceState, IssuedCoupon, StoredEvent};
 use crate::kafka::backlog::Backlog;
 use crate::store::postgres::CouponRow;
 use crate::store::record::{issued_record, queue_entry};
-use crate::store::redis::{RebuiltState, RedisSnapshot};
+use crate::store::redis::{Presence, RebuiltState, RedisSnapshot};
 use crate::store::{PgStore, RedisStore};
 
 /// How many examples each list of the printed report shows.
@@ -289,6 +289,16 @@ pub enum RebuildError {
          issuances among them"
     )]
     Lagging { lag: u64 },
+    #[error(
+        "rebuild failed: {0:#}; the event is back online as it was before (nothing was \
+         rebuilt): run the rebuild again"
+    )]
+    Restored(anyhow::Error),
+    #[error(
+        "rebuild failed: {0:#}; the event stays offline (putting it back failed too: {1:#}): \
+         run the rebuild again to finish it"
+    )]
+    LeftOffline(anyhow::Error, anyhow::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -299,6 +309,9 @@ pub enum RebuildError {
 pub struct RebuildReport {
     /// The finalizer's consumer lag when the rebuild started.
     pub lag: u64,
+    /// This rebuild finished one that had taken the event offline and
+    /// stopped before installing (killed, or unable to put it back).
+    pub resumed: bool,
     pub queued: usize,
     pub finalized: usize,
     /// Pending issuances kept from Redis and from the finalizer's backlog.
@@ -315,6 +328,12 @@ pub struct RebuildReport {
 
 impl fmt::Display for RebuildReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.resumed {
+            writeln!(
+                f,
+                "the event was offline from a rebuild that did not finish: finished it"
+            )?;
+        }
         writeln!(
             f,
             "rebuilt: {} queued, {} finalized, {} pending kept from redis, {} pending from the \
@@ -357,11 +376,17 @@ struct Candidate {
 
 /// Rebuilds the event's Redis state from PostgreSQL and installs it
 /// atomically. Refused while the finalizer lags unless `force`, and for a
-/// live event unless `force` (which takes it offline: Issue answers
-/// EVENT_NOT_FOUND for the moments of the rebuild). Issuances PostgreSQL
-/// has not recorded yet, found in Redis or in the finalizer's backlog, are
-/// kept pending with their codes out of the queue; the report names every
-/// one that could not be kept as the user's.
+/// live event unless `force` (which takes it offline: Issue changes nothing
+/// for the moments of the rebuild; holders still get their coupons, others
+/// are told UNAVAILABLE). Issuances PostgreSQL has not recorded yet, found
+/// in Redis or in the finalizer's backlog, are kept pending with their
+/// codes out of the queue; the report names every one that could not be
+/// kept as the user's.
+///
+/// All or nothing: a rebuild that fails after taking the event offline
+/// puts it back online as it was (`Restored`); one that could not even do
+/// that (or was killed) leaves it offline, and the next rebuild of the
+/// event finishes it (with or without `force`).
 pub async fn rebuild(
     pg: &PgStore,
     redis: &RedisStore,
@@ -380,15 +405,14 @@ pub async fn rebuild(
             stored.preload.state.as_str(),
         ));
     }
+    let presence = redis.presence(event).await.map_err(anyhow::Error::from)?;
+    // An earlier forced rebuild took the event offline and did not finish.
+    let resumed = presence == Presence::Offline;
     let lag = read_backlog(kafka).await?.lag();
-    if lag > 0 && !force {
+    if lag > 0 && !force && !resumed {
         return Err(RebuildError::Lagging { lag });
     }
-    if redis
-        .event_exists(event)
-        .await
-        .map_err(anyhow::Error::from)?
-    {
+    if presence == Presence::Live {
         if !force {
             return Err(RebuildError::Live(event.clone()));
         }
@@ -397,10 +421,37 @@ pub async fn rebuild(
             .await
             .map_err(anyhow::Error::from)?;
     }
-    let rows = pg.coupons(event).await.map_err(anyhow::Error::from)?;
+    match rebuild_from_sources(pg, redis, kafka, &stored).await {
+        Ok(mut report) => {
+            report.lag = lag;
+            report.resumed = resumed;
+            tracing::info!(event_id = %event, ?report, "rebuilt redis state from postgres");
+            Ok(report)
+        }
+        Err(e) if presence == Presence::Absent => Err(e.into()),
+        Err(e) => match redis.bring_online(event).await {
+            Ok(Some(true)) => Err(RebuildError::Restored(e)),
+            Ok(_) => Err(e.into()),
+            Err(again) => Err(RebuildError::LeftOffline(e, again.into())),
+        },
+    }
+}
+
+/// Reads the three sources and installs what they add up to. The order
+/// makes the view consistent with a finalizer running beside it: the
+/// backlog is read first (the group's committed offsets, then the messages
+/// after them), PostgreSQL's rows after; a batch the finalizer commits in
+/// between is in the rows, never in neither.
+async fn rebuild_from_sources(
+    pg: &PgStore,
+    redis: &RedisStore,
+    kafka: &KafkaSettings,
+    stored: &StoredEvent,
+) -> anyhow::Result<RebuildReport> {
+    let event = &stored.id;
     let candidates = candidates(redis, kafka, event).await?;
-    let (state, mut report) = plan(&rows, candidates);
-    report.lag = lag;
+    let rows = pg.coupons(event).await?;
+    let (state, report) = plan(&rows, candidates);
     redis
         .install_rebuilt(
             event,
@@ -409,17 +460,19 @@ pub async fn rebuild(
                 issued: &state.issued,
                 pending: &state.pending,
                 starts_ms: stored.window.starts_at().timestamp_millis(),
-                ends_ms: stored.window.ends_at().timestamp_millis(),
                 total: stored.total_count,
                 preload_id: &stored.preload.preload_id,
                 conflicted: &state.conflicted,
-                paused: stored.paused,
+                controls: stored.controls(),
             },
         )
-        .await
-        .map_err(anyhow::Error::from)?;
-    pg.unsettle(event).await.map_err(anyhow::Error::from)?;
-    tracing::info!(event_id = %event, ?report, "rebuilt redis state from postgres");
+        .await?;
+    // Controls recorded while the rebuild ran, whose own Redis step found
+    // no meta (newer ones win in Redis; older ones change nothing).
+    if let Some(now) = pg.event(event).await? {
+        redis.sync_controls(event, &now.controls()).await?;
+    }
+    pg.unsettle(event).await?;
     Ok(report)
 }
 

@@ -1,25 +1,40 @@
--- Applies an operator's control to a live event, atomically: pause,
--- resume, or a new end of the window (close and extend). Issue reads the
--- same meta hash, so the next script call sees the change.
+-- Brings an event's meta hash up to the operators' controls PostgreSQL
+-- recorded: the window's end and the pause, as of control number ARGV[1].
+-- Every control is recorded in PostgreSQL first, with the next number;
+-- a number the meta already holds (or a newer one) changes nothing, so a
+-- control applied twice, late or out of order (a retried call, the
+-- sweeper's repair, a rebuild's copy) never undoes a newer one. While a
+-- forced rebuild has the event offline, its parked meta takes the control
+-- and the rebuild keeps it.
 --
--- A new end also takes the expiry off the event's keys (an event that had
--- ended and settled is reopened; see the sweeper's retention).
+-- An end in the future takes the retention expiry off the event's keys (an
+-- event that had ended and settled is open again); any other control
+-- leaves their expiry as it is, so a settled event stays expiring.
 --
--- KEYS[1] couponMeta:{E}; KEYS[2..] the event's other keys
--- ARGV[1] pause | resume | ends_at   ARGV[2] the new ends_at (unix ms), for ends_at
--- Returns 1; an error reply NOT_LIVE when the event is not live in Redis.
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOT_LIVE the event is not live in redis')
+-- KEYS[1] couponMeta:{E}  KEYS[2] couponMetaOffline:{E}  KEYS[3..] the event's other keys
+-- ARGV[1] control number  ARGV[2] ends_at (unix ms)  ARGV[3] 1 paused, 0 not
+-- Returns 1 applied, 0 already as new; an error reply NOT_LIVE when Redis
+-- holds no meta of the event.
+local meta = KEYS[1]
+if redis.call('EXISTS', meta) == 0 then
+  meta = KEYS[2]
+  if redis.call('EXISTS', meta) == 0 then
+    return redis.error_reply('NOT_LIVE the event is not live in redis')
+  end
 end
-local action = ARGV[1]
-if action == 'pause' then
-  redis.call('HSET', KEYS[1], 'paused', '1')
-elseif action == 'resume' then
-  redis.call('HDEL', KEYS[1], 'paused')
-elseif action == 'ends_at' then
-  redis.call('HSET', KEYS[1], 'ends_at', ARGV[2])
-  for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
+local seq = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', meta, 'control_seq') or '0') >= seq then
+  return 0
+end
+redis.call('HSET', meta, 'ends_at', ARGV[2], 'control_seq', ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('HSET', meta, 'paused', '1')
 else
-  return redis.error_reply('BAD_ACTION ' .. action)
+  redis.call('HDEL', meta, 'paused')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(ARGV[2]) > now then
+  for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 end
 return 1

@@ -3,28 +3,38 @@
 -- meta hash is written, which makes the event live again. Refuses when the
 -- event is live, so it can never overwrite issuances made meanwhile.
 --
--- KEYS[1] couponStaging:{E}       KEYS[2] couponIssuedStaging:{E}
--- KEYS[3] couponPendingStaging:{E} KEYS[4] couponQueue:{E}
--- KEYS[5] couponIssued:{E}        KEYS[6] couponPending:{E}
--- KEYS[7] couponMeta:{E}          KEYS[8] couponMetaOffline:{E}
+-- The controls come from PostgreSQL as read when the rebuild started; a
+-- control applied to the parked meta since (control.lua takes controls
+-- while a rebuild has the event offline) is newer and is kept.
+--
+-- KEYS[1] couponRebuildStaging:{E}  KEYS[2] couponIssuedStaging:{E}
+-- KEYS[3] couponPendingStaging:{E}  KEYS[4] couponQueue:{E}
+-- KEYS[5] couponIssued:{E}          KEYS[6] couponPending:{E}
+-- KEYS[7] couponMeta:{E}            KEYS[8] couponMetaOffline:{E}
+-- KEYS[9] couponConflicts:{E}
 -- ARGV[1] starts_at ms  ARGV[2] ends_at ms  ARGV[3] total
 -- ARGV[4] expected queue length  ARGV[5] expected issued count
 -- ARGV[6] the preload id PostgreSQL records for the event
--- ARGV[7] 1 when the event is paused, else 0
--- ARGV[8..] users whose staged record is conflicted (state C)
--- KEYS[9] couponConflicts:{E}
+-- ARGV[7] 1 when the event is paused, else 0  ARGV[8] its control number
+-- ARGV[9..] users whose staged record is conflicted (state C)
 if redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('EVENT_LIVE event is live; take it offline first')
 end
 if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[4]) or redis.call('HLEN', KEYS[2]) ~= tonumber(ARGV[5]) then
   return redis.error_reply('STAGING_INCOMPLETE staged state does not match')
 end
+local ends, paused, seq = ARGV[2], ARGV[7], ARGV[8]
+local parked = redis.call('HMGET', KEYS[8], 'ends_at', 'paused', 'control_seq')
+if parked[3] and tonumber(parked[3]) > tonumber(seq) then
+  ends, seq = parked[1], parked[3]
+  paused = parked[2] == '1' and '1' or '0'
+end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[8], KEYS[9])
-for i = 8, #ARGV do redis.call('SADD', KEYS[9], ARGV[i]) end
+for i = 9, #ARGV do redis.call('SADD', KEYS[9], ARGV[i]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]) end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[6]) end
-redis.call('HSET', KEYS[7], 'starts_at', ARGV[1], 'ends_at', ARGV[2], 'total', ARGV[3],
-  'preload_id', ARGV[6])
-if ARGV[7] == '1' then redis.call('HSET', KEYS[7], 'paused', '1') end
+redis.call('HSET', KEYS[7], 'starts_at', ARGV[1], 'ends_at', ends, 'total', ARGV[3],
+  'preload_id', ARGV[6], 'control_seq', seq)
+if paused == '1' then redis.call('HSET', KEYS[7], 'paused', '1') end
 return 1

@@ -46,6 +46,17 @@ impl Control {
     }
 }
 
+/// What the operators' controls made of an event, as of the `seq`-th
+/// control: the window's end and the pause. Controls are numbered in the
+/// order PostgreSQL recorded them; Redis takes a state only when it is
+/// newer than the one it holds, so a late copy never undoes a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlState {
+    pub seq: u64,
+    pub ends_at: DateTime<Utc>,
+    pub paused: bool,
+}
+
 /// Why an operator controlled an event: 1 to 500 characters, no control
 /// characters.
 pub fn parse_reason(reason: &str) -> Result<String, FieldError> {

@@ -49,6 +49,13 @@ pub enum CouponError {
     /// rebuild has it offline, or Redis lost it. Asking again is safe.
     #[error("event {id} is {reason}")]
     EventUnavailable { id: EventId, reason: &'static str },
+    /// A control of an event that ended and whose Redis keys expired after
+    /// retention: nothing in Redis to apply it to.
+    #[error(
+        "event {0} ended and its redis state expired after retention: rebuild it first \
+         (coupond reconcile --event {0} --rebuild-redis), then control it"
+    )]
+    Expired(EventId),
     #[error("user {user_id} holds no coupon of event {event_id}")]
     IssuanceNotFound { event_id: String, user_id: String },
     /// The request may or may not have taken effect: a store took it but

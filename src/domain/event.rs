@@ -232,9 +232,21 @@ pub struct StoredEvent {
     pub preload: PreloadStatus,
     /// Paused by an operator (PauseEvent).
     pub paused: bool,
+    /// How many controls were applied to it (see `ControlState`).
+    pub control_seq: u64,
 }
 
 impl StoredEvent {
+    /// The event's controls as PostgreSQL records them: what Redis must
+    /// reflect.
+    pub fn controls(&self) -> crate::domain::ControlState {
+        crate::domain::ControlState {
+            seq: self.control_seq,
+            ends_at: self.window.ends_at(),
+            paused: self.paused,
+        }
+    }
+
     /// The validated request this event was preloaded from.
     pub fn as_new_event(&self) -> NewEvent {
         NewEvent {
@@ -348,6 +360,7 @@ mod tests {
                 timings: None,
             },
             paused: false,
+            control_seq: 0,
         }
     }
 

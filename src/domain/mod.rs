@@ -16,7 +16,7 @@ mod properties;
 
 pub use allocation::allocate;
 pub use code::{CodeGenerator, CODE_ALPHABET, DEFAULT_CODE_LENGTH};
-pub use control::Control;
+pub use control::{Control, ControlState};
 pub use error::{CouponError, FieldError};
 pub use event::{
     Discount, DiscountType, EventWindow, NewEvent, Policy, PolicyInput, PreloadInput, StoredEvent,

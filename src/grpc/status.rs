@@ -34,6 +34,9 @@ impl From<CouponError> for Status {
             )),
             CouponError::EventNotFound(id) => Status::not_found(format!("event {id} not found")),
             e @ CouponError::NotLive { .. } => Status::failed_precondition(e.to_string()),
+            e @ CouponError::Expired(_) => {
+                Status::failed_precondition(format!("{e}; nothing changed"))
+            }
             e @ CouponError::IssuanceNotFound { .. } => Status::not_found(e.to_string()),
             e @ CouponError::EventUnavailable { .. } => {
                 // An expected state (a rebuild), not a fault of ours: no log.

@@ -7,7 +7,7 @@ use tracing::instrument;
 use crate::domain::{Control, CouponError, EventId, EventState, NewEvent, StoredEvent};
 use crate::service::preload::PreloadJobs;
 use crate::store::postgres::PgStoreError;
-use crate::store::redis::RedisCounts;
+use crate::store::redis::{Presence, RedisCounts, Synced};
 use crate::store::{PgStore, RedisStore};
 
 /// Most events one page of `events` returns.
@@ -70,9 +70,12 @@ impl AdminService {
     }
 
     /// Applies an operator's control to a LIVE event: recorded in
-    /// PostgreSQL first (with the reason), then in effect in Redis; a
-    /// failure between the two is UNAVAILABLE, and calling again (the
-    /// controls are idempotent) finishes it.
+    /// PostgreSQL first (with the reason and the next control number), then
+    /// in effect in Redis. Redis takes a control only when it is newer than
+    /// what it holds, so a retry, the sweeper's repair of a control whose
+    /// Redis step failed, or a rebuild's copy never undo a newer one. An
+    /// event whose Redis keys expired after retention is refused, changing
+    /// nothing.
     #[instrument(skip_all, fields(event_id = %id, action = control.action()), err)]
     pub async fn control(
         &self,
@@ -89,18 +92,30 @@ impl AdminService {
             return Err(not_live(&event));
         }
         control.check_window(event.window.starts_at())?;
+        if self.expired(id).await? {
+            return Err(CouponError::Expired(id.clone()));
+        }
         let event = self
             .pg
             .apply_control(id, &control, reason)
             .await
             .map_err(pg_unavailable("recording the control"))?
             .ok_or_else(|| not_live(&event))?;
-        let applied = self.redis.apply_control(id, &control).await.map_err(|e| {
-            CouponError::unavailable("applying the control in redis (recorded; call again)", e)
-        })?;
-        if !applied {
+        let synced = self
+            .redis
+            .sync_controls(id, &event.controls())
+            .await
+            .map_err(|e| {
+                CouponError::unavailable(
+                    "applying the control in redis (it is recorded: the sweeper applies it \
+                     within a second, or call again)",
+                    e,
+                )
+            })?;
+        if synced == Synced::NotLive {
             return Err(CouponError::unavailable(
-                "the event is not live in redis (being rebuilt?); the control is recorded: call again",
+                "the event is not in redis (lost?): the control is recorded and a rebuild \
+                 applies it (coupond reconcile --rebuild-redis)",
                 anyhow::anyhow!("meta hash missing"),
             ));
         }
@@ -108,19 +123,23 @@ impl AdminService {
         self.view(event).await
     }
 
-    /// Whether a settled event's Redis keys have expired (retention).
+    /// Whether a settled event's Redis keys have expired (retention): no
+    /// meta, live or parked by a rebuild.
     async fn expired(&self, id: &EventId) -> Result<bool, CouponError> {
         let settled = self
             .pg
             .settled(id)
             .await
             .map_err(pg_unavailable("reading the event"))?;
-        let live = self
+        if !settled {
+            return Ok(false);
+        }
+        let presence = self
             .redis
-            .event_exists(id)
+            .presence(id)
             .await
             .map_err(|e| CouponError::unavailable("reading the event from redis", e))?;
-        Ok(settled && !live)
+        Ok(presence == Presence::Absent)
     }
 
     /// The event as PostgreSQL records it; NOT_FOUND when there is none.

@@ -2,11 +2,13 @@
 //! partition of `coupon-issued`, and the pending issuances of each live
 //! event, read every few seconds.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
+use crate::domain::EventId;
 use crate::kafka::backlog::Backlog;
 use crate::store::{PgStore, RedisStore};
 
@@ -21,8 +23,9 @@ pub struct Gauges {
 impl Gauges {
     /// Reads until `stop` fires; a failed read is skipped, never fatal.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut reported = HashSet::new();
         loop {
-            self.read_once().await;
+            self.read_once(&mut reported).await;
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(EVERY) => {}
@@ -30,7 +33,9 @@ impl Gauges {
         }
     }
 
-    async fn read_once(&self) {
+    /// `reported`: the events whose pending gauge was set; one that is no
+    /// longer visited (settled, so nothing is pending) is set to 0 once.
+    async fn read_once(&self, reported: &mut HashSet<EventId>) {
         let kafka = self.kafka.clone();
         match tokio::task::spawn_blocking(move || Backlog::read(&kafka)).await {
             Ok(Ok(b)) => {
@@ -44,12 +49,18 @@ impl Gauges {
         let Ok(events) = self.pg.events_to_sweep().await else {
             return;
         };
-        for (event, _) in events {
+        let visited: HashSet<EventId> = events.into_iter().map(|(e, _)| e).collect();
+        for gone in reported.difference(&visited) {
+            crate::metrics::pending(gone.as_str(), 0);
+        }
+        reported.retain(|e| visited.contains(e));
+        for event in visited {
             if let (Ok(true), Ok(c)) = (
                 self.redis.event_exists(&event).await,
                 self.redis.counts(&event).await,
             ) {
                 crate::metrics::pending(event.as_str(), c.pending);
+                reported.insert(event);
             }
         }
     }

@@ -5,14 +5,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaSettings, SweepSettings};
-use crate::domain::{EventId, IssuanceRecord};
+use crate::domain::{ControlState, EventId, IssuanceRecord};
 use crate::kafka::{topics, Publisher};
+use crate::store::redis::Synced;
 use crate::store::{PgStore, RedisStore};
 
 /// Most issuances claimed per script call.
@@ -22,9 +21,9 @@ pub struct Sweeper {
     /// Lists this deployment's events: a Redis shared by several
     /// deployments holds events that are not ours to republish.
     pg: PgStore,
-    /// The last event list read (unsettled LIVE events and their end), used
-    /// while PostgreSQL is unreachable.
-    events: tokio::sync::Mutex<Vec<(EventId, DateTime<Utc>)>>,
+    /// The last event list read (unsettled LIVE events and their controls),
+    /// used while PostgreSQL is unreachable.
+    events: tokio::sync::Mutex<Vec<(EventId, ControlState)>>,
     redis: RedisStore,
     publisher: Publisher,
     kafka: KafkaSettings,
@@ -82,38 +81,53 @@ impl Sweeper {
             cached.clone()
         };
         let mut total = 0;
-        for (event, ends_at) in events {
+        for (event, controls) in events {
             if shutdown.is_cancelled() {
                 break;
             }
+            self.repair_controls(&event, &controls).await;
             total += self.sweep(&event, shutdown).await?;
-            if ends_at <= Utc::now() {
-                self.settle_if_done(&event).await;
-            }
+            self.settle_if_done(&event).await;
         }
         Ok(total)
     }
 
-    /// An ended event with nothing pending is done: its Redis keys get the
-    /// retention expiry (first, so a crash before the record only means
-    /// doing it again), then PostgreSQL records it settled and the sweeper
-    /// stops visiting it.
+    /// A control PostgreSQL recorded but Redis missed (its call failed half
+    /// way, or a rebuild installed an older copy) is applied here; one that
+    /// Redis holds already changes nothing.
+    async fn repair_controls(&self, event: &EventId, controls: &ControlState) {
+        match self.redis.sync_controls(event, controls).await {
+            Ok(Synced::Applied) => {
+                tracing::info!(event_id = %event, seq = controls.seq, "applied a control redis had missed")
+            }
+            Ok(Synced::Current | Synced::NotLive) => {}
+            Err(e) => {
+                tracing::debug!(event_id = %event, error = %e, "syncing controls failed; next sweep")
+            }
+        }
+    }
+
+    /// An ended event with nothing pending is done: Redis decides it and
+    /// gives its keys the retention expiry (first, so a crash before the
+    /// record only means doing it again), then PostgreSQL records it
+    /// settled, if it records the same end, and the sweeper stops visiting.
     async fn settle_if_done(&self, event: &EventId) {
         let retention = Duration::from_secs(self.settings.retention_secs);
         let done = async {
-            let pending = self.redis.counts(event).await?.pending;
-            if pending > 0 {
+            let Some(ends_ms) = self.redis.settle(event, retention).await? else {
                 return anyhow::Ok(false);
-            }
-            self.redis.expire_event(event, retention).await?;
-            Ok(self.pg.settle(event).await?)
+            };
+            Ok(self.pg.settle(event, ends_ms).await?)
         };
         match done.await {
-            Ok(true) => tracing::info!(
-                event_id = %event,
-                retention_secs = retention.as_secs(),
-                "event ended and fully finalized: its redis keys expire"
-            ),
+            Ok(true) => {
+                crate::metrics::pending(event.as_str(), 0);
+                tracing::info!(
+                    event_id = %event,
+                    retention_secs = retention.as_secs(),
+                    "event ended and fully finalized: its redis keys expire"
+                )
+            }
             Ok(false) => {}
             Err(e) => tracing::debug!(event_id = %event, error = %e, "settling failed; next sweep"),
         }

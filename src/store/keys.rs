@@ -39,6 +39,19 @@ impl EventKeys {
         format!("couponStaging:{{{event}}}:{preload}")
     }
 
+    /// The keys that hold the event's live data (everything but the meta
+    /// hash, staging and the preload fence): what retention expires and a
+    /// reopening keeps.
+    pub fn data(&self) -> [&str; 5] {
+        [
+            &self.queue,
+            &self.issued,
+            &self.pending,
+            &self.conflicts,
+            &self.progress,
+        ]
+    }
+
     pub fn new(event: &EventId) -> Self {
         Self {
             queue: format!("couponQueue:{{{event}}}"),

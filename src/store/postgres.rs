@@ -16,8 +16,9 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tracing::instrument;
 
 use crate::domain::{
-    CodePrefix, Control, Discount, DiscountType, EventId, EventState, EventWindow, IssuanceRecord,
-    IssuedCoupon, NewEvent, Policy, PreloadId, PreloadStatus, PreloadTimings, StoredEvent, UserId,
+    CodePrefix, Control, ControlState, Discount, DiscountType, EventId, EventState, EventWindow,
+    IssuanceRecord, IssuedCoupon, NewEvent, Policy, PreloadId, PreloadStatus, PreloadTimings,
+    StoredEvent, UserId,
 };
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -83,6 +84,8 @@ struct EventRow {
     failure: Option<String>,
     #[diesel(sql_type = Bool)]
     paused: bool,
+    #[diesel(sql_type = BigInt)]
+    control_seq: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
     generate_ms: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -94,7 +97,8 @@ struct EventRow {
 }
 
 const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_prefix, state, \
-    preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms, paused";
+    preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms, paused, \
+    control_seq";
 
 /// An event's state as Issue needs it when Redis does not hold the event.
 #[derive(Debug, Clone)]
@@ -498,8 +502,8 @@ impl PgStore {
             .transaction(async |tx| {
                 // $2 is bound either way (NULL for pause and resume).
                 let n = diesel::sql_query(format!(
-                    "UPDATE events SET {set} WHERE id = $1 AND state = 'LIVE' \
-                     AND ($2::timestamptz IS NULL OR TRUE)"
+                    "UPDATE events SET {set}, control_seq = control_seq + 1 \
+                     WHERE id = $1 AND state = 'LIVE' AND ($2::timestamptz IS NULL OR TRUE)"
                 ))
                 .bind::<Text, _>(id.as_str())
                 .bind::<Nullable<Timestamptz>, _>(control.ends_at())
@@ -558,38 +562,52 @@ impl PgStore {
             .collect())
     }
 
-    /// LIVE events not settled yet (see `settle`), with their end: what
-    /// the sweeper visits.
-    pub async fn events_to_sweep(&self) -> Result<Vec<(EventId, DateTime<Utc>)>, PgStoreError> {
+    /// LIVE events not settled yet (see `settle`), with their controls:
+    /// what the sweeper visits.
+    pub async fn events_to_sweep(&self) -> Result<Vec<(EventId, ControlState)>, PgStoreError> {
         #[derive(QueryableByName)]
         struct Row {
             #[diesel(sql_type = Text)]
             id: String,
             #[diesel(sql_type = Timestamptz)]
             ends_at: DateTime<Utc>,
+            #[diesel(sql_type = Bool)]
+            paused: bool,
+            #[diesel(sql_type = BigInt)]
+            control_seq: i64,
         }
         let mut c = self.pool.get().await?;
         let rows: Vec<Row> = diesel::sql_query(
-            "SELECT id, ends_at FROM events WHERE state = 'LIVE' AND settled_at IS NULL \
-             ORDER BY created_at",
+            "SELECT id, ends_at, paused, control_seq FROM events \
+             WHERE state = 'LIVE' AND settled_at IS NULL ORDER BY created_at",
         )
         .load(&mut c)
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|r| Some((EventId::parse(r.id).ok()?, r.ends_at)))
+            .filter_map(|r| {
+                let state = ControlState {
+                    seq: u64::try_from(r.control_seq).ok()?,
+                    ends_at: r.ends_at,
+                    paused: r.paused,
+                };
+                Some((EventId::parse(r.id).ok()?, state))
+            })
             .collect())
     }
 
-    /// Marks an ended event settled (its Redis keys expire); false when it
-    /// was not (already settled, not ended, or extended meanwhile).
-    pub async fn settle(&self, id: &EventId) -> Result<bool, PgStoreError> {
+    /// Records an event settled once Redis settled it (`settle.lua`) with
+    /// the window's end `ends_ms`; false when it was not (already settled,
+    /// or PostgreSQL records another end: a control not yet in Redis).
+    pub async fn settle(&self, id: &EventId, ends_ms: i64) -> Result<bool, PgStoreError> {
         let mut c = self.pool.get().await?;
         let n = diesel::sql_query(
             "UPDATE events SET settled_at = now() \
-             WHERE id = $1 AND settled_at IS NULL AND ends_at <= now()",
+             WHERE id = $1 AND settled_at IS NULL \
+               AND floor(extract(epoch FROM ends_at) * 1000)::int8 = $2",
         )
         .bind::<Text, _>(id.as_str())
+        .bind::<BigInt, _>(ends_ms)
         .execute(&mut c)
         .await?;
         Ok(n == 1)
@@ -893,6 +911,7 @@ fn stored_event(e: EventRow, policies: Vec<PolicyRow>) -> Result<StoredEvent, Pg
             timings,
         },
         paused: e.paused,
+        control_seq: u64::try_from(e.control_seq).map_err(|_| corrupt("control_seq"))?,
     })
 }
 

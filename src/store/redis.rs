@@ -11,7 +11,8 @@ use redis::{AsyncConnectionConfig, Script};
 use tracing::instrument;
 
 use crate::domain::{
-    Control, EventId, IssuanceRecord, IssuanceState, IssueOutcome, PreloadId, RequestId, UserId,
+    ControlState, EventId, IssuanceRecord, IssuanceState, IssueOutcome, PreloadId, RequestId,
+    UserId,
 };
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
@@ -109,6 +110,26 @@ pub enum Verdict {
     Offline,
 }
 
+/// What Redis holds of an event's meta hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Live,
+    /// Parked by a forced rebuild that has not installed its state yet.
+    Offline,
+    /// Never live, expired after retention, or lost.
+    Absent,
+}
+
+/// What `sync_controls` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    Applied,
+    /// Redis held these controls already, or newer ones.
+    Current,
+    /// Redis holds no meta of the event (expired, lost, never live).
+    NotLive,
+}
+
 /// Connection settings of the Redis client.
 #[derive(Debug, Clone, Copy)]
 pub struct RedisTimeouts {
@@ -137,8 +158,10 @@ struct Scripts {
     claim_stale: Script,
     rebuild: Script,
     take_offline: Script,
+    bring_online: Script,
     conflict: Script,
     control: Script,
+    settle: Script,
 }
 
 /// Everything Redis holds for one event.
@@ -159,13 +182,13 @@ pub struct RebuiltState<'a> {
     pub issued: &'a [(String, String)],
     pub pending: &'a [(String, i64)],
     pub starts_ms: i64,
-    pub ends_ms: i64,
     pub total: u32,
     pub preload_id: &'a PreloadId,
     /// Users whose record in `issued` is conflicted.
     pub conflicted: &'a [String],
-    /// The event is paused (PostgreSQL's record).
-    pub paused: bool,
+    /// The event's controls as PostgreSQL recorded them when the rebuild
+    /// started (newer ones the parked meta took since are kept).
+    pub controls: ControlState,
 }
 
 /// Live counts of an event in Redis.
@@ -215,7 +238,9 @@ impl RedisStore {
                 rebuild: Script::new(include_str!("../../scripts/lua/rebuild.lua")),
                 conflict: Script::new(include_str!("../../scripts/lua/conflict.lua")),
                 control: Script::new(include_str!("../../scripts/lua/control.lua")),
+                settle: Script::new(include_str!("../../scripts/lua/settle.lua")),
                 take_offline: Script::new(include_str!("../../scripts/lua/take_offline.lua")),
+                bring_online: Script::new(include_str!("../../scripts/lua/bring_online.lua")),
             }),
         })
     }
@@ -412,6 +437,23 @@ impl RedisStore {
             .await?)
     }
 
+    /// Whether Redis holds the event's meta hash, live or parked offline by
+    /// a forced rebuild.
+    pub async fn presence(&self, event: &EventId) -> Result<Presence, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let (live, parked): (bool, bool) = redis::pipe()
+            .exists(&k.meta)
+            .exists(&k.meta_offline)
+            .query_async(&mut c)
+            .await?;
+        Ok(match (live, parked) {
+            (true, _) => Presence::Live,
+            (false, true) => Presence::Offline,
+            (false, false) => Presence::Absent,
+        })
+    }
+
     /// Queue length, issued count and pending count of an event.
     pub async fn counts(&self, event: &EventId) -> Result<RedisCounts, RedisStoreError> {
         let k = EventKeys::new(event);
@@ -495,56 +537,50 @@ impl RedisStore {
         Ok(inv.invoke_async(&mut c).await?)
     }
 
-    /// Applies an operator's control to the live event (see `control.lua`);
-    /// `Ok(false)` when the event is not live in Redis.
-    pub async fn apply_control(
+    /// Brings the event's meta up to the controls PostgreSQL recorded (see
+    /// `control.lua`): `Applied` or `Current` (it held them already, or
+    /// newer ones), `NotLive` when Redis holds no meta of the event.
+    pub async fn sync_controls(
         &self,
         event: &EventId,
-        control: &Control,
-    ) -> Result<bool, RedisStoreError> {
+        state: &ControlState,
+    ) -> Result<Synced, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.control.prepare_invoke();
-        inv.key(&k.meta)
-            .key(&k.queue)
-            .key(&k.issued)
-            .key(&k.pending)
-            .key(&k.conflicts)
-            .key(&k.progress);
-        match control.ends_at() {
-            Some(t) => inv.arg("ends_at").arg(t.timestamp_millis()),
-            None => inv.arg(control.action()),
-        };
+        inv.key(&k.meta).key(&k.meta_offline);
+        for key in k.data() {
+            inv.key(key);
+        }
+        inv.arg(state.seq)
+            .arg(state.ends_at.timestamp_millis())
+            .arg(u8::from(state.paused));
         let mut c = self.conn().await?;
         match inv.invoke_async::<i64>(&mut c).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("NOT_LIVE") => Ok(false),
+            Ok(1) => Ok(Synced::Applied),
+            Ok(_) => Ok(Synced::Current),
+            Err(e) if e.code() == Some("NOT_LIVE") => Ok(Synced::NotLive),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Gives every key of the event an expiry of `ttl` (retention of a
-    /// settled event). Idempotent.
-    pub async fn expire_event(
+    /// Settles the event if its window has ended (Redis's clock, the meta's
+    /// end) and nothing is pending: every key gets the expiry `ttl` (see
+    /// `settle.lua`). Returns the window's end (unix ms) when it did.
+    pub async fn settle(
         &self,
         event: &EventId,
         ttl: Duration,
-    ) -> Result<(), RedisStoreError> {
+    ) -> Result<Option<i64>, RedisStoreError> {
         let k = EventKeys::new(event);
-        let ms = ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        for key in [
-            &k.meta,
-            &k.queue,
-            &k.issued,
-            &k.pending,
-            &k.conflicts,
-            &k.progress,
-        ] {
-            pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
+        let mut inv = self.scripts.settle.prepare_invoke();
+        inv.key(&k.meta).key(&k.pending);
+        for key in k.data() {
+            inv.key(key);
         }
+        inv.arg(ttl.as_millis() as u64);
         let mut c = self.conn().await?;
-        pipe.query_async::<()>(&mut c).await?;
-        Ok(())
+        let ends: i64 = inv.invoke_async(&mut c).await?;
+        Ok((ends > 0).then_some(ends))
     }
 
     /// Claims up to `max` issuances of `event` pending for longer than
@@ -653,6 +689,29 @@ impl RedisStore {
         Ok(moved == 1)
     }
 
+    /// Puts back the meta a failed forced rebuild parked (see
+    /// `bring_online.lua`): `Some(true)` back online, `Some(false)` live
+    /// already, `None` nothing was parked.
+    pub async fn bring_online(&self, event: &EventId) -> Result<Option<bool>, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let r: i64 = self
+            .scripts
+            .bring_online
+            .key(&k.meta)
+            .key(&k.meta_offline)
+            .key(&k.staging)
+            .key(&k.issued_staging)
+            .key(&k.pending_staging)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match r {
+            1 => Some(true),
+            0 => Some(false),
+            _ => None,
+        })
+    }
+
     /// Stages `state` and installs it atomically (see `rebuild.lua`).
     pub async fn install_rebuilt(
         &self,
@@ -703,12 +762,13 @@ impl RedisStore {
             .key(&k.meta_offline)
             .key(&k.conflicts)
             .arg(state.starts_ms)
-            .arg(state.ends_ms)
+            .arg(state.controls.ends_at.timestamp_millis())
             .arg(state.total)
             .arg(state.queue.len())
             .arg(state.issued.len())
             .arg(state.preload_id.as_str())
-            .arg(u8::from(state.paused))
+            .arg(u8::from(state.controls.paused))
+            .arg(state.controls.seq)
             .arg(state.conflicted)
             .invoke_async(&mut c)
             .await?;

@@ -7,7 +7,15 @@ use coupond::domain::EventId;
 use coupond::proto::{self, IssueResult};
 use tonic::Code;
 
-use crate::helpers::{coupond_cli, preload_request, spawn_app, ts, AdminClient, TestApp};
+use std::time::Duration;
+
+use coupond::domain::Control;
+use redis::AsyncCommands;
+
+use crate::helpers::{
+    coupond_cli, eventually, isolated_settings, preload_request, spawn_app, spawn_with, ts,
+    unique_tag, AdminClient, TestApp,
+};
 
 fn result(r: &proto::IssueResponse) -> IssueResult {
     IssueResult::try_from(r.result).unwrap()
@@ -216,42 +224,41 @@ async fn a_pause_survives_a_rebuild_and_the_cli_controls_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_control_recorded_but_not_applied_in_redis_is_finished_by_calling_again() {
-    let app = spawn_app().await;
+async fn a_control_recorded_but_missed_by_redis_is_applied_by_the_sweeper() {
+    let tag = unique_tag();
+    let mut settings = isolated_settings(&tag).await;
+    settings.sweep.interval_ms = 100;
+    let app = spawn_with(settings, tag).await;
     let event = live_event(&app, "ctlhalf").await;
     let id = EventId::parse(event.clone()).unwrap();
-    let mut admin = app.admin.clone();
-    // Redis cannot take the control (the event is offline there, as during
-    // a rebuild): PostgreSQL has recorded it, the caller is told to retry.
-    assert!(app.redis.take_offline(&id).await.unwrap());
-    let e = pause(&mut admin, &event, "first try").await.unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-    assert!(e.message().contains("call again"), "{e:?}");
-    assert!(app.pg.event(&id).await.unwrap().unwrap().paused);
-    // Redis back; calling again finishes it.
-    let k = app.keys(&event);
-    let mut c = app.redis.conn().await.unwrap();
-    let _: () = redis::cmd("RENAME")
-        .arg(&k.meta_offline)
-        .arg(&k.meta)
-        .query_async(&mut c)
+    // PostgreSQL recorded the pause; its call died before the Redis step.
+    let recorded = app
+        .pg
+        .apply_control(&id, &Control::Pause, "half applied")
         .await
+        .unwrap()
         .unwrap();
-    assert_eq!(
-        result(&app.issue(&event, "u1").await),
-        IssueResult::Issued,
-        "not in effect before the second call"
-    );
+    assert_eq!((recorded.paused, recorded.control_seq), (true, 1));
+    let meta_paused = || async {
+        let mut c = app.redis.conn().await.unwrap();
+        let p: Option<String> = c.hget(&app.keys(&event).meta, "paused").await.unwrap();
+        p.as_deref() == Some("1")
+    };
     assert!(
-        pause(&mut admin, &event, "second try")
-            .await
-            .unwrap()
-            .paused
+        eventually(Duration::from_secs(10), meta_paused).await,
+        "the sweeper applied the recorded pause"
     );
+    assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Paused);
+    // An older control applied late changes nothing.
+    let stale = coupond::domain::ControlState {
+        paused: false,
+        ..recorded.controls()
+    };
+    let stale = coupond::domain::ControlState {
+        seq: stale.seq - 1,
+        ..stale
+    };
+    let synced = app.redis.sync_controls(&id, &stale).await.unwrap();
+    assert_eq!(synced, coupond::store::redis::Synced::Current);
     assert_eq!(result(&app.issue(&event, "u2").await), IssueResult::Paused);
-    assert_eq!(
-        app.pg.controls(&id).await.unwrap().len(),
-        2,
-        "each call is recorded"
-    );
 }

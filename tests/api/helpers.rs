@@ -159,12 +159,11 @@ impl TestApp {
     }
 }
 
-/// Runs the `coupond` binary against the test's server, stores and
-/// topics: exit code, and stdout and stderr together.
-pub fn coupond_cli(app: &TestApp, args: &[&str]) -> (i32, String) {
+/// The `coupond` command against the test's server, stores and topics.
+pub fn coupond_command(app: &TestApp, args: &[&str]) -> std::process::Command {
     let s = &app.settings;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"))
-        .env("COUPOND_SERVER", format!("http://{}", app.addr))
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"));
+    c.env("COUPOND_SERVER", format!("http://{}", app.addr))
         .env("COUPOND_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("COUPOND_DATABASE_URL", &s.database.url)
         .env("COUPOND_REDIS_URL", &s.redis.url)
@@ -172,9 +171,13 @@ pub fn coupond_cli(app: &TestApp, args: &[&str]) -> (i32, String) {
         .env("COUPOND_KAFKA_TOPIC", &s.kafka.topic)
         .env("COUPOND_KAFKA_GROUP", &s.kafka.group)
         .env("RUST_LOG", "warn")
-        .args(args)
-        .output()
-        .expect("run coupond");
+        .args(args);
+    c
+}
+
+/// Runs `command` to its end: exit code, and stdout and stderr together.
+pub fn run_to_end(mut command: std::process::Command) -> (i32, String) {
+    let out = command.output().expect("run coupond");
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -183,6 +186,53 @@ pub fn coupond_cli(app: &TestApp, args: &[&str]) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Runs the `coupond` binary against the test's server, stores and
+/// topics: exit code, and stdout and stderr together.
+pub fn coupond_cli(app: &TestApp, args: &[&str]) -> (i32, String) {
+    run_to_end(coupond_command(app, args))
+}
+
+/// Runs `coupond reconcile --event <event> <extra>`.
+pub fn reconcile_cli(app: &TestApp, event: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["reconcile", "--event", event];
+    args.extend_from_slice(extra);
+    coupond_cli(app, &args)
+}
+
+/// Issues to every user at once (request id `req-<user>`).
+pub async fn issue_all(
+    app: &TestApp,
+    event: &str,
+    users: &[String],
+) -> Vec<(String, proto::IssueResponse)> {
+    futures::future::join_all(
+        users
+            .iter()
+            .map(|u| async move { (u.clone(), app.issue(event, u).await) }),
+    )
+    .await
+}
+
+/// Makes Redis forget the event (as a restart without persistence does).
+pub async fn lose_event_in_redis(app: &TestApp, event: &str) {
+    let k = app.keys(event);
+    let mut c = app.redis.conn().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&k.queue)
+        .arg(&k.issued)
+        .arg(&k.meta)
+        .arg(&k.pending)
+        .arg(&k.conflicts)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// Messages in the test's dead-letter topic.
+pub fn dead_letters(app: &TestApp) -> i64 {
+    crate::common::topic_messages(&app.settings.kafka.brokers, &app.settings.kafka.dlq_topic())
 }
 
 /// A server whose finalizer does not run (it lags without end); a second

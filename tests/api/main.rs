@@ -19,6 +19,7 @@ mod kafka_security;
 mod operator;
 mod precedence;
 mod preload;
+mod rebuild;
 mod reconcile;
 mod retention;
 mod server;

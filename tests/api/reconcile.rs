@@ -2,48 +2,12 @@ use std::collections::HashSet;
 
 use coupond::domain::EventId;
 use coupond::proto::IssueResult;
-use futures::future::join_all;
 use redis::AsyncCommands;
 
-use crate::common::topic_messages;
 use crate::helpers::{
-    coupond_cli, eventually, preload_request, spawn_app, spawn_without_finalizer, start_finalizer,
-    TestApp,
+    dead_letters, eventually, issue_all, lose_event_in_redis, preload_request, reconcile_cli,
+    spawn_app, spawn_without_finalizer, start_finalizer,
 };
-
-/// Makes Redis forget the event (as a restart without persistence does).
-async fn lose_event_in_redis(app: &TestApp, event: &str) {
-    let k = app.keys(event);
-    let mut c = app.redis.conn().await.unwrap();
-    let _: () = c
-        .del(&[&k.queue, &k.issued, &k.meta, &k.pending, &k.conflicts])
-        .await
-        .unwrap();
-}
-
-fn dead_letters(app: &TestApp) -> i64 {
-    topic_messages(&app.settings.kafka.brokers, &app.settings.kafka.dlq_topic())
-}
-
-/// Runs `coupond reconcile --event <event> <extra>`.
-fn reconcile_cli(app: &TestApp, event: &str, extra: &[&str]) -> (i32, String) {
-    let mut args = vec!["reconcile", "--event", event];
-    args.extend_from_slice(extra);
-    coupond_cli(app, &args)
-}
-
-async fn issue_all(
-    app: &TestApp,
-    event: &str,
-    users: &[String],
-) -> Vec<(String, coupond::proto::IssueResponse)> {
-    join_all(
-        users
-            .iter()
-            .map(|u| async move { (u.clone(), app.issue(event, u).await) }),
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_redis_event_is_reported_rebuilt_and_issuing_goes_on_without_duplicates() {

@@ -1,0 +1,15 @@
+-- Undoes take_offline.lua after a forced rebuild failed: the parked meta
+-- hash goes back, and the event issues again from the state it had, as if
+-- the rebuild had never started; what the rebuild staged is dropped.
+--
+-- KEYS[1] couponMeta:{E}  KEYS[2] couponMetaOffline:{E}  KEYS[3..] rebuild's staging keys
+-- Returns 1 back online, 0 when it was live already, -1 when nothing was parked.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return -1
+end
+redis.call('RENAME', KEYS[2], KEYS[1])
+for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1

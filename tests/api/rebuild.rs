@@ -1,0 +1,270 @@
+//! Forced rebuilds under way: a finalizer committing beside the rebuild's
+//! reads never makes it hand a finalized code out again; a control made
+//! while the rebuild runs is kept; a rebuild that fails after taking the
+//! event offline puts it back, and one that was killed is finished by the
+//! next.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use coupond::domain::EventId;
+use coupond::proto::{self, IssueResult};
+use coupond::store::redis::Presence;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::helpers::{
+    coupond_command, dead_letters, eventually, issue_all, lose_event_in_redis, preload_request,
+    reconcile_cli, spawn_app, spawn_with, spawn_without_finalizer, TestApp,
+};
+
+/// Holds an exclusive lock on the test database's coupons table: a rebuild
+/// reading the rows waits (its event already offline) until `release`.
+struct CouponsLocked(AsyncPgConnection);
+
+async fn lock_coupons(app: &TestApp) -> CouponsLocked {
+    let mut c = AsyncPgConnection::establish(&app.settings.database.url)
+        .await
+        .unwrap();
+    for sql in ["BEGIN", "LOCK TABLE coupons IN ACCESS EXCLUSIVE MODE"] {
+        diesel::sql_query(sql).execute(&mut c).await.unwrap();
+    }
+    CouponsLocked(c)
+}
+
+impl CouponsLocked {
+    async fn release(mut self) {
+        diesel::sql_query("COMMIT")
+            .execute(&mut self.0)
+            .await
+            .unwrap();
+    }
+}
+
+/// A live event of 50 coupons, 10 of them issued and finalized.
+async fn event_with_holders(app: &TestApp, name: &str) -> (String, EventId) {
+    let event = app.event_id(name);
+    app.preload(preload_request(&event, 50)).await.unwrap();
+    let users: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    let pairs: HashSet<(String, String)> = issue_all(app, &event, &users)
+        .await
+        .into_iter()
+        .map(|(u, r)| (r.coupon.unwrap().code, u))
+        .collect();
+    app.await_finalized(&event, &pairs).await;
+    let id = EventId::parse(event.clone()).unwrap();
+    (event, id)
+}
+
+/// Starts `coupond reconcile --rebuild-redis --force` and waits until it
+/// took the event offline (it then waits for the locked rows).
+async fn start_forced_rebuild(
+    app: &TestApp,
+    event: &str,
+    id: &EventId,
+    db_url: Option<&str>,
+) -> std::process::Child {
+    let mut cmd = coupond_command(
+        app,
+        &["reconcile", "--event", event, "--rebuild-redis", "--force"],
+    );
+    if let Some(url) = db_url {
+        cmd.env("COUPOND_DATABASE_URL", url);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let offline = eventually(Duration::from_secs(30), || async {
+        app.redis.presence(id).await.unwrap() == Presence::Offline
+    })
+    .await;
+    assert!(offline, "the rebuild took the event offline");
+    child
+}
+
+fn output(child: std::process::Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn result(app: &TestApp, event: &str, user: &str) -> IssueResult {
+    IssueResult::try_from(app.issue(event, user).await.result).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_made_while_a_rebuild_runs_is_kept() {
+    let app = spawn_app().await;
+    let (event, id) = event_with_holders(&app, "ctlrebuild").await;
+    let lock = lock_coupons(&app).await;
+    let rebuild = start_forced_rebuild(&app, &event, &id, None).await;
+    // The rebuild read the event (not paused) before the pause.
+    let pausing = {
+        let mut admin = app.admin.clone();
+        let event = event.clone();
+        tokio::spawn(async move {
+            admin
+                .pause_event(proto::PauseEventRequest {
+                    event_id: event,
+                    reason: "during the rebuild".into(),
+                })
+                .await
+        })
+    };
+    let parked_paused = eventually(Duration::from_secs(10), || async {
+        let mut c = app.redis.conn().await.unwrap();
+        let p: Option<String> = redis::cmd("HGET")
+            .arg(&app.keys(&event).meta_offline)
+            .arg("paused")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        p.is_some()
+    })
+    .await;
+    assert!(parked_paused, "the pause reached the parked meta");
+    lock.release().await;
+    let (exit, out) = output(rebuild);
+    assert_eq!(exit, 0, "{out}");
+    assert!(
+        pausing
+            .await
+            .unwrap()
+            .unwrap()
+            .into_inner()
+            .event
+            .unwrap()
+            .paused
+    );
+    assert_eq!(result(&app, &event, "newcomer").await, IssueResult::Paused);
+    assert_eq!(result(&app, &event, "h0").await, IssueResult::Issued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_fails_after_taking_the_event_offline_puts_it_back() {
+    let app = spawn_app().await;
+    let (event, id) = event_with_holders(&app, "failrebuild").await;
+    let lock = lock_coupons(&app).await;
+    // Its rows query gives up after a second of waiting for the lock.
+    let impatient = format!(
+        "{}?options=-c%20lock_timeout%3D1000",
+        app.settings.database.url
+    );
+    let rebuild = start_forced_rebuild(&app, &event, &id, Some(&impatient)).await;
+    let (exit, out) = output(rebuild);
+    lock.release().await;
+    assert_ne!(exit, 0, "{out}");
+    assert!(out.contains("back online as it was"), "{out}");
+    assert_eq!(app.redis.presence(&id).await.unwrap(), Presence::Live);
+    assert_eq!(result(&app, &event, "newcomer").await, IssueResult::Issued);
+    let (exit, report) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(exit, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rebuild_is_finished_by_the_next_one() {
+    let app = spawn_app().await;
+    let (event, id) = event_with_holders(&app, "killrebuild").await;
+    let lock = lock_coupons(&app).await;
+    let mut rebuild = start_forced_rebuild(&app, &event, &id, None).await;
+    rebuild.kill().unwrap(); // SIGKILL, with the event offline
+    rebuild.wait().unwrap();
+    lock.release().await;
+    assert_eq!(app.redis.presence(&id).await.unwrap(), Presence::Offline);
+    // Offline: a holder keeps their coupon, anyone else is told to retry.
+    assert_eq!(result(&app, &event, "h1").await, IssueResult::Issued);
+    let e = app
+        .issuer
+        .clone()
+        .issue(proto::IssueRequest {
+            event_id: event.clone(),
+            user_id: "newcomer".into(),
+            request_id: "r".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    // The same command again (here even without --force) finishes it.
+    let (exit, out) = reconcile_cli(&app, &event, &["--rebuild-redis"]);
+    assert_eq!(exit, 0, "{out}");
+    assert!(out.contains("did not finish: finished it"), "{out}");
+    assert_eq!(app.redis.presence(&id).await.unwrap(), Presence::Live);
+    assert_eq!(result(&app, &event, "newcomer").await, IssueResult::Issued);
+}
+
+/// The finalizer commits batches all through the rebuild's reads. A batch
+/// committed after the rows were read (their snapshot is taken when the
+/// query starts; 100,000 rows take a while to arrive) and before the
+/// backlog's offsets would be in neither (Redis lost it): its codes would
+/// be queued and handed out again. Reading the backlog first closes that gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forced_rebuild_beside_a_lagging_finalizer_hands_no_code_out_twice() {
+    const TOTAL: u32 = 100_000;
+    let app = spawn_without_finalizer().await;
+    let event = app.event_id("lagrebuild");
+    let id = EventId::parse(event.clone()).unwrap();
+    app.preload(preload_request(&event, TOTAL)).await.unwrap();
+    let early: Vec<String> = (0..2000).map(|i| format!("early-{i}")).collect();
+    let mut pairs: HashSet<(String, String)> = HashSet::new();
+    for (u, r) in issue_all(&app, &event, &early).await {
+        assert_eq!(r.result, IssueResult::Issued as i32, "{u}");
+        pairs.insert((r.coupon.unwrap().code, u));
+    }
+    lose_event_in_redis(&app, &event).await;
+    // A slow finalizer: 10 messages a batch, one batch at a time.
+    let mut slow = app.settings.clone();
+    slow.consumer.batch_size = 10;
+    slow.consumer.in_flight = 1;
+    let _finalizer = spawn_with(slow, app.tag.clone()).await;
+    let started = eventually(Duration::from_secs(30), || async {
+        app.pg.finalized_count(&id).await.unwrap() >= 100
+    })
+    .await;
+    assert!(started, "the finalizer is committing");
+    let (exit, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
+    assert_eq!(exit, 0, "{out}");
+    let lag: u64 = out
+        .split("(lag was ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        lag > 0,
+        "the finalizer lagged when the rebuild started: {out}"
+    );
+    eprintln!("{}", out.lines().next().unwrap_or_default());
+    // The rebuilt queue holds exactly the codes nobody holds.
+    let k = app.keys(&event);
+    let mut c = app.redis.conn().await.unwrap();
+    let queue: Vec<String> = redis::cmd("LRANGE")
+        .arg(&k.queue)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let issued: HashSet<&str> = pairs.iter().map(|(c, _)| c.as_str()).collect();
+    let again: Vec<&str> = queue
+        .iter()
+        .map(|e| e.split('\t').next().unwrap())
+        .filter(|c| issued.contains(c))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "{} issued codes queued again: {again:?}",
+        again.len()
+    );
+    assert_eq!(queue.len(), TOTAL as usize - pairs.len());
+    app.await_finalized(&event, &pairs).await;
+    assert_eq!(dead_letters(&app), 0, "no conflict dead-lettered");
+    let (exit, report) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(exit, 0, "{report}");
+}
