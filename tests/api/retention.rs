@@ -10,6 +10,8 @@ use coupond::domain::EventId;
 use coupond::proto::{self, IssuanceState};
 use redis::AsyncCommands;
 
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
 use crate::helpers::{
     eventually, isolated_settings, preload_request, spawn_with, ts, unique_tag, TestApp,
 };
@@ -123,4 +125,111 @@ async fn an_extension_reopens_a_settled_event_and_its_keys_stay() {
     assert!(!settled(&app, &event).await);
     let r = app.issue(&event, "u3").await;
     assert_eq!(r.result, proto::IssueResult::Issued as i32);
+}
+
+/// Milliseconds until the key expires (-1: never, -2: gone).
+async fn pttl(app: &TestApp, key: &str) -> i64 {
+    app.redis.conn().await.unwrap().pttl(key).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_of_a_settled_event_keep_its_keys_expiring() {
+    let (app, event, _) = ending_event(3600).await;
+    let k = app.keys(&event);
+    let expiring = eventually(Duration::from_secs(30), || async {
+        settled(&app, &event).await && pttl(&app, &k.issued).await > 0
+    })
+    .await;
+    assert!(expiring, "settled, with the retention expiry on its keys");
+    let mut admin = app.admin.clone();
+    admin
+        .close_event(proto::CloseEventRequest {
+            event_id: event.clone(),
+            reason: "again".into(),
+        })
+        .await
+        .unwrap();
+    admin
+        .pause_event(proto::PauseEventRequest {
+            event_id: event.clone(),
+            reason: "late pause".into(),
+        })
+        .await
+        .unwrap();
+    for key in [&k.meta, &k.issued, &k.queue] {
+        assert!(pttl(&app, key).await > 0, "{key} still expires");
+    }
+    assert!(settled(&app, &event).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_of_an_expired_event_is_refused_naming_the_rebuild_and_changes_nothing() {
+    let (app, event, _) = ending_event(1).await;
+    let id = EventId::parse(event.clone()).unwrap();
+    let gone = eventually(Duration::from_secs(30), || async {
+        settled(&app, &event).await && !app.redis.event_exists(&id).await.unwrap()
+    })
+    .await;
+    assert!(gone, "settled and expired from redis");
+    let e = app
+        .admin
+        .clone()
+        .extend_event(proto::ExtendEventRequest {
+            event_id: event.clone(),
+            ends_at: Some(ts(chrono::Utc::now() + chrono::Duration::hours(1))),
+            reason: "more demand".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("--rebuild-redis"), "{e:?}");
+    assert!(
+        app.pg.controls(&id).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+    assert!(settled(&app, &event).await);
+    let k = app.keys(&event);
+    assert_eq!(pttl(&app, &k.meta).await, -2, "nothing written to redis");
+}
+
+/// Settlement is decided with Redis's clock and window, the ones Issue
+/// uses: PostgreSQL saying the window is over (a skewed clock, an edit)
+/// cannot settle, and so expire, an event Redis still issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_redis_still_issues_is_never_settled() {
+    let tag = unique_tag();
+    let mut settings = isolated_settings(&tag).await;
+    settings.sweep.interval_ms = 100;
+    settings.sweep.retention_secs = 1;
+    let app = spawn_with(settings, tag).await;
+    let event = app.event_id("skewed");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let mut pg = diesel_async::AsyncPgConnection::establish(&app.settings.database.url)
+        .await
+        .unwrap();
+    diesel::sql_query("UPDATE events SET ends_at = now() - interval '1 minute' WHERE id = $1")
+        .bind::<diesel::sql_types::Text, _>(&event)
+        .execute(&mut pg)
+        .await
+        .unwrap();
+    let id = EventId::parse(event.clone()).unwrap();
+    // A later event that ends at once: once the sweeper settled it, it has
+    // visited the first one (in creation order) after that, too.
+    let witness = app.event_id("witness");
+    let mut req = preload_request(&witness, 10);
+    req.ends_at = Some(ts(chrono::Utc::now() + chrono::Duration::seconds(1)));
+    app.preload(req).await.unwrap();
+    let swept = eventually(Duration::from_secs(30), || async {
+        settled(&app, &witness).await
+    })
+    .await;
+    assert!(swept, "the sweeper settled the witness");
+    assert!(
+        !settled(&app, &event).await,
+        "not settled while redis issues"
+    );
+    assert_eq!(pttl(&app, &app.keys(&event).queue).await, -1);
+    let r = app.issue(&event, "u1").await;
+    assert_eq!(r.result, proto::IssueResult::Issued as i32);
+    assert!(app.redis.event_exists(&id).await.unwrap());
 }
