@@ -24,6 +24,7 @@ pub const CONSUMER_LAG: &str = "coupond_consumer_lag_messages";
 pub const FINALIZE_DELAY: &str = "coupond_finalize_delay_seconds";
 pub const REPUBLISHED: &str = "coupond_sweeper_republished_total";
 pub const DEAD_LETTERS: &str = "coupond_dead_letters_total";
+pub const DEAD_LETTERS_FAILED: &str = "coupond_dead_letters_failed_total";
 pub const CONFLICTS: &str = "coupond_conflicts_total";
 pub const PRELOAD_WRITTEN: &str = "coupond_preload_written_coupons";
 pub const SERVING: &str = "coupond_serving";
@@ -90,7 +91,7 @@ fn describe() {
     );
     describe_counter!(
         FINALIZER_ROWS,
-        "Messages the finalizer applied, by outcome (finalized, conflicted, undecodable)."
+        "Messages the finalizer applied, by outcome (finalized, superseded, conflicted, undecodable, refused)."
     );
     describe_counter!(FINALIZER_BATCHES, "Batches the finalizer applied.");
     describe_gauge!(
@@ -108,7 +109,11 @@ fn describe() {
     );
     describe_counter!(
         DEAD_LETTERS,
-        "Messages sent to the dead-letter topic, by reason (undecodable, conflict)."
+        "Messages sent to the dead-letter topic, by reason (undecodable, conflict, refused)."
+    );
+    describe_counter!(
+        DEAD_LETTERS_FAILED,
+        "Messages the dead-letter topic refused for good (too large): skipped; the log names each."
     );
     describe_counter!(
         CONFLICTS,
@@ -167,17 +172,24 @@ pub fn pending(event: &str, n: u64) {
     gauge!(PENDING, "event" => event.to_owned()).set(n as f64);
 }
 
-/// One batch: rows by outcome.
-pub fn finalizer_batch(finalized: usize, conflicted: usize, undecodable: usize) {
+/// The finalizer's row outcomes (see FINALIZER_ROWS).
+pub const ROW_OUTCOMES: [&str; 5] = [
+    "finalized",
+    "superseded",
+    "conflicted",
+    "undecodable",
+    "refused",
+];
+
+/// One batch: rows by outcome (one of `ROW_OUTCOMES`).
+pub fn finalizer_batch(rows: &[(&'static str, usize)]) {
     counter!(FINALIZER_BATCHES).increment(1);
-    for (outcome, n) in [
-        ("finalized", finalized),
-        ("conflicted", conflicted),
-        ("undecodable", undecodable),
-    ] {
-        counter!(FINALIZER_ROWS, "outcome" => outcome).increment(n as u64);
+    for (outcome, n) in rows {
+        counter!(FINALIZER_ROWS, "outcome" => *outcome).increment(*n as u64);
+        if *outcome == "conflicted" {
+            counter!(CONFLICTS).increment(*n as u64);
+        }
     }
-    counter!(CONFLICTS).increment(conflicted as u64);
 }
 
 pub fn finalize_delay(d: Duration) {
@@ -192,9 +204,18 @@ pub fn republished(n: usize) {
     counter!(REPUBLISHED).increment(n as u64);
 }
 
-/// `reason`: "undecodable" or "conflict".
+/// Why messages are dead-lettered (see DEAD_LETTERS).
+pub const DEAD_LETTER_REASONS: [&str; 3] = ["undecodable", "conflict", "refused"];
+
+/// `reason`: one of `DEAD_LETTER_REASONS`.
 pub fn dead_lettered(reason: &'static str) {
     counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+}
+
+/// A dead letter the broker refused for good (too large): the message was
+/// skipped, only the log says where it is.
+pub fn dead_letter_failed() {
+    counter!(DEAD_LETTERS_FAILED).increment(1);
 }
 
 pub fn preload_written(event: &str, written: u64) {

@@ -47,6 +47,18 @@ pub struct Report {
     pub unknown_to_pg: Vec<String>,
     /// Issuances PostgreSQL refused: users told ISSUED who hold nothing.
     pub conflicts: Vec<Conflict>,
+    /// Users issued a second coupon after Redis lost their first, which
+    /// PostgreSQL kept: they hold the first; the second went back to the
+    /// queue. Resolved (not a difference), reported for the record.
+    pub superseded: Vec<Superseded>,
+}
+
+/// A user told ISSUED with `told` who holds `holds` (PostgreSQL's).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Superseded {
+    pub user: String,
+    pub told: String,
+    pub holds: String,
 }
 
 /// A user whose issuance PostgreSQL refused, and who holds the code there.
@@ -149,6 +161,14 @@ impl fmt::Display for Report {
                     .map_or("nobody".into(), |h| format!("{h:?}"))
             )?;
         }
+        writeln!(
+            f,
+            "  superseded (resolved: told a second code, hold postgres's first): {}",
+            self.superseded.len()
+        )?;
+        for s in self.superseded.iter().take(SHOW) {
+            writeln!(f, "    user {:?} told {} holds {}", s.user, s.told, s.holds)?;
+        }
         write!(
             f,
             "  verdict: {}",
@@ -230,6 +250,16 @@ pub fn compare(event: &EventId, pg: &[CouponRow], redis: &RedisSnapshot) -> Repo
         }
     }
     r.conflicts.sort_by(|a, b| a.user.cmp(&b.user));
+    r.superseded = redis
+        .superseded
+        .iter()
+        .map(|(user, (told, holds))| Superseded {
+            user: user.clone(),
+            told: told.clone(),
+            holds: holds.clone(),
+        })
+        .collect();
+    r.superseded.sort_by(|a, b| a.user.cmp(&b.user));
     for (user, code) in &pg_user_code {
         if redis.issued.get(*user).map(|rec| rec.coupon.code.as_str()) != Some(*code) {
             r.issued_in_pg_only
@@ -648,6 +678,7 @@ mod tests {
             ]
             .into(),
             pending: [("u2".to_string(), 1)].into(),
+            ..Default::default()
         };
         let r = compare(&event(), &pg, &snap);
         assert!(r.consistent(), "{r}");
@@ -672,6 +703,7 @@ mod tests {
             ]
             .into(),
             pending: [("u3".to_string(), 1)].into(),
+            ..Default::default()
         };
         let r = compare(&event(), &pg, &snap);
         assert!(!r.consistent());
@@ -792,6 +824,7 @@ mod tests {
             ]
             .into(),
             pending: HashMap::new(),
+            ..Default::default()
         };
         let r = compare(&event(), &pg, &snap);
         assert!(!r.consistent(), "{r}");

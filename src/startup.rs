@@ -24,6 +24,7 @@ use crate::service::gauges::Gauges;
 use crate::service::readiness::Readiness;
 use crate::service::sweeper::Sweeper;
 use crate::service::{AdminService, IssuerService, PreloadJobs};
+use crate::store::finalization::IssuanceWriter;
 use crate::store::redis::RedisTimeouts;
 use crate::store::{PgStore, RedisStore};
 use crate::supervisor::Supervisor;
@@ -95,13 +96,17 @@ impl Backends {
         }
     }
 
+    /// The finalizer, with connections of its own to PostgreSQL (one per
+    /// batch in flight).
     pub fn finalizer(&self, s: &Settings) -> anyhow::Result<Finalizer> {
+        let writer = IssuanceWriter::connect(&s.database.url, s.consumer.in_flight.max(1))?;
         Finalizer::new(
             &s.kafka,
             &s.consumer,
-            self.pg.clone(),
+            writer,
             self.redis.clone(),
             self.publisher.clone(),
+            Duration::from_secs(s.sweep.retention_secs),
         )
     }
 }

@@ -1,16 +1,21 @@
 -- Marks issuances PostgreSQL refused (it records their code for another
--- user) as conflicted: the record's state byte becomes C, the user leaves
--- the pending set (so the sweeper stops republishing it) and joins the
--- event's conflict set (counted by GetEvent, listed by reconcile). A user
--- Redis has no record of (it lost it) gets the refused record, conflicted,
--- so the case stays visible. A record holding another code is left alone:
--- the message is stale. Idempotent.
+-- user, or the code is not the event's) as conflicted: the record's state
+-- byte becomes C, the user leaves the pending set (so the sweeper stops
+-- republishing it) and joins the event's conflict set (counted by
+-- GetEvent, listed by reconcile). A user Redis has no record of (it lost
+-- it) gets the refused record, conflicted, so the case stays visible. A
+-- record holding another code is left alone: the message is stale.
+-- Idempotent.
+--
+-- An event Redis does not hold (expired after retention, or unknown) gets
+-- nothing that outlives the retention: every key this writes then expires.
 --
 -- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}  KEYS[3] couponConflicts:{E}
--- ARGV: user_1, code_1, conflicted record_1, user_2, ...
+-- KEYS[4] couponMeta:{E}    KEYS[5] couponMetaOffline:{E}
+-- ARGV[1] retention ms; then user_1, code_1, conflicted record_1, user_2, ...
 -- Returns the number of issuances now conflicted (already-marked ones included).
 local marked = 0
-for i = 1, #ARGV, 3 do
+for i = 2, #ARGV, 3 do
   local user, code = ARGV[i], ARGV[i + 1]
   local rec = redis.call('HGET', KEYS[1], user)
   local state = nil
@@ -28,6 +33,11 @@ for i = 1, #ARGV, 3 do
     redis.call('ZREM', KEYS[2], user)
     redis.call('SADD', KEYS[3], user)
     marked = marked + 1
+  end
+end
+if redis.call('EXISTS', KEYS[4]) == 0 and redis.call('EXISTS', KEYS[5]) == 0 then
+  for i = 1, 3 do
+    if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
   end
 end
 return marked

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerSettings, KafkaSettings};
 use crate::kafka::Publisher;
-use crate::store::{PgStore, RedisStore};
+use crate::store::finalization::IssuanceWriter;
+use crate::store::RedisStore;
 
 pub use batch::next_batch;
 use sink::BACKOFF_START;
@@ -63,12 +64,15 @@ pub struct Finalizer {
 }
 
 impl Finalizer {
+    /// `retention`: how long Redis keeps what the finalizer writes for an
+    /// event it no longer holds (see `conflict.lua`, `supersede.lua`).
     pub fn new(
         kafka: &KafkaSettings,
         settings: &ConsumerSettings,
-        pg: PgStore,
+        writer: IssuanceWriter,
         redis: RedisStore,
         dlq: Publisher,
+        retention: Duration,
     ) -> anyhow::Result<Self> {
         let mut config = crate::kafka::client_config(kafka)?;
         config
@@ -100,7 +104,12 @@ impl Finalizer {
             consumer,
             config,
             topic: kafka.topic.clone(),
-            sink: Sink { pg, redis, dlq },
+            sink: Sink {
+                writer,
+                redis,
+                dlq,
+                retention,
+            },
             settings: settings.clone(),
         })
     }

@@ -1,6 +1,14 @@
 //! Applying one batch to the stores: PostgreSQL first, then Redis, with
-//! undecodable or conflicting messages dead-lettered. Owned handles, so
+//! messages that cannot be recorded dead-lettered. Owned handles, so
 //! several batches can be applied at once while the consumer gathers more.
+//!
+//! PostgreSQL's verdict on each issuance decides what follows: recorded
+//! (finalized in Redis); its user holds another coupon there (that one wins
+//! in Redis, the refused code goes back to the queue); its code is someone
+//! else's (marked conflicted in Redis, then dead-lettered); the row itself
+//! refused (dead-lettered with PostgreSQL's reason). A message that does
+//! not decode, or whose fields break the API's rules, is dead-lettered
+//! without touching a store. Nothing is retried forever but store outages.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,9 +16,10 @@ use std::time::Duration;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{EventId, IssuanceRecord, UserId};
+use crate::domain::{EventId, IssuanceRecord, IssuedCoupon, UserId};
 use crate::kafka::{message, Publisher};
-use crate::store::{PgStore, RedisStore};
+use crate::store::finalization::{IssuanceWriter, Recorded};
+use crate::store::RedisStore;
 
 /// Backoff between retries of a failing store, doubling up to the cap.
 pub(super) const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -24,19 +33,39 @@ pub struct BatchStats {
     /// Refused by PostgreSQL (the code is someone else's): marked
     /// conflicted in Redis, and dead-lettered.
     pub conflicted: usize,
+    /// Refused because PostgreSQL holds another coupon for the user, which
+    /// Redis now holds too.
+    pub superseded: usize,
+    /// Not a valid CouponIssued: dead-lettered.
+    pub undecodable: usize,
+    /// Rows PostgreSQL refused for themselves: dead-lettered.
+    pub refused: usize,
+    /// Conflicted, undecodable and refused messages.
     pub dead_lettered: usize,
 }
 
-/// (user, code) pairs grouped by event.
-type ByEvent<'a> = HashMap<&'a EventId, Vec<(&'a UserId, &'a str)>>;
+/// An issuance PostgreSQL refused for its user, with the coupon it holds.
+type Superseded<'a> = (&'a IssuanceRecord, &'a IssuedCoupon, &'a str);
+
+/// The batch's decoded issuances sorted by PostgreSQL's verdict.
+#[derive(Default)]
+struct Verdicts<'a> {
+    finalized: HashMap<&'a EventId, Vec<(&'a UserId, &'a str)>>,
+    superseded: HashMap<&'a EventId, Vec<Superseded<'a>>>,
+    refused: HashMap<&'a EventId, Vec<&'a IssuanceRecord>>,
+    /// Index into the batch's records, and why PostgreSQL refused the row.
+    invalid: Vec<(usize, String)>,
+}
 
 /// The stores a batch is applied to.
 #[derive(Clone)]
 pub struct Sink {
-    pub(super) pg: PgStore,
+    pub(super) writer: IssuanceWriter,
     pub(super) redis: RedisStore,
-    /// Takes undecodable and conflicting messages.
+    /// Takes the messages that cannot be recorded.
     pub(super) dlq: Publisher,
+    /// What Redis keys written for an event it no longer holds live for.
+    pub(super) retention: Duration,
 }
 
 impl Sink {
@@ -60,10 +89,9 @@ impl Sink {
                     sources.push(m);
                 }
                 Err(e) => {
-                    if !self.dead_letter(m, &e.to_string(), shutdown).await {
-                        return None;
-                    }
-                    crate::metrics::dead_lettered("undecodable");
+                    self.dead_letter(m, &e.to_string(), "undecodable", shutdown)
+                        .await?;
+                    stats.undecodable += 1;
                     stats.dead_lettered += 1;
                 }
             }
@@ -72,13 +100,18 @@ impl Sink {
             self.record(&records, &sources, shutdown, &mut stats)
                 .await?;
         }
-        let undecodable = stats.dead_lettered - stats.conflicted;
-        crate::metrics::finalizer_batch(stats.finalized, stats.conflicted, undecodable);
+        crate::metrics::finalizer_batch(&[
+            ("finalized", stats.finalized),
+            ("superseded", stats.superseded),
+            ("conflicted", stats.conflicted),
+            ("undecodable", stats.undecodable),
+            ("refused", stats.refused),
+        ]);
         Some(stats)
     }
 
-    /// Records decoded issuances: PostgreSQL first, then Redis (finalized,
-    /// or conflicted where PostgreSQL refused), refusals dead-lettered.
+    /// Records decoded issuances: PostgreSQL first, then Redis as its
+    /// verdicts say; what it refused is dead-lettered.
     async fn record(
         &self,
         records: &[IssuanceRecord],
@@ -86,78 +119,137 @@ impl Sink {
         shutdown: &CancellationToken,
         stats: &mut BatchStats,
     ) -> Option<()> {
-        let held = retry(shutdown, "finalizing in postgres", || {
-            self.pg.finalize(records)
+        let recorded = retry(shutdown, "finalizing in postgres", || {
+            self.writer.record(records)
         })
         .await?;
-        let mut finalized: ByEvent<'_> = HashMap::new();
-        let mut refused: HashMap<&EventId, Vec<&IssuanceRecord>> = HashMap::new();
-        for (r, ok) in records.iter().zip(&held) {
-            if *ok {
-                finalized
-                    .entry(&r.event_id)
-                    .or_default()
-                    .push((&r.user_id, r.coupon.code.as_str()));
-            } else {
-                refused.entry(&r.event_id).or_default().push(r);
-            }
-        }
-        for (event, items) in &finalized {
+        let v = sort(records, &recorded);
+        for (event, items) in &v.finalized {
             retry(shutdown, "finalizing in redis", || {
                 self.redis.finalize(event, items)
             })
             .await?;
             stats.finalized += items.len();
         }
-        let now = chrono::Utc::now();
-        for r in records
-            .iter()
-            .zip(&held)
-            .filter(|(_, ok)| **ok)
-            .map(|(r, _)| r)
-        {
-            let delay = (now - r.coupon.issued_at).to_std().unwrap_or_default();
-            crate::metrics::finalize_delay(delay);
-        }
-        // Marked before dead-lettering: a crash in between redelivers the
-        // message, which is refused and marked (idempotently) again, so
-        // no conflict stays pending and republished forever.
-        for (event, items) in &refused {
-            retry(shutdown, "marking conflicts in redis", || {
-                self.redis.mark_conflicted(event, items)
+        observe_delays(records, &recorded);
+        for (event, items) in &v.superseded {
+            let queued = retry(shutdown, "resolving superseded issuances in redis", || {
+                self.redis.supersede(event, items, self.retention)
             })
             .await?;
-            stats.conflicted += items.len();
+            tracing::warn!(event_id = %event, users = items.len(), queued_again = queued, "postgres holds another coupon for these users; theirs wins in redis");
+            stats.superseded += items.len();
         }
-        for (i, _) in held.iter().enumerate().filter(|(_, ok)| !**ok) {
-            let reason = "conflicts with postgres: unknown code, or code or user already taken";
-            tracing::error!(
-                event_id = %records[i].event_id,
-                user_id = %records[i].user_id,
-                code = %records[i].coupon.code,
-                "{reason}; marked conflicted and dead-lettered"
-            );
-            if !self.dead_letter(sources[i], reason, shutdown).await {
-                return None;
-            }
-            crate::metrics::dead_lettered("conflict");
+        self.conflicts(&v.refused, records, sources, shutdown, stats)
+            .await?;
+        for (i, why) in &v.invalid {
+            let reason = format!("postgres refused the row: {why}");
+            tracing::error!(event_id = %records[*i].event_id, user_id = %records[*i].user_id, "{reason}; dead-lettered");
+            self.dead_letter(sources[*i], &reason, "refused", shutdown)
+                .await?;
+            stats.refused += 1;
             stats.dead_lettered += 1;
         }
         Some(())
     }
 
+    /// Marks issuances whose code PostgreSQL holds for someone else
+    /// conflicted, then dead-letters them. Marked first: a crash in between
+    /// redelivers the message, which is refused and marked (idempotently)
+    /// again, so no conflict stays pending and republished forever.
+    async fn conflicts(
+        &self,
+        refused: &HashMap<&EventId, Vec<&IssuanceRecord>>,
+        records: &[IssuanceRecord],
+        sources: &[&OwnedMessage],
+        shutdown: &CancellationToken,
+        stats: &mut BatchStats,
+    ) -> Option<()> {
+        for (event, items) in refused {
+            retry(shutdown, "marking conflicts in redis", || {
+                self.redis.mark_conflicted(event, items, self.retention)
+            })
+            .await?;
+            stats.conflicted += items.len();
+        }
+        let reason = "conflicts with postgres: the code is another user's, or not the event's";
+        for (r, m) in records.iter().zip(sources) {
+            if !refused.get(&r.event_id).is_some_and(|v| v.contains(&r)) {
+                continue;
+            }
+            tracing::error!(event_id = %r.event_id, user_id = %r.user_id, code = %r.coupon.code, "{reason}; marked conflicted and dead-lettered");
+            self.dead_letter(m, reason, "conflict", shutdown).await?;
+            stats.dead_lettered += 1;
+        }
+        Some(())
+    }
+
+    /// Sends `m` to the dead-letter topic with `reason`. A dead letter the
+    /// broker can never take (too large, malformed) is logged and counted,
+    /// and the message left behind: retrying it would stop the finalizer
+    /// for good. `None` only when shutdown interrupted the retries.
     async fn dead_letter(
         &self,
         m: &OwnedMessage,
         reason: &str,
+        kind: &'static str,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Option<()> {
         let payload = m.payload().unwrap_or_default();
-        retry(shutdown, "publishing to the dead-letter topic", || {
-            self.dlq.dead_letter(m.key(), payload, reason)
+        let sent = retry(shutdown, "publishing to the dead-letter topic", || async {
+            match self.dlq.dead_letter(m.key(), payload, reason).await {
+                Err(e) if e.is_permanent() => Ok(Err(e)),
+                other => other.map(Ok),
+            }
         })
-        .await
-        .is_some()
+        .await?;
+        match sent {
+            Ok(()) => crate::metrics::dead_lettered(kind),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    reason,
+                    "the dead letter cannot be written; the message is skipped (see its partition and offset)"
+                );
+                crate::metrics::dead_letter_failed();
+            }
+        }
+        Some(())
+    }
+}
+
+fn sort<'a>(records: &'a [IssuanceRecord], recorded: &'a [Recorded]) -> Verdicts<'a> {
+    let mut v = Verdicts::default();
+    for (i, (r, verdict)) in records.iter().zip(recorded).enumerate() {
+        match verdict {
+            Recorded::Done => v
+                .finalized
+                .entry(&r.event_id)
+                .or_default()
+                .push((&r.user_id, r.coupon.code.as_str())),
+            Recorded::UserHolds { coupon, request_id } => v
+                .superseded
+                .entry(&r.event_id)
+                .or_default()
+                .push((r, coupon, request_id.as_str())),
+            Recorded::Refused => v.refused.entry(&r.event_id).or_default().push(r),
+            Recorded::Invalid(why) => v.invalid.push((i, why.clone())),
+        }
+    }
+    v
+}
+
+fn observe_delays(records: &[IssuanceRecord], recorded: &[Recorded]) {
+    let now = chrono::Utc::now();
+    for (r, _) in records
+        .iter()
+        .zip(recorded)
+        .filter(|(_, v)| **v == Recorded::Done)
+    {
+        let delay = (now - r.coupon.issued_at).to_std().unwrap_or_default();
+        crate::metrics::finalize_delay(delay);
     }
 }
 

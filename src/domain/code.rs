@@ -17,6 +17,26 @@ pub const DEFAULT_CODE_LENGTH: usize = 12;
 /// rejected so that every symbol is exactly equally likely.
 const REJECT_FROM: u8 = (256 / CODE_ALPHABET.len() * CODE_ALPHABET.len()) as u8;
 
+/// The longest code accepted from outside (a message): a prefix and far
+/// more random characters than coupond draws.
+pub const MAX_CODE_LEN: usize = 64;
+
+/// Checks a code that comes from outside (a Kafka message) by the rules
+/// codes are made by: 8 to 64 characters of A-Z, 0-9 and '-' (a prefix's
+/// characters; the random part's alphabet is a subset).
+pub fn check_code(code: &str) -> Result<(), String> {
+    if !(8..=MAX_CODE_LEN).contains(&code.len()) {
+        return Err(format!("must be 8 to {MAX_CODE_LEN} characters"));
+    }
+    if !code
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may contain only A-Z, 0-9 and '-'".into());
+    }
+    Ok(())
+}
+
 /// Draws codes from a CSPRNG. Generic over the RNG so tests can seed one;
 /// production uses `StdRng::from_os_rng()` (ChaCha12 seeded from the OS).
 pub struct CodeGenerator<R> {

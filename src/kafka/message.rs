@@ -2,7 +2,8 @@
 
 use prost::Message;
 
-use crate::domain::{Discount, EventId, IssuanceRecord, IssuedCoupon, UserId};
+use crate::domain::code::check_code;
+use crate::domain::{Discount, EventId, IssuanceRecord, IssuedCoupon, RequestId, UserId};
 use crate::proto;
 use crate::proto::wire::{
     discount_type_from_proto, discount_type_to_proto, timestamp, to_datetime,
@@ -36,13 +37,16 @@ pub enum DecodeError {
     Field(&'static str, String),
 }
 
+/// Decodes a payload and checks every field by the API's rules (ids,
+/// request id, code, discount), so what reaches a store is what coupond
+/// itself would have written.
 pub fn decode(payload: &[u8]) -> Result<IssuanceRecord, DecodeError> {
     let m = proto::CouponIssued::decode(payload)?;
     let kind = discount_type_from_proto(m.discount_type)
         .ok_or_else(|| DecodeError::Field("discount_type", m.discount_type.to_string()))?;
-    if m.code.is_empty() {
-        return Err(DecodeError::Field("code", "empty".into()));
-    }
+    check_code(&m.code).map_err(|e| DecodeError::Field("code", e))?;
+    let request_id =
+        RequestId::parse(m.request_id).map_err(|e| DecodeError::Field("request_id", e))?;
     let issued_at = m
         .issued_at
         .ok_or_else(|| DecodeError::Field("issued_at", "missing".into()))
@@ -58,7 +62,7 @@ pub fn decode(payload: &[u8]) -> Result<IssuanceRecord, DecodeError> {
                 .map_err(|e| DecodeError::Field("discount_value", e))?,
             issued_at,
         },
-        request_id: m.request_id,
+        request_id: request_id.as_str().to_owned(),
     })
 }
 
@@ -82,6 +86,36 @@ mod tests {
         };
         assert_eq!(decode(&encode(&r)).unwrap(), r);
         assert_eq!(key(&r), "e/u/1");
+    }
+
+    #[test]
+    fn every_field_is_checked_by_the_api_rules() {
+        let good = IssuanceRecord {
+            event_id: EventId::parse("e").unwrap(),
+            user_id: UserId::parse("u").unwrap(),
+            coupon: IssuedCoupon {
+                code: "ABCDEFGH2345".into(),
+                discount: Discount::new(DiscountType::Amount, 700).unwrap(),
+                issued_at: Utc.timestamp_millis_opt(1_700_000_000_123).unwrap(),
+            },
+            request_id: "r".into(),
+        };
+        let field = |f: fn(&mut proto::CouponIssued)| {
+            let mut m = proto::CouponIssued::decode(&encode(&good)[..]).unwrap();
+            f(&mut m);
+            match decode(&m.encode_to_vec()) {
+                Err(DecodeError::Field(name, _)) => name,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(field(|m| m.code = "AB\0CDEFGH".into()), "code");
+        assert_eq!(field(|m| m.code = "abcdefgh".into()), "code");
+        assert_eq!(field(|m| m.code = "ABC".into()), "code");
+        assert_eq!(field(|m| m.request_id = "r\0".into()), "request_id");
+        assert_eq!(field(|m| m.user_id = "u\0".into()), "user_id");
+        assert_eq!(field(|m| m.event_id = "e/1".into()), "event_id");
+        assert_eq!(field(|m| m.discount_value = 0), "discount_value");
+        assert_eq!(field(|m| m.issued_at = None), "issued_at");
     }
 
     #[test]

@@ -21,6 +21,22 @@ pub struct PublishError {
     pub source: rdkafka::error::KafkaError,
 }
 
+impl PublishError {
+    /// Whether the broker (or the client) will never take this message:
+    /// too large, or malformed. Retrying it cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.source.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::InvalidRecord
+                    | RDKafkaErrorCode::InvalidMessage
+            )
+        )
+    }
+}
+
 /// Publishes CouponIssued messages; cheap to clone (one librdkafka producer).
 ///
 /// An idempotent producer can end up unable to deliver for good (a fatal

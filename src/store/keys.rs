@@ -30,6 +30,10 @@ pub struct EventKeys {
     pub progress: String,
     /// Set of users whose issuance PostgreSQL refused (record state C).
     pub conflicts: String,
+    /// Hash user -> "refused code \t held code": users whose second
+    /// issuance PostgreSQL refused because it holds another coupon of theirs
+    /// (see `supersede.lua`); reconcile reports them.
+    pub superseded: String,
 }
 
 impl EventKeys {
@@ -42,13 +46,14 @@ impl EventKeys {
     /// The keys that hold the event's live data (everything but the meta
     /// hash, staging and the preload fence): what retention expires and a
     /// reopening keeps.
-    pub fn data(&self) -> [&str; 5] {
+    pub fn data(&self) -> [&str; 6] {
         [
             &self.queue,
             &self.issued,
             &self.pending,
             &self.conflicts,
             &self.progress,
+            &self.superseded,
         ]
     }
 
@@ -65,6 +70,7 @@ impl EventKeys {
             meta_offline: format!("couponMetaOffline:{{{event}}}"),
             progress: format!("couponProgress:{{{event}}}"),
             conflicts: format!("couponConflicts:{{{event}}}"),
+            superseded: format!("couponSuperseded:{{{event}}}"),
         }
     }
 }
@@ -88,6 +94,7 @@ mod tests {
             &k.progress,
             &k.preload_owner,
             &k.conflicts,
+            &k.superseded,
         ] {
             assert!(key.ends_with(":{e-1}"), "{key}");
         }

@@ -1,10 +1,11 @@
 //! PostgreSQL: the durable record of events, policies and coupons.
 //!
-//! Bulk statements bind whole arrays and `unnest` them, so a preload is a
-//! few dozen round trips and a finalization batch is one UPDATE.
+//! Bulk statements bind whole arrays and `unnest` them. The finalizer's
+//! writes are in `finalization` (tokio-postgres, for SQLSTATEs), a
+//! preload's COPY in `coupon_writer`.
 
 use chrono::{DateTime, Utc};
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 use diesel::sql_types::{
     Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz,
 };
@@ -17,8 +18,7 @@ use tracing::instrument;
 
 use crate::domain::{
     CodePrefix, Control, ControlState, Discount, DiscountType, EventId, EventState, EventWindow,
-    IssuanceRecord, IssuedCoupon, NewEvent, Policy, PreloadId, PreloadStatus, PreloadTimings,
-    StoredEvent, UserId,
+    IssuedCoupon, NewEvent, Policy, PreloadId, PreloadStatus, PreloadTimings, StoredEvent, UserId,
 };
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -150,12 +150,6 @@ struct IssuedRow {
     issued_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Text>)]
     request_id: Option<String>,
-}
-
-#[derive(QueryableByName)]
-struct IdxRow {
-    #[diesel(sql_type = Integer)]
-    idx: i32,
 }
 
 fn discount_of(kind: &str, value: i64) -> Result<Discount, PgStoreError> {
@@ -794,42 +788,6 @@ impl PgStore {
             r.request_id.unwrap_or_default(),
         )))
     }
-
-    /// Records a batch of issuances as ISSUED in one transaction and tells,
-    /// per record, whether PostgreSQL now holds exactly that (code, user).
-    /// Idempotent: a record already applied changes nothing and reports true.
-    /// A record that conflicts (unknown code, code held by someone else,
-    /// user already holding another code) reports false.
-    #[instrument(skip_all, fields(n = records.len()), err)]
-    pub async fn finalize(&self, records: &[IssuanceRecord]) -> Result<Vec<bool>, PgStoreError> {
-        let mut c = self.pool.get().await?;
-        match finalize_in_tx(&mut c, records).await {
-            Err(PgStoreError::Db(DieselError::DatabaseError(
-                DatabaseErrorKind::UniqueViolation,
-                info,
-            ))) => {
-                // One record violates one-coupon-per-user; find it by
-                // applying the batch one record at a time.
-                tracing::warn!(
-                    detail = info.message(),
-                    "batch conflicts; finalizing one by one"
-                );
-                let mut ok = Vec::with_capacity(records.len());
-                for r in records {
-                    match finalize_in_tx(&mut c, std::slice::from_ref(r)).await {
-                        Ok(v) => ok.push(v[0]),
-                        Err(PgStoreError::Db(DieselError::DatabaseError(
-                            DatabaseErrorKind::UniqueViolation,
-                            _,
-                        ))) => ok.push(false),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(ok)
-            }
-            other => other,
-        }
-    }
 }
 
 /// Events as the domain knows them: rows plus their policies (one query).
@@ -959,61 +917,4 @@ async fn insert_policies(c: &mut AsyncPgConnection, event: &NewEvent) -> Result<
     .execute(c)
     .await?;
     Ok(())
-}
-
-async fn finalize_in_tx(
-    c: &mut AsyncPgConnection,
-    records: &[IssuanceRecord],
-) -> Result<Vec<bool>, PgStoreError> {
-    let codes: Vec<&str> = records.iter().map(|r| r.coupon.code.as_str()).collect();
-    let events: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
-    let users: Vec<&str> = records.iter().map(|r| r.user_id.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = records.iter().map(|r| r.coupon.issued_at).collect();
-    let reqs: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
-    c.transaction(async |tx| {
-        let updated: Vec<IdxRow> = diesel::sql_query(
-            "UPDATE coupons c SET state = 'ISSUED', user_id = u.user_id, issued_at = u.issued_at, \
-                 request_id = u.request_id, finalized_at = now() \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
-                 WITH ORDINALITY AS u(code, event_id, user_id, issued_at, request_id, idx) \
-             WHERE c.code = u.code AND c.event_id = u.event_id AND c.state = 'AVAILABLE' \
-             RETURNING u.idx::int4 AS idx",
-        )
-        .bind::<Array<Text>, _>(&codes)
-        .bind::<Array<Text>, _>(&events)
-        .bind::<Array<Text>, _>(&users)
-        .bind::<Array<Timestamptz>, _>(&times)
-        .bind::<Array<Text>, _>(&reqs)
-        .load(tx)
-        .await?;
-        let mut ok = vec![false; records.len()];
-        for h in updated {
-            ok[(h.idx - 1) as usize] = true;
-        }
-        // The rest were not AVAILABLE: a redelivery (already this user's,
-        // fine) or a conflict. Usually none. Each is looked up by primary
-        // key (OFFSET 0 keeps the planner from flattening the lookup into a
-        // join, for which it hashes the whole ISSUED set, growing with
-        // every batch: measured 470 ms against 18 ms for 2,000 rows).
-        let rest: Vec<usize> = (0..records.len()).filter(|&i| !ok[i]).collect();
-        if !rest.is_empty() {
-            let pick = |v: &[&str]| rest.iter().map(|&i| v[i].to_owned()).collect::<Vec<_>>();
-            let held: Vec<IdxRow> = diesel::sql_query(
-                "SELECT u.idx::int4 AS idx \
-                 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(code, event_id, user_id, idx) \
-                 CROSS JOIN LATERAL (SELECT state, event_id, user_id FROM coupons WHERE code = u.code OFFSET 0) c \
-                 WHERE c.event_id = u.event_id AND c.state = 'ISSUED' AND c.user_id = u.user_id",
-            )
-            .bind::<Array<Text>, _>(pick(&codes))
-            .bind::<Array<Text>, _>(pick(&events))
-            .bind::<Array<Text>, _>(pick(&users))
-            .load(tx)
-            .await?;
-            for h in held {
-                ok[rest[(h.idx - 1) as usize]] = true;
-            }
-        }
-        Ok(ok)
-    })
-    .await
 }

@@ -11,8 +11,8 @@ use redis::{AsyncConnectionConfig, Script};
 use tracing::instrument;
 
 use crate::domain::{
-    ControlState, EventId, IssuanceRecord, IssuanceState, IssueOutcome, PreloadId, RequestId,
-    UserId,
+    ControlState, EventId, IssuanceRecord, IssuanceState, IssueOutcome, IssuedCoupon, PreloadId,
+    RequestId, UserId,
 };
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
@@ -162,6 +162,7 @@ struct Scripts {
     conflict: Script,
     control: Script,
     settle: Script,
+    supersede: Script,
 }
 
 /// Everything Redis holds for one event.
@@ -174,6 +175,9 @@ pub struct RedisSnapshot {
     pub issued: HashMap<String, IssuedRecord>,
     /// User -> pending score (issued_at ms or last republish).
     pub pending: HashMap<String, i64>,
+    /// User -> (the code they were issued and PostgreSQL refused, the code
+    /// PostgreSQL holds for them): see `supersede.lua`.
+    pub superseded: HashMap<String, (String, String)>,
 }
 
 /// A rebuilt Redis state of one event, ready to install.
@@ -239,6 +243,7 @@ impl RedisStore {
                 conflict: Script::new(include_str!("../../scripts/lua/conflict.lua")),
                 control: Script::new(include_str!("../../scripts/lua/control.lua")),
                 settle: Script::new(include_str!("../../scripts/lua/settle.lua")),
+                supersede: Script::new(include_str!("../../scripts/lua/supersede.lua")),
                 take_offline: Script::new(include_str!("../../scripts/lua/take_offline.lua")),
                 bring_online: Script::new(include_str!("../../scripts/lua/bring_online.lua")),
             }),
@@ -503,7 +508,10 @@ impl RedisStore {
     ) -> Result<u64, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.finalize.prepare_invoke();
-        inv.key(&k.issued).key(&k.pending).key(&k.progress);
+        inv.key(&k.issued)
+            .key(&k.pending)
+            .key(&k.progress)
+            .key(&k.conflicts);
         for (u, code) in items {
             inv.arg(u.as_str()).arg(*code);
         }
@@ -513,17 +521,24 @@ impl RedisStore {
 
     /// Marks issuances of one event that PostgreSQL refused as conflicted
     /// (record state C, out of the pending set, into the conflict set; see
-    /// `conflict.lua`; a user Redis no longer knows gets the refused record).
+    /// `conflict.lua`; a user Redis no longer knows gets the refused record;
+    /// keys of an event Redis does not hold expire after `ttl`).
     /// Returns how many are conflicted now.
     #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
     pub async fn mark_conflicted(
         &self,
         event: &EventId,
         items: &[&IssuanceRecord],
+        ttl: Duration,
     ) -> Result<u64, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.conflict.prepare_invoke();
-        inv.key(&k.issued).key(&k.pending).key(&k.conflicts);
+        inv.key(&k.issued)
+            .key(&k.pending)
+            .key(&k.conflicts)
+            .key(&k.meta)
+            .key(&k.meta_offline)
+            .arg(ttl.as_millis() as u64);
         for r in items {
             inv.arg(r.user_id.as_str())
                 .arg(&r.coupon.code)
@@ -531,6 +546,44 @@ impl RedisStore {
                     &r.coupon,
                     &r.request_id,
                     IssuanceState::Conflicted,
+                ));
+        }
+        let mut c = self.conn().await?;
+        Ok(inv.invoke_async(&mut c).await?)
+    }
+
+    /// Resolves issuances PostgreSQL refused because it holds another
+    /// coupon for their user (see `supersede.lua`): each item is the
+    /// refused issuance and PostgreSQL's coupon of the user with its
+    /// request id. Returns how many refused codes went back to the queue.
+    #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
+    pub async fn supersede(
+        &self,
+        event: &EventId,
+        items: &[(&IssuanceRecord, &IssuedCoupon, &str)],
+        ttl: Duration,
+    ) -> Result<u64, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut inv = self.scripts.supersede.prepare_invoke();
+        inv.key(&k.issued)
+            .key(&k.pending)
+            .key(&k.conflicts)
+            .key(&k.queue)
+            .key(&k.superseded)
+            .key(&k.meta)
+            .key(&k.meta_offline)
+            .arg(ttl.as_millis() as u64);
+        for (refused, held, held_request) in items {
+            inv.arg(refused.user_id.as_str())
+                .arg(&refused.coupon.code)
+                .arg(record::queue_entry(
+                    &refused.coupon.code,
+                    &refused.coupon.discount,
+                ))
+                .arg(record::issued_record(
+                    held,
+                    held_request,
+                    IssuanceState::Finalized,
                 ));
         }
         let mut c = self.conn().await?;
@@ -672,6 +725,17 @@ impl RedisStore {
             .query_async(&mut c)
             .await?;
         snap.pending = pending.into_iter().collect();
+        let superseded: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&k.superseded)
+            .query_async(&mut c)
+            .await?;
+        snap.superseded = superseded
+            .into_iter()
+            .filter_map(|(u, v)| {
+                let (told, holds) = v.split_once('\t')?;
+                Some((u, (told.to_owned(), holds.to_owned())))
+            })
+            .collect();
         Ok(snap)
     }
 

@@ -13,6 +13,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use coupond::store::finalization::{IssuanceWriter, Recorded};
+
 use crate::helpers::{eventually, preload_request, spawn_app, TestApp};
 
 #[derive(QueryableByName)]
@@ -146,8 +148,9 @@ async fn redelivered_messages_change_nothing_and_garbage_goes_to_the_dlq() {
 }
 
 /// One batch mixing new issuances, a redelivery, a code already held by
-/// another user and an unknown code: each gets its own verdict, and only
-/// the new ones change a row.
+/// another user, an unknown code, a user who holds another coupon and a row
+/// PostgreSQL refuses (a timestamp out of its range): each gets its own
+/// verdict, and only the new ones change a row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_batch_gets_a_verdict_per_record() {
     let app = spawn_app().await;
@@ -165,21 +168,48 @@ async fn a_mixed_batch_gets_a_verdict_per_record() {
         },
         request_id: format!("req-{user}"),
     };
+    let writer = IssuanceWriter::connect(&app.settings.database.url, 1).unwrap();
     let first = [record(0, "ann"), record(1, "bob")];
-    assert_eq!(app.pg.finalize(&first).await.unwrap(), vec![true, true]);
+    assert_eq!(
+        writer.record(&first).await.unwrap(),
+        vec![Recorded::Done, Recorded::Done]
+    );
 
     let mut unknown = record(2, "dan");
     unknown.coupon.code = "NOSUCHCODE23".into();
+    let mut ancient = record(2, "gus");
+    ancient.coupon.issued_at = chrono::DateTime::from_timestamp(-300_000_000_000, 0).unwrap();
     let batch = [
         record(3, "eve"),  // new
         record(0, "ann"),  // redelivered: already hers
         record(1, "carl"), // bob's code
         unknown,           // not a code of the event
+        record(2, "bob"),  // bob holds code 1 already
+        ancient,           // year -7537: PostgreSQL refuses the row
         record(4, "fay"),  // new
     ];
     let before = snapshot(&app, &event).await;
-    let verdicts = app.pg.finalize(&batch).await.unwrap();
-    assert_eq!(verdicts, vec![true, true, false, false, true]);
+    let verdicts = writer.record(&batch).await.unwrap();
+    let held = match &verdicts[4] {
+        Recorded::UserHolds { coupon, request_id } => (coupon.code.clone(), request_id.clone()),
+        other => panic!("bob: {other:?}"),
+    };
+    assert_eq!(held, (rows[1].code.clone(), "req-bob".to_string()));
+    assert!(
+        matches!(&verdicts[5], Recorded::Invalid(why) if why.contains("22008")),
+        "{:?}",
+        verdicts[5]
+    );
+    assert_eq!(
+        [&verdicts[..4], &verdicts[6..]].concat(),
+        vec![
+            Recorded::Done,
+            Recorded::Done,
+            Recorded::Refused,
+            Recorded::Refused,
+            Recorded::Done
+        ]
+    );
     let pairs = app.issued_pairs_in_pg(&event).await;
     let expected: HashSet<(String, String)> = [(0, "ann"), (1, "bob"), (3, "eve"), (4, "fay")]
         .into_iter()

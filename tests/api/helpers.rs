@@ -298,3 +298,38 @@ pub fn check_issued(
     }
     issued
 }
+
+/// This test process's Prometheus text (the exporter is installed once, on
+/// a port of its own): counters every test of the process adds to.
+pub fn scrape_metrics() -> String {
+    use std::io::{Read, Write};
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    let addr = *ADDR.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        // The exporter's listener runs on a runtime of its own thread.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                coupond::metrics::install(addr).unwrap();
+                std::future::pending::<()>().await
+            })
+        });
+        addr
+    });
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no metrics listener on {addr}");
+}

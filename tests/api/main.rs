@@ -17,6 +17,7 @@ mod hostile;
 mod issue;
 mod kafka_security;
 mod operator;
+mod poison;
 mod precedence;
 mod preload;
 mod rebuild;

@@ -167,7 +167,13 @@ async fn a_conflict_ends_marked_counted_visible_and_reported() {
         coupon: held.coupon,
         request_id: held.request_id,
     };
-    assert_eq!(app.redis.mark_conflicted(&id, &[&again]).await.unwrap(), 1);
+    assert_eq!(
+        app.redis
+            .mark_conflicted(&id, &[&again], std::time::Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
     let c = app.redis.counts(&id).await.unwrap();
     assert_eq!(
         (c.conflicted, c.pending),
