@@ -106,11 +106,25 @@ pub struct PreloadSettings {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
     )]
     pub chunk: u32,
+    /// How long one idempotent Redis step of a job (claim, stage a chunk) is
+    /// retried before the job counts as failed (ms): long enough to ride out
+    /// a stalled or restarting Redis.
+    #[arg(
+        id = "preload-step-budget-ms",
+        long = "preload-step-budget-ms",
+        env = "COUPOND_PRELOAD_STEP_BUDGET_MS",
+        default_value_t = 60_000
+    )]
+    pub step_budget_ms: u64,
 }
 
 impl PreloadSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    pub fn step_budget(&self) -> Duration {
+        Duration::from_millis(self.step_budget_ms)
     }
 }
 

@@ -37,10 +37,6 @@ use crate::store::{PgStore, RedisStore};
 
 /// Attempts at the whole fill (generate, write, stage) before a job fails.
 const FILL_ATTEMPTS: u32 = 3;
-/// How long one idempotent Redis step (claim, stage a chunk) is retried
-/// before the fill counts as failed: long enough to ride out a stalled or
-/// restarting Redis.
-const STEP_BUDGET: Duration = Duration::from_secs(60);
 /// Longest pause between two retries of a step.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -348,26 +344,51 @@ impl Job {
     }
 
     /// Takes the Redis fence; `Some(id)` when the event turned out live
-    /// already, made so by this job or the one it replaced.
+    /// already, made so by this job or the one it replaced. A fence held by
+    /// an id PostgreSQL does not name while it names this job belongs to a
+    /// dead predecessor (PostgreSQL grants one job at a time): it is taken
+    /// from exactly that id, so no chain of failed takeovers can leave an
+    /// event that nobody can preload again.
     async fn claim(&self, stop: &CancellationToken) -> Result<Option<PreloadId>, JobEnd> {
-        let reply = retry_step(stop, "claiming the event in redis", || {
-            self.inner
-                .redis
-                .claim_preload(&self.event.id, &self.id, self.replaced.as_ref())
-        })
-        .await?;
-        match reply {
-            FenceReply::Done => Ok(None),
-            FenceReply::Live(p) if p == self.id || Some(&p) == self.replaced.as_ref() => {
-                Ok(Some(p))
+        let mut replaced = self.replaced.clone();
+        let budget = self.inner.settings.step_budget();
+        loop {
+            let reply = retry_step(stop, budget, "claiming the event in redis", || {
+                self.inner
+                    .redis
+                    .claim_preload(&self.event.id, &self.id, replaced.as_ref())
+            })
+            .await?;
+            match reply {
+                FenceReply::Done => return Ok(None),
+                FenceReply::Live(p) if p == self.id || Some(&p) == self.replaced.as_ref() => {
+                    return Ok(Some(p))
+                }
+                FenceReply::Live(p) => {
+                    return Err(JobEnd::Failed(format!(
+                    "the event is live in Redis with preload {p}, which PostgreSQL does not know"
+                )))
+                }
+                FenceReply::Fenced(p) if replaced.as_ref() != Some(&p) && self.holds().await? => {
+                    tracing::warn!(event_id = %self.event.id, stale = %p, "taking the redis fence from a preload postgres no longer names");
+                    replaced = Some(p);
+                }
+                FenceReply::Fenced(_) => return Err(JobEnd::Fenced),
             }
-            FenceReply::Live(p) => Err(JobEnd::Failed(format!(
-                "the event is live in Redis with preload {p}, which PostgreSQL does not know"
-            ))),
-            FenceReply::Fenced(p) => Err(JobEnd::Failed(format!(
-                "preload {p}, unknown to PostgreSQL, holds the event in Redis"
-            ))),
         }
+    }
+
+    /// Whether PostgreSQL still names this job as the event's (PREPARING).
+    async fn holds(&self) -> Result<bool, JobEnd> {
+        let stored = self
+            .inner
+            .pg
+            .event(&self.event.id)
+            .await
+            .map_err(|e| JobEnd::Retry(format!("postgres: {e}")))?;
+        Ok(stored.is_some_and(|e| {
+            e.preload.state == EventState::Preparing && e.preload.preload_id == self.id
+        }))
     }
 
     /// The replaced job made the event live before it died: its rows are
@@ -397,7 +418,8 @@ impl Job {
             return Err(JobEnd::Fenced);
         }
         // Claiming from itself drops the job's own staging list.
-        let reply = retry_step(stop, "resetting the staging list", || {
+        let budget = self.inner.settings.step_budget();
+        let reply = retry_step(stop, budget, "resetting the staging list", || {
             self.inner
                 .redis
                 .claim_preload(&self.event.id, &self.id, Some(&self.id))
@@ -487,12 +509,13 @@ impl Job {
         mut chunks: mpsc::Receiver<Vec<String>>,
     ) -> Result<(u64, Duration), JobEnd> {
         let never = CancellationToken::new();
+        let budget = self.inner.settings.step_budget();
         let mut len = 0u64;
         let mut spent = Duration::ZERO;
         while let Some(entries) = chunks.recv().await {
             let t = Instant::now();
             let before = len;
-            len = retry_step(&never, "staging coupons in redis", || {
+            len = retry_step(&never, budget, "staging coupons in redis", || {
                 self.inner
                     .redis
                     .stage_chunk(&self.event.id, &self.id, before, &entries)
@@ -556,16 +579,26 @@ impl Job {
         tracing::error!(event_id = %self.event.id, preload_id = %self.id, reason, "preload job failed; removing what it wrote");
         let stop = self.inner.shutdown.child_token();
         let mut backoff = Duration::from_millis(50);
+        // A fence a dead predecessor still holds goes too, while PostgreSQL
+        // names this job: a later Preload of the id must be able to start.
+        let mut stale = None;
         loop {
             match self
                 .inner
                 .redis
-                .abandon_preload(&self.event.id, &self.id)
+                .abandon_preload(&self.event.id, &self.id, stale.as_ref())
                 .await
             {
                 Ok(FenceReply::Live(p)) if p == self.id => {
                     let _ = self.record_live(&PreloadTimings::default(), &stop).await;
                     return;
+                }
+                Ok(FenceReply::Fenced(p))
+                    if stale.is_none() && self.holds().await.unwrap_or(false) =>
+                {
+                    tracing::warn!(event_id = %self.event.id, stale = %p, "dropping the redis fence of a preload postgres no longer names");
+                    stale = Some(p);
+                    continue;
                 }
                 Ok(_) => break,
                 Err(e) => {
@@ -607,6 +640,7 @@ impl Job {
 /// Runs an idempotent step until it answers, a few times with back-off.
 async fn retry_step<T, E, F, Fut>(
     stop: &CancellationToken,
+    budget: Duration,
     what: &str,
     mut step: F,
 ) -> Result<T, JobEnd>
@@ -622,7 +656,7 @@ where
         match step().await {
             Ok(v) => return Ok(v),
             Err(e) => match e.into() {
-                JobEnd::Retry(why) if started.elapsed() < STEP_BUDGET => {
+                JobEnd::Retry(why) if started.elapsed() < budget => {
                     tracing::warn!(attempt, error = %why, "{what} failed; retrying");
                 }
                 other => return Err(other),

@@ -411,12 +411,14 @@ impl RedisStore {
 
     /// Makes sure `job` can never make the event live and drops its staging
     /// list; says so instead when the event is live (see
-    /// `abandon_preload.lua`).
+    /// `abandon_preload.lua`). `Fenced(p)`: abandoned, and `p` holds the
+    /// fence; `stale` names a holder to drop as well (a dead predecessor).
     #[instrument(skip_all, fields(event_id = %event, preload_id = %job), err)]
     pub async fn abandon_preload(
         &self,
         event: &EventId,
         job: &PreloadId,
+        stale: Option<&PreloadId>,
     ) -> Result<FenceReply, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut c = self.conn().await?;
@@ -426,7 +428,9 @@ impl RedisStore {
             .key(&k.meta)
             .key(&k.preload_owner)
             .key(EventKeys::preload_staging(event, job))
+            .key(EventKeys::preload_staging(event, stale.unwrap_or(job)))
             .arg(job.as_str())
+            .arg(stale.map(PreloadId::as_str).unwrap_or(""))
             .invoke_async(&mut c)
             .await?;
         fence_reply(reply)

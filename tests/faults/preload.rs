@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{
     assert_live_and_consistent, assert_no_leftovers, await_preload_end, eventually, preload_request,
 };
-use crate::support::{redis_cmd, Env, Load, RestoreStack, SERIAL};
+use crate::support::{free_port, redis_cmd, Env, Load, OwnRedis, RestoreStack, SERIAL};
 
 /// Short leases, so a dead server's job is taken over within seconds, and
 /// small chunks, so a kill lands mid-job.
@@ -273,4 +273,96 @@ async fn staged_event(redis: &RedisStore, name: &str) -> (EventId, PreloadId) {
         "a repeated chunk changes nothing"
     );
     (event, job)
+}
+
+/// A job whose server died holds the Redis fence; the server that takes it
+/// over cannot reach Redis past its retries and fails. Nothing of that
+/// chain may keep the id from being preloaded again: a job takes a fence
+/// from an id PostgreSQL no longer names, and a failing job drops its dead
+/// predecessor's fence (see the store test below).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_failing_while_redis_is_down_never_blocks_the_event_id() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = OwnRedis::start(true).await;
+    let mut env = Env::new().await;
+    env.settings.redis.url = redis.url();
+    let job_env = [
+        JOB_ENV[0],
+        JOB_ENV[1],
+        ("COUPOND_PRELOAD_STEP_BUDGET_MS", "2000"),
+    ];
+    let mut first = env.serve_env(&[], &job_env).await;
+    // A second server, ready to take the job over once its lease ran out.
+    let second_env = Env {
+        tag: env.tag.clone(),
+        settings: env.settings.clone(),
+        port: free_port(),
+    };
+    let mut second = second_env.serve_env(&["--no-consumer"], &job_env).await;
+    let event = format!("fence-{}", env.tag);
+    let total = 1_000_000;
+    let req = preload_request(&event, total);
+    assert!(env
+        .preload_within(req.clone(), Duration::from_millis(300))
+        .await
+        .is_err());
+    let pg = env.pg();
+    let id = EventId::parse(event.clone()).unwrap();
+    let job_of = || async { pg.event(&id).await.unwrap().unwrap().preload };
+    let progressed = eventually(Duration::from_secs(60), || async {
+        job_of().await.written >= 100_000
+    })
+    .await;
+    assert!(progressed, "the first job made progress");
+    let dead = job_of().await.preload_id;
+    first.kill9(); // its fence stays in Redis
+    redis.kill9(); // before the lease runs out and the second server takes over
+    let taken = eventually(Duration::from_secs(30), || async {
+        job_of().await.preload_id != dead
+    })
+    .await;
+    assert!(taken, "the second server took the job over in postgres");
+    // Down past the takeover's 2 s of retries: the outage being tested.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    redis.restart().await;
+    // The failed takeover ends FAILED, or (its lease having run out while
+    // it waited for Redis) a third job took over from it and finished.
+    let state = await_preload_end(&pg, &event, Duration::from_secs(120)).await;
+    eprintln!("fence chain: the job ended {state:?}");
+    let rredis = env.redis();
+    if state == EventState::Failed {
+        assert_no_leftovers(&rredis, &event).await;
+    }
+    let again = second_env
+        .preload_within(req, Duration::from_secs(120))
+        .await
+        .expect("the id can be preloaded again");
+    assert_eq!(again.state, proto::EventState::Live as i32);
+    assert_live_and_consistent(&pg, &rredis, &event, total).await;
+    second.terminate().await;
+}
+
+/// The failing job's cleanup, step by step: abandoning reports a fence
+/// another id holds and leaves it; naming that id drops it and its staging
+/// list; naming any other id drops nothing (compare-and-delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoning_drops_a_stale_fence_only_when_named() {
+    let _serial = SERIAL.lock().await; // other tests pause this Redis
+    let redis = RedisStore::connect("redis://127.0.0.1:6379", 2).unwrap();
+    let (event, dead) = staged_event(&redis, "stale").await;
+    let failing = PreloadId::random(&mut rand::rng());
+    let other = PreloadId::random(&mut rand::rng());
+    let reply = redis.abandon_preload(&event, &failing, None).await.unwrap();
+    assert_eq!(reply, FenceReply::Fenced(dead.clone()));
+    let reply = redis
+        .abandon_preload(&event, &failing, Some(&other))
+        .await
+        .unwrap();
+    assert_eq!(reply, FenceReply::Fenced(dead.clone()), "another id: kept");
+    let reply = redis
+        .abandon_preload(&event, &failing, Some(&dead))
+        .await
+        .unwrap();
+    assert_eq!(reply, FenceReply::Done);
+    assert_no_leftovers(&redis, event.as_str()).await;
 }
