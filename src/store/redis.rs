@@ -17,11 +17,37 @@ use crate::domain::{
 use crate::store::keys::EventKeys;
 use crate::store::record::{self, IssuedRecord};
 
-/// Entries pushed to a staging list per command.
-const STAGE_CHUNK: usize = 5_000;
 /// Entries per `stage_chunk.lua` call: small enough that one call holds
 /// Redis for a few milliseconds, not the whole chunk's time.
 const STAGE_SCRIPT_ENTRIES: usize = 10_000;
+
+/// Entries per command of a bulk read or write (snapshot, rebuild).
+const BULK_CHUNK: usize = 10_000;
+/// A bulk connection's response timeout.
+const BULK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts at one chunk of a bulk read.
+const BULK_ATTEMPTS: u32 = 4;
+
+/// Runs a read-only command, asking again (with back-off) when it failed:
+/// a read changes nothing, so a lost reply only costs a repeat.
+async fn read<T: redis::FromRedisValue>(
+    c: &mut redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+) -> Result<T, RedisStoreError> {
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1.. {
+        match cmd.query_async(c).await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < BULK_ATTEMPTS && e.code().is_none() => {
+                tracing::warn!(error = %e, attempt, "bulk read failed; asking again");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns")
+}
 
 /// Errors of the Redis store.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +235,9 @@ pub struct RedisCounts {
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
+    /// Where bulk connections go (see `bulk`).
+    client: redis::Client,
+    connect_timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
 }
 
@@ -231,6 +260,8 @@ impl RedisStore {
             .build()?;
         Ok(Self {
             pool,
+            client: redis::Client::open(url)?,
+            connect_timeout: timeouts.connect,
             scripts: std::sync::Arc::new(Scripts {
                 issue: Script::new(include_str!("../../scripts/lua/issue.lua")),
                 claim_preload: Script::new(include_str!("../../scripts/lua/claim_preload.lua")),
@@ -672,46 +703,59 @@ impl RedisStore {
             .collect()
     }
 
-    /// Reads the event's queue, issued hash and pending set in chunks
-    /// (not atomically: compare with care while the event is live).
+    /// A connection of its own for bulk reads and writes (reconcile,
+    /// rebuild): they must not depend on the issue path's short response
+    /// timeout, which a busy machine can exceed with a chunk of 10,000.
+    async fn bulk(&self) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(BULK_RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(self.connect_timeout));
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Reads the event's queue, issued hash and pending set in chunks of
+    /// `BULK_CHUNK`, each asked again a few times when it fails (reads
+    /// change nothing), on a bulk connection. Not atomic: compare with care
+    /// while the event is live.
     pub async fn snapshot(&self, event: &EventId) -> Result<RedisSnapshot, RedisStoreError> {
-        const CHUNK: isize = 50_000;
         let k = EventKeys::new(event);
-        let mut c = self.conn().await?;
+        let mut c = self.bulk().await?;
         let mut snap = RedisSnapshot {
-            live: redis::cmd("EXISTS")
-                .arg(&k.meta)
-                .query_async(&mut c)
-                .await?,
+            live: read(&mut c, redis::cmd("EXISTS").arg(&k.meta)).await?,
             ..Default::default()
         };
-        let mut start = 0isize;
-        loop {
-            let part: Vec<String> = redis::cmd("LRANGE")
-                .arg(&k.queue)
-                .arg(start)
-                .arg(start + CHUNK - 1)
-                .query_async(&mut c)
-                .await?;
-            let n = part.len() as isize;
+        for start in (0..).step_by(BULK_CHUNK) {
+            let part: Vec<String> = read(
+                &mut c,
+                redis::cmd("LRANGE")
+                    .arg(&k.queue)
+                    .arg(start)
+                    .arg(start + BULK_CHUNK - 1),
+            )
+            .await?;
+            let n = part.len();
             snap.queue.extend(
                 part.into_iter()
                     .map(|e| e.split('\t').next().unwrap_or_default().to_owned()),
             );
-            if n < CHUNK {
+            if n < BULK_CHUNK {
                 break;
             }
-            start += CHUNK;
         }
         let mut cursor = 0u64;
         loop {
-            let (next, kv): (u64, Vec<String>) = redis::cmd("HSCAN")
-                .arg(&k.issued)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(10_000)
-                .query_async(&mut c)
-                .await?;
+            let (next, kv): (u64, Vec<String>) = read(
+                &mut c,
+                redis::cmd("HSCAN")
+                    .arg(&k.issued)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(BULK_CHUNK),
+            )
+            .await?;
             for pair in kv.chunks_exact(2) {
                 snap.issued
                     .insert(pair[0].clone(), record::parse_issued(&pair[1])?);
@@ -721,18 +765,24 @@ impl RedisStore {
             }
             cursor = next;
         }
-        let pending: Vec<(String, i64)> = redis::cmd("ZRANGE")
-            .arg(&k.pending)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut c)
+        for start in (0..).step_by(BULK_CHUNK) {
+            let part: Vec<(String, i64)> = read(
+                &mut c,
+                redis::cmd("ZRANGE")
+                    .arg(&k.pending)
+                    .arg(start)
+                    .arg(start + BULK_CHUNK - 1)
+                    .arg("WITHSCORES"),
+            )
             .await?;
-        snap.pending = pending.into_iter().collect();
-        let superseded: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&k.superseded)
-            .query_async(&mut c)
-            .await?;
+            let n = part.len();
+            snap.pending.extend(part);
+            if n < BULK_CHUNK {
+                break;
+            }
+        }
+        let superseded: HashMap<String, String> =
+            read(&mut c, redis::cmd("HGETALL").arg(&k.superseded)).await?;
         snap.superseded = superseded
             .into_iter()
             .filter_map(|(u, v)| {
@@ -787,21 +837,21 @@ impl RedisStore {
         state: RebuiltState<'_>,
     ) -> Result<(), RedisStoreError> {
         let k = EventKeys::new(event);
-        let mut c = self.conn().await?;
+        let mut c = self.bulk().await?;
         let _: () = redis::cmd("DEL")
             .arg(&k.staging)
             .arg(&k.issued_staging)
             .arg(&k.pending_staging)
             .query_async(&mut c)
             .await?;
-        for chunk in state.queue.chunks(STAGE_CHUNK) {
+        for chunk in state.queue.chunks(BULK_CHUNK) {
             let _: () = redis::cmd("RPUSH")
                 .arg(&k.staging)
                 .arg(chunk)
                 .query_async(&mut c)
                 .await?;
         }
-        for chunk in state.issued.chunks(STAGE_CHUNK) {
+        for chunk in state.issued.chunks(BULK_CHUNK) {
             let mut cmd = redis::cmd("HSET");
             cmd.arg(&k.issued_staging);
             for (u, r) in chunk {
@@ -809,7 +859,7 @@ impl RedisStore {
             }
             let _: () = cmd.query_async(&mut c).await?;
         }
-        for chunk in state.pending.chunks(STAGE_CHUNK) {
+        for chunk in state.pending.chunks(BULK_CHUNK) {
             let mut cmd = redis::cmd("ZADD");
             cmd.arg(&k.pending_staging);
             for (u, score) in chunk {
