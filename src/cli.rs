@@ -112,6 +112,17 @@ struct ReconcileArgs {
 #[error("redis and postgres differ")]
 struct Inconsistent;
 
+/// The report as JSON with its verdict, as the text report ends with it.
+fn with_verdict(report: &crate::reconcile::Report) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(report)?;
+    let verdict = match report.consistent() {
+        true => "CONSISTENT",
+        false => "INCONSISTENT",
+    };
+    v["verdict"] = verdict.into();
+    Ok(v)
+}
+
 /// The process's Prometheus exporter (`serve` and `consume` only).
 fn install_metrics(s: &Settings) -> anyhow::Result<()> {
     match s.metrics.addr()? {
@@ -143,7 +154,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Inconsistent>() => ExitCode::from(1),
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Once, on stderr (where the logs go too).
             eprintln!("coupond: {e:#}");
             ExitCode::FAILURE
         }
@@ -181,11 +192,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = crate::reconcile::reconcile(&pg, &redis, &event).await?;
             match (args.json, &rebuilt) {
-                (true, None) => println!("{}", serde_json::to_string_pretty(&report)?),
+                (true, None) => {
+                    println!("{}", serde_json::to_string_pretty(&with_verdict(&report)?)?)
+                }
                 (true, Some(r)) => println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &serde_json::json!({ "rebuild": r, "reconcile": report })
+                        &serde_json::json!({ "rebuild": r, "reconcile": with_verdict(&report)? })
                     )?
                 ),
                 (false, r) => {

@@ -52,8 +52,31 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
         .install()
         .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
     describe();
+    zeros();
     tracing::info!(%addr, "metrics on http://{addr}/metrics");
     Ok(())
+}
+
+/// The counters alerts watch exist from the start at 0, so that
+/// `increase()` sees their first event (a series that appears at 1 shows no
+/// increase).
+fn zeros() {
+    for reason in DEAD_LETTER_REASONS {
+        counter!(DEAD_LETTERS, "reason" => reason).increment(0);
+    }
+    for outcome in ROW_OUTCOMES {
+        counter!(FINALIZER_ROWS, "outcome" => outcome).increment(0);
+    }
+    for name in [
+        DEAD_LETTERS_FAILED,
+        PUBLISH_FAILURES,
+        NOT_DURABLE,
+        CONFLICTS,
+        REPUBLISHED,
+        FINALIZER_BATCHES,
+    ] {
+        counter!(name).increment(0);
+    }
 }
 
 fn describe() {

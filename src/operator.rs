@@ -142,8 +142,16 @@ fn parse_time(s: &str, flag: &str) -> anyhow::Result<DateTime<Utc>> {
         .map_err(|e| anyhow::anyhow!("{flag} {s:?}: not an RFC 3339 time ({e})"))
 }
 
-/// The request from the file and the flags; the server validates the rest.
-pub fn preload_request(a: &PreloadArgs) -> anyhow::Result<PreloadRequest> {
+/// Which parts of the window the command filled in itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Defaulted {
+    pub starts_at: bool,
+    pub ends_at: bool,
+}
+
+/// The request from the file and the flags (the server validates the
+/// rest), and which window times were defaults.
+pub fn preload_request(a: &PreloadArgs) -> anyhow::Result<(PreloadRequest, Defaulted)> {
     let file: PreloadFile = match &a.file {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -172,17 +180,24 @@ pub fn preload_request(a: &PreloadArgs) -> anyhow::Result<PreloadRequest> {
             .map(|p| parse_policy(p))
             .collect::<anyhow::Result<_>>()?
     };
+    let mut defaulted = Defaulted::default();
     let starts_at = match (&a.starts_at, &file.starts_at) {
         (Some(s), _) => parse_time(s, "--starts-at")?,
         (None, Some(s)) => parse_time(s, "starts_at")?,
-        (None, None) => Utc::now(),
+        (None, None) => {
+            defaulted.starts_at = true;
+            Utc::now()
+        }
     };
     let ends_at = match (&a.ends_at, &file.ends_at) {
         (Some(s), _) => parse_time(s, "--ends-at")?,
         (None, Some(s)) => parse_time(s, "ends_at")?,
-        (None, None) => starts_at + chrono::Duration::days(1),
+        (None, None) => {
+            defaulted.ends_at = true;
+            starts_at + chrono::Duration::days(1)
+        }
     };
-    Ok(PreloadRequest {
+    let req = PreloadRequest {
         event_id: a.event_id.clone().or(file.event_id).unwrap_or_default(),
         name: a.name.clone().or(file.name).unwrap_or_default(),
         total_count: a.count.or(file.total_count).unwrap_or(0),
@@ -190,14 +205,55 @@ pub fn preload_request(a: &PreloadArgs) -> anyhow::Result<PreloadRequest> {
         starts_at: Some(timestamp(starts_at)),
         ends_at: Some(timestamp(ends_at)),
         code_prefix: a.prefix.clone().or(file.code_prefix).unwrap_or_default(),
-    })
+    };
+    Ok((req, defaulted))
+}
+
+/// Running the very same command again (after a Ctrl-C or a lost
+/// connection) must attach to the job or report the LIVE event: a window
+/// time the command defaulted is the one the event was recorded with, when
+/// it was; otherwise the defaults stand. Either way they are printed.
+async fn settle_defaults(
+    admin: &mut Admin,
+    req: &mut PreloadRequest,
+    defaulted: Defaulted,
+) -> anyhow::Result<()> {
+    if defaulted == Defaulted::default() {
+        return Ok(());
+    }
+    let stored = admin
+        .get_event(proto::GetEventRequest {
+            event_id: req.event_id.clone(),
+        })
+        .await;
+    let source = match stored {
+        Ok(e) => {
+            let e = e.into_inner();
+            if defaulted.starts_at {
+                req.starts_at = e.starts_at;
+            }
+            if defaulted.ends_at {
+                req.ends_at = e.ends_at;
+            }
+            "as the event was recorded"
+        }
+        // Not found, or anything else: the Preload call says what is wrong.
+        Err(_) => "defaults: now, and a day after the start",
+    };
+    eprintln!(
+        "window {} .. {} ({source})",
+        time(req.starts_at.as_ref()),
+        time(req.ends_at.as_ref())
+    );
+    Ok(())
 }
 
 /// Starts (or attaches to) the preload and shows its progress until the
 /// event is LIVE (prints its summary) or FAILED (an error with the reason).
 pub async fn preload(server: &ServerArgs, args: &PreloadArgs) -> anyhow::Result<()> {
-    let req = preload_request(args)?;
+    let (mut req, defaulted) = preload_request(args)?;
     let mut admin = connect(server).await?;
+    settle_defaults(&mut admin, &mut req, defaulted).await?;
     let event_id = req.event_id.clone();
     let mut bar = Progress::new(req.total_count);
     loop {
@@ -399,6 +455,28 @@ pub async fn control(server: &ServerArgs, control: &EventControl) -> anyhow::Res
     Ok(())
 }
 
+/// What the STATE column says: the preload state, and for a live event
+/// whether its window has ended (closed, or over), whether it is settled,
+/// and whether it is paused.
+pub fn shown_state(e: &proto::Event, now: DateTime<Utc>) -> String {
+    let ended = e
+        .ends_at
+        .as_ref()
+        .and_then(to_datetime)
+        .is_some_and(|end| end <= now);
+    let mut s = match (e.state == EventState::Live as i32, ended) {
+        (true, true) => "ENDED".to_owned(),
+        _ => state_name(e.state).to_owned(),
+    };
+    if e.state == EventState::Live as i32 && e.settled_at.is_some() {
+        s.push_str(" (SETTLED)");
+    }
+    if e.paused {
+        s.push_str(" (PAUSED)");
+    }
+    s
+}
+
 /// The table `coupond events` prints: one line per event, aligned.
 pub fn events_table(events: &[proto::Event]) -> String {
     let head = [
@@ -416,10 +494,7 @@ pub fn events_table(events: &[proto::Event]) -> String {
     for e in events {
         lines.push(vec![
             e.event_id.clone(),
-            match e.paused {
-                true => format!("{} (PAUSED)", state_name(e.state)),
-                false => state_name(e.state).into(),
-            },
+            shown_state(e, Utc::now()),
             e.total_count.to_string(),
             e.preloaded_count.to_string(),
             e.remaining_count.to_string(),
@@ -580,7 +655,14 @@ mod tests {
             count: Some(20),
             ..Default::default()
         };
-        let r = preload_request(&args).unwrap();
+        let (r, defaulted) = preload_request(&args).unwrap();
+        assert_eq!(
+            defaulted,
+            Defaulted {
+                starts_at: false,
+                ends_at: true
+            }
+        );
         assert_eq!((r.event_id.as_str(), r.total_count), ("d1", 20));
         assert_eq!(r.policies.len(), 1);
         let starts = to_datetime(r.starts_at.as_ref().unwrap()).unwrap();
@@ -634,5 +716,37 @@ mod tests {
             "{t}"
         );
         assert_eq!(events_table(&[]).lines().last(), Some("(no events)"));
+    }
+
+    #[test]
+    fn an_ended_or_settled_event_is_not_shown_live() {
+        let now = Utc::now();
+        let at = |secs: i64| Some(timestamp(now + chrono::Duration::seconds(secs)));
+        let live = proto::Event {
+            state: EventState::Live as i32,
+            ends_at: at(60),
+            ..Default::default()
+        };
+        assert_eq!(shown_state(&live, now), "LIVE");
+        let paused = proto::Event {
+            paused: true,
+            ..live.clone()
+        };
+        assert_eq!(shown_state(&paused, now), "LIVE (PAUSED)");
+        let closed = proto::Event {
+            ends_at: at(-1),
+            ..live.clone()
+        };
+        assert_eq!(shown_state(&closed, now), "ENDED");
+        let settled = proto::Event {
+            settled_at: at(0),
+            ..closed
+        };
+        assert_eq!(shown_state(&settled, now), "ENDED (SETTLED)");
+        let preparing = proto::Event {
+            state: EventState::Preparing as i32,
+            ..live
+        };
+        assert_eq!(shown_state(&preparing, now), "PREPARING");
     }
 }

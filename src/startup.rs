@@ -13,7 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::config::{redacted_url, ServeSettings, Settings};
 use crate::consumer::Finalizer;
 use crate::grpc::auth::{Access, RequireToken};
-use crate::grpc::health::{self, Reports};
+use crate::grpc::health::{self, DrainingHealth, Reports};
 use crate::grpc::{AdminApi, IssuerApi};
 use crate::kafka::{topics, Publisher};
 use crate::proto::coupon_admin_server::CouponAdminServer;
@@ -163,13 +163,17 @@ impl Application {
         let mut tasks = Supervisor::default();
         start_background(&mut tasks, &backends, &settings, &serve, &background)?;
         let services = Services::build(&backends, &settings, &shutdown, &mut tasks);
-        let (reporter, health_svc) = tonic_health::server::health_reporter();
-        health::serving_at_start(&reporter, Reports::Server).await;
+        let reporter = tonic_health::server::HealthReporter::new();
+        let health_svc = DrainingHealth::new(reporter.clone(), shutdown.clone());
+        let reports = Reports::Server {
+            finalizer: !serve.no_consumer,
+        };
+        health::serving_at_start(&reporter, reports).await;
         let readiness = backends.readiness(&settings);
         let draining = shutdown.clone();
         tasks.spawn(
             "health reporter",
-            health::report(reporter, readiness, Reports::Server, draining),
+            health::report(reporter, readiness, reports, draining),
         );
         let router = grpc_server(&serve, &settings, &services, health_svc)?;
         tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
@@ -404,7 +408,8 @@ async fn health_listener(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the health listener {addr}: {e}"))?;
-    let (reporter, svc) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let svc = DrainingHealth::new(reporter.clone(), stop.clone());
     health::serving_at_start(&reporter, Reports::Finalizer).await;
     let readiness = backends.readiness(settings);
     // Health goes NOT_SERVING at the signal; the listener outlives the

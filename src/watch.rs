@@ -1,7 +1,10 @@
 //! `coupond watch --event E`: a live view of a drop in the terminal,
-//! refreshed each second until the event ends: issued per second,
-//! remaining, pending, finalized, and (given the server's metrics endpoint)
-//! p99 Issue latency and errors.
+//! refreshed each second until the event ends. Two kinds of figures, and
+//! the screen says which is which: the event's own (issued per second,
+//! remaining, pending, finalized, conflicts), from GetEvent, which count
+//! every server's issuances; and, given one server's metrics endpoint, that
+//! server's p99 Issue latency and errors over the last `WINDOW`, all its
+//! events together (the metrics carry no event label).
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -27,19 +30,81 @@ pub struct WatchArgs {
     pub frames: Option<u64>,
 }
 
-/// What the metrics endpoint adds to a screen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Served {
-    /// p99 of coupond_issue_duration_seconds over every answer so far (s).
-    pub p99_s: Option<f64>,
+/// How far back the server's p99 and errors look.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// What one scrape of the metrics endpoint says, cumulative since the
+/// server started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scraped {
+    /// coupond_issue_duration_seconds buckets: (le, answers), all RPCs.
+    pub buckets: Vec<(f64, f64)>,
     /// Answers that were failures: unavailable, unknown, invalid.
     pub errors: f64,
+}
+
+/// What the metrics endpoint adds to a screen: the server's figures over
+/// the last `WINDOW` (or since the first scrape, until that long passed;
+/// nothing at the first scrape).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Served {
+    /// p99 of the answers in the window (s).
+    pub p99_s: Option<f64>,
+    /// Failed answers in the window.
+    pub errors: f64,
+}
+
+/// Scrapes of the last `WINDOW`, oldest first.
+#[derive(Default)]
+struct Recent(std::collections::VecDeque<(Instant, Scraped)>);
+
+impl Recent {
+    /// Adds a scrape and returns the figures since the oldest one kept
+    /// (`None` for the first: there is no window yet).
+    fn add(&mut self, at: Instant, now: Scraped) -> Option<Served> {
+        while self.0.len() > 1 && at.duration_since(self.0[1].0) >= WINDOW {
+            self.0.pop_front();
+        }
+        let base = self.0.front().map(|(_, s)| s.clone());
+        self.0.push_back((at, now.clone()));
+        base.map(|b| window(&b, &now))
+    }
+}
+
+/// The figures between two scrapes. Pure.
+pub fn window(before: &Scraped, now: &Scraped) -> Served {
+    let buckets: Vec<(f64, f64)> = now
+        .buckets
+        .iter()
+        .map(|(le, n)| {
+            let was = before
+                .buckets
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |b| b.1);
+            (*le, (n - was).max(0.0))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let p99_s = (total > 0.0)
+        .then(|| {
+            buckets
+                .iter()
+                .find(|(_, n)| *n >= total * 0.99)
+                .map(|b| b.0)
+        })
+        .flatten();
+    Served {
+        p99_s,
+        errors: (now.errors - before.errors).max(0.0),
+    }
 }
 
 pub async fn watch(server: &ServerArgs, args: &WatchArgs) -> anyhow::Result<()> {
     let mut admin = connect(server).await?;
     let tty = std::io::stdout().is_terminal();
     let mut last: Option<(Instant, u32)> = None;
+    let mut recent = Recent::default();
     let mut frame = 0u64;
     loop {
         let e = admin
@@ -55,7 +120,7 @@ pub async fn watch(server: &ServerArgs, args: &WatchArgs) -> anyhow::Result<()> 
         });
         last = Some((now, e.issued_count));
         let served = match &args.metrics {
-            Some(url) => scrape(url).await.ok(),
+            Some(url) => scrape(url).await.ok().and_then(|s| recent.add(now, s)),
             None => None,
         };
         let screen = render(&e, rate, served);
@@ -90,23 +155,18 @@ pub fn render(e: &proto::Event, issued_per_s: Option<f64>, served: Option<Served
         ),
         None => ("- (no --metrics)".into(), "-".into()),
     };
-    let state = match e.paused {
-        true => "LIVE (PAUSED)",
-        false => match proto::EventState::try_from(e.state) {
-            Ok(proto::EventState::Live) => "LIVE",
-            Ok(proto::EventState::Preparing) => "PREPARING",
-            Ok(proto::EventState::Failed) => "FAILED",
-            _ => "?",
-        },
-    };
+    let window = WINDOW.as_secs();
+    let state = crate::operator::shown_state(e, Utc::now());
     format!(
         "coupond watch  event {}  {state}\n\
+         this event, every server:\n\
          issued/s   {rate:>10}\n\
          issued     {:>10} of {}\n\
          remaining  {:>10}\n\
          pending    {pending:>10}\n\
          finalized  {:>10}\n\
          conflicts  {:>10}\n\
+         the --metrics server, every event, last {window} s:\n\
          p99        {p99:>10}\n\
          errors     {errors:>10}",
         e.event_id,
@@ -119,7 +179,7 @@ pub fn render(e: &proto::Event, issued_per_s: Option<f64>, served: Option<Served
 }
 
 /// Reads the server's metrics (plain HTTP GET).
-async fn scrape(url: &str) -> anyhow::Result<Served> {
+async fn scrape(url: &str) -> anyhow::Result<Scraped> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow::anyhow!("--metrics must be an http:// URL"))?;
@@ -133,8 +193,8 @@ async fn scrape(url: &str) -> anyhow::Result<Served> {
     Ok(parse_metrics(&body))
 }
 
-/// p99 latency and error answers from Prometheus text. Pure.
-pub fn parse_metrics(text: &str) -> Served {
+/// Issue latency buckets and error answers from Prometheus text. Pure.
+pub fn parse_metrics(text: &str) -> Scraped {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let mut errors = 0.0;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -165,16 +225,7 @@ pub fn parse_metrics(text: &str) -> Served {
         }
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    let p99_s = (total > 0.0)
-        .then(|| {
-            buckets
-                .iter()
-                .find(|(_, n)| *n >= total * 0.99)
-                .map(|b| b.0)
-        })
-        .flatten();
-    Served { p99_s, errors }
+    Scraped { buckets, errors }
 }
 
 fn label<'a>(name: &'a str, key: &str) -> Option<&'a str> {
@@ -199,10 +250,35 @@ coupond_issue_outcomes_total{rpc=\"issue\",result=\"issued\"} 97
 coupond_issue_outcomes_total{rpc=\"issue\",result=\"unavailable\"} 2
 coupond_issue_outcomes_total{rpc=\"issue_stream\",result=\"unknown\"} 1
 ";
-        let s = parse_metrics(text);
+        let s = window(&Scraped::default(), &parse_metrics(text));
         assert_eq!(s.p99_s, Some(0.01));
         assert_eq!(s.errors, 3.0);
-        assert_eq!(parse_metrics("").p99_s, None);
+        assert_eq!(window(&Scraped::default(), &parse_metrics("")).p99_s, None);
+    }
+
+    #[test]
+    fn p99_and_errors_count_only_the_answers_of_the_window() {
+        let at = |fast: f64, slow: f64, errors: f64| Scraped {
+            buckets: vec![
+                (0.005, fast),
+                (1.0, fast + slow),
+                (f64::INFINITY, fast + slow),
+            ],
+            errors,
+        };
+        // A slow start long ago, fast answers since.
+        let s = window(&at(0.0, 100.0, 5.0), &at(1000.0, 100.0, 6.0));
+        assert_eq!((s.p99_s, s.errors), (Some(0.005), 1.0));
+        let mut recent = Recent::default();
+        let t0 = Instant::now();
+        assert_eq!(recent.add(t0, at(0.0, 100.0, 5.0)), None, "no window yet");
+        recent.add(t0 + WINDOW / 2, at(500.0, 100.0, 5.0));
+        let s = recent.add(t0 + WINDOW * 2, at(1000.0, 100.0, 5.0)).unwrap();
+        assert_eq!(
+            s.p99_s,
+            Some(0.005),
+            "the slow start fell out of the window"
+        );
     }
 
     #[test]
@@ -226,6 +302,8 @@ coupond_issue_outcomes_total{rpc=\"issue_stream\",result=\"unknown\"} 1
         );
         for want in [
             "drop-1  LIVE",
+            "this event, every server:",
+            "every event, last 10 s:",
             "issued/s          120",
             "600 of 1000",
             "pending            50",

@@ -234,6 +234,9 @@ pub struct StoredEvent {
     pub paused: bool,
     /// How many controls were applied to it (see `ControlState`).
     pub control_seq: u64,
+    /// When it was settled (ended with nothing pending; its Redis keys
+    /// expire after the retention).
+    pub settled_at: Option<DateTime<Utc>>,
 }
 
 impl StoredEvent {
@@ -361,6 +364,7 @@ mod tests {
             },
             paused: false,
             control_seq: 0,
+            settled_at: None,
         }
     }
 

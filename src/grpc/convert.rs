@@ -169,5 +169,6 @@ pub fn event(v: &EventView) -> proto::Event {
         preload_id: e.preload.preload_id.to_string(),
         conflicted_count: clamp_u32(v.redis.conflicted),
         paused: e.paused,
+        settled_at: e.settled_at.map(timestamp),
     }
 }

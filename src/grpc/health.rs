@@ -4,8 +4,13 @@
 
 use std::time::Duration;
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
 use crate::service::readiness::{Reachable, Readiness};
@@ -20,18 +25,35 @@ const EVERY: Duration = Duration::from_secs(1);
 /// The services one process reports, and which stores each needs.
 #[derive(Debug, Clone, Copy)]
 pub enum Reports {
-    /// `serve`: CouponAdmin and CouponIssuer.
-    Server,
+    /// `serve`: CouponAdmin and CouponIssuer, and the finalizer when it
+    /// runs in the process (not with --no-consumer).
+    Server { finalizer: bool },
     /// `consume`: the finalizer.
     Finalizer,
 }
 
 impl Reports {
     fn statuses(self, r: &Reachable) -> Vec<(&'static str, &'static str, bool)> {
+        let finalizer = (FINALIZER, "finalizer", r.finalizer());
         match self {
-            Reports::Server => vec![(ADMIN, "admin", r.admin()), (ISSUER, "issuer", r.issuer())],
-            Reports::Finalizer => vec![(FINALIZER, "finalizer", r.finalizer())],
+            Reports::Server { finalizer: false } => {
+                vec![(ADMIN, "admin", r.admin()), (ISSUER, "issuer", r.issuer())]
+            }
+            Reports::Server { finalizer: true } => vec![
+                (ADMIN, "admin", r.admin()),
+                (ISSUER, "issuer", r.issuer()),
+                finalizer,
+            ],
+            Reports::Finalizer => vec![finalizer],
         }
+    }
+
+    /// Whether the finalizer is reported (its probe needs Kafka).
+    fn finalizer(self) -> bool {
+        matches!(
+            self,
+            Reports::Finalizer | Reports::Server { finalizer: true }
+        )
     }
 }
 
@@ -60,7 +82,7 @@ pub async fn report(
     loop {
         let reachable = tokio::select! {
             _ = draining.cancelled() => break,
-            r = readiness.probe(matches!(reports, Reports::Finalizer)) => r,
+            r = readiness.probe(reports.finalizer()) => r,
         };
         if last != Some(reachable) {
             tracing::info!(?reachable, "health: stores reachable");
@@ -96,5 +118,51 @@ fn status(ok: bool) -> ServingStatus {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
+    }
+}
+
+/// `grpc.health.v1` whose Watch streams end when the process drains, with
+/// a last NOT_SERVING: a load balancer holding one open must not keep a
+/// graceful shutdown waiting, and must hear that this process is going.
+pub struct DrainingHealth {
+    inner: HealthService,
+    draining: CancellationToken,
+}
+
+impl DrainingHealth {
+    pub fn new(reporter: HealthReporter, draining: CancellationToken) -> HealthServer<Self> {
+        HealthServer::new(Self {
+            inner: HealthService::from_health_reporter(reporter),
+            draining,
+        })
+    }
+}
+
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Health for DrainingHealth {
+    async fn check(
+        &self,
+        req: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        self.inner.check(req).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
+        let updates = self.inner.watch(req).await?.into_inner();
+        let last = HealthCheckResponse {
+            status: ServingStatus::NotServing as i32,
+        };
+        let stream = updates
+            .take_until(self.draining.clone().cancelled_owned())
+            .chain(futures::stream::once(async move { Ok(last) }));
+        Ok(tonic::Response::new(Box::pin(stream)))
     }
 }

@@ -49,7 +49,7 @@ impl AdminService {
     }
 
     /// The event with its policies, preload state and live counts.
-    #[instrument(skip_all, fields(event_id = %id), err)]
+    #[instrument(skip_all, fields(event_id = %id), err(level = "debug"))]
     pub async fn event(&self, id: &EventId) -> Result<EventView, CouponError> {
         let event = self.stored(id).await?;
         self.view(event).await
@@ -76,7 +76,7 @@ impl AdminService {
     /// Redis step failed, or a rebuild's copy never undo a newer one. An
     /// event whose Redis keys expired after retention is refused, changing
     /// nothing.
-    #[instrument(skip_all, fields(event_id = %id, action = control.action()), err)]
+    #[instrument(skip_all, fields(event_id = %id, action = control.action()), err(level = "debug"))]
     pub async fn control(
         &self,
         id: &EventId,

@@ -128,7 +128,7 @@ impl IssuerService {
 
     /// The coupon `user` holds for `event`, from Redis, or from PostgreSQL
     /// when Redis no longer has it.
-    #[instrument(skip_all, fields(event_id = %event, user_id = %user), err)]
+    #[instrument(skip_all, fields(event_id = %event, user_id = %user), err(level = "debug"))]
     pub async fn issuance(
         &self,
         event: &EventId,

@@ -86,6 +86,8 @@ struct EventRow {
     paused: bool,
     #[diesel(sql_type = BigInt)]
     control_seq: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    settled_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<BigInt>)]
     generate_ms: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -98,7 +100,7 @@ struct EventRow {
 
 const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_prefix, state, \
     preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms, paused, \
-    control_seq";
+    control_seq, settled_at";
 
 /// An event's state as Issue needs it when Redis does not hold the event.
 #[derive(Debug, Clone)]
@@ -870,6 +872,7 @@ fn stored_event(e: EventRow, policies: Vec<PolicyRow>) -> Result<StoredEvent, Pg
         },
         paused: e.paused,
         control_seq: u64::try_from(e.control_seq).map_err(|_| corrupt("control_seq"))?,
+        settled_at: e.settled_at,
     })
 }
 

@@ -27,4 +27,5 @@ mod server;
 mod stream;
 mod sweeper;
 mod tls;
+mod truths;
 mod validation;

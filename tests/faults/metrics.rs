@@ -123,7 +123,10 @@ async fn prometheus_counts_exactly_what_the_clients_were_told() {
             "{q}: prometheus says {got:?}, the clients were told {v}"
         );
     }
-    // The live view reads the same server: its counts and its metrics.
+    // The live view reads the same server: the event's counts, and the
+    // server's p99 and errors over the last seconds, while late users are
+    // told SOLD_OUT.
+    let late = Load::start(&env, &event, 20_000, LOAD_CONCURRENCY).await;
     let metrics_url = format!("http://{metrics}/metrics");
     let (exit, screen) = env.run(&[
         "watch",
@@ -134,18 +137,21 @@ async fn prometheus_counts_exactly_what_the_clients_were_told() {
         "--metrics",
         &metrics_url,
         "--frames",
-        "2",
+        "3",
     ]);
+    late.finish().await;
     eprintln!("{screen}");
     assert_eq!(exit, 0, "{screen}");
     assert!(
         screen.contains(&format!("{COUPONS} of {COUPONS}")),
         "{screen}"
     );
+    assert!(screen.contains("this event, every server:"), "{screen}");
+    assert!(screen.contains("every event, last 10 s:"), "{screen}");
     assert!(screen.contains("errors              0"), "{screen}");
     assert!(
-        !screen.contains("p99                 -"),
-        "a p99 from the metrics: {screen}"
+        screen.contains(" ms\n"),
+        "a p99 of the last seconds from the metrics: {screen}"
     );
     server.terminate().await;
 }
