@@ -9,7 +9,9 @@ use coupond::proto;
 use redis::AsyncCommands;
 use tonic::Code;
 
-use crate::common::{assert_live_and_consistent, staging_lists, topic_messages};
+use crate::common::{
+    assert_live_and_consistent, assert_no_leftovers, staging_lists, topic_messages,
+};
 use crate::helpers::{
     check_issued, eventually, isolated_settings, preload_request, spawn_app, spawn_with,
     unique_tag, TestApp,
@@ -168,9 +170,14 @@ async fn a_caller_that_gives_up_does_not_end_the_job() {
 async fn a_failed_job_leaves_nothing_and_the_id_can_be_preloaded_again() {
     let app = spawn_app().await;
     let event = app.event_id("failed");
-    let fence = format!("couponPreload:{{{event}}}");
+    // Redis has the event live with codes PostgreSQL never had (another
+    // deployment's, or a restore of the wrong backup): the job must fail.
+    let meta = format!("couponMeta:{{{event}}}");
     let mut c = app.redis.conn().await.unwrap();
-    let _: () = c.set(&fence, "a-stranger").await.unwrap();
+    let _: () = c
+        .hset_multiple(&meta, &[("preload_id", "a-stranger"), ("total", "1")])
+        .await
+        .unwrap();
 
     let err = app
         .preload(preload_request(&event, 5_000))
@@ -191,9 +198,9 @@ async fn a_failed_job_leaves_nothing_and_the_id_can_be_preloaded_again() {
         staging_lists(&app.redis, &event).await,
         Vec::<String>::new()
     );
-    assert_eq!(app.redis_state(&event).await, (false, 0, 0, 0));
+    assert_no_leftovers(&app.redis, &event).await;
 
-    let _: () = c.del(&fence).await.unwrap();
+    let _: () = c.del(&meta).await.unwrap();
     let mut other = preload_request(&event, 4_000);
     other.name = "Second try".into();
     let r = app
@@ -204,6 +211,30 @@ async fn a_failed_job_leaves_nothing_and_the_id_can_be_preloaded_again() {
     assert_live_and_consistent(&app.pg, &app.redis, &event, 4_000).await;
     let got = app.issue(&event, "u1").await;
     assert_eq!(got.result, proto::IssueResult::Issued as i32);
+}
+
+/// A Redis fence held by a preload id PostgreSQL does not name (a job that
+/// died, whose successor failed too) never blocks the event: the job
+/// PostgreSQL names takes it from exactly that id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_of_a_preload_postgres_does_not_name_is_taken_over() {
+    let app = spawn_app().await;
+    let event = app.event_id("stranger");
+    let mut c = app.redis.conn().await.unwrap();
+    let _: () = c
+        .set(format!("couponPreload:{{{event}}}"), "a-stranger")
+        .await
+        .unwrap();
+    let _: () = c
+        .rpush(
+            format!("couponStaging:{{{event}}}:a-stranger"),
+            "X\tPERCENT\t1",
+        )
+        .await
+        .unwrap();
+    let r = app.preload(preload_request(&event, 5_000)).await.unwrap();
+    assert_eq!(r.state, proto::EventState::Live as i32);
+    assert_live_and_consistent(&app.pg, &app.redis, &event, 5_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,3 +248,63 @@ async fn a_graceful_shutdown_ends_open_health_watches() {
     }
     assert_eq!(last, Some(ServingStatus::NotServing as i32));
 }
+
+/// The pending gauge of an event drops to 0 when it settles: the gauges
+/// stop visiting a settled event, so the last reading would otherwise stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_gauge_drops_to_0_when_the_event_settles() {
+    scrape_metrics(); // the exporter, before anything is recorded
+    let tag = crate::helpers::unique_tag();
+    let mut settings = crate::helpers::isolated_settings(&tag).await;
+    settings.sweep.interval_ms = 200;
+    let mut serve = crate::helpers::serve_settings();
+    serve.no_consumer = true;
+    let app = crate::helpers::spawn_serving(settings, serve, tag).await;
+    let event = app.event_id("gauge");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let mut pairs = HashSet::new();
+    for u in ["u1", "u2", "u3"] {
+        pairs.insert((
+            app.issue(&event, u).await.coupon.unwrap().code,
+            u.to_string(),
+        ));
+    }
+    let series = format!("coupond_pending_issuances{{event=\"{event}\"}}");
+    let reads = |n: &'static str| {
+        let series = series.clone();
+        move || {
+            let series = series.clone();
+            async move {
+                scrape_metrics()
+                    .lines()
+                    .any(|l| l.starts_with(&series) && l.ends_with(&format!(" {n}")))
+            }
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), reads("3")).await,
+        "the gauge read 3 pending"
+    );
+    // The event ends and its issuances are recorded: it settles.
+    app.admin
+        .clone()
+        .close_event(proto::CloseEventRequest {
+            event_id: event.clone(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap();
+    let finalizer = crate::helpers::start_finalizer(&app).await;
+    finalizer.await_finalized(&event, &pairs).await;
+    let id = coupond::domain::EventId::parse(event.clone()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            app.pg.settled(&id).await.unwrap()
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(30), reads("0")).await,
+        "the gauge of a settled event reads 0"
+    );
+}
