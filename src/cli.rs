@@ -186,7 +186,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let redis = crate::store::RedisStore::connect(&s.redis.url, 2)?;
             let rebuilt = match args.rebuild_redis {
                 true => Some(
-                    crate::reconcile::rebuild(&pg, &redis, &s.kafka, &event, args.force).await?,
+                    crate::reconcile::rebuild(
+                        &pg,
+                        &redis,
+                        &s.kafka,
+                        &event,
+                        args.force,
+                        &shutdown::on_signals(),
+                    )
+                    .await?,
                 ),
                 false => None,
             };

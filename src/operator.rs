@@ -474,6 +474,9 @@ pub fn shown_state(e: &proto::Event, now: DateTime<Utc>) -> String {
     if e.paused {
         s.push_str(" (PAUSED)");
     }
+    if e.offline {
+        s.push_str(" (OFFLINE: rebuild it again)");
+    }
     s
 }
 

@@ -11,7 +11,7 @@ use crate::domain::{EventId, EventState, IssuanceState, IssuedCoupon, StoredEven
 use crate::kafka::backlog::Backlog;
 use crate::store::postgres::CouponRow;
 use crate::store::record::{issued_record, queue_entry};
-use crate::store::redis::{Presence, RebuiltState, RedisSnapshot};
+use crate::store::redis::{LockAction, Presence, RebuiltState, RedisSnapshot};
 use crate::store::{PgStore, RedisStore};
 
 /// How many examples each list of the printed report shows.
@@ -329,6 +329,12 @@ pub enum RebuildError {
          run the rebuild again to finish it"
     )]
     LeftOffline(anyhow::Error, anyhow::Error),
+    #[error(
+        "another rebuild of the event is running; if it died, its lock is gone within {}s: \
+         run the rebuild again then",
+        .0.as_secs() + 1
+    )]
+    Busy(std::time::Duration),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -354,6 +360,10 @@ pub struct RebuildReport {
     pub superseded: Vec<(String, String)>,
     /// (user, code) whose code is not the event's in PostgreSQL.
     pub unknown_code: Vec<(String, String)>,
+    /// (user, code) of a second issuance of a user whose other one is
+    /// kept, both not yet in PostgreSQL: the code stays out of the queue
+    /// until the finalizer records one of them.
+    pub held_out: Vec<(String, String)>,
 }
 
 impl fmt::Display for RebuildReport {
@@ -391,6 +401,13 @@ impl fmt::Display for RebuildReport {
                 "  dropped: user {u:?} code {c} is not the event's in postgres"
             )?;
         }
+        for (u, c) in &self.held_out {
+            writeln!(
+                f,
+                "  held out: user {u:?} code {c} (a second issuance of the user, in flight; \
+                 the finalizer settles which one the user keeps)"
+            )?;
+        }
         Ok(())
     }
 }
@@ -416,8 +433,60 @@ struct Candidate {
 /// All or nothing: a rebuild that fails after taking the event offline
 /// puts it back online as it was (`Restored`); one that could not even do
 /// that (or was killed) leaves it offline, and the next rebuild of the
-/// event finishes it (with or without `force`).
+/// event finishes it (with or without `force`). `stop` (a signal) ends it
+/// the same way as a failure: the event goes back online as it was.
 pub async fn rebuild(
+    pg: &PgStore,
+    redis: &RedisStore,
+    kafka: &KafkaSettings,
+    event: &EventId,
+    force: bool,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<RebuildReport, RebuildError> {
+    let holder = uuid_like();
+    match redis
+        .rebuild_lock(event, LockAction::Take, &holder, LOCK_LIFETIME)
+        .await
+        .map_err(anyhow::Error::from)?
+    {
+        None => {}
+        Some(left) => return Err(RebuildError::Busy(left)),
+    }
+    let renewing = async {
+        loop {
+            tokio::time::sleep(LOCK_LIFETIME / 3).await;
+            let renewed = redis
+                .rebuild_lock(event, LockAction::Renew, &holder, LOCK_LIFETIME)
+                .await;
+            if let Err(e) = renewed {
+                tracing::warn!(error = %e, "renewing the rebuild lock failed");
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = rebuild_locked(pg, redis, kafka, event, force) => r,
+        _ = renewing => unreachable!("renews until the rebuild ends"),
+        _ = stop.cancelled() => {
+            let stopped = anyhow::anyhow!("stopped by a signal");
+            Err(undo_offline(redis, event, stopped).await)
+        }
+    };
+    let _ = redis
+        .rebuild_lock(event, LockAction::Release, &holder, LOCK_LIFETIME)
+        .await;
+    result
+}
+
+/// How long a rebuild's lock outlives a rebuild that died (renewed every
+/// third of it while one runs).
+const LOCK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
+async fn rebuild_locked(
     pg: &PgStore,
     redis: &RedisStore,
     kafka: &KafkaSettings,
@@ -446,10 +515,10 @@ pub async fn rebuild(
         if !force {
             return Err(RebuildError::Live(event.clone()));
         }
-        redis
-            .take_offline(event)
-            .await
-            .map_err(anyhow::Error::from)?;
+        if let Err(e) = redis.take_offline(event).await {
+            // Its reply may be what got lost: never leave it parked unsaid.
+            return Err(undo_offline(redis, event, e.into()).await);
+        }
     }
     match rebuild_from_sources(pg, redis, kafka, &stored).await {
         Ok(mut report) => {
@@ -459,11 +528,21 @@ pub async fn rebuild(
             Ok(report)
         }
         Err(e) if presence == Presence::Absent => Err(e.into()),
-        Err(e) => match redis.bring_online(event).await {
-            Ok(Some(true)) => Err(RebuildError::Restored(e)),
-            Ok(_) => Err(e.into()),
-            Err(again) => Err(RebuildError::LeftOffline(e, again.into())),
-        },
+        Err(e) => Err(undo_offline(redis, event, e).await),
+    }
+}
+
+/// After a rebuild failed with the event (maybe) offline: puts it back
+/// online as it was, and says which happened.
+pub async fn undo_offline(
+    redis: &RedisStore,
+    event: &EventId,
+    failure: anyhow::Error,
+) -> RebuildError {
+    match redis.bring_online(event).await {
+        Ok(Some(true)) => RebuildError::Restored(failure),
+        Ok(_) => failure.into(),
+        Err(again) => RebuildError::LeftOffline(failure, again.into()),
     }
 }
 
@@ -482,6 +561,10 @@ async fn rebuild_from_sources(
     let candidates = candidates(redis, kafka, event).await?;
     let rows = pg.coupons(event).await?;
     let (state, report) = plan(&rows, candidates);
+    // Unsettled first: the keys installed next carry no expiry, and a
+    // settled event is one the sweeper no longer visits (a rebuild that
+    // dies after this only makes the sweeper settle it again).
+    pg.unsettle(event).await?;
     redis
         .install_rebuilt(
             event,
@@ -502,7 +585,6 @@ async fn rebuild_from_sources(
     if let Some(now) = pg.event(event).await? {
         redis.sync_controls(event, &now.controls()).await?;
     }
-    pg.unsettle(event).await?;
     Ok(report)
 }
 
@@ -589,8 +671,18 @@ fn plan(rows: &[CouponRow], candidates: Vec<Candidate>) -> (Planned, RebuildRepo
             }
             continue;
         }
-        if issued.contains_key(&c.user) {
-            continue; // the same issuance, from Redis and from the backlog
+        if let Some(kept) = issued.get(&c.user) {
+            // The same issuance, from Redis and from the backlog; or a second
+            // one of the user (Redis lost the first, the user asked again),
+            // both in flight: the finalizer settles which the user keeps
+            // (PostgreSQL takes the first it records; the other is
+            // superseded and its code queued again then). Till then neither
+            // code may be queued.
+            if !kept.starts_with(&format!("{code}\t")) {
+                taken.entry(code.clone()).or_insert(None);
+                report.held_out.push((c.user, code));
+            }
+            continue;
         }
         if !pg_codes.contains(code.as_str()) {
             report.unknown_code.push((c.user, code));
@@ -810,6 +902,21 @@ mod tests {
         assert_eq!(states["u1"], IssuanceState::Finalized);
         assert_eq!(states["u4"], IssuanceState::Conflicted);
         assert_eq!(states.len(), 5, "u1..u5 hold a record, u6 none");
+    }
+
+    #[test]
+    fn a_second_issuance_of_a_user_in_flight_keeps_its_code_out_of_the_queue() {
+        let pg = [row("A", None), row("B", None), row("C", None)];
+        // Redis lost u's first record (A, still in the backlog); u asked
+        // again and got B.
+        let (planned, report) = plan(
+            &pg,
+            vec![candidate("u", "B", false), candidate("u", "A", true)],
+        );
+        let queued: Vec<&str> = planned.queue.iter().map(|e| &e[..1]).collect();
+        assert_eq!(queued, ["C"], "neither of u's codes is queued");
+        assert_eq!(report.held_out, vec![("u".to_string(), "A".to_string())]);
+        assert_eq!(planned.issued.len(), 1);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 -- record holding another code is left alone: the message is stale.
 -- Idempotent.
 --
--- An event Redis does not hold (expired after retention, or unknown) gets
--- nothing that outlives the retention: every key this writes then expires.
+-- Nothing written outlives the event's keys: while the event is settled
+-- (its meta expiring) a key this creates gets the meta's expiry; when
+-- Redis does not hold the event at all (expired after retention, or
+-- unknown), the retention.
 --
 -- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}  KEYS[3] couponConflicts:{E}
 -- KEYS[4] couponMeta:{E}    KEYS[5] couponMetaOffline:{E}
@@ -35,9 +37,16 @@ for i = 2, #ARGV, 3 do
     marked = marked + 1
   end
 end
-if redis.call('EXISTS', KEYS[4]) == 0 and redis.call('EXISTS', KEYS[5]) == 0 then
+local ttl = tonumber(ARGV[1])
+for _, meta in ipairs({KEYS[4], KEYS[5]}) do
+  if redis.call('EXISTS', meta) == 1 then
+    ttl = redis.call('PTTL', meta)
+    break
+  end
+end
+if ttl > 0 then
   for i = 1, 3 do
-    if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+    if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIRE', KEYS[i], ttl) end
   end
 end
 return marked

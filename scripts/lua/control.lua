@@ -8,11 +8,15 @@
 -- and the rebuild keeps it.
 --
 -- An end in the future takes the retention expiry off the event's keys (an
--- event that had ended and settled is open again); any other control
--- leaves their expiry as it is, so a settled event stays expiring.
+-- event that had ended and settled is open again: an extension, which
+-- also clears the settlement in PostgreSQL); any other control leaves
+-- their expiry as it is, and so does every control of an event PostgreSQL
+-- records settled (ARGV[4]: a close whose time came from a clock ahead of
+-- Redis's must not make a settled event's keys live forever).
 --
 -- KEYS[1] couponMeta:{E}  KEYS[2] couponMetaOffline:{E}  KEYS[3..] the event's other keys
 -- ARGV[1] control number  ARGV[2] ends_at (unix ms)  ARGV[3] 1 paused, 0 not
+-- ARGV[4] 1 when PostgreSQL records the event settled, else 0
 -- Returns 1 applied, 0 already as new; an error reply NOT_LIVE when Redis
 -- holds no meta of the event.
 local meta = KEYS[1]
@@ -34,7 +38,7 @@ else
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if tonumber(ARGV[2]) > now then
+if ARGV[4] ~= '1' and tonumber(ARGV[2]) > now then
   for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 end
 return 1

@@ -34,6 +34,10 @@ for i = 9, #ARGV do redis.call('SADD', KEYS[9], ARGV[i]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]) end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[6]) end
+-- The staging keys expire unless installed; installed, they live.
+redis.call('PERSIST', KEYS[4])
+redis.call('PERSIST', KEYS[5])
+redis.call('PERSIST', KEYS[6])
 redis.call('HSET', KEYS[7], 'starts_at', ARGV[1], 'ends_at', ends, 'total', ARGV[3],
   'preload_id', ARGV[6], 'control_seq', seq)
 if paused == '1' then redis.call('HSET', KEYS[7], 'paused', '1') end

@@ -19,5 +19,8 @@ local ends = tonumber(redis.call('HGET', KEYS[1], 'ends_at'))
 if now < ends or redis.call('ZCARD', KEYS[2]) > 0 then
   return 0
 end
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+-- Once: a pass that finds them expiring already leaves the expiry as it is.
+for i = 1, #KEYS do
+  if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+end
 return ends

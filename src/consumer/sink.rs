@@ -44,8 +44,9 @@ pub struct BatchStats {
     pub dead_lettered: usize,
 }
 
-/// An issuance PostgreSQL refused for its user, with the coupon it holds.
-type Superseded<'a> = (&'a IssuanceRecord, &'a IssuedCoupon, &'a str);
+/// An issuance PostgreSQL refused for its user, with the coupon it holds,
+/// its request id, and whether the refused code is free.
+type Superseded<'a> = (&'a IssuanceRecord, &'a IssuedCoupon, &'a str, bool);
 
 /// The batch's decoded issuances sorted by PostgreSQL's verdict.
 #[derive(Default)]
@@ -229,11 +230,16 @@ fn sort<'a>(records: &'a [IssuanceRecord], recorded: &'a [Recorded]) -> Verdicts
                 .entry(&r.event_id)
                 .or_default()
                 .push((&r.user_id, r.coupon.code.as_str())),
-            Recorded::UserHolds { coupon, request_id } => v
-                .superseded
-                .entry(&r.event_id)
-                .or_default()
-                .push((r, coupon, request_id.as_str())),
+            Recorded::UserHolds {
+                coupon,
+                request_id,
+                free,
+            } => v.superseded.entry(&r.event_id).or_default().push((
+                r,
+                coupon,
+                request_id.as_str(),
+                *free,
+            )),
             Recorded::Refused => v.refused.entry(&r.event_id).or_default().push(r),
             Recorded::Invalid(why) => v.invalid.push((i, why.clone())),
         }

@@ -55,6 +55,9 @@ pub struct ControlState {
     pub seq: u64,
     pub ends_at: DateTime<Utc>,
     pub paused: bool,
+    /// Settled (ended with nothing pending; its Redis keys expiring): no
+    /// control but an extension (which clears it) may take the expiry off.
+    pub settled: bool,
 }
 
 /// Why an operator controlled an event: 1 to 500 characters, no control

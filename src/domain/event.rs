@@ -247,6 +247,7 @@ impl StoredEvent {
             seq: self.control_seq,
             ends_at: self.window.ends_at(),
             paused: self.paused,
+            settled: self.settled_at.is_some(),
         }
     }
 

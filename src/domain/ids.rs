@@ -96,6 +96,12 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A request id of the server's own, `srv-` and 96 random bits, for a
+    /// request that came without one.
+    pub fn server_made(rng: &mut impl rand::Rng) -> Self {
+        Self(format!("srv-{:024x}", rng.random::<u128>() >> 32))
+    }
 }
 
 /// Code prefix: 0 to 16 characters of `[A-Z0-9-]`.

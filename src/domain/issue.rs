@@ -15,6 +15,17 @@ pub struct IssueCommand {
 }
 
 impl IssueCommand {
+    /// The command with a request id of the server's own when it came
+    /// without one: the server's retry of a batch whose Redis reply was
+    /// lost then recognises what the first run issued to this very request
+    /// (ISSUED, and published), instead of answering ALREADY_ISSUED.
+    pub fn with_own_request_id(mut self, rng: &mut impl rand::Rng) -> Self {
+        if self.request_id.as_str().is_empty() {
+            self.request_id = RequestId::server_made(rng);
+        }
+        self
+    }
+
     pub fn parse(event_id: &str, user_id: &str, request_id: &str) -> Result<Self, FieldError> {
         Ok(Self {
             event_id: EventId::parse(event_id).map_err(|r| FieldError::new("event_id", r))?,
@@ -128,6 +139,20 @@ mod tests {
             answer(Conflicted, "r1", "r1"),
             IssueOutcome::Conflicted(coupon.clone())
         );
+    }
+
+    #[test]
+    fn a_request_without_an_id_gets_one_of_the_servers() {
+        let mut rng = rand::rng();
+        let c = IssueCommand::parse("e", "u", "")
+            .unwrap()
+            .with_own_request_id(&mut rng);
+        assert!(c.request_id.as_str().starts_with("srv-"), "{c:?}");
+        assert_eq!(c.request_id.as_str().len(), 28);
+        let own = IssueCommand::parse("e", "u", "r1")
+            .unwrap()
+            .with_own_request_id(&mut rng);
+        assert_eq!(own.request_id.as_str(), "r1");
     }
 
     #[test]

@@ -170,5 +170,6 @@ pub fn event(v: &EventView) -> proto::Event {
         conflicted_count: clamp_u32(v.redis.conflicted),
         paused: e.paused,
         settled_at: e.settled_at.map(timestamp),
+        offline: v.offline,
     }
 }

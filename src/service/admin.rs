@@ -19,6 +19,8 @@ pub struct EventView {
     pub event: StoredEvent,
     pub redis: RedisCounts,
     pub finalized: u64,
+    /// A forced rebuild has the event offline and has not finished.
+    pub offline: bool,
 }
 
 pub struct AdminService {
@@ -92,7 +94,7 @@ impl AdminService {
             return Err(not_live(&event));
         }
         control.check_window(event.window.starts_at())?;
-        if self.expired(id).await? {
+        if self.expired(&event).await? {
             return Err(CouponError::Expired(id.clone()));
         }
         let event = self
@@ -125,18 +127,13 @@ impl AdminService {
 
     /// Whether a settled event's Redis keys have expired (retention): no
     /// meta, live or parked by a rebuild.
-    async fn expired(&self, id: &EventId) -> Result<bool, CouponError> {
-        let settled = self
-            .pg
-            .settled(id)
-            .await
-            .map_err(pg_unavailable("reading the event"))?;
-        if !settled {
+    async fn expired(&self, event: &StoredEvent) -> Result<bool, CouponError> {
+        if event.settled_at.is_none() {
             return Ok(false);
         }
         let presence = self
             .redis
-            .presence(id)
+            .presence(&event.id)
             .await
             .map_err(|e| CouponError::unavailable("reading the event from redis", e))?;
         Ok(presence == Presence::Absent)
@@ -158,16 +155,19 @@ impl AdminService {
                 event,
                 redis: RedisCounts::default(),
                 finalized: 0,
+                offline: false,
             });
         }
-        let (redis, finalized) = tokio::join!(
+        let (redis, presence, finalized) = tokio::join!(
             self.redis.counts(&event.id),
+            self.redis.presence(&event.id),
             self.pg.finalized_count(&event.id)
         );
-        let mut redis =
-            redis.map_err(|e| CouponError::unavailable("reading counts from redis", e))?;
+        let redis_down = |e| CouponError::unavailable("reading counts from redis", e);
+        let mut redis = redis.map_err(redis_down)?;
+        let presence = presence.map_err(redis_down)?;
         let finalized = finalized.map_err(pg_unavailable("counting finalized coupons"))?;
-        if redis.issued == 0 && redis.remaining == 0 && self.expired(&event.id).await? {
+        if presence == Presence::Absent && event.settled_at.is_some() {
             // Retention removed the keys; PostgreSQL has the whole record.
             redis = RedisCounts {
                 remaining: u64::from(event.total_count).saturating_sub(finalized),
@@ -179,6 +179,7 @@ impl AdminService {
             event,
             redis,
             finalized,
+            offline: presence == Presence::Offline,
         })
     }
 }

@@ -86,6 +86,7 @@ impl IssuerService {
     /// set, republished until it is finalized.
     #[instrument(skip_all, fields(event_id = %cmd.event_id, user_id = %cmd.user_id, request_id = %cmd.request_id.as_str()))]
     pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueAnswer, CouponError> {
+        let cmd = cmd.with_own_request_id(&mut rand::rng());
         let outcome = match self.batcher.issue(cmd.clone()).await? {
             Verdict::Decided(o) => o,
             // PostgreSQL's answers need no publish: an ISSUED from there is

@@ -361,7 +361,14 @@ impl Job {
             .await?;
             match reply {
                 FenceReply::Done => return Ok(None),
-                FenceReply::Live(p) if p == self.id || Some(&p) == self.replaced.as_ref() => {
+                // Made live by this job, the one it replaced, or the dead
+                // predecessor it was taking the fence from (which finished
+                // in between: its rows are whole, nobody reset them yet).
+                FenceReply::Live(p)
+                    if p == self.id
+                        || Some(&p) == self.replaced.as_ref()
+                        || Some(&p) == replaced.as_ref() =>
+                {
                     return Ok(Some(p))
                 }
                 FenceReply::Live(p) => {
@@ -593,13 +600,17 @@ impl Job {
                     let _ = self.record_live(&PreloadTimings::default(), &stop).await;
                     return;
                 }
-                Ok(FenceReply::Fenced(p))
-                    if stale.is_none() && self.holds().await.unwrap_or(false) =>
-                {
-                    tracing::warn!(event_id = %self.event.id, stale = %p, "dropping the redis fence of a preload postgres no longer names");
-                    stale = Some(p);
-                    continue;
-                }
+                Ok(FenceReply::Fenced(p)) if stale.is_none() => match self.holds().await {
+                    Ok(true) => {
+                        tracing::warn!(event_id = %self.event.id, stale = %p, "dropping the redis fence of a preload postgres no longer names");
+                        stale = Some(p);
+                        continue;
+                    }
+                    Ok(false) => break,
+                    // Not knowing, neither drop the fence nor go on to
+                    // delete rows: ask again.
+                    Err(_) => tracing::warn!("reading the event failed; retrying"),
+                },
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "abandoning the preload in redis failed; retrying")

@@ -22,8 +22,10 @@ use crate::store::PgStore;
 
 /// Event ids whose lookup is remembered (known and unknown alike).
 const CACHE_ENTRIES: usize = 10_000;
-/// How long a lookup is remembered.
-const CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a lookup is remembered: short, since an id unknown a moment
+/// ago may be preloaded now (then it answers NOT_STARTED, not
+/// EVENT_NOT_FOUND).
+const CACHE_TTL: Duration = Duration::from_secs(2);
 /// PostgreSQL queries of this path running at once, per server.
 const LOOKUPS: usize = 8;
 /// Longest wait for a turn before the caller is told UNAVAILABLE.
@@ -51,7 +53,7 @@ impl StoredAnswers {
         cmd: &IssueCommand,
         offline: bool,
     ) -> Result<IssueOutcome, CouponError> {
-        let Some(facts) = self.facts(&cmd.event_id).await? else {
+        let Some(facts) = self.facts(&cmd.event_id, offline).await? else {
             return Ok(IssueOutcome::EventNotFound);
         };
         if facts.state == EventState::Live {
@@ -81,9 +83,12 @@ impl StoredAnswers {
     }
 
     /// The event's facts, from the cache or PostgreSQL; `None`: unknown.
-    async fn facts(&self, id: &EventId) -> Result<Option<IssueFacts>, CouponError> {
-        if let Some(hit) = self.cache.lock().unwrap().get(id) {
-            return Ok(hit);
+    /// An event Redis has offline exists: the cache is not asked then.
+    async fn facts(&self, id: &EventId, offline: bool) -> Result<Option<IssueFacts>, CouponError> {
+        if !offline {
+            if let Some(hit) = self.cache.lock().unwrap().get(id) {
+                return Ok(hit);
+            }
         }
         let _turn = self.turn().await?;
         let facts = self
@@ -106,16 +111,16 @@ impl StoredAnswers {
     }
 }
 
-/// What a user holding nothing is told of an event Redis does not hold.
+/// What a user PostgreSQL knows no coupon of is told of an event Redis
+/// does not hold. Only a settled event (ended with nothing pending) can
+/// say ENDED: one Redis lost while it was live may hold issuances still on
+/// their way to PostgreSQL, so a user asking might hold one, and is told to
+/// try again (UNAVAILABLE) rather than something untrue.
 fn for_nobody(id: &EventId, facts: &IssueFacts) -> Result<IssueOutcome, CouponError> {
-    let now = facts.now;
     Ok(match facts.state {
-        // Not open for issuing yet (a preload runs, or failed and may run
-        // again).
+        // Never issued yet (a preload runs, or failed and may run again).
         EventState::Preparing | EventState::Failed => IssueOutcome::NotStarted,
-        EventState::Live if now < facts.window.starts_at() => IssueOutcome::NotStarted,
-        EventState::Live if now >= facts.window.ends_at() => IssueOutcome::Ended,
-        EventState::Live if facts.paused => IssueOutcome::Paused,
+        EventState::Live if facts.settled => IssueOutcome::Ended,
         EventState::Live => {
             return Err(CouponError::EventUnavailable {
                 id: id.clone(),
@@ -135,14 +140,10 @@ struct FactsCache {
 }
 
 impl FactsCache {
-    /// A remembered lookup, its clock moved on by the time since.
+    /// A remembered lookup.
     fn get(&mut self, id: &EventId) -> Option<Option<IssueFacts>> {
         self.evict(Instant::now());
-        let (facts, at) = self.entries.get(id)?;
-        Some(facts.clone().map(|mut f| {
-            f.now += chrono::Duration::from_std(at.elapsed()).unwrap_or_default();
-            f
-        }))
+        self.entries.get(id).map(|(facts, _)| facts.clone())
     }
 
     fn put(&mut self, id: EventId, facts: Option<IssueFacts>) {
@@ -169,44 +170,20 @@ impl FactsCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::EventWindow;
-    use chrono::Utc;
 
-    fn facts(state: EventState, paused: bool, starts: i64, ends: i64) -> IssueFacts {
-        let now = Utc::now();
-        IssueFacts {
-            state,
-            window: EventWindow::new(
-                now + chrono::Duration::seconds(starts),
-                now + chrono::Duration::seconds(ends),
-            )
-            .unwrap(),
-            paused,
-            now,
-        }
+    fn facts(state: EventState, settled: bool) -> IssueFacts {
+        IssueFacts { state, settled }
     }
 
     #[test]
-    fn a_user_holding_nothing_is_told_the_recorded_state() {
+    fn a_user_holding_nothing_is_told_ended_only_of_a_settled_event() {
         let id = EventId::parse("e").unwrap();
         let told = |f: IssueFacts| for_nobody(&id, &f).map_err(|e| e.to_string());
         use EventState::*;
-        assert_eq!(told(facts(Live, false, -20, -10)), Ok(IssueOutcome::Ended));
-        assert_eq!(told(facts(Live, true, -20, -10)), Ok(IssueOutcome::Ended));
-        assert_eq!(
-            told(facts(Live, false, 10, 20)),
-            Ok(IssueOutcome::NotStarted)
-        );
-        assert_eq!(told(facts(Live, true, -10, 10)), Ok(IssueOutcome::Paused));
-        assert_eq!(
-            told(facts(Preparing, false, -10, 10)),
-            Ok(IssueOutcome::NotStarted)
-        );
-        assert_eq!(
-            told(facts(Failed, false, -10, 10)),
-            Ok(IssueOutcome::NotStarted)
-        );
-        let lost = told(facts(Live, false, -10, 10)).unwrap_err();
+        assert_eq!(told(facts(Live, true)), Ok(IssueOutcome::Ended));
+        assert_eq!(told(facts(Preparing, false)), Ok(IssueOutcome::NotStarted));
+        assert_eq!(told(facts(Failed, false)), Ok(IssueOutcome::NotStarted));
+        let lost = told(facts(Live, false)).unwrap_err();
         assert!(lost.contains("rebuild"), "{lost}");
     }
 
@@ -225,7 +202,7 @@ mod tests {
         let last = EventId::parse(format!("e{}", CACHE_ENTRIES + 9)).unwrap();
         assert_eq!(c.get(&last).map(|f| f.is_none()), Some(true));
         // A newer lookup of the same id outlives the older slot's eviction.
-        c.put(last.clone(), Some(facts(EventState::Live, false, -1, 1)));
+        c.put(last.clone(), Some(facts(EventState::Live, false)));
         c.evict(Instant::now() + CACHE_TTL / 2);
         assert!(c.get(&last).is_some_and(|f| f.is_some()));
         c.evict(Instant::now() + CACHE_TTL * 2);

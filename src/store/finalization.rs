@@ -28,10 +28,13 @@ pub enum Recorded {
     /// It holds exactly this (code, user) now (also when it did before).
     Done,
     /// The user holds another coupon of the event, which wins (Redis had
-    /// lost the user's record and issued again).
+    /// lost the user's record and issued again). `free`: the refused code
+    /// is AVAILABLE in PostgreSQL (nobody holds it), so it may be queued
+    /// again.
     UserHolds {
         coupon: IssuedCoupon,
         request_id: String,
+        free: bool,
     },
     /// The code is another user's, or not the event's.
     Refused,
@@ -69,6 +72,9 @@ const HELD: &str = "SELECT u.idx::int4, c.code, c.discount_type, c.discount_valu
      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(event_id, user_id, idx) \
      JOIN coupons c ON c.event_id = u.event_id AND c.user_id = u.user_id \
          AND c.state = 'ISSUED'";
+
+/// Which of the given codes nobody holds.
+const FREE: &str = "SELECT code FROM coupons WHERE code = ANY($1) AND state = 'AVAILABLE'";
 
 impl IssuanceWriter {
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, PgStoreError> {
@@ -165,8 +171,8 @@ async fn one_by_one(
 }
 
 /// The records the UPDATE did not apply: a redelivery of what PostgreSQL
-/// holds (`Done`), a user holding another coupon (`UserHolds`); what stays
-/// `None` is refused.
+/// holds (`Done`), a user holding another coupon (`UserHolds`, saying
+/// whether the refused code is free); what stays `None` is refused.
 async fn settle_the_rest(
     c: &impl GenericClient,
     records: &[IssuanceRecord],
@@ -189,6 +195,25 @@ async fn settle_the_rest(
             held_coupon(&row, code)
         });
     }
+    let refused: Vec<&str> = rest
+        .iter()
+        .filter(|&&i| matches!(verdicts[i], Some(Recorded::UserHolds { .. })))
+        .map(|&i| records[i].coupon.code.as_str())
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let free: std::collections::HashSet<String> = c
+        .query(FREE, &[&refused])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for &i in &rest {
+        if let Some(Recorded::UserHolds { free: f, .. }) = &mut verdicts[i] {
+            *f = free.contains(&records[i].coupon.code);
+        }
+    }
     Ok(())
 }
 
@@ -204,6 +229,7 @@ fn held_coupon(row: &tokio_postgres::Row, code: String) -> Recorded {
                 issued_at,
             },
             request_id: row.get(5),
+            free: false,
         },
         // PostgreSQL's own row is unreadable: leave the issuance refused
         // (conflicted) for an operator rather than guess.

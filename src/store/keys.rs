@@ -25,6 +25,8 @@ pub struct EventKeys {
     pub pending_staging: String,
     /// Where a forced rebuild parks the meta hash while the event is offline.
     pub meta_offline: String,
+    /// The lock a running rebuild holds (see `rebuild_lock.lua`).
+    pub rebuild_lock: String,
     /// When the finalizer last recorded an issuance of the event (unix ms,
     /// expiring): the sweeper holds back while the finalizer is progressing.
     pub progress: String,
@@ -68,6 +70,7 @@ impl EventKeys {
             issued_staging: format!("couponIssuedStaging:{{{event}}}"),
             pending_staging: format!("couponPendingStaging:{{{event}}}"),
             meta_offline: format!("couponMetaOffline:{{{event}}}"),
+            rebuild_lock: format!("couponRebuild:{{{event}}}"),
             progress: format!("couponProgress:{{{event}}}"),
             conflicts: format!("couponConflicts:{{{event}}}"),
             superseded: format!("couponSuperseded:{{{event}}}"),
@@ -91,6 +94,7 @@ mod tests {
             &k.issued_staging,
             &k.pending_staging,
             &k.meta_offline,
+            &k.rebuild_lock,
             &k.progress,
             &k.preload_owner,
             &k.conflicts,

@@ -106,10 +106,8 @@ const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_pre
 #[derive(Debug, Clone)]
 pub struct IssueFacts {
     pub state: EventState,
-    pub window: EventWindow,
-    pub paused: bool,
-    /// PostgreSQL's clock when this was read.
-    pub now: DateTime<Utc>,
+    /// Ended with nothing pending, its Redis keys given their expiry.
+    pub settled: bool,
 }
 
 /// What `begin_preload` found.
@@ -586,6 +584,7 @@ impl PgStore {
                     seq: u64::try_from(r.control_seq).ok()?,
                     ends_at: r.ends_at,
                     paused: r.paused,
+                    settled: false,
                 };
                 Some((EventId::parse(r.id).ok()?, state))
             })
@@ -600,7 +599,8 @@ impl PgStore {
         let n = diesel::sql_query(
             "UPDATE events SET settled_at = now() \
              WHERE id = $1 AND settled_at IS NULL \
-               AND floor(extract(epoch FROM ends_at) * 1000)::int8 = $2",
+               AND date_trunc('milliseconds', ends_at) \
+                   = timestamptz 'epoch' + $2 * interval '1 millisecond'",
         )
         .bind::<Text, _>(id.as_str())
         .bind::<BigInt, _>(ends_ms)
@@ -609,25 +609,19 @@ impl PgStore {
         Ok(n == 1)
     }
 
-    /// What Issue needs of an event Redis does not hold: its state, window
-    /// and pause, with PostgreSQL's clock. `None` when there is no such event.
+    /// What Issue needs of an event Redis does not hold: its state and
+    /// whether it is settled. `None` when there is no such event.
     pub async fn issue_facts(&self, id: &EventId) -> Result<Option<IssueFacts>, PgStoreError> {
         #[derive(QueryableByName)]
         struct Row {
             #[diesel(sql_type = Text)]
             state: String,
-            #[diesel(sql_type = Timestamptz)]
-            starts_at: DateTime<Utc>,
-            #[diesel(sql_type = Timestamptz)]
-            ends_at: DateTime<Utc>,
             #[diesel(sql_type = Bool)]
-            paused: bool,
-            #[diesel(sql_type = Timestamptz)]
-            now: DateTime<Utc>,
+            settled: bool,
         }
         let mut c = self.pool.get().await?;
         let rows: Vec<Row> = diesel::sql_query(
-            "SELECT state, starts_at, ends_at, paused, now() AS now FROM events WHERE id = $1",
+            "SELECT state, settled_at IS NOT NULL AS settled FROM events WHERE id = $1",
         )
         .bind::<Text, _>(id.as_str())
         .load(&mut c)
@@ -638,10 +632,7 @@ impl PgStore {
                 Ok(IssueFacts {
                     state: EventState::from_str_opt(&r.state)
                         .ok_or_else(|| PgStoreError::Corrupt(format!("event {id} state")))?,
-                    window: EventWindow::new(r.starts_at, r.ends_at)
-                        .map_err(|_| PgStoreError::Corrupt(format!("event {id} window")))?,
-                    paused: r.paused,
-                    now: r.now,
+                    settled: r.settled,
                 })
             })
             .transpose()

@@ -21,6 +21,10 @@ use crate::store::record::{self, IssuedRecord};
 /// Redis for a few milliseconds, not the whole chunk's time.
 const STAGE_SCRIPT_ENTRIES: usize = 10_000;
 
+/// A rebuild's staging keys expire after this unless installed (a
+/// rebuild that died leaves nothing for good).
+const STAGING_TTL_MS: u64 = 3_600_000;
+
 /// Entries per command of a bulk read or write (snapshot, rebuild).
 const BULK_CHUNK: usize = 10_000;
 /// A bulk connection's response timeout.
@@ -146,6 +150,14 @@ pub enum Presence {
     Absent,
 }
 
+/// What `rebuild_lock` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockAction {
+    Take,
+    Renew,
+    Release,
+}
+
 /// What `sync_controls` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synced {
@@ -185,6 +197,7 @@ struct Scripts {
     rebuild: Script,
     take_offline: Script,
     bring_online: Script,
+    rebuild_lock: Script,
     conflict: Script,
     control: Script,
     settle: Script,
@@ -277,6 +290,7 @@ impl RedisStore {
                 supersede: Script::new(include_str!("../../scripts/lua/supersede.lua")),
                 take_offline: Script::new(include_str!("../../scripts/lua/take_offline.lua")),
                 bring_online: Script::new(include_str!("../../scripts/lua/bring_online.lua")),
+                rebuild_lock: Script::new(include_str!("../../scripts/lua/rebuild_lock.lua")),
             }),
         })
     }
@@ -589,13 +603,15 @@ impl RedisStore {
 
     /// Resolves issuances PostgreSQL refused because it holds another
     /// coupon for their user (see `supersede.lua`): each item is the
-    /// refused issuance and PostgreSQL's coupon of the user with its
-    /// request id. Returns how many refused codes went back to the queue.
+    /// refused issuance, PostgreSQL's coupon of the user with its request
+    /// id, and whether the refused code is free in PostgreSQL (only then may
+    /// it be queued again). Returns how many refused codes went back to the
+    /// queue.
     #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
     pub async fn supersede(
         &self,
         event: &EventId,
-        items: &[(&IssuanceRecord, &IssuedCoupon, &str)],
+        items: &[(&IssuanceRecord, &IssuedCoupon, &str, bool)],
         ttl: Duration,
     ) -> Result<u64, RedisStoreError> {
         let k = EventKeys::new(event);
@@ -608,13 +624,14 @@ impl RedisStore {
             .key(&k.meta)
             .key(&k.meta_offline)
             .arg(ttl.as_millis() as u64);
-        for (refused, held, held_request) in items {
+        for (refused, held, held_request, free) in items {
+            let entry = match free {
+                true => record::queue_entry(&refused.coupon.code, &refused.coupon.discount),
+                false => String::new(),
+            };
             inv.arg(refused.user_id.as_str())
                 .arg(&refused.coupon.code)
-                .arg(record::queue_entry(
-                    &refused.coupon.code,
-                    &refused.coupon.discount,
-                ))
+                .arg(entry)
                 .arg(record::issued_record(
                     held,
                     held_request,
@@ -641,7 +658,8 @@ impl RedisStore {
         }
         inv.arg(state.seq)
             .arg(state.ends_at.timestamp_millis())
-            .arg(u8::from(state.paused));
+            .arg(u8::from(state.paused))
+            .arg(u8::from(state.settled));
         let mut c = self.conn().await?;
         match inv.invoke_async::<i64>(&mut c).await {
             Ok(1) => Ok(Synced::Applied),
@@ -830,6 +848,34 @@ impl RedisStore {
         })
     }
 
+    /// Takes, renews or releases the event's rebuild lock for `holder`
+    /// (see `rebuild_lock.lua`): `Ok(None)` done, `Ok(Some(left))` another
+    /// rebuild holds it for `left` more.
+    pub async fn rebuild_lock(
+        &self,
+        event: &EventId,
+        action: LockAction,
+        holder: &str,
+        lifetime: Duration,
+    ) -> Result<Option<Duration>, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut c = self.conn().await?;
+        let r: i64 = self
+            .scripts
+            .rebuild_lock
+            .key(&k.rebuild_lock)
+            .arg(match action {
+                LockAction::Take => "take",
+                LockAction::Renew => "renew",
+                LockAction::Release => "release",
+            })
+            .arg(holder)
+            .arg(lifetime.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok((r <= 0).then(|| Duration::from_millis(r.unsigned_abs())))
+    }
+
     /// Stages `state` and installs it atomically (see `rebuild.lua`).
     pub async fn install_rebuilt(
         &self,
@@ -845,27 +891,43 @@ impl RedisStore {
             .query_async(&mut c)
             .await?;
         for chunk in state.queue.chunks(BULK_CHUNK) {
-            let _: () = redis::cmd("RPUSH")
+            let _: () = redis::pipe()
+                .cmd("RPUSH")
                 .arg(&k.staging)
                 .arg(chunk)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&k.staging)
+                .arg(STAGING_TTL_MS)
+                .ignore()
                 .query_async(&mut c)
                 .await?;
         }
         for chunk in state.issued.chunks(BULK_CHUNK) {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&k.issued_staging);
+            let mut pipe = redis::pipe();
+            let cmd = pipe.cmd("HSET").arg(&k.issued_staging);
             for (u, r) in chunk {
                 cmd.arg(u).arg(r);
             }
-            let _: () = cmd.query_async(&mut c).await?;
+            pipe.ignore()
+                .cmd("PEXPIRE")
+                .arg(&k.issued_staging)
+                .arg(STAGING_TTL_MS)
+                .ignore();
+            let _: () = pipe.query_async(&mut c).await?;
         }
         for chunk in state.pending.chunks(BULK_CHUNK) {
-            let mut cmd = redis::cmd("ZADD");
-            cmd.arg(&k.pending_staging);
+            let mut pipe = redis::pipe();
+            let cmd = pipe.cmd("ZADD").arg(&k.pending_staging);
             for (u, score) in chunk {
                 cmd.arg(*score).arg(u);
             }
-            let _: () = cmd.query_async(&mut c).await?;
+            pipe.ignore()
+                .cmd("PEXPIRE")
+                .arg(&k.pending_staging)
+                .arg(STAGING_TTL_MS)
+                .ignore();
+            let _: () = pipe.query_async(&mut c).await?;
         }
         let _: i64 = self
             .scripts

@@ -191,7 +191,14 @@ async fn a_mixed_batch_gets_a_verdict_per_record() {
     let before = snapshot(&app, &event).await;
     let verdicts = writer.record(&batch).await.unwrap();
     let held = match &verdicts[4] {
-        Recorded::UserHolds { coupon, request_id } => (coupon.code.clone(), request_id.clone()),
+        Recorded::UserHolds {
+            coupon,
+            request_id,
+            free,
+        } => {
+            assert!(free, "code 2 is nobody's");
+            (coupon.code.clone(), request_id.clone())
+        }
         other => panic!("bob: {other:?}"),
     };
     assert_eq!(held, (rows[1].code.clone(), "req-bob".to_string()));

@@ -296,3 +296,78 @@ async fn a_message_for_an_event_redis_does_not_hold_leaves_only_expiring_keys() 
         .await
         .unwrap());
 }
+
+/// The refused code goes back to the queue only when PostgreSQL says nobody
+/// holds it: after a Redis loss the code a user is issued again may well be
+/// another user's already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_code_another_user_holds_is_not_queued_again() {
+    let app = spawn_app().await;
+    let event = app.event_id("supersede2");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let x = app.issue(&event, "u1").await.coupon.unwrap().code;
+    let y = app.issue(&event, "w").await.coupon.unwrap().code;
+    app.await_finalized(
+        &event,
+        &HashSet::from([(x.clone(), "u1".to_string()), (y.clone(), "w".to_string())]),
+    )
+    .await;
+    // Redis loses u1's record and the pop of w's code (w's record stays).
+    let k = app.keys(&event);
+    let mut c = app.redis.conn().await.unwrap();
+    let w_rec: String = c.hget(&k.issued, "w").await.unwrap();
+    let entry: Vec<&str> = w_rec.splitn(4, '\t').take(3).collect();
+    let _: () = c.hdel(&k.issued, "u1").await.unwrap();
+    let _: () = c.lpush(&k.queue, entry.join("\t")).await.unwrap();
+    let again = app.issue_as(&event, "u1", "again").await;
+    assert_eq!(again.coupon.unwrap().code, y, "u1 was handed w's code");
+
+    let resolved = eventually(Duration::from_secs(60), || async {
+        issuance(&app, &event, "u1").await == (x.clone(), IssuanceState::Finalized as i32)
+    })
+    .await;
+    assert!(resolved, "u1 holds postgres's coupon");
+    let queue: Vec<String> = c.lrange(&k.queue, 0, -1).await.unwrap();
+    assert!(
+        !queue.iter().any(|e| e.starts_with(&format!("{y}\t"))),
+        "w's code is not queued again"
+    );
+    assert_eq!(issuance(&app, &event, "w").await.0, y);
+}
+
+/// What the finalizer writes for a settled event (its keys expiring) expires
+/// with them: a late conflict creates no key that outlives the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_message_for_a_settled_event_writes_only_keys_that_expire_with_it() {
+    let tag = crate::helpers::unique_tag();
+    let mut settings = crate::helpers::isolated_settings(&tag).await;
+    settings.sweep.interval_ms = 200;
+    let app = crate::helpers::spawn_with(settings, tag).await;
+    let event = app.event_id("lateconflict");
+    let mut req = preload_request(&event, 10);
+    req.ends_at = Some(crate::helpers::ts(
+        chrono::Utc::now() + chrono::Duration::seconds(2),
+    ));
+    app.preload(req).await.unwrap();
+    let code = app.issue(&event, "u1").await.coupon.unwrap().code;
+    app.await_finalized(&event, &HashSet::from([(code.clone(), "u1".to_string())]))
+        .await;
+    let id = EventId::parse(event.clone()).unwrap();
+    let settled = eventually(Duration::from_secs(30), || async {
+        app.pg.settled(&id).await.unwrap()
+    })
+    .await;
+    assert!(settled);
+    // u2 claims u1's code: refused, marked conflicted.
+    produce(&app, 0, &coupon_issued(&event, "u2", &code).encode_to_vec()).await;
+    await_dead_letters(&app, 1).await;
+    let k = app.keys(&event);
+    let mut c = app.redis.conn().await.unwrap();
+    let conflicts: i64 = c.pttl(&k.conflicts).await.unwrap();
+    assert!(
+        conflicts > 0,
+        "the conflict set expires with the event ({conflicts})"
+    );
+    let meta: i64 = c.pttl(&k.meta).await.unwrap();
+    assert!(conflicts <= meta + 1000, "{conflicts} > {meta}");
+}

@@ -317,7 +317,69 @@ async fn a_reply_lost_before_a_pause_is_still_answered_issued_on_the_retry() {
         Told::Result(IssueResult::Issued, Some(recorded.coupon.code.clone())),
         "the retry answers what the lost reply said"
     );
+    // The same without a request id: the server's own id for the call lets
+    // its retry recognise the issuance (ISSUED, not ALREADY_ISSUED).
+    let _: () = redis::cmd("HDEL")
+        .arg(&app.keys(&event).meta)
+        .arg("paused")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    proxy.lose_reply_to(script.get_hash().as_bytes());
+    let asking = {
+        let app_issuer = app.issuer.clone();
+        let r = request(&event, "u3", "");
+        tokio::spawn(async move { app_issuer.clone().issue(r).await })
+    };
+    tokio::time::timeout(Duration::from_secs(10), proxy.lost())
+        .await
+        .expect("the second reply was lost");
+    proxy.release();
+    let answer = asking.await.unwrap().expect("answered").into_inner();
+    assert_eq!(
+        answer.result,
+        IssueResult::Issued as i32,
+        "a request without an id is recognised by the server's own: {answer:?}"
+    );
+    let _: () = redis::cmd("HSET")
+        .arg(&app.keys(&event).meta)
+        .arg("paused")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let nobody = ask_unary(&app, request(&event, "u2", "r2")).await;
     assert_eq!(nobody, Told::Result(IssueResult::Paused, None));
-    assert_eq!(app.redis_state(&event).await.2, 2, "warm and u1, once each");
+    assert_eq!(
+        app.redis_state(&event).await.2,
+        3,
+        "warm, u1 and u3, once each"
+    );
+}
+
+/// Redis lost a live event while an issuance of it was still on its way to
+/// PostgreSQL, and the event was closed since: the holder asking again must
+/// not be told ENDED ("nothing was issued"); only a settled event (nothing
+/// pending) can say so. Until a rebuild, everyone holding nothing in
+/// PostgreSQL is told to try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_of_an_issuance_in_flight_is_never_told_ended_by_a_lost_event() {
+    let app = crate::helpers::spawn_without_finalizer().await;
+    let event = app.event_id("inflight");
+    let code = held(&app, &event, preload_request(&event, 10)).await;
+    crate::helpers::lose_event_in_redis(&app, &event).await;
+    let id = EventId::parse(event.clone()).unwrap();
+    let when = chrono::Utc::now();
+    app.pg
+        .apply_control(&id, &coupond::domain::Control::Close(when), "closed")
+        .await
+        .unwrap();
+    let again = ask_unary(&app, request(&event, HOLDER, FIRST_REQUEST)).await;
+    assert_eq!(
+        again,
+        Told::Status(Code::Unavailable),
+        "not ENDED: {code} is in flight"
+    );
+    let streamed = ask_stream(&app, vec![request(&event, HOLDER, FIRST_REQUEST)]).await;
+    assert_eq!(streamed, vec![Told::Result(IssueResult::Unavailable, None)]);
 }

@@ -191,10 +191,20 @@ async fn a_killed_rebuild_is_finished_by_the_next_one() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-    // The same command again (here even without --force) finishes it.
-    let (exit, out) = reconcile_cli(&app, &event, &["--rebuild-redis"]);
-    assert_eq!(exit, 0, "{out}");
+    let shown = get_event(&app, &event).await;
+    assert!(shown.offline, "GetEvent says the event is offline");
+    // The same command again (here even without --force) finishes it, once
+    // the dead rebuild's lock has run out (seconds).
+    let mut out = String::new();
+    let finished = eventually(Duration::from_secs(60), || {
+        let (exit, o) = reconcile_cli(&app, &event, &["--rebuild-redis"]);
+        out = o;
+        async move { exit == 0 }
+    })
+    .await;
+    assert!(finished, "{out}");
     assert!(out.contains("did not finish: finished it"), "{out}");
+    assert!(!get_event(&app, &event).await.offline);
     assert_eq!(app.redis.presence(&id).await.unwrap(), Presence::Live);
     assert_eq!(result(&app, &event, "newcomer").await, IssueResult::Issued);
 }
@@ -267,4 +277,65 @@ async fn a_forced_rebuild_beside_a_lagging_finalizer_hands_no_code_out_twice() {
     assert_eq!(dead_letters(&app), 0, "no conflict dead-lettered");
     let (exit, report) = reconcile_cli(&app, &event, &[]);
     assert_eq!(exit, 0, "{report}");
+}
+
+async fn get_event(app: &TestApp, event: &str) -> proto::Event {
+    app.admin
+        .clone()
+        .get_event(proto::GetEventRequest {
+            event_id: event.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_stopped_by_a_signal_puts_the_event_back_online() {
+    let app = spawn_app().await;
+    let (event, id) = event_with_holders(&app, "sigrebuild").await;
+    let lock = lock_coupons(&app).await;
+    let rebuild = start_forced_rebuild(&app, &event, &id, None).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &rebuild.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (exit, out) = output(rebuild);
+    lock.release().await;
+    assert_ne!(exit, 0, "{out}");
+    assert!(
+        out.contains("stopped by a signal") && out.contains("back online as it was"),
+        "{out}"
+    );
+    assert_eq!(app.redis.presence(&id).await.unwrap(), Presence::Live);
+    assert_eq!(result(&app, &event, "newcomer").await, IssueResult::Issued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rebuilds_of_one_event_never_run_at_once() {
+    let app = spawn_app().await;
+    let (event, id) = event_with_holders(&app, "busyrebuild").await;
+    let taken = app
+        .redis
+        .rebuild_lock(
+            &id,
+            coupond::store::redis::LockAction::Take,
+            "another-operator",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, None);
+    let (exit, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
+    assert_ne!(exit, 0, "{out}");
+    assert!(
+        out.contains("another rebuild of the event is running"),
+        "{out}"
+    );
+    assert_eq!(
+        app.redis.presence(&id).await.unwrap(),
+        Presence::Live,
+        "untouched"
+    );
 }

@@ -160,6 +160,19 @@ async fn controls_of_a_settled_event_keep_its_keys_expiring() {
         assert!(pttl(&app, key).await > 0, "{key} still expires");
     }
     assert!(settled(&app, &event).await);
+    // A close whose time came from a server clock ahead of Redis's: an end
+    // "in the future" of a settled event still takes no expiry off.
+    let id = EventId::parse(event.clone()).unwrap();
+    let ahead = coupond::domain::ControlState {
+        seq: 1_000,
+        ends_at: chrono::Utc::now() + chrono::Duration::seconds(5),
+        paused: false,
+        settled: true,
+    };
+    app.redis.sync_controls(&id, &ahead).await.unwrap();
+    for key in [&k.meta, &k.issued, &k.queue] {
+        assert!(pttl(&app, key).await > 0, "{key} still expires");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
