@@ -32,21 +32,21 @@ enum Command {
     Migrate,
     /// Compare an event's Redis state with PostgreSQL; exit 1 on any
     /// difference other than in-flight issuances.
-    Reconcile(ReconcileArgs),
+    Reconcile(crate::ops::reconcile::ReconcileArgs),
     /// Preload an event on a running server and show its progress until it
     /// is LIVE (admin token from COUPOND_ADMIN_TOKEN).
     Preload {
         #[command(flatten)]
-        server: crate::operator::ServerArgs,
+        server: crate::ops::ServerArgs,
         #[command(flatten)]
-        event: crate::operator::PreloadArgs,
+        event: crate::ops::preload::PreloadArgs,
     },
     /// A live view of a drop, refreshed each second until the event ends.
     Watch {
         #[command(flatten)]
-        server: crate::operator::ServerArgs,
+        server: crate::ops::ServerArgs,
         #[command(flatten)]
-        args: crate::watch::WatchArgs,
+        args: crate::ops::watch::WatchArgs,
     },
     /// The dead-letter topic: `list` what was dead-lettered and why,
     /// `replay` it onto coupon-issued after a fix (each message once).
@@ -58,9 +58,9 @@ enum Command {
     /// control one: `coupond events pause|resume|close|extend --event E --reason R`.
     Events {
         #[command(flatten)]
-        server: crate::operator::ServerArgs,
+        server: crate::ops::ServerArgs,
         #[command(subcommand)]
-        control: Option<crate::operator::EventControl>,
+        control: Option<crate::ops::events::EventControl>,
     },
 }
 
@@ -87,40 +87,6 @@ struct ConsumeArgs {
         default_value = "127.0.0.1:50052"
     )]
     health_listen: String,
-}
-
-#[derive(clap::Args)]
-struct ReconcileArgs {
-    /// The event to check.
-    #[arg(long)]
-    event: String,
-    /// Rebuild the event's Redis state from PostgreSQL (after a Redis loss).
-    #[arg(long)]
-    rebuild_redis: bool,
-    /// With --rebuild-redis: also when the event is live (takes it offline
-    /// for the moments of the rebuild), and while the finalizer lags
-    /// (keeps the event's issuances found in its backlog, pending).
-    #[arg(long, requires = "rebuild_redis")]
-    force: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Reconcile found differences (exit status 1, not an error).
-#[derive(Debug, thiserror::Error)]
-#[error("redis and postgres differ")]
-struct Inconsistent;
-
-/// The report as JSON with its verdict, as the text report ends with it.
-fn with_verdict(report: &crate::reconcile::Report) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(report)?;
-    let verdict = match report.consistent() {
-        true => "CONSISTENT",
-        false => "INCONSISTENT",
-    };
-    v["verdict"] = verdict.into();
-    Ok(v)
 }
 
 /// The process's Prometheus exporter (`serve` and `consume` only).
@@ -152,7 +118,7 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<Inconsistent>() => ExitCode::from(1),
+        Err(e) if e.is::<crate::ops::reconcile::Inconsistent>() => ExitCode::from(1),
         Err(e) => {
             // Once, on stderr (where the logs go too).
             eprintln!("coupond: {e:#}");
@@ -166,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(serve) => {
             install_metrics(&cli.settings)?;
             let app = Application::build(cli.settings, serve).await?;
-            app.run_until_stopped(shutdown::on_signals()).await
+            shutdown::until_signalled(|stop| app.run_until_stopped(stop)).await
         }
         Command::Consume(args) => {
             install_metrics(&cli.settings)?;
@@ -176,70 +142,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::anyhow!("--health-listen / COUPOND_CONSUME_HEALTH_LISTEN {a:?}: {e}")
                 })?),
             };
-            crate::startup::consume(&cli.settings, health, shutdown::on_signals()).await
+            let settings = &cli.settings;
+            shutdown::until_signalled(|stop| crate::startup::consume(settings, health, stop)).await
         }
-        Command::Reconcile(args) => {
-            let event = crate::domain::EventId::parse(args.event)
-                .map_err(|e| anyhow::anyhow!("--event: {e}"))?;
-            let s = &cli.settings;
-            let pg = crate::store::PgStore::connect(&s.database.url, 2)?;
-            let redis = crate::store::RedisStore::connect(&s.redis.url, 2)?;
-            let rebuilt = match args.rebuild_redis {
-                true => Some(
-                    crate::reconcile::rebuild(
-                        &pg,
-                        &redis,
-                        &s.kafka,
-                        &event,
-                        args.force,
-                        &shutdown::on_signals(),
-                    )
-                    .await?,
-                ),
-                false => None,
-            };
-            let report = crate::reconcile::reconcile(&pg, &redis, &event).await?;
-            match (args.json, &rebuilt) {
-                (true, None) => {
-                    println!("{}", serde_json::to_string_pretty(&with_verdict(&report)?)?)
-                }
-                (true, Some(r)) => println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "rebuild": r, "reconcile": with_verdict(&report)? })
-                    )?
-                ),
-                (false, r) => {
-                    if let Some(r) = r {
-                        println!("{r}");
-                    }
-                    println!("{report}");
-                }
-            }
-            if report.consistent() {
-                Ok(())
-            } else {
-                Err(Inconsistent.into())
-            }
-        }
-        Command::Preload { server, event } => crate::operator::preload(&server, &event).await,
-        Command::Watch { server, args } => crate::watch::watch(&server, &args).await,
+        Command::Reconcile(args) => crate::ops::reconcile::run(&cli.settings, &args).await,
+        Command::Preload { server, event } => crate::ops::preload::preload(&server, &event).await,
+        Command::Watch { server, args } => crate::ops::watch::watch(&server, &args).await,
         Command::Dlq {
             action: DlqAction::List { json },
-        } => crate::dead_letters::list(&cli.settings.kafka, json).await,
+        } => crate::ops::dead_letters::list(&cli.settings.kafka, json).await,
         Command::Dlq {
             action: DlqAction::Replay,
-        } => crate::dead_letters::replay(&cli.settings.kafka)
+        } => crate::ops::dead_letters::replay(&cli.settings.kafka)
             .await
             .map(|_| ()),
         Command::Events {
             server,
             control: None,
-        } => crate::operator::events(&server).await,
+        } => crate::ops::events::events(&server).await,
         Command::Events {
             server,
             control: Some(c),
-        } => crate::operator::control(&server, &c).await,
+        } => crate::ops::events::control(&server, &c).await,
         Command::Migrate => {
             let pg = crate::store::PgStore::connect(&cli.settings.database.url, 1)?;
             pg.migrate().await

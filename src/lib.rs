@@ -7,20 +7,18 @@
 //! only point down.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod consumer;
-pub mod dead_letters;
 pub mod domain;
 pub mod grpc;
 pub mod kafka;
 pub mod metrics;
-pub mod operator;
+pub mod ops;
 pub mod proto;
-pub mod reconcile;
 pub mod service;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
-pub mod watch;

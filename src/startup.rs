@@ -14,6 +14,7 @@ use crate::config::{redacted_url, ServeSettings, Settings};
 use crate::consumer::Finalizer;
 use crate::grpc::auth::{Access, RequireToken};
 use crate::grpc::health::{self, DrainingHealth, Reports};
+use crate::grpc::observe::ObserveLayer;
 use crate::grpc::{AdminApi, IssuerApi};
 use crate::kafka::{topics, Publisher};
 use crate::proto::coupon_admin_server::CouponAdminServer;
@@ -24,11 +25,13 @@ use crate::service::gauges::Gauges;
 use crate::service::readiness::Readiness;
 use crate::service::sweeper::Sweeper;
 use crate::service::{AdminService, IssuerService, PreloadJobs};
-use crate::store::finalization::IssuanceWriter;
+use crate::store::postgres::finalization::IssuanceWriter;
 use crate::store::redis::RedisTimeouts;
 use crate::store::{PgStore, RedisStore};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Kind, Spawner, Supervisor};
+use tonic::transport::server::Router;
 use tonic_health::pb::health_server::{Health, HealthServer};
+use tower::layer::util::{Identity, Stack};
 
 /// HTTP/2 flow-control windows (see `grpc_server`).
 const CONNECTION_WINDOW: u32 = 16 << 20;
@@ -175,7 +178,7 @@ impl Application {
             "health reporter",
             health::report(reporter, readiness, reports, draining),
         );
-        let router = grpc_server(&serve, &settings, &services, health_svc)?;
+        let router = grpc_server(&serve, &settings, &services, health_svc, tasks.spawner())?;
         tracing::info!(%addr, durability = ?settings.issue.durability, "coupond serving");
         let serving = router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
@@ -217,11 +220,10 @@ fn start_background(
     Ok(())
 }
 
-/// The services behind the gRPC edge, and the preload jobs they own.
+/// The services behind the gRPC edge.
 struct Services {
     issuer: Arc<IssuerService>,
     admin: Arc<AdminService>,
-    jobs: PreloadJobs,
 }
 
 impl Services {
@@ -244,6 +246,7 @@ impl Services {
             backends.pg.clone(),
             backends.publisher.clone(),
             settings.issue.durability,
+            tasks.spawner(),
         ));
         let jobs = PreloadJobs::new(
             backends.pg.clone(),
@@ -251,6 +254,7 @@ impl Services {
             settings.database.url.clone(),
             settings.preload.clone(),
             shutdown.child_token(),
+            tasks.spawner(),
         );
         let (resumer, token) = (jobs.clone(), shutdown.child_token());
         tasks.spawn("preload resumer", async move {
@@ -261,11 +265,7 @@ impl Services {
             backends.redis.clone(),
             jobs.clone(),
         ));
-        Self {
-            issuer,
-            admin,
-            jobs,
-        }
+        Self { issuer, admin }
     }
 }
 
@@ -276,7 +276,8 @@ fn grpc_server(
     settings: &Settings,
     services: &Services,
     health: HealthServer<impl Health>,
-) -> anyhow::Result<tonic::transport::server::Router> {
+    spawner: Spawner,
+) -> anyhow::Result<Router<Stack<ObserveLayer, Identity>>> {
     let limits = &serve.limits;
     let request_cap = Duration::from_millis(limits.request_timeout_ms);
     let admin_svc = CouponAdminServer::new(AdminApi::new(services.admin.clone(), request_cap))
@@ -284,6 +285,7 @@ fn grpc_server(
     let issuer_svc = CouponIssuerServer::new(IssuerApi::new(
         services.issuer.clone(),
         settings.issue.stream_in_flight,
+        spawner,
     ))
     .max_decoding_message_size(limits.max_message_bytes);
     let (admin_access, issuer_access) = access(serve)?;
@@ -293,6 +295,7 @@ fn grpc_server(
         builder = builder.tls_config(tls)?;
     }
     Ok(builder
+        .layer(ObserveLayer)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         // Client deadlines (grpc-timeout) are honoured below this cap.
         .timeout(request_cap)
@@ -348,10 +351,15 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// After the gRPC server stopped: the last background publishes, the
-/// producer flush, then the preload jobs and every task stop, each awaited
-/// within the deadline (the finalizer records what its partitions hold
-/// first).
+/// The drain, after the gRPC server stopped accepting and finished the
+/// calls in flight. Its phases, in this order, each within its deadline:
+/// 1. the streams' responders answer what they read;
+/// 2. the background publishes (async durability) hand their messages over;
+/// 3. the producer flushes (what the answers promised reaches Kafka);
+/// 4. everything else is told to stop, and the preload jobs stop at a
+///    chunk's end, letting their leases go;
+/// 5. every supervised task ends (the finalizer first records what its
+///    partitions hold, then commits).
 async fn drain(
     backends: &Backends,
     shutdown: &CancellationToken,
@@ -359,7 +367,19 @@ async fn drain(
     services: Services,
     tasks: Supervisor,
 ) -> anyhow::Result<()> {
-    services.issuer.finish_publishes(FLUSH_TIMEOUT).await;
+    let spawner = tasks.spawner();
+    for (kind, what) in [
+        (Kind::Stream, "stream responders"),
+        (
+            Kind::Publish,
+            "background publishes (the sweeper republishes them)",
+        ),
+    ] {
+        let left = spawner.drain(kind, FLUSH_TIMEOUT).await;
+        if left > 0 {
+            tracing::error!(left, "{what} unfinished at shutdown");
+        }
+    }
     let publisher = backends.publisher.clone();
     let flushed = tokio::task::spawn_blocking(move || publisher.flush(FLUSH_TIMEOUT)).await?;
     if let Err(e) = &flushed {
@@ -367,7 +387,11 @@ async fn drain(
     }
     shutdown.cancel();
     background.cancel();
-    services.jobs.drain(JOBS_TIMEOUT).await;
+    if spawner.drain(Kind::PreloadJob, JOBS_TIMEOUT).await > 0 {
+        tracing::error!(
+            "preload jobs still running at shutdown; their leases let another server resume them"
+        );
+    }
     // The batch workers stop once the last handle to them is gone.
     drop(services);
     tasks.wait_all(TASKS_TIMEOUT).await;

@@ -1,7 +1,11 @@
-//! One supervisor for every task a process starts: each is tracked by name;
-//! the first that ends before shutdown (with an error, a panic, or at all)
-//! stops the process with a log line naming it; at shutdown every task is
-//! awaited, each within a deadline.
+//! One supervisor for every task a process starts. Long-running tasks
+//! (finalizer, sweeper, gauges, health, preload resumer, issue batch
+//! workers) are tracked by name: the first that ends before shutdown (with
+//! an error, a panic, or at all) stops the process with a log line naming
+//! it; at shutdown every task is awaited within a deadline. Tasks that come
+//! and go (a stream's responder, a background publish, a preload job) are
+//! started through a `Spawner`, the supervisor's handle, into a group of
+//! their kind, which the drain waits for in its turn.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,12 +14,57 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 type Ended = (&'static str, Result<anyhow::Result<()>, JoinError>);
 
 #[derive(Default)]
 pub struct Supervisor {
     tasks: FuturesUnordered<Pin<Box<dyn Future<Output = Ended> + Send>>>,
+    spawner: Spawner,
+}
+
+/// The kinds of tasks that come and go; the drain waits for each kind in
+/// its turn (see `startup::drain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An IssueStream's responder.
+    Stream,
+    /// A background publish (async durability).
+    Publish,
+    /// A preload job.
+    PreloadJob,
+}
+
+/// The supervisor's handle for tasks that come and go; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Spawner {
+    groups: std::sync::Arc<[TaskTracker; 3]>,
+}
+
+impl Spawner {
+    fn group(&self, kind: Kind) -> &TaskTracker {
+        &self.groups[kind as usize]
+    }
+
+    /// Starts `task` in the group of `kind`.
+    pub fn spawn<F>(&self, kind: Kind, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.group(kind).spawn(task);
+    }
+
+    /// Waits (up to `within`) for the tasks of `kind`, taking no new ones;
+    /// returns how many were still running at the deadline.
+    pub async fn drain(&self, kind: Kind, within: Duration) -> usize {
+        let group = self.group(kind);
+        group.close();
+        match tokio::time::timeout(within, group.wait()).await {
+            Ok(()) => 0,
+            Err(_) => group.len(),
+        }
+    }
 }
 
 /// Why a supervised process stopped early.
@@ -27,6 +76,11 @@ pub struct TaskEnded {
 }
 
 impl Supervisor {
+    /// The handle for tasks that come and go.
+    pub fn spawner(&self) -> Spawner {
+        self.spawner.clone()
+    }
+
     /// Spawns `task` under `name`.
     pub fn spawn(
         &mut self,
@@ -145,6 +199,32 @@ mod tests {
         };
         let (_, ended) = s.run(main, &stop).await;
         assert!(ended.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_group_is_drained_in_its_turn_within_its_deadline() {
+        let s = Supervisor::default();
+        let spawner = s.spawner();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        spawner.spawn(Kind::Publish, async move {
+            let _ = rx.await;
+        });
+        spawner.spawn(Kind::Stream, std::future::pending());
+        assert_eq!(
+            spawner
+                .drain(Kind::Publish, Duration::from_millis(50))
+                .await,
+            1
+        );
+        tx.send(()).unwrap();
+        assert_eq!(
+            spawner.drain(Kind::Publish, Duration::from_secs(5)).await,
+            0
+        );
+        assert_eq!(
+            spawner.drain(Kind::Stream, Duration::from_millis(50)).await,
+            1
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use coupond::grpc::auth::BearerToken;
+use coupond::client::BearerToken;
 use coupond::proto::coupon_admin_client::CouponAdminClient;
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::wire::timestamp;

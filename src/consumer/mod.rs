@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerSettings, KafkaSettings};
 use crate::kafka::Publisher;
-use crate::store::finalization::IssuanceWriter;
+use crate::store::postgres::finalization::IssuanceWriter;
 use crate::store::RedisStore;
 
 pub use batch::next_batch;

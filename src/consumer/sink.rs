@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{EventId, IssuanceRecord, IssuedCoupon, UserId};
 use crate::kafka::{message, Publisher};
-use crate::store::finalization::{IssuanceWriter, Recorded};
+use crate::store::postgres::finalization::{IssuanceWriter, Recorded};
 use crate::store::RedisStore;
 
 /// Backoff between retries of a failing store, doubling up to the cap.

@@ -77,10 +77,12 @@ pub enum CouponError {
 }
 
 impl CouponError {
+    /// A backing service failed. Made once per failed operation, where its
+    /// cause is known: this is where the cause's whole chain is logged (the
+    /// client is told only the context).
     pub fn unavailable(context: &'static str, source: impl Into<anyhow::Error>) -> Self {
-        Self::Unavailable {
-            context,
-            source: source.into(),
-        }
+        let source = source.into();
+        tracing::warn!(error = format!("{source:#}"), "{context}");
+        Self::Unavailable { context, source }
     }
 }

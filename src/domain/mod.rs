@@ -13,6 +13,7 @@ pub mod issue;
 pub mod preload;
 #[cfg(test)]
 mod properties;
+pub mod snapshot;
 
 pub use allocation::allocate;
 pub use code::{CodeGenerator, CODE_ALPHABET, DEFAULT_CODE_LENGTH};
@@ -24,3 +25,4 @@ pub use event::{
 pub use ids::{CodePrefix, EventId, RequestId, UserId};
 pub use issue::{IssuanceRecord, IssuanceState, IssueCommand, IssueOutcome, IssuedCoupon};
 pub use preload::{EventState, PolicyDeck, PreloadId, PreloadStatus, PreloadTimings};
+pub use snapshot::{HeldCoupon, LiveState, RecordedCoupon};

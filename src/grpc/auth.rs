@@ -2,7 +2,6 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -58,30 +57,6 @@ impl Interceptor for RequireToken {
                 }
             }
         }
-    }
-}
-
-/// Client side: adds `authorization: Bearer <token>` when a token is set.
-#[derive(Clone, Default)]
-pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl BearerToken {
-    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
-        Ok(Self(
-            token
-                .map(|t| format!("Bearer {t}").parse())
-                .transpose()
-                .map_err(|_| anyhow::anyhow!("token must be printable ASCII"))?,
-        ))
-    }
-}
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
     }
 }
 

@@ -12,118 +12,76 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{CouponError, EventId, FieldError, IssueCommand, UserId};
 use crate::grpc::convert;
+use crate::grpc::observe::Told;
+use crate::grpc::outcome::{failure, label};
 use crate::metrics::{self, Rpc};
 use crate::proto;
 use crate::proto::coupon_issuer_server::CouponIssuer;
 use crate::service::IssuerService;
+use crate::supervisor::{Kind, Spawner};
 
 pub struct IssuerApi {
     svc: Arc<IssuerService>,
     stream_in_flight: usize,
+    /// Starts each stream's responder (the drain waits for them).
+    spawner: Spawner,
 }
 
 impl IssuerApi {
-    pub fn new(svc: Arc<IssuerService>, stream_in_flight: usize) -> Self {
+    pub fn new(svc: Arc<IssuerService>, stream_in_flight: usize, spawner: Spawner) -> Self {
         Self {
             svc,
             stream_in_flight: stream_in_flight.max(1),
+            spawner,
         }
     }
 }
 
 type ItemFuture = Pin<Box<dyn Future<Output = proto::IssueResponse> + Send>>;
 
-/// One stream item: never fails, every problem becomes a result value.
+/// One stream item: never fails, every problem becomes a result value,
+/// counted as it is answered.
 fn stream_item(svc: Arc<IssuerService>, req: proto::IssueRequest) -> ItemFuture {
     Box::pin(async move {
         let started = Instant::now();
-        let resp = answer_item(svc, req).await;
+        let request_id = req.request_id.clone();
+        let resp = match answer(&svc, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                let result = failure(&e).result;
+                let detail = Status::from(e).message().to_owned();
+                convert::issue_failure(request_id, result, detail)
+            }
+        };
         let result = proto::IssueResult::try_from(resp.result).unwrap_or_default();
-        metrics::issue_answered(Rpc::IssueStream, result_name(result), started.elapsed());
+        metrics::issue_answered(Rpc::IssueStream, label(result), started.elapsed());
         resp
     })
 }
 
-async fn answer_item(svc: Arc<IssuerService>, req: proto::IssueRequest) -> proto::IssueResponse {
-    {
-        let cmd = match IssueCommand::parse(&req.event_id, &req.user_id, &req.request_id) {
-            Ok(c) => c,
-            Err(e) => {
-                return convert::issue_failure(
-                    req.request_id,
-                    proto::IssueResult::Invalid,
-                    e.to_string(),
-                )
-            }
-        };
-        match svc.issue(cmd).await {
-            Ok(a) => convert::issue_response(req.request_id, &a.outcome, a.durable),
-            Err(CouponError::Invalid(e)) => {
-                convert::issue_failure(req.request_id, proto::IssueResult::Invalid, e.to_string())
-            }
-            Err(e @ CouponError::OutcomeUnknown { .. }) => {
-                let detail = Status::from(e).message().to_owned();
-                convert::issue_failure(req.request_id, proto::IssueResult::Unknown, detail)
-            }
-            Err(e) => {
-                let detail = Status::from(e).message().to_owned();
-                convert::issue_failure(req.request_id, proto::IssueResult::Unavailable, detail)
-            }
-        }
-    }
-}
-
-/// A result's metric label: its proto name, lower case, without the prefix.
-fn result_name(r: proto::IssueResult) -> &'static str {
-    use proto::IssueResult as R;
-    match r {
-        R::Unspecified => "unspecified",
-        R::Issued => "issued",
-        R::AlreadyIssued => "already_issued",
-        R::SoldOut => "sold_out",
-        R::NotStarted => "not_started",
-        R::Ended => "ended",
-        R::EventNotFound => "event_not_found",
-        R::Invalid => "invalid",
-        R::Unavailable => "unavailable",
-        R::Unknown => "unknown",
-        R::Conflicted => "conflicted",
-        R::Paused => "paused",
-    }
-}
-
-/// A failed unary call's metric label: the results a stream item would get.
-fn status_name(s: &Status) -> &'static str {
-    match s.code() {
-        tonic::Code::InvalidArgument => "invalid",
-        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => "unknown",
-        _ => "unavailable",
-    }
-}
-
-impl IssuerApi {
-    async fn answer(&self, r: proto::IssueRequest) -> Result<proto::IssueResponse, Status> {
-        let cmd = IssueCommand::parse(&r.event_id, &r.user_id, &r.request_id)
-            .map_err(|e| Status::from(CouponError::Invalid(e)))?;
-        let a = self.svc.issue(cmd).await?;
-        Ok(convert::issue_response(r.request_id, &a.outcome, a.durable))
-    }
+/// One request's answer, unary or streamed alike.
+async fn answer(
+    svc: &IssuerService,
+    r: proto::IssueRequest,
+) -> Result<proto::IssueResponse, CouponError> {
+    let cmd = IssueCommand::parse(&r.event_id, &r.user_id, &r.request_id)?;
+    let a = svc.issue(cmd).await?;
+    Ok(convert::issue_response(r.request_id, &a.outcome, a.durable))
 }
 
 #[tonic::async_trait]
 impl CouponIssuer for IssuerApi {
+    /// Counted by the per-RPC layer (`grpc::observe`), under the label
+    /// told here or, for a failed call, the one its status implies.
     async fn issue(
         &self,
         req: Request<proto::IssueRequest>,
     ) -> Result<Response<proto::IssueResponse>, Status> {
-        let started = Instant::now();
-        let answer = self.answer(req.into_inner()).await;
-        let result = match &answer {
-            Ok(r) => result_name(proto::IssueResult::try_from(r.result).unwrap_or_default()),
-            Err(s) => status_name(s),
-        };
-        metrics::issue_answered(Rpc::Issue, result, started.elapsed());
-        answer.map(Response::new)
+        let r = answer(&self.svc, req.into_inner()).await?;
+        let told = label(proto::IssueResult::try_from(r.result).unwrap_or_default());
+        let mut res = Response::new(r);
+        res.extensions_mut().insert(Told(told));
+        Ok(res)
     }
 
     type IssueStreamStream =
@@ -140,7 +98,7 @@ impl CouponIssuer for IssuerApi {
         let svc = self.svc.clone();
         let limit = self.stream_in_flight;
         let (tx, rx) = mpsc::channel(limit);
-        tokio::spawn(async move {
+        self.spawner.spawn(Kind::Stream, async move {
             let mut in_flight: FuturesOrdered<ItemFuture> = FuturesOrdered::new();
             let mut reading = true;
             loop {

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod convert;
 pub mod health;
 pub mod issuer;
+pub mod observe;
+pub mod outcome;
 pub mod status;
 
 pub use admin::AdminApi;

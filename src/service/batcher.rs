@@ -122,19 +122,18 @@ async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
             }
             Err(e) => {
                 let ran = e.may_have_run();
+                let context = match ran {
+                    true => "redis did not answer the issue script in time",
+                    false => "redis issue script failed; nothing was issued",
+                };
+                // The cause, once for the batch; each caller hears the context.
+                tracing::warn!(event_id = %event, users = group.len(), error = %e, "{context}");
                 let e = Arc::new(e);
                 for j in group {
                     let source = anyhow::anyhow!(e.clone());
-                    let _ = j.reply.send(Err(if ran {
-                        CouponError::OutcomeUnknown {
-                            context: "redis did not answer the issue script in time",
-                            source,
-                        }
-                    } else {
-                        CouponError::unavailable(
-                            "redis issue script failed; nothing was issued",
-                            source,
-                        )
+                    let _ = j.reply.send(Err(match ran {
+                        true => CouponError::OutcomeUnknown { context, source },
+                        false => CouponError::Unavailable { context, source },
                     }));
                 }
             }

@@ -1,8 +1,5 @@
 //! Issuing coupons and looking up issuances.
 
-use std::time::Duration;
-
-use tokio_util::task::TaskTracker;
 use tracing::instrument;
 
 use crate::config::Durability;
@@ -15,6 +12,7 @@ use crate::service::batcher::Batcher;
 use crate::service::stored_answers::StoredAnswers;
 use crate::store::redis::Verdict;
 use crate::store::{PgStore, RedisStore};
+use crate::supervisor::{Kind, Spawner};
 
 /// A user's coupon with its state, as GetIssuance reports it.
 #[derive(Debug, Clone)]
@@ -40,8 +38,9 @@ pub struct IssuerService {
     stored: StoredAnswers,
     publisher: Publisher,
     durability: Durability,
-    /// Background publishes (async durability), awaited at shutdown.
-    publishes: TaskTracker,
+    /// Starts background publishes (async durability), which the drain
+    /// awaits before the producer flush.
+    spawner: Spawner,
 }
 
 impl IssuerService {
@@ -51,6 +50,7 @@ impl IssuerService {
         pg: PgStore,
         publisher: Publisher,
         durability: Durability,
+        spawner: Spawner,
     ) -> Self {
         Self {
             batcher,
@@ -59,22 +59,7 @@ impl IssuerService {
             pg,
             publisher,
             durability,
-            publishes: TaskTracker::new(),
-        }
-    }
-
-    /// Shutdown: waits (up to `limit`) for the background publishes to hand
-    /// their messages to the producer, which is flushed next.
-    pub async fn finish_publishes(&self, limit: Duration) {
-        self.publishes.close();
-        if tokio::time::timeout(limit, self.publishes.wait())
-            .await
-            .is_err()
-        {
-            tracing::error!(
-                left = self.publishes.len(),
-                "background publishes unfinished at shutdown; the sweeper republishes them"
-            );
+            spawner,
         }
     }
 
@@ -119,8 +104,9 @@ impl IssuerService {
             }
             Durability::Async => {
                 let p = self.publisher.clone();
-                self.publishes
-                    .spawn(async move { publish_logged(&p, &record).await });
+                self.spawner.spawn(Kind::Publish, async move {
+                    publish_logged(&p, &record).await;
+                });
                 false
             }
         };

@@ -21,7 +21,6 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::PreloadSettings;
 use crate::domain::preload::difference;
@@ -29,11 +28,12 @@ use crate::domain::{
     CodeGenerator, CouponError, EventId, EventState, NewEvent, PolicyDeck, PreloadId,
     PreloadTimings, StoredEvent, DEFAULT_CODE_LENGTH,
 };
-use crate::store::coupon_writer::{CouponWriter, WriteError};
+use crate::store::postgres::coupon_writer::{CouponWriter, WriteError};
 use crate::store::postgres::{Begun, PgStoreError};
 use crate::store::record::queue_entry;
 use crate::store::redis::{FenceReply, PreloadStepError};
 use crate::store::{PgStore, RedisStore};
+use crate::supervisor::{Kind, Spawner};
 
 /// Attempts at the whole fill (generate, write, stage) before a job fails.
 const FILL_ATTEMPTS: u32 = 3;
@@ -51,8 +51,8 @@ struct Inner {
     redis: RedisStore,
     database_url: String,
     settings: PreloadSettings,
-    /// Every job task; shutdown waits for them.
-    tasks: TaskTracker,
+    /// Starts the job tasks, which the drain waits for.
+    spawner: Spawner,
     /// Cancelled at shutdown: jobs stop at the next chunk and let their
     /// lease go, so another server (or this one, restarted) resumes them.
     shutdown: CancellationToken,
@@ -106,6 +106,7 @@ impl PreloadJobs {
         database_url: String,
         settings: PreloadSettings,
         shutdown: CancellationToken,
+        spawner: Spawner,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -113,7 +114,7 @@ impl PreloadJobs {
                 redis,
                 database_url,
                 settings,
-                tasks: TaskTracker::new(),
+                spawner,
                 shutdown,
                 ended: Notify::new(),
             }),
@@ -235,19 +236,6 @@ impl PreloadJobs {
         Ok(())
     }
 
-    /// Waits for every job task to stop (after the shutdown signal).
-    pub async fn drain(&self, within: Duration) {
-        self.inner.tasks.close();
-        if tokio::time::timeout(within, self.inner.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::error!(
-                "preload jobs still running at shutdown; their leases let another server resume them"
-            );
-        }
-    }
-
     fn spawn(&self, event: NewEvent, id: PreloadId, replaced: Option<PreloadId>) {
         let job = Job {
             inner: self.inner.clone(),
@@ -255,7 +243,7 @@ impl PreloadJobs {
             id,
             replaced,
         };
-        self.inner.tasks.spawn(job.run());
+        self.inner.spawner.spawn(Kind::PreloadJob, job.run());
     }
 }
 
@@ -280,16 +268,12 @@ impl Job {
     async fn run(self) {
         let started = Instant::now();
         let stop = self.inner.shutdown.child_token();
-        let keeper = tokio::spawn(keep_lease(
-            self.inner.pg.clone(),
-            self.event.id.clone(),
-            self.id.clone(),
-            self.inner.settings.lease(),
-            stop.clone(),
-        ));
         tracing::info!(event_id = %self.event.id, preload_id = %self.id, total = self.event.total_count, "preload job started");
-        let end = self.drive(&stop, started).await;
-        keeper.abort();
+        // The lease is renewed for as long as the job drives (and no longer).
+        let end = tokio::select! {
+            end = self.drive(&stop, started) => end,
+            _ = self.keep_lease() => unreachable!("renews until the job ends"),
+        };
         match end {
             Ok(t) => tracing::info!(
                 event_id = %self.event.id,
@@ -306,6 +290,23 @@ impl Job {
             Err(JobEnd::Failed(reason) | JobEnd::Retry(reason)) => self.fail(&reason).await,
         }
         self.inner.ended.notify_waiters();
+    }
+
+    /// Renews the job's lease every third of it, for ever (the caller
+    /// stops it); once the lease is lost it stops renewing: the job's next
+    /// write then fails its fence.
+    async fn keep_lease(&self) {
+        let (pg, lease) = (&self.inner.pg, self.inner.settings.lease());
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match pg.renew_lease(&self.event.id, &self.id, lease).await {
+                Ok(true) => {}
+                Ok(false) => return std::future::pending().await,
+                Err(e) => {
+                    tracing::warn!(event_id = %self.event.id, error = %e, "renewing the preload lease failed")
+                }
+            }
+        }
     }
 
     async fn drive(
@@ -689,29 +690,6 @@ async fn pause(stop: &CancellationToken, backoff: Duration) -> Result<Duration, 
     tokio::select! {
         _ = stop.cancelled() => Err(JobEnd::Stopped),
         _ = tokio::time::sleep(backoff) => Ok((backoff * 2).min(MAX_BACKOFF)),
-    }
-}
-
-/// Renews the job's lease until stopped; stops the job when it lost it.
-async fn keep_lease(
-    pg: PgStore,
-    id: EventId,
-    job: PreloadId,
-    lease: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(lease / 3) => {}
-        }
-        match pg.renew_lease(&id, &job, lease).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(event_id = %id, error = %e, "renewing the preload lease failed")
-            }
-        }
     }
 }
 

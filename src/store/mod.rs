@@ -1,7 +1,5 @@
 //! Access to Redis (the live issuance state) and PostgreSQL (the record).
 
-pub mod coupon_writer;
-pub mod finalization;
 pub mod keys;
 pub mod postgres;
 pub mod record;

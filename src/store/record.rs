@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::domain::{Discount, DiscountType, IssuanceState, IssuedCoupon};
+use crate::domain::{Discount, DiscountType, HeldCoupon, IssuanceState, IssuedCoupon};
 
 pub fn queue_entry(code: &str, discount: &Discount) -> String {
     format!("{code}\t{}\t{}", discount.kind().as_str(), discount.value())
@@ -28,14 +28,6 @@ pub fn issued_record(coupon: &IssuedCoupon, request_id: &str, state: IssuanceSta
     )
 }
 
-/// A parsed issued-hash record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuedRecord {
-    pub coupon: IssuedCoupon,
-    pub request_id: String,
-    pub state: IssuanceState,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("malformed issuance record in Redis: {0:?}")]
 pub struct MalformedRecord(pub String);
@@ -44,7 +36,7 @@ pub fn millis_to_time(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
-pub fn parse_issued(rec: &str) -> Result<IssuedRecord, MalformedRecord> {
+pub fn parse_issued(rec: &str) -> Result<HeldCoupon, MalformedRecord> {
     let bad = || MalformedRecord(rec.to_owned());
     let mut it = rec.splitn(5, '\t');
     let code = it.next().ok_or_else(bad)?;
@@ -59,7 +51,7 @@ pub fn parse_issued(rec: &str) -> Result<IssuedRecord, MalformedRecord> {
         "C" => IssuanceState::Conflicted,
         _ => return Err(bad()),
     };
-    Ok(IssuedRecord {
+    Ok(HeldCoupon {
         coupon: IssuedCoupon {
             code: code.to_owned(),
             discount: Discount::new(kind, value).map_err(|_| bad())?,

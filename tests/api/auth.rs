@@ -1,4 +1,4 @@
-use coupond::grpc::auth::BearerToken;
+use coupond::client::BearerToken;
 use coupond::proto::coupon_admin_client::CouponAdminClient;
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, IssueResult};

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use coupond::store::finalization::{IssuanceWriter, Recorded};
+use coupond::store::postgres::finalization::{IssuanceWriter, Recorded};
 
 use crate::helpers::{eventually, preload_request, spawn_app, TestApp};
 

@@ -95,7 +95,7 @@ async fn a_lost_redis_event_is_reported_rebuilt_and_issuing_goes_on_without_dupl
     let codes: HashSet<&String> = pairs.iter().map(|(c, _)| c).collect();
     assert_eq!(codes.len(), 200, "no code twice");
     app.await_finalized(&event, &pairs).await;
-    let report = coupond::reconcile::reconcile(&app.pg, &app.redis, &id)
+    let report = coupond::ops::reconcile::reconcile(&app.pg, &app.redis, &id)
         .await
         .unwrap();
     assert!(report.consistent(), "{report}");

@@ -7,9 +7,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use coupond::client::BearerToken;
 use coupond::config::Settings;
 use coupond::domain::{EventId, EventState};
-use coupond::grpc::auth::BearerToken;
 use coupond::proto::{DiscountPolicy, DiscountType, PreloadRequest};
 use coupond::store::{PgStore, RedisStore};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -163,7 +163,9 @@ pub async fn assert_live_and_consistent(pg: &PgStore, redis: &RedisStore, event:
     );
     assert_eq!(e.preload.written, total);
     assert_eq!(pg.coupon_count(&id).await.unwrap(), u64::from(total));
-    let report = coupond::reconcile::reconcile(pg, redis, &id).await.unwrap();
+    let report = coupond::ops::reconcile::reconcile(pg, redis, &id)
+        .await
+        .unwrap();
     assert!(report.consistent(), "{report}");
     assert!(report.redis_live, "{report}");
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{NoTls, Transaction};
 
 use crate::domain::{EventId, Policy, PreloadId};
 use crate::store::postgres::PgStoreError;
@@ -29,20 +29,23 @@ impl From<tokio_postgres::Error> for WriteError {
     }
 }
 
-/// One connection, owned by one job.
+/// One connection, owned by one job (a pool of one: deadpool drives the
+/// connection and gives it back when the job ends).
 pub struct CouponWriter {
-    client: Client,
+    client: deadpool_postgres::Object,
 }
 
 impl CouponWriter {
     pub async fn connect(url: &str) -> Result<Self, PgStoreError> {
-        let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-        // The connection future ends when the client is dropped.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "preload writer connection ended");
-            }
-        });
+        let config: tokio_postgres::Config = url.parse()?;
+        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(config, NoTls))
+            .max_size(1)
+            .build()
+            .map_err(|e| PgStoreError::Corrupt(format!("postgres pool: {e}")))?;
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| PgStoreError::Corrupt(format!("postgres connection: {e}")))?;
         Ok(Self { client })
     }
 
@@ -84,7 +87,7 @@ impl CouponWriter {
 /// rolls back (the transaction is dropped) when `job` no longer holds the
 /// event.
 async fn commit_fenced(
-    tx: Transaction<'_>,
+    tx: deadpool_postgres::Transaction<'_>,
     event: &EventId,
     job: &PreloadId,
     lease: Duration,

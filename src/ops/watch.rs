@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::operator::{connect, ServerArgs};
+use crate::ops::{connect, ServerArgs};
 use crate::proto;
 use crate::proto::wire::to_datetime;
 
@@ -156,7 +156,7 @@ pub fn render(e: &proto::Event, issued_per_s: Option<f64>, served: Option<Served
         None => ("- (no --metrics)".into(), "-".into()),
     };
     let window = WINDOW.as_secs();
-    let state = crate::operator::shown_state(e, Utc::now());
+    let state = crate::ops::events::shown_state(e, Utc::now());
     format!(
         "coupond watch  event {}  {state}\n\
          this event, every server:\n\

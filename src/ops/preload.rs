@@ -1,39 +1,16 @@
-//! The operator's commands: `coupond preload` (start a preload and watch it
-//! to its end with a progress bar) and `coupond events` (a table of events).
-//! Both are gRPC clients of a running server, as any admin tool would be.
+//! `coupond preload`: start a preload on a running server and follow it to
+//! its end with a progress bar.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
-use crate::grpc::auth::BearerToken;
-use crate::proto::coupon_admin_client::CouponAdminClient;
-use crate::proto::wire::{timestamp, to_datetime};
+use crate::client::Admin;
+use crate::ops::{code_name, connect, get_event, time, ServerArgs};
+use crate::proto::wire::timestamp;
 use crate::proto::{self, DiscountPolicy, DiscountType, EventState, PreloadRequest};
-
-pub type Admin = CouponAdminClient<InterceptedService<Channel, BearerToken>>;
-
-/// How to reach the server.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArgs {
-    /// The coupond server.
-    #[arg(long, env = "COUPOND_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
-    /// The admin token (sent as a bearer token).
-    #[arg(
-        long = "admin-token",
-        env = "COUPOND_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// CA certificate (PEM) to trust for an https server.
-    #[arg(long = "tls-ca", env = "COUPOND_TLS_CA")]
-    pub tls_ca: Option<std::path::PathBuf>,
-}
 
 /// What to preload: a JSON file, flags, or both (flags win).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -88,24 +65,6 @@ struct FilePolicy {
 
 fn one() -> u32 {
     1
-}
-
-pub async fn connect(s: &ServerArgs) -> anyhow::Result<Admin> {
-    let mut ep = Endpoint::from_shared(s.server.clone())
-        .map_err(|e| anyhow::anyhow!("--server {}: {e}", s.server))?
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(ca) = &s.tls_ca {
-        let pem =
-            std::fs::read(ca).map_err(|e| anyhow::anyhow!("--tls-ca {}: {e}", ca.display()))?;
-        ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
-    }
-    let channel = ep
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", s.server))?;
-    let token = BearerToken::new(s.admin_token.as_deref())
-        .map_err(|e| anyhow::anyhow!("COUPOND_ADMIN_TOKEN: {e}"))?;
-    Ok(CouponAdminClient::with_interceptor(channel, token))
 }
 
 fn kind_of(s: &str, what: &str) -> anyhow::Result<DiscountType> {
@@ -285,28 +244,6 @@ pub async fn preload(server: &ServerArgs, args: &PreloadArgs) -> anyhow::Result<
     }
 }
 
-/// A status code as the gRPC spec spells it (`INVALID_ARGUMENT`).
-fn code_name(c: Code) -> String {
-    let mut out = String::new();
-    for (i, ch) in format!("{c:?}").chars().enumerate() {
-        if i > 0 && ch.is_ascii_uppercase() {
-            out.push('_');
-        }
-        out.push(ch.to_ascii_uppercase());
-    }
-    out
-}
-
-async fn get_event(admin: &mut Admin, id: &str) -> anyhow::Result<proto::Event> {
-    admin
-        .get_event(proto::GetEventRequest {
-            event_id: id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| anyhow::anyhow!("GetEvent {id}: {}: {}", code_name(s.code()), s.message()))
-}
-
 async fn print_summary(
     admin: &mut Admin,
     id: &str,
@@ -342,193 +279,6 @@ async fn print_summary(
         r.total_ms, r.generate_ms, r.database_ms, r.redis_ms
     );
     Ok(())
-}
-
-fn time(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(to_datetime)
-        .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
-}
-
-fn state_name(s: i32) -> &'static str {
-    match EventState::try_from(s) {
-        Ok(EventState::Preparing) => "PREPARING",
-        Ok(EventState::Live) => "LIVE",
-        Ok(EventState::Failed) => "FAILED",
-        _ => "?",
-    }
-}
-
-/// Prints every event as a table, paging through ListEvents.
-pub async fn events(server: &ServerArgs) -> anyhow::Result<()> {
-    let mut admin = connect(server).await?;
-    let mut rows = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = admin
-            .list_events(proto::ListEventsRequest {
-                page_size: 500,
-                page_token: token,
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("ListEvents: {}: {}", code_name(s.code()), s.message()))?
-            .into_inner();
-        rows.extend(page.events);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    print!("{}", events_table(&rows));
-    Ok(())
-}
-
-/// An operator's control of a live event (`coupond events <control>`).
-#[derive(clap::Subcommand)]
-pub enum EventControl {
-    /// Pause: Issue answers PAUSED and issues nothing until `resume`.
-    Pause(ControlArgs),
-    /// Resume a paused event.
-    Resume(ControlArgs),
-    /// End the event's window now: Issue answers ENDED.
-    Close(ControlArgs),
-    /// Move the event's end (RFC 3339, e.g. 2026-11-25T18:00:00Z).
-    Extend {
-        #[command(flatten)]
-        args: ControlArgs,
-        #[arg(long)]
-        ends_at: String,
-    },
-}
-
-#[derive(clap::Args)]
-pub struct ControlArgs {
-    /// The event.
-    #[arg(long)]
-    pub event: String,
-    /// Why, recorded with the control.
-    #[arg(long)]
-    pub reason: String,
-}
-
-/// Applies `control` and prints the event it leaves.
-pub async fn control(server: &ServerArgs, control: &EventControl) -> anyhow::Result<()> {
-    let mut admin = connect(server).await?;
-    let fail = |s: tonic::Status| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message());
-    let event = match control {
-        EventControl::Pause(a) => admin
-            .pause_event(proto::PauseEventRequest {
-                event_id: a.event.clone(),
-                reason: a.reason.clone(),
-            })
-            .await
-            .map(|r| r.into_inner().event),
-        EventControl::Resume(a) => admin
-            .resume_event(proto::ResumeEventRequest {
-                event_id: a.event.clone(),
-                reason: a.reason.clone(),
-            })
-            .await
-            .map(|r| r.into_inner().event),
-        EventControl::Close(a) => admin
-            .close_event(proto::CloseEventRequest {
-                event_id: a.event.clone(),
-                reason: a.reason.clone(),
-            })
-            .await
-            .map(|r| r.into_inner().event),
-        EventControl::Extend { args, ends_at } => {
-            let t = chrono::DateTime::parse_from_rfc3339(ends_at).map_err(|e| {
-                anyhow::anyhow!("--ends-at {ends_at:?}: {e} (RFC 3339, e.g. 2026-11-25T18:00:00Z)")
-            })?;
-            admin
-                .extend_event(proto::ExtendEventRequest {
-                    event_id: args.event.clone(),
-                    ends_at: Some(timestamp(t.with_timezone(&chrono::Utc))),
-                    reason: args.reason.clone(),
-                })
-                .await
-                .map(|r| r.into_inner().event)
-        }
-    }
-    .map_err(fail)?;
-    print!("{}", events_table(&event.into_iter().collect::<Vec<_>>()));
-    Ok(())
-}
-
-/// What the STATE column says: the preload state, and for a live event
-/// whether its window has ended (closed, or over), whether it is settled,
-/// and whether it is paused.
-pub fn shown_state(e: &proto::Event, now: DateTime<Utc>) -> String {
-    let ended = e
-        .ends_at
-        .as_ref()
-        .and_then(to_datetime)
-        .is_some_and(|end| end <= now);
-    let mut s = match (e.state == EventState::Live as i32, ended) {
-        (true, true) => "ENDED".to_owned(),
-        _ => state_name(e.state).to_owned(),
-    };
-    if e.state == EventState::Live as i32 && e.settled_at.is_some() {
-        s.push_str(" (SETTLED)");
-    }
-    if e.paused {
-        s.push_str(" (PAUSED)");
-    }
-    if e.offline {
-        s.push_str(" (OFFLINE: rebuild it again)");
-    }
-    s
-}
-
-/// The table `coupond events` prints: one line per event, aligned.
-pub fn events_table(events: &[proto::Event]) -> String {
-    let head = [
-        "EVENT",
-        "STATE",
-        "TOTAL",
-        "PRELOADED",
-        "REMAINING",
-        "ISSUED",
-        "FINALIZED",
-        "STARTS",
-        "ENDS",
-    ];
-    let mut lines: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
-    for e in events {
-        lines.push(vec![
-            e.event_id.clone(),
-            shown_state(e, Utc::now()),
-            e.total_count.to_string(),
-            e.preloaded_count.to_string(),
-            e.remaining_count.to_string(),
-            e.issued_count.to_string(),
-            e.finalized_count.to_string(),
-            time(e.starts_at.as_ref()),
-            time(e.ends_at.as_ref()),
-        ]);
-    }
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, w))| match i {
-                // Counts align right, words left.
-                2..=6 => format!("{c:>w$}"),
-                _ => format!("{c:<w$}"),
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    if events.is_empty() {
-        out.push_str("(no events)\n");
-    }
-    out
 }
 
 /// A progress bar on stderr (a line every few seconds when it is not a
@@ -620,6 +370,7 @@ fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::wire::to_datetime;
 
     #[test]
     fn policies_parse_from_flags_and_name_the_flag_when_wrong() {
@@ -678,12 +429,6 @@ mod tests {
     }
 
     #[test]
-    fn status_codes_are_spelled_as_in_the_grpc_spec() {
-        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
-    }
-
-    #[test]
     fn the_progress_line_shows_share_rate_and_eta() {
         let l = progress_line(250_000, 1_000_000, Duration::from_secs(2));
         assert!(
@@ -693,63 +438,5 @@ mod tests {
         assert!(l.contains("250,000 / 1,000,000"), "{l}");
         assert!(l.contains("125,000/s") && l.ends_with("ETA 6s"), "{l}");
         assert!(progress_line(0, 10, Duration::from_secs(1)).ends_with("ETA ?"));
-    }
-
-    #[test]
-    fn the_events_table_aligns_its_columns() {
-        let e = proto::Event {
-            event_id: "drop-1".into(),
-            state: EventState::Live as i32,
-            total_count: 1000,
-            preloaded_count: 1000,
-            remaining_count: 990,
-            issued_count: 10,
-            finalized_count: 9,
-            ..Default::default()
-        };
-        let t = events_table(&[e]);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 2);
-        assert!(
-            lines[0].starts_with("EVENT   STATE  TOTAL  PRELOADED"),
-            "{t}"
-        );
-        assert!(
-            lines[1].starts_with("drop-1  LIVE    1000       1000"),
-            "{t}"
-        );
-        assert_eq!(events_table(&[]).lines().last(), Some("(no events)"));
-    }
-
-    #[test]
-    fn an_ended_or_settled_event_is_not_shown_live() {
-        let now = Utc::now();
-        let at = |secs: i64| Some(timestamp(now + chrono::Duration::seconds(secs)));
-        let live = proto::Event {
-            state: EventState::Live as i32,
-            ends_at: at(60),
-            ..Default::default()
-        };
-        assert_eq!(shown_state(&live, now), "LIVE");
-        let paused = proto::Event {
-            paused: true,
-            ..live.clone()
-        };
-        assert_eq!(shown_state(&paused, now), "LIVE (PAUSED)");
-        let closed = proto::Event {
-            ends_at: at(-1),
-            ..live.clone()
-        };
-        assert_eq!(shown_state(&closed, now), "ENDED");
-        let settled = proto::Event {
-            settled_at: at(0),
-            ..closed
-        };
-        assert_eq!(shown_state(&settled, now), "ENDED (SETTLED)");
-        let preparing = proto::Event {
-            state: EventState::Preparing as i32,
-            ..live
-        };
-        assert_eq!(shown_state(&preparing, now), "PREPARING");
     }
 }
