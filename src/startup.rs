@@ -59,8 +59,8 @@ impl Backends {
     pub async fn connect(s: &Settings) -> anyhow::Result<Self> {
         let pg = PgStore::connect(&s.database.url, s.database.pool_size)?;
         let timeouts = RedisTimeouts {
-            response: Duration::from_millis(s.redis.response_timeout_ms),
-            connect: Duration::from_millis(s.redis.connect_timeout_ms),
+            response: s.redis.response_timeout,
+            connect: s.redis.connect_timeout,
         };
         let redis = RedisStore::connect_with(&s.redis.url, s.redis.pool_size, timeouts)?;
         redis
@@ -109,7 +109,7 @@ impl Backends {
             writer,
             self.redis.clone(),
             self.publisher.clone(),
-            Duration::from_secs(s.sweep.retention_secs),
+            s.sweep.retention,
         )
     }
 }
@@ -237,7 +237,7 @@ impl Services {
             backends.redis.clone(),
             settings.issue.batch_size,
             settings.issue.workers,
-            Duration::from_millis(settings.issue.retry_ms),
+            settings.issue.retry,
             tasks,
         );
         let issuer = Arc::new(IssuerService::new(
@@ -279,7 +279,7 @@ fn grpc_server(
     spawner: Spawner,
 ) -> anyhow::Result<Router<Stack<ObserveLayer, Identity>>> {
     let limits = &serve.limits;
-    let request_cap = Duration::from_millis(limits.request_timeout_ms);
+    let request_cap = limits.request_timeout;
     let admin_svc = CouponAdminServer::new(AdminApi::new(services.admin.clone(), request_cap))
         .max_decoding_message_size(limits.max_message_bytes);
     let issuer_svc = CouponIssuerServer::new(IssuerApi::new(

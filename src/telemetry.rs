@@ -1,6 +1,6 @@
 //! Logs and traces: the tracing subscriber (text or JSON on stderr), and,
-//! when `COUPOND_OTLP_ENDPOINT` is set, OpenTelemetry export of the spans
-//! over OTLP/gRPC (off by default).
+//! when an OTLP endpoint is set (`--otlp-endpoint`, `COUPOND_OTLP_ENDPOINT`),
+//! OpenTelemetry export of the spans over OTLP/gRPC (off by default).
 
 use std::sync::OnceLock;
 
@@ -11,6 +11,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::config::TelemetrySettings;
+
 /// Quiet defaults for the chatty dependencies; `RUST_LOG` overrides all.
 const DEFAULT_FILTER: &str = "info,h2=warn,tower=warn,hyper=warn,rdkafka=warn,tonic=info";
 
@@ -19,11 +21,11 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Installs the global subscriber writing to stderr: text, or one JSON
 /// object per line (with the current span's fields: event, user and
-/// request ids on the issue path) when `COUPOND_LOG_FORMAT=json`; plus the
-/// OTLP exporter when `COUPOND_OTLP_ENDPOINT` is set (call from inside the
+/// request ids on the issue path) when `json`; plus the OTLP exporter when
+/// an endpoint is set (call from inside the
 /// Tokio runtime then). Safe to call twice (tests do): the second call is a
 /// no-op.
-pub fn init() {
+pub fn init(settings: &TelemetrySettings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colour only for a terminal: a file or a pipe gets plain text.
@@ -31,24 +33,22 @@ pub fn init() {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    let fmt = match std::env::var("COUPOND_LOG_FORMAT").as_deref() {
-        Ok("json") => fmt
+    let fmt = match settings.json {
+        true => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),
         _ => fmt.boxed(),
     };
-    let otlp = std::env::var("COUPOND_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty())
-        .and_then(|endpoint| match tracer(&endpoint) {
+    let otlp = settings
+        .otlp_endpoint
+        .as_deref()
+        .and_then(|endpoint| match tracer(endpoint) {
             Ok(provider) => {
                 // Its own level, apart from RUST_LOG: coupond's spans are
                 // exported even when the logs say only warnings.
-                let spans = EnvFilter::new(
-                    std::env::var("COUPOND_OTLP_FILTER").unwrap_or_else(|_| "coupond=info".into()),
-                );
+                let spans = EnvFilter::new(&settings.otlp_filter);
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer("coupond"))
                     .with_filter(spans);

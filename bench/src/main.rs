@@ -11,13 +11,15 @@ mod report;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coupond::config::Settings;
+use coupond::cli::args::{DatabaseArgs, KafkaArgs};
 
 #[derive(Parser)]
 #[command(name = "coupond-bench", version, about)]
 struct Cli {
     #[command(flatten)]
-    settings: Settings,
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
     #[command(flatten)]
     args: load::BenchArgs,
 }
@@ -36,11 +38,11 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.args.json.clone();
     if cli.args.mode == load::Mode::Broker {
-        let report = broker::run(&cli.settings.kafka, cli.args.requests).await?;
+        let report = broker::run(&cli.kafka.into(), cli.args.requests).await?;
         eprintln!("{}", report.summary());
         return write(&report, json.as_deref());
     }
-    let report = load::run(cli.args, Some(&cli.settings.database.url)).await?;
+    let report = load::run(cli.args, Some(&cli.database.url)).await?;
     eprintln!("{}", report.summary());
     write(&report, json.as_deref())?;
     anyhow::ensure!(

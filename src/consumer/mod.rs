@@ -84,7 +84,10 @@ impl Finalizer {
             // Also the group's rebalance timeout: a member that died without
             // leaving holds up a replacement for at most this long.
             .set("max.poll.interval.ms", "20000")
-            .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
+            .set(
+                "fetch.wait.max.ms",
+                settings.fetch_wait.as_millis().to_string(),
+            )
             // The group leader reassigns when it sees a subscribed topic
             // appear or grow; librdkafka's default look every 5 minutes
             // would leave a topic re-created after a broker lost its data
@@ -119,7 +122,7 @@ impl Finalizer {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let depth = self.settings.in_flight.max(1);
         tracing::info!(in_flight = depth, "finalizer started");
-        let max_wait = Duration::from_millis(self.settings.batch_ms);
+        let max_wait = self.settings.batch_wait;
         // Set while the broker has failed since the last message arrived.
         let mut troubled_since: Option<tokio::time::Instant> = None;
         let mut applying: FuturesOrdered<Applying> = FuturesOrdered::new();

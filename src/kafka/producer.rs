@@ -67,9 +67,12 @@ impl Publisher {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", s.linger_ms.to_string())
+            .set("linger.ms", s.linger.as_millis().to_string())
             .set("compression.type", &s.compression)
-            .set("message.timeout.ms", s.delivery_timeout_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                s.delivery_timeout.as_millis().to_string(),
+            )
             .set("queue.buffering.max.messages", "1000000")
             .set("batch.num.messages", "10000");
         let producer: FutureProducer = config.create()?;
@@ -78,7 +81,7 @@ impl Publisher {
                 config,
                 producer: RwLock::new((0, producer)),
                 failing_since: Mutex::new(None),
-                recreate_after: s.delivery_timeout() * 2,
+                recreate_after: s.delivery_timeout * 2,
                 topic: s.topic.clone(),
                 dlq_topic: s.dlq_topic(),
             }),

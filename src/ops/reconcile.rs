@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use crate::config::{DatabaseSettings, KafkaSettings, RedisSettings};
 use crate::domain::{EventId, EventState, IssuanceState, LiveState, RecordedCoupon};
 use crate::ops::rebuild::{rebuild, RebuildReport};
 use crate::store::{PgStore, RedisStore};
@@ -325,17 +326,22 @@ pub struct Inconsistent;
 
 /// `coupond reconcile`: rebuilds first when asked, then reports; an
 /// inconsistent report is `Inconsistent`.
-pub async fn run(s: &crate::config::Settings, args: &ReconcileArgs) -> anyhow::Result<()> {
+pub async fn run(
+    redis: &RedisSettings,
+    database: &DatabaseSettings,
+    kafka: &KafkaSettings,
+    args: &ReconcileArgs,
+) -> anyhow::Result<()> {
     let event = EventId::parse(args.event.clone()).map_err(|e| anyhow::anyhow!("--event: {e}"))?;
     let (pg, redis) = (
-        &PgStore::connect(&s.database.url, 2)?,
-        &RedisStore::connect(&s.redis.url, 2)?,
+        &PgStore::connect(&database.url, 2)?,
+        &RedisStore::connect(&redis.url, 2)?,
     );
     let event = &event;
     let rebuilt = match args.rebuild_redis {
         true => Some(
             crate::shutdown::until_signalled(|stop| async move {
-                rebuild(pg, redis, &s.kafka, event, args.force, &stop).await
+                rebuild(pg, redis, kafka, event, args.force, &stop).await
             })
             .await?,
         ),

@@ -125,7 +125,7 @@ impl PreloadJobs {
     /// of the same content; a FAILED event starts over. Returns once the
     /// event is recorded, long before the job ends.
     pub async fn submit(&self, event: &NewEvent) -> Result<(), CouponError> {
-        let lease = self.inner.settings.lease();
+        let lease = self.inner.settings.lease;
         // Twice at most: a FAILED event restarted by a concurrent call is
         // read again, since that call may have brought other content.
         for _ in 0..2 {
@@ -205,7 +205,7 @@ impl PreloadJobs {
 
     /// Takes over the jobs whose server died, until `stop`.
     pub async fn run_resumer(&self, stop: CancellationToken) -> anyhow::Result<()> {
-        let every = self.inner.settings.lease() / 3;
+        let every = self.inner.settings.lease / 3;
         loop {
             if let Err(e) = self.resume_expired().await {
                 tracing::warn!(error = %e, "looking for preload jobs to resume failed");
@@ -222,7 +222,7 @@ impl PreloadJobs {
         for (id, expired) in pg.expired_preloads().await? {
             let job = PreloadId::random(&mut rand::rng());
             if !pg
-                .take_over(&id, &expired, &job, self.inner.settings.lease())
+                .take_over(&id, &expired, &job, self.inner.settings.lease)
                 .await?
             {
                 continue;
@@ -296,7 +296,7 @@ impl Job {
     /// stops it); once the lease is lost it stops renewing: the job's next
     /// write then fails its fence.
     async fn keep_lease(&self) {
-        let (pg, lease) = (&self.inner.pg, self.inner.settings.lease());
+        let (pg, lease) = (&self.inner.pg, self.inner.settings.lease);
         loop {
             tokio::time::sleep(lease / 3).await;
             match pg.renew_lease(&self.event.id, &self.id, lease).await {
@@ -352,7 +352,7 @@ impl Job {
     /// event that nobody can preload again.
     async fn claim(&self, stop: &CancellationToken) -> Result<Option<PreloadId>, JobEnd> {
         let mut replaced = self.replaced.clone();
-        let budget = self.inner.settings.step_budget();
+        let budget = self.inner.settings.step_budget;
         loop {
             let reply = retry_step(stop, budget, "claiming the event in redis", || {
                 self.inner
@@ -415,7 +415,7 @@ impl Job {
     async fn reset_database(&self) -> Result<bool, JobEnd> {
         self.inner
             .pg
-            .reset_preload(&self.event.id, &self.id, self.inner.settings.lease())
+            .reset_preload(&self.event.id, &self.id, self.inner.settings.lease)
             .await
             .map_err(|e| JobEnd::Retry(format!("postgres: {e}")))
     }
@@ -426,7 +426,7 @@ impl Job {
             return Err(JobEnd::Fenced);
         }
         // Claiming from itself drops the job's own staging list.
-        let budget = self.inner.settings.step_budget();
+        let budget = self.inner.settings.step_budget;
         let reply = retry_step(stop, budget, "resetting the staging list", || {
             self.inner
                 .redis
@@ -492,7 +492,7 @@ impl Job {
                 .write_chunk(
                     &self.event.id,
                     &self.id,
-                    self.inner.settings.lease(),
+                    self.inner.settings.lease,
                     policies,
                     &mut chunk,
                     &mut redraw,
@@ -517,7 +517,7 @@ impl Job {
         mut chunks: mpsc::Receiver<Vec<String>>,
     ) -> Result<(u64, Duration), JobEnd> {
         let never = CancellationToken::new();
-        let budget = self.inner.settings.step_budget();
+        let budget = self.inner.settings.step_budget;
         let mut len = 0u64;
         let mut spent = Duration::ZERO;
         while let Some(entries) = chunks.recv().await {

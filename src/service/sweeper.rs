@@ -50,7 +50,7 @@ impl Sweeper {
 
     /// Sweeps every `interval` until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let interval = Duration::from_millis(self.settings.interval_ms.max(10));
+        let interval = self.settings.interval.max(Duration::from_millis(10));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -112,7 +112,7 @@ impl Sweeper {
     /// record only means doing it again), then PostgreSQL records it
     /// settled, if it records the same end, and the sweeper stops visiting.
     async fn settle_if_done(&self, event: &EventId) {
-        let retention = Duration::from_secs(self.settings.retention_secs);
+        let retention = self.settings.retention;
         let done = async {
             let Some(ends_ms) = self.redis.settle(event, retention).await? else {
                 return anyhow::Ok(false);
@@ -135,16 +135,11 @@ impl Sweeper {
 
     async fn sweep(&self, event: &EventId, shutdown: &CancellationToken) -> anyhow::Result<usize> {
         let mut republished = 0;
-        let until = tokio::time::Instant::now() + Duration::from_millis(self.settings.age_ms);
+        let until = tokio::time::Instant::now() + self.settings.age;
         loop {
             let claimed = self
                 .redis
-                .claim_stale(
-                    event,
-                    self.settings.age_ms,
-                    self.settings.max_age_ms,
-                    CLAIM_BATCH,
-                )
+                .claim_stale(event, self.settings.age, self.settings.max_age, CLAIM_BATCH)
                 .await?;
             let n = claimed.len();
             let records: Vec<IssuanceRecord> = claimed

@@ -227,7 +227,7 @@ async fn a_pause_survives_a_rebuild_and_the_cli_controls_events() {
 async fn a_control_recorded_but_missed_by_redis_is_applied_by_the_sweeper() {
     let tag = unique_tag();
     let mut settings = isolated_settings(&tag).await;
-    settings.sweep.interval_ms = 100;
+    settings.sweep.interval = std::time::Duration::from_millis(100);
     let app = spawn_with(settings, tag).await;
     let event = live_event(&app, "ctlhalf").await;
     let id = EventId::parse(event.clone()).unwrap();

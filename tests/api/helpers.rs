@@ -56,7 +56,10 @@ pub async fn spawn_with(settings: Settings, tag: String) -> TestApp {
 
 pub async fn spawn_serving(settings: Settings, serve: ServeSettings, tag: String) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
-        coupond::telemetry::init();
+        coupond::telemetry::init(&coupond::config::TelemetrySettings {
+            otlp_filter: "coupond=info".into(),
+            ..Default::default()
+        });
     }
     let app = Application::build(settings.clone(), serve)
         .await

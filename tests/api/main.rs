@@ -24,6 +24,7 @@ mod rebuild;
 mod reconcile;
 mod retention;
 mod server;
+mod settings;
 mod stream;
 mod sweeper;
 mod tls;

@@ -341,7 +341,7 @@ async fn a_superseded_code_another_user_holds_is_not_queued_again() {
 async fn a_late_message_for_a_settled_event_writes_only_keys_that_expire_with_it() {
     let tag = crate::helpers::unique_tag();
     let mut settings = crate::helpers::isolated_settings(&tag).await;
-    settings.sweep.interval_ms = 200;
+    settings.sweep.interval = std::time::Duration::from_millis(200);
     let app = crate::helpers::spawn_with(settings, tag).await;
     let event = app.event_id("lateconflict");
     let mut req = preload_request(&event, 10);

@@ -233,8 +233,8 @@ async fn a_holder_keeps_their_coupon_whatever_happened_to_the_event() {
 async fn a_holder_keeps_their_coupon_after_retention_expired_the_event_from_redis() {
     let tag = unique_tag();
     let mut settings = isolated_settings(&tag).await;
-    settings.sweep.interval_ms = 200;
-    settings.sweep.retention_secs = 1;
+    settings.sweep.interval = std::time::Duration::from_millis(200);
+    settings.sweep.retention = std::time::Duration::from_secs(1);
     let app = spawn_with(settings, tag).await;
     let event = app.event_id("expired");
     let mut req = preload_request(&event, 10);

@@ -21,8 +21,8 @@ use crate::helpers::{
 async fn ending_event(retention_secs: u64) -> (TestApp, String, HashSet<(String, String)>) {
     let tag = unique_tag();
     let mut settings = isolated_settings(&tag).await;
-    settings.sweep.interval_ms = 200;
-    settings.sweep.retention_secs = retention_secs;
+    settings.sweep.interval = std::time::Duration::from_millis(200);
+    settings.sweep.retention = std::time::Duration::from_secs(retention_secs);
     let app = spawn_with(settings, tag).await;
     let event = app.event_id("retention");
     let mut req = preload_request(&event, 10);
@@ -212,8 +212,8 @@ async fn a_control_of_an_expired_event_is_refused_naming_the_rebuild_and_changes
 async fn an_event_redis_still_issues_is_never_settled() {
     let tag = unique_tag();
     let mut settings = isolated_settings(&tag).await;
-    settings.sweep.interval_ms = 100;
-    settings.sweep.retention_secs = 1;
+    settings.sweep.interval = std::time::Duration::from_millis(100);
+    settings.sweep.retention = std::time::Duration::from_secs(1);
     let app = spawn_with(settings, tag).await;
     let event = app.event_id("skewed");
     app.preload(preload_request(&event, 10)).await.unwrap();

@@ -21,8 +21,8 @@ const AGE_MS: u64 = 5_000;
 async fn spawn_unswept() -> TestApp {
     let tag = unique_tag();
     let mut settings = isolated_settings(&tag).await;
-    settings.sweep.age_ms = 3_600_000;
-    settings.sweep.max_age_ms = 3_600_000;
+    settings.sweep.age = std::time::Duration::from_millis(3_600_000);
+    settings.sweep.max_age = std::time::Duration::from_millis(3_600_000);
     let mut serve = serve_settings();
     serve.no_consumer = true;
     spawn_serving(settings, serve, tag).await
@@ -30,7 +30,12 @@ async fn spawn_unswept() -> TestApp {
 
 async fn claim(app: &TestApp, event: &EventId, max_age_ms: u64) -> Vec<String> {
     app.redis
-        .claim_stale(event, AGE_MS, max_age_ms, 100)
+        .claim_stale(
+            event,
+            std::time::Duration::from_millis(AGE_MS),
+            std::time::Duration::from_millis(max_age_ms),
+            100,
+        )
         .await
         .unwrap()
         .into_iter()
@@ -159,10 +164,10 @@ async fn a_sweep_pass_covers_every_claim_batch_and_stops_on_shutdown() {
         Publisher::new(&app.settings.kafka).unwrap(),
         app.settings.kafka.clone(),
         SweepSettings {
-            age_ms: AGE_MS,
-            max_age_ms: 60_000,
-            interval_ms: 1_000,
-            retention_secs: 86_400,
+            age: std::time::Duration::from_millis(AGE_MS),
+            max_age: std::time::Duration::from_millis(60_000),
+            interval: std::time::Duration::from_millis(1_000),
+            retention: std::time::Duration::from_secs(86_400),
         },
     );
 

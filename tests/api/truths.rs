@@ -256,7 +256,7 @@ async fn the_pending_gauge_drops_to_0_when_the_event_settles() {
     scrape_metrics(); // the exporter, before anything is recorded
     let tag = crate::helpers::unique_tag();
     let mut settings = crate::helpers::isolated_settings(&tag).await;
-    settings.sweep.interval_ms = 200;
+    settings.sweep.interval = std::time::Duration::from_millis(200);
     let mut serve = crate::helpers::serve_settings();
     serve.no_consumer = true;
     let app = crate::helpers::spawn_serving(settings, serve, tag).await;

@@ -33,7 +33,7 @@ pub fn unique_tag() -> String {
 
 /// Settings for an isolated test: fresh database, topics and group.
 pub async fn isolated_settings(tag: &str) -> Settings {
-    let mut s = Settings::from_env().expect("settings from env");
+    let mut s = coupond::cli::args::settings_from_env().expect("settings from env");
     let db = format!("coupond_test_{tag}");
     let mut admin = AsyncPgConnection::establish(&admin_db_url())
         .await
@@ -47,7 +47,7 @@ pub async fn isolated_settings(tag: &str) -> Settings {
     s.kafka.topic = format!("coupon-issued-test-{tag}");
     s.kafka.group = format!("coupond-test-{tag}");
     s.kafka.create_partitions = 3;
-    s.consumer.batch_ms = 10;
+    s.consumer.batch_wait = std::time::Duration::from_millis(10);
     s
 }
 

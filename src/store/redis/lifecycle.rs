@@ -125,13 +125,13 @@ impl RedisStore {
         Ok((ends > 0).then_some(ends))
     }
     /// Claims up to `max` issuances of `event` pending for longer than
-    /// `age_ms`, or than `max_age_ms` while the finalizer is progressing
+    /// `age`, or than `max_age` while the finalizer is progressing
     /// (see `scripts/lua/claim_stale.lua`).
     pub async fn claim_stale(
         &self,
         event: &EventId,
-        age_ms: u64,
-        max_age_ms: u64,
+        age: Duration,
+        max_age: Duration,
         max: usize,
     ) -> Result<Vec<(UserId, HeldCoupon)>, RedisStoreError> {
         let k = EventKeys::new(event);
@@ -142,9 +142,9 @@ impl RedisStore {
             .key(&k.pending)
             .key(&k.issued)
             .key(&k.progress)
-            .arg(age_ms)
+            .arg(age.as_millis() as u64)
             .arg(max)
-            .arg(max_age_ms)
+            .arg(max_age.as_millis() as u64)
             .invoke_async(&mut c)
             .await?;
         flat.chunks_exact(2)
