@@ -1,11 +1,17 @@
 //! coupond: coupon pre-generation and real-time issuance.
 //!
-//! Top-down: `cli` (what `main` calls) and `startup` wire it all; `grpc` is
-//! the edge; `service` orchestrates the stores (`store`) and Kafka
-//! (`kafka`); `consumer` finalizes issuances in PostgreSQL; `proto` holds
-//! the wire types, `domain` the pure rules, `config` the settings. Imports
-//! only point down.
+//! Top-down, imports only pointing down: `cli` (what `main` calls: parses
+//! settings into values and dispatches) and `startup` (wiring, the drain);
+//! `ops`, the operators' wing (reconcile, rebuild, the admin commands);
+//! `grpc`, the edge (convert and delegate; one outcome classification, one
+//! Status mapping, one per-RPC layer); `service`, the use cases; `consumer`
+//! (the finalizer), `kafka` and `store` (one file per aggregate, one
+//! connection seam per store); `proto` (wire types) and `client` (the
+//! client side of our own API); `domain` (pure rules and values) and
+//! `config` (settings as values). Beside them: `supervisor` (the one owner
+//! of every task), `backoff`, `shutdown`, `metrics`, `telemetry`.
 
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;

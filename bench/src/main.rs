@@ -7,6 +7,7 @@ mod broker;
 mod db;
 mod load;
 mod report;
+mod run;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,7 @@ struct Cli {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
-    args: load::BenchArgs,
+    args: run::BenchArgs,
 }
 
 #[tokio::main]
@@ -37,7 +38,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.args.json.clone();
-    if cli.args.mode == load::Mode::Broker {
+    if cli.args.mode == run::Mode::Broker {
         let report = broker::run(&cli.kafka.into(), cli.args.requests).await?;
         eprintln!("{}", report.summary());
         return write(&report, json.as_deref());

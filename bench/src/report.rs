@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 
 use crate::db::FinalizeDelays;
-use crate::load::{BenchArgs, Event, Finalization, Measured, Mode};
+use crate::run::{BenchArgs, Event, Finalization, Measured, Mode};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Report {

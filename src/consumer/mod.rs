@@ -48,6 +48,28 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Next offset per (topic, partition).
 type Offsets = HashMap<(String, i32), i64>;
 
+/// Where a running finalizer is.
+#[derive(Default)]
+struct Progress {
+    /// Batches being applied, in consumption order.
+    applying: FuturesOrdered<Applying>,
+    /// The next offset applied, per partition.
+    applied: Offsets,
+    /// Set once told to stop.
+    draining: Option<Draining>,
+    /// Set while the broker has failed since the last message arrived.
+    troubled_since: Option<tokio::time::Instant>,
+}
+
+impl Progress {
+    /// Told to stop, and what was to be recorded is (or the time is up).
+    fn drained(&self) -> bool {
+        self.draining.as_ref().is_some_and(|d| {
+            caught_up(&d.targets, &self.applied) || tokio::time::Instant::now() >= d.until
+        })
+    }
+}
+
 /// A finalizer that was told to stop: what it must still record, and until when.
 struct Draining {
     targets: Offsets,
@@ -120,96 +142,115 @@ impl Finalizer {
     /// Consumes until `shutdown` fires; the batches in progress are
     /// finished and committed first.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let depth = self.settings.in_flight.max(1);
-        tracing::info!(in_flight = depth, "finalizer started");
-        let max_wait = self.settings.batch_wait;
-        // Set while the broker has failed since the last message arrived.
-        let mut troubled_since: Option<tokio::time::Instant> = None;
-        let mut applying: FuturesOrdered<Applying> = FuturesOrdered::new();
-        let mut applied: Offsets = HashMap::new();
-        let mut draining: Option<Draining> = None;
-        'consume: loop {
-            if let Some(d) = &draining {
-                if caught_up(&d.targets, &applied) || tokio::time::Instant::now() >= d.until {
-                    break 'consume;
-                }
-            }
-            if applying.is_empty() && troubled_since.is_some_and(|t| t.elapsed() > STALL_RESET) {
-                self.replace_consumer()?;
-                troubled_since = None;
-            }
-            if applying.len() >= depth {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled(), if draining.is_none() => {
-                        draining = Some(self.start_draining());
-                    }
-                    Some(done) = applying.next() => {
-                        if !self.applied(done, &mut applied) {
-                            break 'consume;
-                        }
-                    }
-                }
-                continue;
-            }
-            // The gathering future is polled to its end, never dropped
-            // half-way (but on shutdown): messages it took and lost would
-            // be skipped by the commits of later batches.
-            let gather = next_batch(
-                &self.consumer,
-                self.settings.batch_size,
-                max_wait,
-                STALL_RESET,
-            );
-            tokio::pin!(gather);
-            let gathered = loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled(), if draining.is_none() => {
-                        let d = self.start_draining();
-                        // Nothing left to record: stop now (a batch being
-                        // gathered is not applied, nor committed past).
-                        if applying.is_empty() && caught_up(&d.targets, &applied) {
-                            break 'consume;
-                        }
-                        draining = Some(d);
-                    }
-                    Some(done) = applying.next(), if !applying.is_empty() => {
-                        if !self.applied(done, &mut applied) {
-                            break 'consume;
-                        }
-                    }
-                    b = &mut gather => break b,
-                }
-            };
-            match gathered {
-                Ok(b) if b.is_empty() => {}
-                Ok(batch) => {
-                    troubled_since = None;
-                    let sink = self.sink.clone();
-                    let shutdown = shutdown.clone();
-                    applying.push_back(Box::pin(async move {
-                        let started = tokio::time::Instant::now();
-                        let stats = sink.apply(&batch, &shutdown).await;
-                        tracing::debug!(
-                            messages = batch.len(),
-                            apply_ms = started.elapsed().as_millis() as u64,
-                            "batch applied"
-                        );
-                        (batch, stats)
-                    }));
-                }
-                Err(e) => {
-                    // librdkafka reconnects by itself; don't spin meanwhile.
-                    tracing::warn!(error = %e, "consuming failed; retrying");
-                    troubled_since.get_or_insert_with(tokio::time::Instant::now);
-                    tokio::time::sleep(BACKOFF_START).await;
-                }
-            }
-        }
-        self.drain(applying).await;
+        tracing::info!(
+            in_flight = self.settings.in_flight.max(1),
+            "finalizer started"
+        );
+        let mut p = Progress::default();
+        while self.turn(&mut p, &shutdown).await? {}
+        self.drain(p.applying).await;
         tracing::info!("finalizer stopped");
         Ok(())
+    }
+
+    /// One turn of the loop: a batch committed, or one gathered and set to
+    /// apply. False when the finalizer is done.
+    async fn turn(
+        &mut self,
+        p: &mut Progress,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        if p.drained() {
+            return Ok(false);
+        }
+        if p.applying.is_empty() && p.troubled_since.is_some_and(|t| t.elapsed() > STALL_RESET) {
+            self.replace_consumer()?;
+            p.troubled_since = None;
+        }
+        if p.applying.len() >= self.settings.in_flight.max(1) {
+            return Ok(self.await_a_batch(p, shutdown).await);
+        }
+        let Some(gathered) = self.gather(p, shutdown).await else {
+            return Ok(false);
+        };
+        match gathered {
+            Ok(b) if b.is_empty() => {}
+            Ok(batch) => {
+                p.troubled_since = None;
+                p.applying.push_back(self.apply(batch, shutdown));
+            }
+            Err(e) => {
+                // librdkafka reconnects by itself; don't spin meanwhile.
+                tracing::warn!(error = %e, "consuming failed; retrying");
+                p.troubled_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                tokio::time::sleep(BACKOFF_START).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// With every slot busy: the next batch to end is committed (or the
+    /// drain starts). False when one was interrupted.
+    async fn await_a_batch(&self, p: &mut Progress, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if p.draining.is_none() => {
+                p.draining = Some(self.start_draining());
+                true
+            }
+            Some(done) = p.applying.next() => self.applied(done, &mut p.applied),
+        }
+    }
+
+    /// Gathers the next batch while committing the batches that end
+    /// meanwhile. The gathering future is polled to its end, never dropped
+    /// half-way (but on shutdown): messages it took and lost would be
+    /// skipped by the commits of later batches. `None`: stop now.
+    async fn gather(
+        &self,
+        p: &mut Progress,
+        shutdown: &CancellationToken,
+    ) -> Option<anyhow::Result<Vec<OwnedMessage>>> {
+        let s = &self.settings;
+        let gather = next_batch(&self.consumer, s.batch_size, s.batch_wait, STALL_RESET);
+        tokio::pin!(gather);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if p.draining.is_none() => {
+                    let d = self.start_draining();
+                    // Nothing left to record: stop now (a batch being
+                    // gathered is not applied, nor committed past).
+                    if p.applying.is_empty() && caught_up(&d.targets, &p.applied) {
+                        return None;
+                    }
+                    p.draining = Some(d);
+                }
+                Some(done) = p.applying.next(), if !p.applying.is_empty() => {
+                    if !self.applied(done, &mut p.applied) {
+                        return None;
+                    }
+                }
+                b = &mut gather => return Some(b),
+            }
+        }
+    }
+
+    /// Applying `batch` to the stores, as a future of its own.
+    fn apply(&self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) -> Applying {
+        let sink = self.sink.clone();
+        let shutdown = shutdown.clone();
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let stats = sink.apply(&batch, &shutdown).await;
+            tracing::debug!(
+                messages = batch.len(),
+                apply_ms = started.elapsed().as_millis() as u64,
+                "batch applied"
+            );
+            (batch, stats)
+        })
     }
 
     /// Commits a batch that was applied; false if applying it was

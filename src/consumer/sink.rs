@@ -16,6 +16,7 @@ use std::time::Duration;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::domain::{EventId, IssuanceRecord, IssuedCoupon, UserId};
 use crate::kafka::{message, Publisher};
 use crate::store::postgres::finalization::{IssuanceWriter, Recorded};
@@ -268,17 +269,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut delay = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     loop {
         match op().await {
             Ok(v) => return Some(v),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return None;
                 }
-                delay = (delay * 2).min(BACKOFF_MAX);
             }
         }
     }

@@ -109,7 +109,7 @@ pub struct PolicyInput {
 pub struct PreloadInput {
     pub event_id: String,
     pub name: String,
-    pub total_count: u64,
+    pub total_count: u32,
     pub policies: Vec<PolicyInput>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
@@ -130,7 +130,7 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub const MAX_TOTAL: u64 = 10_000_000;
+    pub const MAX_TOTAL: u32 = 10_000_000;
     pub const MAX_POLICIES: usize = 16;
     pub const MAX_NAME_CHARS: usize = 200;
 
@@ -138,85 +138,154 @@ impl NewEvent {
     /// path) and allocates the counts.
     pub fn parse(input: PreloadInput) -> Result<Self, FieldError> {
         let id = EventId::parse(input.event_id).map_err(|r| FieldError::new("event_id", r))?;
-        let name = input.name.trim().to_owned();
-        if name.is_empty() {
-            return Err(FieldError::new("name", "must not be empty"));
-        }
-        if name.chars().count() > Self::MAX_NAME_CHARS {
-            return Err(FieldError::new(
-                "name",
-                format!("must be at most {} characters", Self::MAX_NAME_CHARS),
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(FieldError::new(
-                "name",
-                "must not contain control characters",
-            ));
-        }
+        let name = Self::parse_name(&input.name)?;
         if !(1..=Self::MAX_TOTAL).contains(&input.total_count) {
             return Err(FieldError::new(
                 "total_count",
                 format!("must be 1..={}, got {}", Self::MAX_TOTAL, input.total_count),
             ));
         }
-        let total_count = input.total_count as u32;
-        if input.policies.is_empty() || input.policies.len() > Self::MAX_POLICIES {
+        let policies = Self::parse_policies(&input.policies)?;
+        // Kept to the microsecond, PostgreSQL's precision, so that a stored
+        // event compares equal to the request it was made from.
+        let required = |t: Option<DateTime<Utc>>, field: &str| {
+            t.map(|t| t.trunc_subsecs(6))
+                .ok_or_else(|| FieldError::new(field, "is required"))
+        };
+        let window = EventWindow::new(
+            required(input.starts_at, "starts_at")?,
+            required(input.ends_at, "ends_at")?,
+        )
+        .map_err(|r| FieldError::new("ends_at", r))?;
+        let prefix =
+            CodePrefix::parse(input.code_prefix).map_err(|r| FieldError::new("code_prefix", r))?;
+        let weights: Vec<u32> = policies.iter().map(|p| p.weight).collect();
+        Ok(Self {
+            id,
+            name,
+            total_count: input.total_count,
+            counts: allocate(input.total_count, &weights),
+            policies,
+            window,
+            prefix,
+        })
+    }
+
+    fn parse_name(name: &str) -> Result<String, FieldError> {
+        let name = name.trim().to_owned();
+        let bad = |why: String| Err(FieldError::new("name", why));
+        if name.is_empty() {
+            return bad("must not be empty".into());
+        }
+        if name.chars().count() > Self::MAX_NAME_CHARS {
+            return bad(format!(
+                "must be at most {} characters",
+                Self::MAX_NAME_CHARS
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return bad("must not contain control characters".into());
+        }
+        Ok(name)
+    }
+
+    fn parse_policies(input: &[PolicyInput]) -> Result<Vec<Policy>, FieldError> {
+        if input.is_empty() || input.len() > Self::MAX_POLICIES {
             return Err(FieldError::new(
                 "policies",
                 format!(
                     "must hold 1..={} policies, got {}",
                     Self::MAX_POLICIES,
-                    input.policies.len()
+                    input.len()
                 ),
             ));
         }
-        let mut policies = Vec::with_capacity(input.policies.len());
-        for (i, p) in input.policies.iter().enumerate() {
-            let kind = p.discount_type.ok_or_else(|| {
-                FieldError::new(
-                    format!("policies[{i}].discount_type"),
-                    "must be DISCOUNT_TYPE_PERCENT or DISCOUNT_TYPE_AMOUNT",
-                )
-            })?;
-            let discount = Discount::new(kind, p.discount_value)
-                .map_err(|r| FieldError::new(format!("policies[{i}].discount_value"), r))?;
-            if p.weight == 0 {
-                return Err(FieldError::new(
-                    format!("policies[{i}].weight"),
-                    "must be > 0",
-                ));
-            }
-            policies.push(Policy {
-                discount,
-                weight: p.weight,
-            });
+        input
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let field = |f: &str| format!("policies[{i}].{f}");
+                let kind = p.discount_type.ok_or_else(|| {
+                    FieldError::new(
+                        field("discount_type"),
+                        "must be DISCOUNT_TYPE_PERCENT or DISCOUNT_TYPE_AMOUNT",
+                    )
+                })?;
+                let discount = Discount::new(kind, p.discount_value)
+                    .map_err(|r| FieldError::new(field("discount_value"), r))?;
+                if p.weight == 0 {
+                    return Err(FieldError::new(field("weight"), "must be > 0"));
+                }
+                Ok(Policy {
+                    discount,
+                    weight: p.weight,
+                })
+            })
+            .collect()
+    }
+
+    /// The first difference between a preload request and the stored event of
+    /// the same id, named by its proto field path; `None` when they are the
+    /// same request.
+    pub fn difference(&self, stored: &StoredEvent) -> Option<String> {
+        let new = self;
+        let differs = |field: &str, theirs: String, ours: String| {
+            Some(format!(
+                "{field} is {theirs} in the existing event, {ours} in this request"
+            ))
+        };
+        if new.name != stored.name {
+            return differs(
+                "name",
+                format!("{:?}", stored.name),
+                format!("{:?}", new.name),
+            );
         }
-        // Kept to the microsecond, PostgreSQL's precision, so that a stored
-        // event compares equal to the request it was made from.
-        let starts_at = input
-            .starts_at
-            .ok_or_else(|| FieldError::new("starts_at", "is required"))?
-            .trunc_subsecs(6);
-        let ends_at = input
-            .ends_at
-            .ok_or_else(|| FieldError::new("ends_at", "is required"))?
-            .trunc_subsecs(6);
-        let window =
-            EventWindow::new(starts_at, ends_at).map_err(|r| FieldError::new("ends_at", r))?;
-        let prefix =
-            CodePrefix::parse(input.code_prefix).map_err(|r| FieldError::new("code_prefix", r))?;
-        let weights: Vec<u32> = policies.iter().map(|p| p.weight).collect();
-        let counts = allocate(total_count, &weights);
-        Ok(Self {
-            id,
-            name,
-            total_count,
-            policies,
-            counts,
-            window,
-            prefix,
-        })
+        if new.total_count != stored.total_count {
+            return differs(
+                "total_count",
+                stored.total_count.to_string(),
+                new.total_count.to_string(),
+            );
+        }
+        if new.window.starts_at() != stored.window.starts_at() {
+            return differs(
+                "starts_at",
+                stored.window.starts_at().to_rfc3339(),
+                new.window.starts_at().to_rfc3339(),
+            );
+        }
+        if new.window.ends_at() != stored.window.ends_at() {
+            return differs(
+                "ends_at",
+                stored.window.ends_at().to_rfc3339(),
+                new.window.ends_at().to_rfc3339(),
+            );
+        }
+        if new.prefix != stored.prefix {
+            return differs(
+                "code_prefix",
+                format!("{:?}", stored.prefix.as_str()),
+                format!("{:?}", new.prefix.as_str()),
+            );
+        }
+        if new.policies.len() != stored.policies.len() {
+            return differs(
+                "policies",
+                format!("{} policies", stored.policies.len()),
+                format!("{} policies", new.policies.len()),
+            );
+        }
+        for (i, (ours, (theirs, _))) in new.policies.iter().zip(&stored.policies).enumerate() {
+            if ours != theirs {
+                return differs(
+                    &format!("policies[{i}]"),
+                    format!("{theirs:?}"),
+                    format!("{ours:?}"),
+                );
+            }
+        }
+        None
     }
 }
 
@@ -371,17 +440,16 @@ mod tests {
 
     #[test]
     fn the_same_request_has_no_difference_and_each_field_is_named() {
-        use crate::domain::preload::difference;
         let e = NewEvent::parse(input()).unwrap();
         let s = stored(&e);
-        assert_eq!(difference(&e, &s), None);
-        assert_eq!(difference(&s.as_new_event(), &s), None, "round trip");
+        assert_eq!(e.difference(&s), None);
+        assert_eq!(s.as_new_event().difference(&s), None, "round trip");
         let named = |f: fn(&mut PreloadInput)| {
             let mut i = input();
             i.starts_at = Some(e.window.starts_at());
             i.ends_at = Some(e.window.ends_at());
             f(&mut i);
-            difference(&NewEvent::parse(i).unwrap(), &s).expect("differs")
+            NewEvent::parse(i).unwrap().difference(&s).expect("differs")
         };
         assert!(named(|i| i.name = "Other".into()).starts_with("name"));
         assert!(named(|i| i.total_count = 999).starts_with("total_count"));

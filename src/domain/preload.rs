@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use rand::{Rng, RngCore};
 
-use crate::domain::event::{NewEvent, StoredEvent};
-
 /// Where an event's preload job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventState {
@@ -137,69 +135,6 @@ impl PolicyDeck {
         }
         out
     }
-}
-
-/// The first difference between a preload request and the stored event of
-/// the same id, named by its proto field path; `None` when they are the
-/// same request.
-pub fn difference(new: &NewEvent, stored: &StoredEvent) -> Option<String> {
-    let differs = |field: &str, theirs: String, ours: String| {
-        Some(format!(
-            "{field} is {theirs} in the existing event, {ours} in this request"
-        ))
-    };
-    if new.name != stored.name {
-        return differs(
-            "name",
-            format!("{:?}", stored.name),
-            format!("{:?}", new.name),
-        );
-    }
-    if new.total_count != stored.total_count {
-        return differs(
-            "total_count",
-            stored.total_count.to_string(),
-            new.total_count.to_string(),
-        );
-    }
-    if new.window.starts_at() != stored.window.starts_at() {
-        return differs(
-            "starts_at",
-            stored.window.starts_at().to_rfc3339(),
-            new.window.starts_at().to_rfc3339(),
-        );
-    }
-    if new.window.ends_at() != stored.window.ends_at() {
-        return differs(
-            "ends_at",
-            stored.window.ends_at().to_rfc3339(),
-            new.window.ends_at().to_rfc3339(),
-        );
-    }
-    if new.prefix != stored.prefix {
-        return differs(
-            "code_prefix",
-            format!("{:?}", stored.prefix.as_str()),
-            format!("{:?}", new.prefix.as_str()),
-        );
-    }
-    if new.policies.len() != stored.policies.len() {
-        return differs(
-            "policies",
-            format!("{} policies", stored.policies.len()),
-            format!("{} policies", new.policies.len()),
-        );
-    }
-    for (i, (ours, (theirs, _))) in new.policies.iter().zip(&stored.policies).enumerate() {
-        if ours != theirs {
-            return differs(
-                &format!("policies[{i}]"),
-                format!("{theirs:?}"),
-                format!("{ours:?}"),
-            );
-        }
-    }
-    None
 }
 
 #[cfg(test)]

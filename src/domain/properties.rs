@@ -36,7 +36,7 @@ fn preload() -> impl Strategy<Value = PreloadInput> {
     (
         prop_oneof![".{0,70}", "[A-Za-z0-9_-]{1,64}"],
         ".{0,210}",
-        prop_oneof![any::<u64>(), 0u64..20_000_000],
+        prop_oneof![any::<u32>(), 0u32..20_000_000],
         proptest::collection::vec(policy(), 0..20),
         time(),
         time(),
@@ -79,7 +79,7 @@ proptest! {
     fn every_accepted_preload_allocates_exactly_its_total(input in preload()) {
         if let Ok(e) = NewEvent::parse(input.clone()) {
             prop_assert_eq!(e.counts.len(), e.policies.len());
-            prop_assert_eq!(e.counts.iter().map(|&c| u64::from(c)).sum::<u64>(), input.total_count);
+            prop_assert_eq!(e.counts.iter().map(|&c| u64::from(c)).sum::<u64>(), u64::from(input.total_count));
             prop_assert!(e.window.starts_at() < e.window.ends_at());
             prop_assert!(EventId::parse(e.id.as_str()).is_ok());
         }

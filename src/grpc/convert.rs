@@ -34,7 +34,7 @@ impl TryFrom<proto::PreloadRequest> for PreloadInput {
             ends_at: time_field(r.ends_at.as_ref(), "ends_at")?,
             event_id: r.event_id,
             name: r.name,
-            total_count: u64::from(r.total_count),
+            total_count: r.total_count,
             policies: r
                 .policies
                 .into_iter()

@@ -353,37 +353,63 @@ struct Planned {
 /// in order is kept pending if its code is free, else kept conflicted; the
 /// queue is every code left, shuffled. Pure.
 fn plan(rows: &[RecordedCoupon], candidates: Vec<Candidate>) -> (Planned, RebuildReport) {
-    let mut report = RebuildReport::default();
-    let mut issued: HashMap<String, String> = HashMap::new();
-    let mut pg_code_of: HashMap<&str, &str> = HashMap::new();
-    let mut taken: HashMap<String, Option<String>> = HashMap::new();
-    for c in rows {
-        if let Some((user, at, req)) = &c.issued {
+    let mut p = Planner::recorded(rows);
+    for c in candidates {
+        p.consider(c);
+    }
+    p.finish(rows)
+}
+
+/// A rebuild's plan while it is made.
+#[derive(Default)]
+struct Planner<'a> {
+    report: RebuildReport,
+    out: Planned,
+    /// User -> the record Redis gets.
+    issued: HashMap<String, String>,
+    /// User -> the code PostgreSQL records as theirs.
+    pg_code_of: HashMap<&'a str, &'a str>,
+    /// Codes someone holds (with PostgreSQL's holder), never queued again.
+    taken: HashMap<String, Option<String>>,
+    pg_codes: HashSet<&'a str>,
+}
+
+impl<'a> Planner<'a> {
+    /// Starts from PostgreSQL's records: each finalized.
+    fn recorded(rows: &'a [RecordedCoupon]) -> Self {
+        let mut p = Self {
+            pg_codes: rows.iter().map(|c| c.code.as_str()).collect(),
+            ..Default::default()
+        };
+        for c in rows {
+            let Some((user, at, req)) = &c.issued else {
+                continue;
+            };
             let coupon = IssuedCoupon {
                 code: c.code.clone(),
                 discount: c.discount,
                 issued_at: *at,
             };
-            issued.insert(
-                user.clone(),
-                issued_record(&coupon, req, IssuanceState::Finalized),
-            );
-            pg_code_of.insert(user.as_str(), c.code.as_str());
-            taken.insert(c.code.clone(), Some(user.clone()));
+            let record = issued_record(&coupon, req, IssuanceState::Finalized);
+            p.issued.insert(user.clone(), record);
+            p.pg_code_of.insert(user.as_str(), c.code.as_str());
+            p.taken.insert(c.code.clone(), Some(user.clone()));
         }
+        p.report.finalized = p.issued.len();
+        p
     }
-    report.finalized = issued.len();
-    let pg_codes: HashSet<&str> = rows.iter().map(|c| c.code.as_str()).collect();
-    let mut out = Planned::default();
-    for c in candidates {
+
+    /// Keeps a candidate (pending, or conflicted when its code is taken), or
+    /// reports why not.
+    fn consider(&mut self, c: Candidate) {
         let code = c.coupon.code.clone();
-        if let Some(pg_code) = pg_code_of.get(c.user.as_str()) {
+        if let Some(pg_code) = self.pg_code_of.get(c.user.as_str()) {
             if *pg_code != code {
-                report.superseded.push((c.user, code));
+                self.report.superseded.push((c.user, code));
             }
-            continue;
+            return;
         }
-        if let Some(kept) = issued.get(&c.user) {
+        if let Some(kept) = self.issued.get(&c.user) {
             // The same issuance, from Redis and from the backlog; or a second
             // one of the user (Redis lost the first, the user asked again),
             // both in flight: the finalizer settles which the user keeps
@@ -391,52 +417,64 @@ fn plan(rows: &[RecordedCoupon], candidates: Vec<Candidate>) -> (Planned, Rebuil
             // superseded and its code queued again then). Till then neither
             // code may be queued.
             if !kept.starts_with(&format!("{code}\t")) {
-                taken.entry(code.clone()).or_insert(None);
-                report.held_out.push((c.user, code));
+                self.taken.entry(code.clone()).or_insert(None);
+                self.report.held_out.push((c.user, code));
             }
-            continue;
+            return;
         }
-        if !pg_codes.contains(code.as_str()) {
-            report.unknown_code.push((c.user, code));
-            continue;
+        if !self.pg_codes.contains(code.as_str()) {
+            self.report.unknown_code.push((c.user, code));
+            return;
         }
-        let state = match taken.get(&code) {
+        let state = self.state_of(&c);
+        // A kept issuance's code is never queued again, conflicted or not.
+        self.taken.entry(code).or_insert(None);
+        self.keep(c, state);
+    }
+
+    /// Pending, or conflicted: its code is taken, or it was already.
+    fn state_of(&mut self, c: &Candidate) -> IssuanceState {
+        match self.taken.get(&c.coupon.code) {
             Some(holder) => {
-                report.conflicted.push(Conflict {
+                self.report.conflicted.push(Conflict {
                     user: c.user.clone(),
-                    code: code.clone(),
+                    code: c.coupon.code.clone(),
                     holder: holder.clone(),
                 });
                 IssuanceState::Conflicted
             }
             None if c.conflicted => IssuanceState::Conflicted,
             None => IssuanceState::Pending,
-        };
-        // A kept issuance's code is never queued again, conflicted or not.
-        taken.entry(code.clone()).or_insert(None);
-        match state {
-            IssuanceState::Conflicted => out.conflicted.push(c.user.clone()),
-            _ => {
-                out.pending
-                    .push((c.user.clone(), c.coupon.issued_at.timestamp_millis()));
-                if c.from_kafka {
-                    report.pending_from_kafka += 1;
-                } else {
-                    report.pending_from_redis += 1;
-                }
+        }
+    }
+
+    fn keep(&mut self, c: Candidate, state: IssuanceState) {
+        if state == IssuanceState::Conflicted {
+            self.out.conflicted.push(c.user.clone());
+        } else {
+            let at = c.coupon.issued_at.timestamp_millis();
+            self.out.pending.push((c.user.clone(), at));
+            match c.from_kafka {
+                true => self.report.pending_from_kafka += 1,
+                false => self.report.pending_from_redis += 1,
             }
         }
-        issued.insert(c.user, issued_record(&c.coupon, &c.request_id, state));
+        let record = issued_record(&c.coupon, &c.request_id, state);
+        self.issued.insert(c.user, record);
     }
-    out.queue = rows
-        .iter()
-        .filter(|c| c.issued.is_none() && !taken.contains_key(&c.code))
-        .map(|c| queue_entry(&c.code, &c.discount))
-        .collect();
-    out.queue.shuffle(&mut rand::rng());
-    out.issued = issued.into_iter().collect();
-    report.queued = out.queue.len();
-    (out, report)
+
+    /// The queue: every code nobody holds, shuffled.
+    fn finish(mut self, rows: &[RecordedCoupon]) -> (Planned, RebuildReport) {
+        self.out.queue = rows
+            .iter()
+            .filter(|c| c.issued.is_none() && !self.taken.contains_key(&c.code))
+            .map(|c| queue_entry(&c.code, &c.discount))
+            .collect();
+        self.out.queue.shuffle(&mut rand::rng());
+        self.out.issued = self.issued.into_iter().collect();
+        self.report.queued = self.out.queue.len();
+        (self.out, self.report)
+    }
 }
 
 #[cfg(test)]

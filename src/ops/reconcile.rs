@@ -187,65 +187,18 @@ pub fn compare(event: &EventId, pg: &[RecordedCoupon], redis: &LiveState) -> Rep
         redis_pending: redis.pending.len(),
         ..Default::default()
     };
-    let pg_by_code: HashMap<&str, &RecordedCoupon> =
-        pg.iter().map(|c| (c.code.as_str(), c)).collect();
-    let pg_user_code: HashMap<&str, &str> = pg
-        .iter()
-        .filter_map(|c| {
-            c.issued
-                .as_ref()
-                .map(|(u, _, _)| (u.as_str(), c.code.as_str()))
-        })
-        .collect();
-    r.pg_issued = pg_user_code.len();
+    let both = Both::index(pg, redis);
+    r.pg_issued = both.pg_user_code.len();
     r.pg_available = pg.len() - r.pg_issued;
-
-    let redis_issued_codes: HashSet<&str> = redis
-        .issued
-        .values()
-        .map(|rec| rec.coupon.code.as_str())
-        .collect();
-    let mut seen = HashSet::new();
-    for code in &redis.queue {
-        if !seen.insert(code.as_str()) {
-            r.queued_twice.push(code.clone());
-        }
-        let issued_in_pg = pg_by_code
-            .get(code.as_str())
-            .is_some_and(|c| c.issued.is_some());
-        if redis_issued_codes.contains(code.as_str()) || issued_in_pg {
-            r.queued_and_issued.push(code.clone());
-        }
-        if !pg_by_code.contains_key(code.as_str()) {
-            r.unknown_to_pg.push(code.clone());
+    let queued = both.queue(&mut r);
+    both.issued_in_redis(&mut r);
+    both.issued_in_pg(&mut r);
+    for c in pg.iter().filter(|c| c.issued.is_none()) {
+        let code = c.code.as_str();
+        if !queued.contains(code) && !both.redis_codes.contains(code) {
+            r.in_neither.push(c.code.clone());
         }
     }
-    for (user, rec) in &redis.issued {
-        let code = rec.coupon.code.as_str();
-        if rec.state == IssuanceState::Conflicted {
-            r.conflicts.push(Conflict {
-                user: user.clone(),
-                code: code.to_owned(),
-                holder: pg_by_code
-                    .get(code)
-                    .and_then(|c| c.issued.as_ref().map(|(u, _, _)| u.clone())),
-            });
-            continue;
-        }
-        if !pg_by_code.contains_key(code) {
-            r.unknown_to_pg.push(code.to_owned());
-            continue;
-        }
-        if pg_user_code.get(user.as_str()) == Some(&code) {
-            continue;
-        }
-        if redis.pending.contains_key(user) && rec.state == IssuanceState::Pending {
-            r.in_flight += 1;
-        } else {
-            r.issued_in_redis_only.push((user.clone(), code.to_owned()));
-        }
-    }
-    r.conflicts.sort_by(|a, b| a.user.cmp(&b.user));
     r.superseded = redis
         .superseded
         .iter()
@@ -256,18 +209,96 @@ pub fn compare(event: &EventId, pg: &[RecordedCoupon], redis: &LiveState) -> Rep
         })
         .collect();
     r.superseded.sort_by(|a, b| a.user.cmp(&b.user));
-    for (user, code) in &pg_user_code {
-        if redis.issued.get(*user).map(|rec| rec.coupon.code.as_str()) != Some(*code) {
-            r.issued_in_pg_only
-                .push(((*user).to_owned(), (*code).to_owned()));
-        }
-    }
-    for c in pg.iter().filter(|c| c.issued.is_none()) {
-        if !seen.contains(c.code.as_str()) && !redis_issued_codes.contains(c.code.as_str()) {
-            r.in_neither.push(c.code.clone());
-        }
-    }
     r
+}
+
+/// Both sides of one event, indexed for the comparison.
+struct Both<'a> {
+    redis: &'a LiveState,
+    pg_by_code: HashMap<&'a str, &'a RecordedCoupon>,
+    /// User -> the code PostgreSQL records as theirs.
+    pg_user_code: HashMap<&'a str, &'a str>,
+    /// Codes Redis records as someone's.
+    redis_codes: HashSet<&'a str>,
+}
+
+impl<'a> Both<'a> {
+    fn index(pg: &'a [RecordedCoupon], redis: &'a LiveState) -> Self {
+        Self {
+            redis,
+            pg_by_code: pg.iter().map(|c| (c.code.as_str(), c)).collect(),
+            pg_user_code: pg
+                .iter()
+                .filter_map(|c| {
+                    let (u, _, _) = c.issued.as_ref()?;
+                    Some((u.as_str(), c.code.as_str()))
+                })
+                .collect(),
+            redis_codes: redis
+                .issued
+                .values()
+                .map(|rec| rec.coupon.code.as_str())
+                .collect(),
+        }
+    }
+
+    /// The queue's codes: twice, issued too, unknown to PostgreSQL.
+    /// Returns the set of them.
+    fn queue(&self, r: &mut Report) -> HashSet<&'a str> {
+        let mut seen = HashSet::new();
+        for code in &self.redis.queue {
+            if !seen.insert(code.as_str()) {
+                r.queued_twice.push(code.clone());
+            }
+            let pg = self.pg_by_code.get(code.as_str());
+            if self.redis_codes.contains(code.as_str()) || pg.is_some_and(|c| c.issued.is_some()) {
+                r.queued_and_issued.push(code.clone());
+            }
+            if pg.is_none() {
+                r.unknown_to_pg.push(code.clone());
+            }
+        }
+        seen
+    }
+
+    /// Redis's issued users: conflicted, unknown codes, in flight or lost.
+    fn issued_in_redis(&self, r: &mut Report) {
+        for (user, rec) in &self.redis.issued {
+            let code = rec.coupon.code.as_str();
+            if rec.state == IssuanceState::Conflicted {
+                let holder = self.pg_by_code.get(code).and_then(|c| c.issued.as_ref());
+                r.conflicts.push(Conflict {
+                    user: user.clone(),
+                    code: code.to_owned(),
+                    holder: holder.map(|(u, _, _)| u.clone()),
+                });
+            } else if !self.pg_by_code.contains_key(code) {
+                r.unknown_to_pg.push(code.to_owned());
+            } else if self.pg_user_code.get(user.as_str()) == Some(&code) {
+                // Recorded alike on both sides.
+            } else if self.redis.pending.contains_key(user) && rec.state == IssuanceState::Pending {
+                r.in_flight += 1;
+            } else {
+                r.issued_in_redis_only.push((user.clone(), code.to_owned()));
+            }
+        }
+        r.conflicts.sort_by(|a, b| a.user.cmp(&b.user));
+    }
+
+    /// PostgreSQL's issued users Redis does not record alike.
+    fn issued_in_pg(&self, r: &mut Report) {
+        for (user, code) in &self.pg_user_code {
+            let in_redis = self
+                .redis
+                .issued
+                .get(*user)
+                .map(|rec| rec.coupon.code.as_str());
+            if in_redis != Some(*code) {
+                r.issued_in_pg_only
+                    .push(((*user).to_owned(), (*code).to_owned()));
+            }
+        }
+    }
 }
 
 /// Reads both sides and compares them.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::backoff::Backoff;
 use crate::domain::{CouponError, EventId, IssueCommand};
 use crate::store::redis::{RedisStoreError, Verdict};
 use crate::store::RedisStore;
@@ -151,7 +152,7 @@ async fn issue_asking_again(
     retry: Duration,
 ) -> Result<Vec<Verdict>, RedisStoreError> {
     let give_up = Instant::now() + retry;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut may_have_run = false;
     loop {
         match redis.issue_batch(event, items).await {
@@ -160,7 +161,8 @@ async fn issue_asking_again(
                 // Once a call may have run, the batch's outcome stays
                 // unknown whatever later attempts fail with.
                 may_have_run |= e.may_have_run();
-                if Instant::now() + backoff >= give_up {
+                let pause = backoff.next_pause();
+                if Instant::now() + pause >= give_up {
                     return Err(if may_have_run && !e.may_have_run() {
                         RedisStoreError::Reply(format!("an earlier attempt may have run: {e}"))
                     } else {
@@ -168,9 +170,8 @@ async fn issue_asking_again(
                     });
                 }
                 tracing::warn!(event_id = %event, error = %e, users = items.len(), "issue batch failed; asking again");
+                tokio::time::sleep(pause).await;
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

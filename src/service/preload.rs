@@ -22,8 +22,8 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::PreloadSettings;
-use crate::domain::preload::difference;
 use crate::domain::{
     CodeGenerator, CouponError, EventId, EventState, NewEvent, PolicyDeck, PreloadId,
     PreloadTimings, StoredEvent, DEFAULT_CODE_LENGTH,
@@ -143,7 +143,7 @@ impl PreloadJobs {
                 Begun::Existing(stored) => stored,
             };
             if stored.preload.state != EventState::Failed {
-                return match difference(event, &stored) {
+                return match event.difference(&stored) {
                     Some(difference) => Err(CouponError::EventExists {
                         id: event.id.clone(),
                         difference,
@@ -168,7 +168,7 @@ impl PreloadJobs {
 
     /// Waits until the event's job ended or `deadline` passed.
     pub async fn wait(&self, id: &EventId, deadline: Instant) -> Result<StoredEvent, CouponError> {
-        let mut poll = Duration::from_millis(20);
+        let mut poll = Backoff::new(Duration::from_millis(20), Duration::from_millis(250));
         loop {
             // Registered before the read, so an end in between still wakes us.
             let ended = self.inner.ended.notified();
@@ -198,8 +198,7 @@ impl PreloadJobs {
                 });
             }
             // Jobs of other servers end without waking us: poll, gently.
-            let _ = tokio::time::timeout(poll.min(deadline - now), ended).await;
-            poll = (poll * 2).min(Duration::from_millis(250));
+            let _ = tokio::time::timeout(poll.next_pause().min(deadline - now), ended).await;
         }
     }
 
@@ -541,7 +540,7 @@ impl Job {
             self.event.window.starts_at().timestamp_millis(),
             self.event.window.ends_at().timestamp_millis(),
         );
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = job_backoff();
         loop {
             let r = self
                 .inner
@@ -555,7 +554,7 @@ impl Job {
                 }
                 Err(e) => return Err(e.into()),
             }
-            backoff = pause(stop, backoff).await?;
+            pause(stop, &mut backoff).await?;
         }
     }
 
@@ -566,7 +565,7 @@ impl Job {
         t: &PreloadTimings,
         stop: &CancellationToken,
     ) -> Result<(), JobEnd> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = job_backoff();
         loop {
             match self.inner.pg.mark_live(&self.event.id, &self.id, t).await {
                 Ok(true) => return Ok(()),
@@ -576,7 +575,7 @@ impl Job {
                     tracing::warn!(event_id = %self.event.id, error = %e, "recording LIVE failed; retrying")
                 }
             }
-            backoff = pause(stop, backoff).await?;
+            pause(stop, &mut backoff).await?;
         }
     }
 
@@ -586,7 +585,7 @@ impl Job {
     async fn fail(&self, reason: &str) {
         tracing::error!(event_id = %self.event.id, preload_id = %self.id, reason, "preload job failed; removing what it wrote");
         let stop = self.inner.shutdown.child_token();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = job_backoff();
         // A fence a dead predecessor still holds goes too, while PostgreSQL
         // names this job: a later Preload of the id must be able to start.
         let mut stale = None;
@@ -617,9 +616,8 @@ impl Job {
                     tracing::warn!(error = %e, "abandoning the preload in redis failed; retrying")
                 }
             }
-            match pause(&stop, backoff).await {
-                Ok(b) => backoff = b,
-                Err(_) => return self.let_go().await,
+            if pause(&stop, &mut backoff).await.is_err() {
+                return self.let_go().await;
             }
         }
         loop {
@@ -632,9 +630,8 @@ impl Job {
                 Ok(_) => return,
                 Err(e) => tracing::warn!(error = %e, "recording FAILED failed; retrying"),
             }
-            match pause(&stop, backoff).await {
-                Ok(b) => backoff = b,
-                Err(_) => return self.let_go().await,
+            if pause(&stop, &mut backoff).await.is_err() {
+                return self.let_go().await;
             }
         }
     }
@@ -662,7 +659,7 @@ where
     E: Into<JobEnd> + std::fmt::Display,
 {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = job_backoff();
     let mut attempt = 1;
     loop {
         match step().await {
@@ -675,7 +672,7 @@ where
             },
         }
         attempt += 1;
-        backoff = pause(stop, backoff).await?;
+        pause(stop, &mut backoff).await?;
     }
 }
 
@@ -685,11 +682,16 @@ impl From<crate::store::redis::RedisStoreError> for JobEnd {
     }
 }
 
-/// Sleeps `backoff` (unless stopped) and returns the next, doubled one.
-async fn pause(stop: &CancellationToken, backoff: Duration) -> Result<Duration, JobEnd> {
-    tokio::select! {
-        _ = stop.cancelled() => Err(JobEnd::Stopped),
-        _ = tokio::time::sleep(backoff) => Ok((backoff * 2).min(MAX_BACKOFF)),
+/// A job's pauses between attempts at a step: 50 ms, doubling to 2 s.
+fn job_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), MAX_BACKOFF)
+}
+
+/// Sleeps the next pause, unless the job is stopped meanwhile.
+async fn pause(stop: &CancellationToken, backoff: &mut Backoff) -> Result<(), JobEnd> {
+    match backoff.wait(stop).await {
+        true => Ok(()),
+        false => Err(JobEnd::Stopped),
     }
 }
 

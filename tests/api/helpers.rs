@@ -164,17 +164,9 @@ impl TestApp {
 
 /// The `coupond` command against the test's server, stores and topics.
 pub fn coupond_command(app: &TestApp, args: &[&str]) -> std::process::Command {
-    let s = &app.settings;
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"));
+    let mut c = crate::common::coupond(&app.settings, args);
     c.env("COUPOND_SERVER", format!("http://{}", app.addr))
-        .env("COUPOND_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("COUPOND_DATABASE_URL", &s.database.url)
-        .env("COUPOND_REDIS_URL", &s.redis.url)
-        .env("COUPOND_KAFKA_BROKERS", &s.kafka.brokers)
-        .env("COUPOND_KAFKA_TOPIC", &s.kafka.topic)
-        .env("COUPOND_KAFKA_GROUP", &s.kafka.group)
-        .env("RUST_LOG", "warn")
-        .args(args);
+        .env("COUPOND_ADMIN_TOKEN", ADMIN_TOKEN);
     c
 }
 

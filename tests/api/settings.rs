@@ -4,13 +4,11 @@
 //! accepted.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 fn coupond(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_coupond"))
-        .args(args)
+    let defaults = coupond::cli::args::settings_from_env().unwrap();
+    let out = crate::common::coupond(&defaults, args)
         .envs(envs.iter().copied())
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     (

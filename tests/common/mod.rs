@@ -51,6 +51,25 @@ pub async fn isolated_settings(tag: &str) -> Settings {
     s
 }
 
+/// The `coupond` binary: the one way the tests launch it, with `settings`'
+/// stores, topics and group in its environment, and warnings only in its
+/// logs (`FAULT_LOG` sets the filter). Callers add what else it needs.
+pub fn coupond(settings: &Settings, args: &[&str]) -> std::process::Command {
+    let s = settings;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"));
+    c.args(args)
+        .env("COUPOND_DATABASE_URL", &s.database.url)
+        .env("COUPOND_REDIS_URL", &s.redis.url)
+        .env("COUPOND_KAFKA_BROKERS", &s.kafka.brokers)
+        .env("COUPOND_KAFKA_TOPIC", &s.kafka.topic)
+        .env("COUPOND_KAFKA_GROUP", &s.kafka.group)
+        .env(
+            "RUST_LOG",
+            std::env::var("FAULT_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    c
+}
+
 /// Polls `check` every 50 ms until it returns true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

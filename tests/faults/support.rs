@@ -93,15 +93,9 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let s = &self.settings;
-        let mut c = Command::new(env!("CARGO_BIN_EXE_coupond"));
-        c.args(args)
-            .env("COUPOND_DATABASE_URL", &s.database.url)
-            .env("COUPOND_REDIS_URL", &s.redis.url)
-            .env("COUPOND_KAFKA_BROKERS", &s.kafka.brokers)
-            .env("COUPOND_KAFKA_TOPIC", &s.kafka.topic)
-            .env("COUPOND_KAFKA_GROUP", &s.kafka.group)
-            .env("COUPOND_KAFKA_CREATE_PARTITIONS", "3")
+        let mut c = crate::common::coupond(&self.settings, args);
+        // The old names (_MS) on purpose: they are still accepted.
+        c.env("COUPOND_KAFKA_CREATE_PARTITIONS", "3")
             .env("COUPOND_KAFKA_DELIVERY_TIMEOUT_MS", "10000")
             .env("COUPOND_CONSUMER_BATCH_MS", "10")
             .env("COUPOND_SWEEP_AGE_MS", "1500")
@@ -111,10 +105,6 @@ impl Env {
             // Several processes per test: only a test that scrapes opens it.
             .env("COUPOND_METRICS_LISTEN", "off")
             .env("COUPOND_CONSUME_HEALTH_LISTEN", "off")
-            .env(
-                "RUST_LOG",
-                std::env::var("FAULT_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdin(Stdio::null());
         c
     }
