@@ -26,6 +26,18 @@ pub struct RecordedCoupon {
     pub issued: Option<(String, DateTime<Utc>, String)>,
 }
 
+#[cfg(test)]
+impl RecordedCoupon {
+    /// A 5 % coupon row, issued to `user` when given.
+    pub fn sample(code: &str, user: Option<&str>) -> Self {
+        RecordedCoupon {
+            code: code.into(),
+            discount: Discount::new(crate::domain::DiscountType::Percent, 5).unwrap(),
+            issued: user.map(|u| (u.into(), Utc::now(), String::new())),
+        }
+    }
+}
+
 /// Everything the live state (Redis) holds of one event.
 #[derive(Debug, Default)]
 pub struct LiveState {

@@ -422,11 +422,7 @@ mod tests {
     use chrono::Utc;
 
     fn row(code: &str, user: Option<&str>) -> RecordedCoupon {
-        RecordedCoupon {
-            code: code.into(),
-            discount: Discount::new(DiscountType::Percent, 5).unwrap(),
-            issued: user.map(|u| (u.into(), Utc::now(), String::new())),
-        }
+        RecordedCoupon::sample(code, user)
     }
 
     fn rec(code: &str, state: IssuanceState) -> HeldCoupon {

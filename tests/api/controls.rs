@@ -13,41 +13,12 @@ use coupond::domain::Control;
 use redis::AsyncCommands;
 
 use crate::helpers::{
-    coupond_cli, eventually, isolated_settings, preload_request, spawn_app, spawn_with, ts,
-    unique_tag, AdminClient, TestApp,
+    coupond_cli, eventually, isolated_settings, preload_request, spawn_app, spawn_with, unique_tag,
+    TestApp,
 };
 
 fn result(r: &proto::IssueResponse) -> IssueResult {
     IssueResult::try_from(r.result).unwrap()
-}
-
-async fn pause(
-    admin: &mut AdminClient,
-    event: &str,
-    reason: &str,
-) -> Result<proto::Event, tonic::Status> {
-    admin
-        .pause_event(proto::PauseEventRequest {
-            event_id: event.into(),
-            reason: reason.into(),
-        })
-        .await
-        .map(|r| r.into_inner().event.unwrap())
-}
-
-async fn extend(
-    admin: &mut AdminClient,
-    event: &str,
-    ends_at: chrono::DateTime<chrono::Utc>,
-) -> Result<proto::Event, tonic::Status> {
-    admin
-        .extend_event(proto::ExtendEventRequest {
-            event_id: event.into(),
-            ends_at: Some(ts(ends_at)),
-            reason: "demand".into(),
-        })
-        .await
-        .map(|r| r.into_inner().event.unwrap())
 }
 
 /// The field the status's google.rpc.BadRequest detail names.
@@ -70,9 +41,7 @@ async fn controls_take_effect_at_once_and_are_recorded_with_the_reason() {
     let mut admin = app.admin.clone();
     assert_eq!(result(&app.issue(&event, "u1").await), IssueResult::Issued);
 
-    let paused = pause(&mut admin, &event, "suspicious traffic")
-        .await
-        .unwrap();
+    let paused = app.pause(&event, "suspicious traffic").await.unwrap();
     assert!(paused.paused);
     assert_eq!(result(&app.issue(&event, "u2").await), IssueResult::Paused);
     assert_eq!(
@@ -93,22 +62,13 @@ async fn controls_take_effect_at_once_and_are_recorded_with_the_reason() {
     assert!(!resumed.paused);
     assert_eq!(result(&app.issue(&event, "u2").await), IssueResult::Issued);
 
-    let closed = admin
-        .close_event(proto::CloseEventRequest {
-            event_id: event.clone(),
-            reason: "sold enough".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .event
-        .unwrap();
+    let closed = app.close(&event, "sold enough").await.unwrap();
     let closed_at = closed.ends_at.unwrap().seconds;
     assert!((closed_at - chrono::Utc::now().timestamp()).abs() <= 5);
     assert_eq!(result(&app.issue(&event, "u3").await), IssueResult::Ended);
 
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
-    let extended = extend(&mut admin, &event, later).await.unwrap();
+    let extended = app.extend(&event, later).await.unwrap();
     assert_eq!(extended.ends_at.unwrap().seconds, later.timestamp());
     assert_eq!(result(&app.issue(&event, "u3").await), IssueResult::Issued);
 
@@ -137,23 +97,20 @@ async fn controls_take_effect_at_once_and_are_recorded_with_the_reason() {
 async fn bad_controls_name_the_field_and_change_nothing() {
     let app = spawn_app().await;
     let event = live_event(&app, "badctl").await;
-    let mut admin = app.admin.clone();
-    let e = pause(&mut admin, &event, "").await.unwrap_err();
+    let e = app.pause(&event, "").await.unwrap_err();
     assert_eq!(
         (e.code(), field(&e)),
         (Code::InvalidArgument, "reason".into())
     );
-    let e = pause(&mut admin, "no such/id", "x").await.unwrap_err();
+    let e = app.pause("no such/id", "x").await.unwrap_err();
     assert_eq!(
         (e.code(), field(&e)),
         (Code::InvalidArgument, "event_id".into())
     );
-    let e = pause(&mut admin, &app.event_id("missing"), "x")
-        .await
-        .unwrap_err();
+    let e = app.pause(&app.event_id("missing"), "x").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let before_start = chrono::Utc::now() - chrono::Duration::days(1);
-    let e = extend(&mut admin, &event, before_start).await.unwrap_err();
+    let e = app.extend(&event, before_start).await.unwrap_err();
     assert_eq!(
         (e.code(), field(&e)),
         (Code::InvalidArgument, "ends_at".into())

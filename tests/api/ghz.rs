@@ -12,7 +12,6 @@ use serde_json::Value;
 use std::process::Command;
 
 use crate::helpers::{spawn_app, TestApp, ADMIN_TOKEN};
-use coupond::proto;
 
 fn descriptors() -> FileDescriptorSet {
     FileDescriptorSet::decode(coupond::proto::FILE_DESCRIPTOR_SET).unwrap()
@@ -223,13 +222,7 @@ async fn every_ghz_configuration_runs_against_a_server() {
     assert_eq!(calls(&stream, "OK"), (4, 0), "issue stream: {stream}");
 
     // Every unary call and every streamed message issued a distinct user.
-    let ev = app
-        .admin
-        .clone()
-        .get_event(proto::GetEventRequest { event_id: event })
-        .await
-        .unwrap()
-        .into_inner();
+    let ev = app.get_event(&event).await;
     assert_eq!(ev.issued_count, 300 + 4 * 100);
     assert_eq!(ev.remaining_count, 2000 - 700);
 }

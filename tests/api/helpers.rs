@@ -132,6 +132,63 @@ impl TestApp {
             .into_inner()
     }
 
+    pub async fn pause(&self, event: &str, reason: &str) -> Result<proto::Event, tonic::Status> {
+        let req = proto::PauseEventRequest {
+            event_id: event.into(),
+            reason: reason.into(),
+        };
+        let r = self.admin.clone().pause_event(req).await?;
+        Ok(r.into_inner().event.expect("the event"))
+    }
+
+    pub async fn close(&self, event: &str, reason: &str) -> Result<proto::Event, tonic::Status> {
+        let req = proto::CloseEventRequest {
+            event_id: event.into(),
+            reason: reason.into(),
+        };
+        let r = self.admin.clone().close_event(req).await?;
+        Ok(r.into_inner().event.expect("the event"))
+    }
+
+    pub async fn extend(
+        &self,
+        event: &str,
+        ends_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<proto::Event, tonic::Status> {
+        let req = proto::ExtendEventRequest {
+            event_id: event.into(),
+            ends_at: Some(ts(ends_at)),
+            reason: "demand".into(),
+        };
+        let r = self.admin.clone().extend_event(req).await?;
+        Ok(r.into_inner().event.expect("the event"))
+    }
+
+    /// The event as GetEvent shows it.
+    pub async fn get_event(&self, event: &str) -> proto::Event {
+        self.admin
+            .clone()
+            .get_event(proto::GetEventRequest {
+                event_id: event.into(),
+            })
+            .await
+            .expect("get event")
+            .into_inner()
+    }
+
+    /// Sends `reqs` on one IssueStream and collects every response.
+    pub async fn issue_stream(&self, reqs: Vec<proto::IssueRequest>) -> Vec<proto::IssueResponse> {
+        use futures::StreamExt;
+        let out = self
+            .issuer
+            .clone()
+            .issue_stream(futures::stream::iter(reqs))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        out.map(|r| r.expect("stream item")).collect().await
+    }
+
     pub fn keys(&self, event: &str) -> EventKeys {
         EventKeys::new(&EventId::parse(event).unwrap())
     }

@@ -136,15 +136,7 @@ async fn get_event_reports_policies_and_counts() {
         issued.insert((r.coupon.unwrap().code, u.to_string()));
     }
     app.await_finalized(&event, &issued).await;
-    let e = app
-        .admin
-        .clone()
-        .get_event(proto::GetEventRequest {
-            event_id: event.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let e = app.get_event(&event).await;
     assert_eq!(e.event_id, event);
     assert_eq!(e.total_count, 10);
     assert_eq!(

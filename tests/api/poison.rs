@@ -260,15 +260,7 @@ async fn a_replayed_dead_letter_postgres_now_accepts_turns_a_conflict_into_final
     assert!(finalized, "the replay turned u2's conflict into FINALIZED");
     let id = EventId::parse(event.clone()).unwrap();
     assert_eq!(app.redis.counts(&id).await.unwrap().conflicted, 0);
-    let ev = app
-        .admin
-        .clone()
-        .get_event(proto::GetEventRequest {
-            event_id: event.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ev = app.get_event(&event).await;
     assert_eq!(ev.conflicted_count, 0);
 }
 

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use coupond::domain::EventId;
 use coupond::proto::{self, IssueResult};
-use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    eventually, isolated_settings, preload_request, spawn_app, spawn_with, ts, unique_tag, TestApp,
+    eventually, isolated_settings, lose_event_in_redis, preload_request, spawn_app, spawn_with, ts,
+    unique_tag, TestApp,
 };
 
 const HOLDER: &str = "holder";
@@ -74,14 +74,7 @@ async fn ask_unary(app: &TestApp, r: proto::IssueRequest) -> Told {
 }
 
 async fn ask_stream(app: &TestApp, reqs: Vec<proto::IssueRequest>) -> Vec<Told> {
-    let out = app
-        .issuer
-        .clone()
-        .issue_stream(futures::stream::iter(reqs))
-        .await
-        .expect("stream opens")
-        .into_inner();
-    out.map(|r| told(&r.expect("stream item"))).collect().await
+    app.issue_stream(reqs).await.iter().map(told).collect()
 }
 
 /// Asks the three, unary then on a stream, and checks every answer: the
@@ -136,28 +129,15 @@ fn unavailable() -> (Told, Told) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_keeps_their_coupon_whatever_happened_to_the_event() {
     let app = spawn_app().await;
-    let mut admin = app.admin.clone();
 
     let paused = app.event_id("paused");
     let code = held(&app, &paused, preload_request(&paused, 10)).await;
-    admin
-        .pause_event(proto::PauseEventRequest {
-            event_id: paused.clone(),
-            reason: "test".into(),
-        })
-        .await
-        .unwrap();
+    app.pause(&paused, "test").await.unwrap();
     check(&app, &paused, "paused", &code, same(IssueResult::Paused)).await;
 
     let closed = app.event_id("closed");
     let code = held(&app, &closed, preload_request(&closed, 10)).await;
-    admin
-        .close_event(proto::CloseEventRequest {
-            event_id: closed.clone(),
-            reason: "test".into(),
-        })
-        .await
-        .unwrap();
+    app.close(&closed, "test").await.unwrap();
     check(&app, &closed, "closed", &code, same(IssueResult::Ended)).await;
 
     let ended = app.event_id("ended");
@@ -211,16 +191,7 @@ async fn a_holder_keeps_their_coupon_whatever_happened_to_the_event() {
     let lost = app.event_id("lost");
     let code = held(&app, &lost, preload_request(&lost, 10)).await;
     finalized(&app, &lost, &code).await;
-    let k = app.keys(&lost);
-    let mut c = app.redis.conn().await.unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(&k.queue)
-        .arg(&k.issued)
-        .arg(&k.meta)
-        .arg(&k.pending)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    lose_event_in_redis(&app, &lost).await;
     check(&app, &lost, "lost from redis", &code, unavailable()).await;
 
     // An id nobody preloaded is the only one told EVENT_NOT_FOUND.

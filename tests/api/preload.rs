@@ -13,8 +13,7 @@ use crate::common::{
     assert_live_and_consistent, assert_no_leftovers, staging_lists, topic_messages,
 };
 use crate::helpers::{
-    check_issued, eventually, isolated_settings, preload_request, spawn_app, spawn_with,
-    unique_tag, TestApp,
+    check_issued, eventually, isolated_settings, preload_request, spawn_app, spawn_with, unique_tag,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +141,7 @@ async fn a_caller_that_gives_up_does_not_end_the_job() {
 
     let seen_progress = std::sync::atomic::AtomicBool::new(false);
     let live = eventually(Duration::from_secs(60), || async {
-        let e = get_event(&app, &event).await;
+        let e = app.get_event(&event).await;
         let preparing = e.state == proto::EventState::Preparing as i32;
         if preparing && e.preloaded_count > 0 && e.preloaded_count < total {
             seen_progress.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -156,7 +155,7 @@ async fn a_caller_that_gives_up_does_not_end_the_job() {
         seen_progress,
         "GetEvent showed the job's progress while PREPARING"
     );
-    let e = get_event(&app, &event).await;
+    let e = app.get_event(&event).await;
     assert_eq!((e.preloaded_count, e.remaining_count), (total, total));
     assert_live_and_consistent(&app.pg, &app.redis, &event, total).await;
     let again = app.preload(request).await.unwrap();
@@ -185,7 +184,7 @@ async fn a_failed_job_leaves_nothing_and_the_id_can_be_preloaded_again() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("a-stranger"), "{}", err.message());
-    let e = get_event(&app, &event).await;
+    let e = app.get_event(&event).await;
     assert_eq!(e.state, proto::EventState::Failed as i32);
     assert!(
         e.failure_reason.contains("a-stranger"),
@@ -285,15 +284,4 @@ async fn list_events_pages_through_every_event_with_its_state() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("page_size"), "{}", err.message());
-}
-
-async fn get_event(app: &TestApp, event: &str) -> proto::Event {
-    app.admin
-        .clone()
-        .get_event(proto::GetEventRequest {
-            event_id: event.into(),
-        })
-        .await
-        .expect("get event")
-        .into_inner()
 }

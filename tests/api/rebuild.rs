@@ -191,7 +191,7 @@ async fn a_killed_rebuild_is_finished_by_the_next_one() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-    let shown = get_event(&app, &event).await;
+    let shown = app.get_event(&event).await;
     assert!(shown.offline, "GetEvent says the event is offline");
     // The same command again (here even without --force) finishes it, once
     // the dead rebuild's lock has run out (seconds).
@@ -204,7 +204,7 @@ async fn a_killed_rebuild_is_finished_by_the_next_one() {
     .await;
     assert!(finished, "{out}");
     assert!(out.contains("did not finish: finished it"), "{out}");
-    assert!(!get_event(&app, &event).await.offline);
+    assert!(!app.get_event(&event).await.offline);
     assert_eq!(app.redis.presence(&id).await.unwrap(), Presence::Live);
     assert_eq!(result(&app, &event, "newcomer").await, IssueResult::Issued);
 }
@@ -277,17 +277,6 @@ async fn a_forced_rebuild_beside_a_lagging_finalizer_hands_no_code_out_twice() {
     assert_eq!(dead_letters(&app), 0, "no conflict dead-lettered");
     let (exit, report) = reconcile_cli(&app, &event, &[]);
     assert_eq!(exit, 0, "{report}");
-}
-
-async fn get_event(app: &TestApp, event: &str) -> proto::Event {
-    app.admin
-        .clone()
-        .get_event(proto::GetEventRequest {
-            event_id: event.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

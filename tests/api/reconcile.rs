@@ -182,15 +182,7 @@ async fn a_conflict_ends_marked_counted_visible_and_reported() {
     );
     let again = app.issue(&event, loser).await;
     assert_eq!(again.result, IssueResult::Conflicted as i32);
-    let ev = app
-        .admin
-        .clone()
-        .get_event(coupond::proto::GetEventRequest {
-            event_id: event.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ev = app.get_event(&event).await;
     // Issued counts the records Redis holds less the conflicted: u2's
     // only when u2 holds the code (Redis lost u1's record).
     let holder_in_redis = u32::from(holder == "u2");

@@ -39,6 +39,16 @@ async fn ending_event(retention_secs: u64) -> (TestApp, String, HashSet<(String,
     (app, event, pairs)
 }
 
+/// Waits until the event is settled in PostgreSQL and gone from Redis.
+async fn await_expired(app: &TestApp, event: &str) {
+    let id = EventId::parse(event).unwrap();
+    let gone = eventually(Duration::from_secs(30), || async {
+        settled(app, event).await && !app.redis.event_exists(&id).await.unwrap()
+    })
+    .await;
+    assert!(gone, "settled and expired from redis");
+}
+
 async fn settled(app: &TestApp, event: &str) -> bool {
     let id = EventId::parse(event).unwrap();
     app.pg.settled(&id).await.unwrap()
@@ -48,11 +58,7 @@ async fn settled(app: &TestApp, event: &str) -> bool {
 async fn a_finished_event_leaves_redis_and_answers_from_postgres() {
     let (app, event, pairs) = ending_event(1).await;
     let id = EventId::parse(event.clone()).unwrap();
-    let gone = eventually(Duration::from_secs(30), || async {
-        settled(&app, &event).await && !app.redis.event_exists(&id).await.unwrap()
-    })
-    .await;
-    assert!(gone, "settled and expired from redis");
+    await_expired(&app, &event).await;
     let mut c = app.redis.conn().await.unwrap();
     let k = app.keys(&event);
     let left: usize = c.exists(&[&k.queue, &k.issued, &k.pending]).await.unwrap();
@@ -80,13 +86,7 @@ async fn a_finished_event_leaves_redis_and_answers_from_postgres() {
         assert_eq!(got.coupon.unwrap().code, *code);
         assert_eq!(got.state, IssuanceState::Finalized as i32);
     }
-    let ev = app
-        .admin
-        .clone()
-        .get_event(proto::GetEventRequest { event_id: event })
-        .await
-        .unwrap()
-        .into_inner();
+    let ev = app.get_event(&event).await;
     assert_eq!(
         (ev.issued_count, ev.finalized_count, ev.remaining_count),
         (2, 2, 8)
@@ -111,13 +111,7 @@ async fn an_extension_reopens_a_settled_event_and_its_keys_stay() {
     })
     .await;
     assert!(expiring, "settled, with the retention expiry on its keys");
-    app.admin
-        .clone()
-        .extend_event(proto::ExtendEventRequest {
-            event_id: event.clone(),
-            ends_at: Some(ts(chrono::Utc::now() + chrono::Duration::hours(1))),
-            reason: "more demand".into(),
-        })
+    app.extend(&event, chrono::Utc::now() + chrono::Duration::hours(1))
         .await
         .unwrap();
     let ttl: i64 = c.pttl(&k.queue).await.unwrap();
@@ -141,21 +135,8 @@ async fn controls_of_a_settled_event_keep_its_keys_expiring() {
     })
     .await;
     assert!(expiring, "settled, with the retention expiry on its keys");
-    let mut admin = app.admin.clone();
-    admin
-        .close_event(proto::CloseEventRequest {
-            event_id: event.clone(),
-            reason: "again".into(),
-        })
-        .await
-        .unwrap();
-    admin
-        .pause_event(proto::PauseEventRequest {
-            event_id: event.clone(),
-            reason: "late pause".into(),
-        })
-        .await
-        .unwrap();
+    app.close(&event, "again").await.unwrap();
+    app.pause(&event, "late pause").await.unwrap();
     for key in [&k.meta, &k.issued, &k.queue] {
         assert!(pttl(&app, key).await > 0, "{key} still expires");
     }
@@ -179,19 +160,9 @@ async fn controls_of_a_settled_event_keep_its_keys_expiring() {
 async fn a_control_of_an_expired_event_is_refused_naming_the_rebuild_and_changes_nothing() {
     let (app, event, _) = ending_event(1).await;
     let id = EventId::parse(event.clone()).unwrap();
-    let gone = eventually(Duration::from_secs(30), || async {
-        settled(&app, &event).await && !app.redis.event_exists(&id).await.unwrap()
-    })
-    .await;
-    assert!(gone, "settled and expired from redis");
+    await_expired(&app, &event).await;
     let e = app
-        .admin
-        .clone()
-        .extend_event(proto::ExtendEventRequest {
-            event_id: event.clone(),
-            ends_at: Some(ts(chrono::Utc::now() + chrono::Duration::hours(1))),
-            reason: "more demand".into(),
-        })
+        .extend(&event, chrono::Utc::now() + chrono::Duration::hours(1))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");

@@ -1,28 +1,7 @@
 use coupond::proto::{self, DiscountType, IssueResult};
 use futures::future::join_all;
-use futures::StreamExt;
 
 use crate::helpers::{check_issued, preload_request, spawn_app};
-
-/// Sends `reqs` on one IssueStream and collects every response.
-async fn run_stream(
-    app: &crate::helpers::TestApp,
-    reqs: Vec<proto::IssueRequest>,
-) -> Vec<proto::IssueResponse> {
-    let n = reqs.len();
-    let mut out = app
-        .issuer
-        .clone()
-        .issue_stream(futures::stream::iter(reqs))
-        .await
-        .expect("stream opens")
-        .into_inner();
-    let mut got = Vec::with_capacity(n);
-    while let Some(r) = out.next().await {
-        got.push(r.expect("stream item"));
-    }
-    got
-}
 
 fn req(event: &str, user: &str) -> proto::IssueRequest {
     proto::IssueRequest {
@@ -44,7 +23,7 @@ async fn two_thousand_users_over_streams_get_exactly_one_thousand_coupons() {
         .collect();
     let results = join_all(chunks.iter().map(|users| {
         let reqs = users.iter().map(|u| req(&event, u)).collect();
-        run_stream(&app, reqs)
+        app.issue_stream(reqs)
     }))
     .await;
 
@@ -92,7 +71,7 @@ async fn bad_items_get_invalid_and_the_stream_goes_on() {
             ..req(&event, "ok-1")
         },
     ];
-    let got = run_stream(&app, reqs).await;
+    let got = app.issue_stream(reqs).await;
     let results: Vec<i32> = got.iter().map(|r| r.result).collect();
     use IssueResult::*;
     assert_eq!(

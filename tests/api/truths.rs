@@ -286,14 +286,7 @@ async fn the_pending_gauge_drops_to_0_when_the_event_settles() {
         "the gauge read 3 pending"
     );
     // The event ends and its issuances are recorded: it settles.
-    app.admin
-        .clone()
-        .close_event(proto::CloseEventRequest {
-            event_id: event.clone(),
-            reason: "done".into(),
-        })
-        .await
-        .unwrap();
+    app.close(&event, "done").await.unwrap();
     let finalizer = crate::helpers::start_finalizer(&app).await;
     finalizer.await_finalized(&event, &pairs).await;
     let id = coupond::domain::EventId::parse(event.clone()).unwrap();
