@@ -68,6 +68,13 @@ pub struct Conflict {
 
 impl Report {
     /// True when nothing differs except in-flight issuances.
+    pub fn verdict(&self) -> &'static str {
+        match self.consistent() {
+            true => "CONSISTENT",
+            false => "INCONSISTENT",
+        }
+    }
+
     pub fn consistent(&self) -> bool {
         self.queued_and_issued.is_empty()
             && self.queued_twice.is_empty()
@@ -126,53 +133,41 @@ impl fmt::Display for Report {
             "  in flight (pending, not yet in postgres): {}",
             self.in_flight
         )?;
+        self.fmt_findings(f)?;
+        write!(f, "  verdict: {}", self.verdict())
+    }
+}
+
+impl Report {
+    /// Every kind of disagreement, each with up to `SHOW` examples.
+    fn fmt_findings(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         list(f, "codes both queued and issued", &self.queued_and_issued)?;
         list(f, "codes queued twice", &self.queued_twice)?;
         list(f, "issued in redis only (lost)", &self.issued_in_redis_only)?;
-        list(
-            f,
-            "issued in postgres only (unknown to redis)",
-            &self.issued_in_pg_only,
-        )?;
-        list(
-            f,
-            "available codes in neither queue nor issued",
-            &self.in_neither,
-        )?;
+        let pg_only = "issued in postgres only (unknown to redis)";
+        list(f, pg_only, &self.issued_in_pg_only)?;
+        let neither = "available codes in neither queue nor issued";
+        list(f, neither, &self.in_neither)?;
         list(f, "codes in redis unknown to postgres", &self.unknown_to_pg)?;
-        writeln!(
-            f,
-            "  conflicts (told ISSUED, refused by postgres): {}",
-            self.conflicts.len()
-        )?;
+        let conflicts = "conflicts (told ISSUED, refused by postgres)";
+        writeln!(f, "  {conflicts}: {}", self.conflicts.len())?;
         for c in self.conflicts.iter().take(SHOW) {
+            let holder = c
+                .holder
+                .as_deref()
+                .map_or("nobody".into(), |h| format!("{h:?}"));
             writeln!(
                 f,
-                "    user {:?} code {} held in postgres by {}",
-                c.user,
-                c.code,
-                c.holder
-                    .as_deref()
-                    .map_or("nobody".into(), |h| format!("{h:?}"))
+                "    user {:?} code {} held in postgres by {holder}",
+                c.user, c.code
             )?;
         }
-        writeln!(
-            f,
-            "  superseded (resolved: told a second code, hold postgres's first): {}",
-            self.superseded.len()
-        )?;
+        let superseded = "superseded (resolved: told a second code, hold postgres's first)";
+        writeln!(f, "  {superseded}: {}", self.superseded.len())?;
         for s in self.superseded.iter().take(SHOW) {
             writeln!(f, "    user {:?} told {} holds {}", s.user, s.told, s.holds)?;
         }
-        write!(
-            f,
-            "  verdict: {}",
-            if self.consistent() {
-                "CONSISTENT"
-            } else {
-                "INCONSISTENT"
-            }
-        )
+        Ok(())
     }
 }
 
@@ -406,11 +401,7 @@ fn print(report: &Report, rebuilt: Option<&RebuildReport>, json: bool) -> anyhow
 /// The report as JSON with its verdict, as the text report ends with it.
 fn with_verdict(report: &Report) -> anyhow::Result<serde_json::Value> {
     let mut v = serde_json::to_value(report)?;
-    let verdict = match report.consistent() {
-        true => "CONSISTENT",
-        false => "INCONSISTENT",
-    };
-    v["verdict"] = verdict.into();
+    v["verdict"] = report.verdict().into();
     Ok(v)
 }
 

@@ -16,20 +16,92 @@ async fn read<T: redis::FromRedisValue>(
     c: &mut redis::aio::MultiplexedConnection,
     cmd: &redis::Cmd,
 ) -> Result<T, RedisStoreError> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     for attempt in 1.. {
         match cmd.query_async(c).await {
             Ok(v) => return Ok(v),
             Err(e) if attempt < BULK_ATTEMPTS && e.code().is_none() => {
                 tracing::warn!(error = %e, attempt, "bulk read failed; asking again");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                tokio::time::sleep(backoff.next_pause()).await;
             }
             Err(e) => return Err(e.into()),
         }
     }
     unreachable!("the loop returns")
 }
+
+/// Reads a list or sorted set by index range, `BULK_CHUNK` at a time.
+async fn read_range<T: redis::FromRedisValue>(
+    c: &mut redis::aio::MultiplexedConnection,
+    command: &str,
+    key: &str,
+    with_scores: bool,
+) -> Result<Vec<T>, RedisStoreError> {
+    let mut all = Vec::new();
+    for start in (0..).step_by(BULK_CHUNK) {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(key).arg(start).arg(start + BULK_CHUNK - 1);
+        if with_scores {
+            cmd.arg("WITHSCORES");
+        }
+        let part: Vec<T> = read(c, &cmd).await?;
+        let n = part.len();
+        all.extend(part);
+        if n < BULK_CHUNK {
+            return Ok(all);
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Reads a hash with HSCAN, `BULK_CHUNK` at a time.
+async fn read_hash(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Result<Vec<(String, String)>, RedisStoreError> {
+    let mut all = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, kv): (u64, Vec<(String, String)>) = read(
+            c,
+            redis::cmd("HSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BULK_CHUNK),
+        )
+        .await?;
+        all.extend(kv);
+        if next == 0 {
+            return Ok(all);
+        }
+        cursor = next;
+    }
+}
+
+/// Writes one chunk of a staging key and renews its expiry in the same
+/// round trip.
+async fn stage(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    command: &str,
+    args: impl IntoIterator<Item = String>,
+) -> Result<(), RedisStoreError> {
+    let mut pipe = redis::pipe();
+    let cmd = pipe.cmd(command).arg(key);
+    for a in args {
+        cmd.arg(a);
+    }
+    pipe.ignore()
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(STAGING_TTL_MS)
+        .ignore();
+    let _: () = pipe.query_async(c).await?;
+    Ok(())
+}
+
 /// What `rebuild_lock` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockAction {
@@ -64,60 +136,17 @@ impl RedisStore {
             live: read(&mut c, redis::cmd("EXISTS").arg(&k.meta)).await?,
             ..Default::default()
         };
-        for start in (0..).step_by(BULK_CHUNK) {
-            let part: Vec<String> = read(
-                &mut c,
-                redis::cmd("LRANGE")
-                    .arg(&k.queue)
-                    .arg(start)
-                    .arg(start + BULK_CHUNK - 1),
-            )
-            .await?;
-            let n = part.len();
-            snap.queue.extend(
-                part.into_iter()
-                    .map(|e| e.split('\t').next().unwrap_or_default().to_owned()),
-            );
-            if n < BULK_CHUNK {
-                break;
-            }
+        let queue: Vec<String> = read_range(&mut c, "LRANGE", &k.queue, false).await?;
+        snap.queue = queue
+            .into_iter()
+            .map(|e| e.split('\t').next().unwrap_or_default().to_owned())
+            .collect();
+        for (user, record) in read_hash(&mut c, &k.issued).await? {
+            let parsed = record::parse_issued(&record)?;
+            snap.issued.insert(user, parsed);
         }
-        let mut cursor = 0u64;
-        loop {
-            let (next, kv): (u64, Vec<String>) = read(
-                &mut c,
-                redis::cmd("HSCAN")
-                    .arg(&k.issued)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(BULK_CHUNK),
-            )
-            .await?;
-            for pair in kv.chunks_exact(2) {
-                snap.issued
-                    .insert(pair[0].clone(), record::parse_issued(&pair[1])?);
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        for start in (0..).step_by(BULK_CHUNK) {
-            let part: Vec<(String, i64)> = read(
-                &mut c,
-                redis::cmd("ZRANGE")
-                    .arg(&k.pending)
-                    .arg(start)
-                    .arg(start + BULK_CHUNK - 1)
-                    .arg("WITHSCORES"),
-            )
-            .await?;
-            let n = part.len();
-            snap.pending.extend(part);
-            if n < BULK_CHUNK {
-                break;
-            }
-        }
+        let pending: Vec<(String, i64)> = read_range(&mut c, "ZRANGE", &k.pending, true).await?;
+        snap.pending = pending.into_iter().collect();
         let superseded: HashMap<String, String> =
             read(&mut c, redis::cmd("HGETALL").arg(&k.superseded)).await?;
         snap.superseded = superseded
@@ -206,43 +235,15 @@ impl RedisStore {
             .query_async(&mut c)
             .await?;
         for chunk in state.queue.chunks(BULK_CHUNK) {
-            let _: () = redis::pipe()
-                .cmd("RPUSH")
-                .arg(&k.staging)
-                .arg(chunk)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&k.staging)
-                .arg(STAGING_TTL_MS)
-                .ignore()
-                .query_async(&mut c)
-                .await?;
+            stage(&mut c, &k.staging, "RPUSH", chunk.iter().cloned()).await?;
         }
         for chunk in state.issued.chunks(BULK_CHUNK) {
-            let mut pipe = redis::pipe();
-            let cmd = pipe.cmd("HSET").arg(&k.issued_staging);
-            for (u, r) in chunk {
-                cmd.arg(u).arg(r);
-            }
-            pipe.ignore()
-                .cmd("PEXPIRE")
-                .arg(&k.issued_staging)
-                .arg(STAGING_TTL_MS)
-                .ignore();
-            let _: () = pipe.query_async(&mut c).await?;
+            let args = chunk.iter().flat_map(|(u, r)| [u.clone(), r.clone()]);
+            stage(&mut c, &k.issued_staging, "HSET", args).await?;
         }
         for chunk in state.pending.chunks(BULK_CHUNK) {
-            let mut pipe = redis::pipe();
-            let cmd = pipe.cmd("ZADD").arg(&k.pending_staging);
-            for (u, score) in chunk {
-                cmd.arg(*score).arg(u);
-            }
-            pipe.ignore()
-                .cmd("PEXPIRE")
-                .arg(&k.pending_staging)
-                .arg(STAGING_TTL_MS)
-                .ignore();
-            let _: () = pipe.query_async(&mut c).await?;
+            let args = chunk.iter().flat_map(|(u, at)| [at.to_string(), u.clone()]);
+            stage(&mut c, &k.pending_staging, "ZADD", args).await?;
         }
         let _: i64 = self
             .scripts
