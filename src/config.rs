@@ -46,9 +46,29 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
-/// The URL with its password (if any) replaced by `***`: what logs and
-/// error messages show of a connection URL.
+/// The URL with its password (if any, as `user:password@` or as a
+/// `password=` query parameter) replaced by `***`: what logs and error
+/// messages show of a connection URL.
 pub fn redacted_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redacted_userinfo(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{out}?{}", params.join("&"));
+    }
+    out
+}
+
+fn redacted_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -284,7 +304,7 @@ impl MetricsSettings {
 }
 
 /// Logs and traces.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TelemetrySettings {
     /// One JSON object per log line instead of text.
     pub json: bool,
@@ -292,6 +312,19 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// Which spans are exported (an EnvFilter).
     pub otlp_filter: String,
+}
+
+impl std::fmt::Debug for TelemetrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetrySettings")
+            .field("json", &self.json)
+            .field(
+                "otlp_endpoint",
+                &self.otlp_endpoint.as_deref().map(redacted_url),
+            )
+            .field("otlp_filter", &self.otlp_filter)
+            .finish()
+    }
 }
 
 /// Everything a coupond process needs to reach its backing services.

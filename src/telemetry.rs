@@ -56,7 +56,10 @@ pub fn init(settings: &TelemetrySettings) {
                 Some(layer)
             }
             Err(e) => {
-                eprintln!("COUPOND_OTLP_ENDPOINT {endpoint:?}: {e:#}; traces are not exported");
+                // The exporter's error quotes the endpoint, password and all.
+                let shown = crate::config::redacted_url(endpoint);
+                let why = format!("{e:#}").replace(endpoint, &shown);
+                eprintln!("COUPOND_OTLP_ENDPOINT {shown:?}: {why}; traces are not exported");
                 None
             }
         });

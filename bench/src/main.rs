@@ -25,9 +25,18 @@ struct Cli {
     args: run::BenchArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+fn main() -> ExitCode {
+    // The old setting names (COUPOND_KAFKA_LINGER_MS…) as coupond takes them.
+    coupond::cli::accept_old_names();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let result = match rt {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("coupond-bench: {e:#}");

@@ -118,7 +118,8 @@ pub struct KafkaArgs {
         id = "kafka-brokers",
         long = "kafka-brokers",
         env = "COUPOND_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
+        default_value = "127.0.0.1:9092",
+        global = true
     )]
     pub brokers: String,
     /// Topic carrying CouponIssued messages. Its dead-letter topic is this name plus ".dlq".
@@ -126,7 +127,8 @@ pub struct KafkaArgs {
         id = "kafka-topic",
         long = "kafka-topic",
         env = "COUPOND_KAFKA_TOPIC",
-        default_value = "coupon-issued"
+        default_value = "coupon-issued",
+        global = true
     )]
     pub topic: String,
     /// Consumer group of the finalizer.
@@ -134,7 +136,8 @@ pub struct KafkaArgs {
         id = "kafka-group",
         long = "kafka-group",
         env = "COUPOND_KAFKA_GROUP",
-        default_value = "coupond-finalizer"
+        default_value = "coupond-finalizer",
+        global = true
     )]
     pub group: String,
     /// Static group membership id of this process's finalizer (KIP-345), e.g.
@@ -143,7 +146,8 @@ pub struct KafkaArgs {
     #[arg(
         id = "kafka-instance-id",
         long = "kafka-instance-id",
-        env = "COUPOND_KAFKA_INSTANCE_ID"
+        env = "COUPOND_KAFKA_INSTANCE_ID",
+        global = true
     )]
     pub instance_id: Option<String>,
     /// Create the topics at startup when missing, with this many partitions (0: don't).
@@ -151,7 +155,8 @@ pub struct KafkaArgs {
         id = "kafka-create-partitions",
         long = "kafka-create-partitions",
         env = "COUPOND_KAFKA_CREATE_PARTITIONS",
-        default_value_t = 6
+        default_value_t = 6,
+        global = true
     )]
     pub create_partitions: i32,
     /// Replication factor of topics created at startup (3 on a production cluster).
@@ -159,21 +164,23 @@ pub struct KafkaArgs {
         id = "kafka-create-replication",
         long = "kafka-create-replication",
         env = "COUPOND_KAFKA_CREATE_REPLICATION",
-        default_value_t = 1
+        default_value_t = 1,
+        global = true
     )]
     pub create_replication: i32,
     /// How long a message may take to be acknowledged before its publish fails.
-    #[arg(id = "kafka-delivery-timeout", long = "kafka-delivery-timeout", alias = "kafka-delivery-timeout-ms", env = "COUPOND_KAFKA_DELIVERY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    #[arg(id = "kafka-delivery-timeout", long = "kafka-delivery-timeout", alias = "kafka-delivery-timeout-ms", env = "COUPOND_KAFKA_DELIVERY_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
     pub delivery_timeout: Duration,
     /// Producer linger: how long the producer waits to fill a batch.
-    #[arg(id = "kafka-linger", long = "kafka-linger", alias = "kafka-linger-ms", env = "COUPOND_KAFKA_LINGER", default_value = "2ms", value_parser = duration)]
+    #[arg(id = "kafka-linger", long = "kafka-linger", alias = "kafka-linger-ms", env = "COUPOND_KAFKA_LINGER", default_value = "2ms", value_parser = duration, global = true)]
     pub linger: Duration,
     /// Producer compression codec (none, lz4, snappy).
     #[arg(
         id = "kafka-compression",
         long = "kafka-compression",
         env = "COUPOND_KAFKA_COMPRESSION",
-        default_value = "lz4"
+        default_value = "lz4",
+        global = true
     )]
     pub compression: String,
     /// Any librdkafka property for every Kafka client coupond makes
@@ -182,14 +189,15 @@ pub struct KafkaArgs {
     /// security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,
     /// sasl.username=..., sasl.password=..., ssl.ca.location=/etc/ca.pem.
     /// Values of secret properties never reach a log.
-    #[arg(id = "kafka-property", long = "kafka-property", env = "COUPOND_KAFKA_PROPERTIES", value_delimiter = ';', value_parser = KafkaProperty::parse, hide_env_values = true)]
+    #[arg(id = "kafka-property", long = "kafka-property", env = "COUPOND_KAFKA_PROPERTIES", value_delimiter = ';', value_parser = KafkaProperty::parse, hide_env_values = true, global = true)]
     pub properties: Vec<KafkaProperty>,
     /// A file of librdkafka properties, KEY=VALUE a line ('#' starts a
     /// comment), read at start; --kafka-property entries come after it.
     #[arg(
         id = "kafka-properties-file",
         long = "kafka-properties-file",
-        env = "COUPOND_KAFKA_PROPERTIES_FILE"
+        env = "COUPOND_KAFKA_PROPERTIES_FILE",
+        global = true
     )]
     pub properties_file: Option<PathBuf>,
 }
@@ -389,7 +397,7 @@ pub struct MetricsArgs {
 pub struct TelemetryArgs {
     /// Log format: text, or json (one object per line, with the current
     /// span's fields).
-    #[arg(id = "log-format", long = "log-format", env = "COUPOND_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    #[arg(id = "log-format", long = "log-format", env = "COUPOND_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], ignore_case = true, global = true)]
     pub log_format: String,
     /// OTLP/gRPC collector for the spans, e.g. http://127.0.0.1:4317
     /// (unset: no export).
@@ -414,7 +422,7 @@ pub struct TelemetryArgs {
 impl From<TelemetryArgs> for TelemetrySettings {
     fn from(a: TelemetryArgs) -> Self {
         Self {
-            json: a.log_format == "json",
+            json: a.log_format.eq_ignore_ascii_case("json"),
             otlp_endpoint: a.otlp_endpoint.filter(|e| !e.trim().is_empty()),
             otlp_filter: a.otlp_filter,
         }
@@ -469,6 +477,7 @@ struct SettingsOnly {
 /// what tests and tools start from.
 pub fn settings_from_env() -> anyhow::Result<Settings> {
     use clap::Parser;
+    super::accept_old_names();
     Ok(SettingsOnly::try_parse_from(["coupond"])?.settings.into())
 }
 

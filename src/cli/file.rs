@@ -71,15 +71,55 @@ const SECRETS: [(&str, &str); 2] = [
 /// command line or the environment names. `known`: every variable a
 /// command reads.
 pub fn prepare(args: &[OsString], known: &BTreeSet<String>) -> anyhow::Result<()> {
-    for (var, value) in renamed() {
-        set_default(&var, &value);
-    }
+    accept_old_names();
     if let Some(path) = config_path(args) {
         for (var, value) in read(&path, known)? {
             set_default(&var, &value);
         }
     }
     Ok(())
+}
+
+/// The command line with the old flags whose bare number was not in
+/// milliseconds written as the new ones (`--retention-secs 60` is
+/// `--retention 60s`); the old `-ms` flags are aliases of the new ones, as
+/// a bare number there is read as milliseconds.
+pub fn renamed_flags(args: Vec<OsString>) -> Vec<OsString> {
+    const OLD: &str = "--retention-secs";
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy().into_owned();
+        let value = match text.strip_prefix(OLD) {
+            Some("") => it.next().map(|v| v.to_string_lossy().into_owned()),
+            Some(rest) if rest.starts_with('=') => Some(rest[1..].to_owned()),
+            _ => {
+                out.push(a);
+                continue;
+            }
+        };
+        out.push("--retention".into());
+        if let Some(v) = value {
+            let v = v.trim();
+            out.push(match v.parse::<u64>() {
+                Ok(n) => format!("{n}s").into(),
+                Err(_) => v.into(),
+            });
+        }
+    }
+    out
+}
+
+/// The old variables as the new ones (where the new is not set). Before
+/// any thread starts.
+pub fn accept_old_names() {
+    // Before the flag existed an empty value meant text logs.
+    if std::env::var_os("COUPOND_LOG_FORMAT").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("COUPOND_LOG_FORMAT");
+    }
+    for (var, value) in renamed() {
+        set_default(&var, &value);
+    }
 }
 
 /// The new variables the old ones stand for (where the new is not set).
@@ -105,8 +145,18 @@ fn set_default(var: &str, value: &str) {
     }
 }
 
-/// `--config FILE` / `--config=FILE` on the command line, or COUPOND_CONFIG.
+/// `--config FILE` / `--config=FILE` on the command line, or COUPOND_CONFIG;
+/// none for `coupond config check FILE`, which reads FILE itself.
 fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let words: Vec<_> = args
+        .iter()
+        .skip(1)
+        .take(2)
+        .map(|a| a.to_string_lossy())
+        .collect();
+    if words == ["config", "check"] {
+        return None;
+    }
     let mut it = args.iter().map(|a| a.to_string_lossy());
     while let Some(a) = it.next() {
         if a == "--config" {
@@ -129,6 +179,11 @@ pub fn read(path: &Path, known: &BTreeSet<String>) -> anyhow::Result<Vec<(String
     let mut out = Vec::new();
     for (key, value) in &table {
         let bad = |why: String| anyhow::anyhow!("config file {}: {key}: {why}", path.display());
+        // One spelling per key, so the secret checks below see every one.
+        let lower = key.to_ascii_lowercase();
+        if *key != lower {
+            return Err(bad(format!("keys are lowercase: {lower}")));
+        }
         if let Some((_, instead)) = SECRETS.iter().find(|(k, _)| k == key) {
             return Err(bad(format!(
                 "a secret: give it in the environment, or the file's path as {instead}"
@@ -171,7 +226,8 @@ fn scalar(v: &toml::Value) -> Result<String, String> {
 }
 
 fn check_no_secret(key: &str, value: &str) -> Result<(), String> {
-    if key.ends_with("_url") && crate::config::redacted_url(value) != value {
+    let is_url = key.ends_with("_url") || key.ends_with("_endpoint");
+    if is_url && crate::config::redacted_url(value) != value {
         return Err("holds a password: give the URL in the environment".into());
     }
     if key == "kafka_properties" {
@@ -193,6 +249,23 @@ fn check_no_secret(key: &str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_old_retention_flag_counts_seconds() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let want = args(&["coupond", "serve", "--retention", "60s", "--x"]);
+        let spaced = args(&["coupond", "serve", "--retention-secs", "60", "--x"]);
+        assert_eq!(renamed_flags(spaced), want);
+        assert_eq!(
+            renamed_flags(args(&["coupond", "serve", "--retention-secs=60", "--x"])),
+            want
+        );
+        let written = args(&["coupond", "serve", "--retention-secs", "2h"]);
+        assert_eq!(
+            renamed_flags(written),
+            args(&["coupond", "serve", "--retention", "2h"])
+        );
+    }
 
     fn known() -> BTreeSet<String> {
         [

@@ -7,6 +7,8 @@
 pub mod args;
 mod file;
 
+pub use file::accept_old_names;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -161,7 +163,7 @@ fn known_variables() -> BTreeSet<String> {
 }
 
 pub fn main() -> ExitCode {
-    let argv: Vec<_> = std::env::args_os().collect();
+    let argv = file::renamed_flags(std::env::args_os().collect());
     if let Err(e) = file::prepare(&argv, &known_variables()) {
         eprintln!("coupond: {e:#}");
         return ExitCode::FAILURE;
@@ -217,7 +219,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             health_listen,
         } => consume(Settings::from(settings), &health_listen).await,
         Command::Migrate { database } => {
-            let pg = crate::store::PgStore::connect(&database.url, 1)?;
+            let pg = crate::store::PgStore::connect(&database.url, database.pool_size)?;
             pg.migrate().await
         }
         Command::Reconcile {

@@ -1,9 +1,9 @@
 //! One tower layer around every RPC: a log line at a level chosen by the
 //! call's status (client errors quiet, server errors loud), and the
-//! metrics of unary Issue calls: their outcome, under the label the handler
-//! told (`Told`) or, for a call that failed, the one its status implies
-//! (see `grpc::outcome`), and their latency. Stream items are counted one
-//! by one where they are answered.
+//! metrics of unary Issue calls the handler answered: their outcome, under
+//! the label the handler told (`Told`) or, for a call that failed, the one
+//! its status implies (see `grpc::outcome`), and their latency. Stream
+//! items are counted one by one where they are answered.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use crate::grpc::outcome::label_of_code;
+use crate::grpc::outcome::{is_issue_answer, label_of_code};
 use crate::metrics::{self, Rpc};
 
 /// The unary Issue RPC's path.
@@ -78,7 +78,7 @@ fn status<RB>(r: &http::Response<RB>) -> Code {
 
 fn observed<RB>(path: &str, r: &http::Response<RB>, took: Duration) {
     let code = status(r);
-    if path == ISSUE {
+    if path == ISSUE && is_issue_answer(code) {
         let label = r
             .extensions()
             .get::<Told>()

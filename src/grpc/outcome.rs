@@ -81,6 +81,17 @@ pub fn label_of_code(code: Code) -> &'static str {
     })
 }
 
+/// Whether a unary Issue call that ended with `code` was answered by the
+/// handler (see `failure`): a call refused before it (a missing token, a
+/// message that does not decode or is too large) is no Issue outcome, as
+/// a stream's message refused the same way is none either.
+pub fn is_issue_answer(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Ok | Code::InvalidArgument | Code::DeadlineExceeded | Code::Unavailable
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +115,17 @@ mod tests {
         for e in issue_errors {
             let f = failure(&e);
             assert_eq!(label_of_code(f.code), label(f.result), "{e:?}");
+            assert!(is_issue_answer(f.code), "{e:?} is counted");
+        }
+        for refused in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Internal,
+        ] {
+            assert!(
+                !is_issue_answer(refused),
+                "{refused:?} never reached the handler"
+            );
         }
         assert_eq!(label_of_code(Code::Cancelled), "unknown");
     }

@@ -22,17 +22,23 @@ use crate::proto;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// The coupond server.
-    #[arg(long, env = "COUPOND_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "COUPOND_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub server: String,
     /// The admin token (sent as a bearer token).
     #[arg(
         long = "admin-token",
         env = "COUPOND_ADMIN_TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub admin_token: Option<String>,
     /// CA certificate (PEM) to trust for an https server.
-    #[arg(long = "tls-ca", env = "COUPOND_TLS_CA")]
+    #[arg(long = "tls-ca", env = "COUPOND_TLS_CA", global = true)]
     pub tls_ca: Option<std::path::PathBuf>,
 }
 

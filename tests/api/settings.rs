@@ -182,3 +182,79 @@ fn a_flag_after_the_subcommand_beats_the_environment_and_the_file() {
     assert!(out.contains("pool_size: 3,"), "the flag wins: {out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What the review of the settings found: a key spelled in capitals is
+/// refused (so no secret slips past the checks), a password in a URL's
+/// query is refused in the file and never printed, `config check FILE`
+/// reads FILE whatever COUPOND_CONFIG names, the old `--retention-secs`
+/// counts seconds, and the settings of a command with actions of its own
+/// are taken after the action too.
+#[test]
+fn secrets_stay_out_of_files_and_old_spellings_keep_their_meaning() {
+    let dir = std::env::temp_dir().join(format!("coupond-review-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    let f = file.to_str().unwrap();
+    let check = |text: &str, envs: &[(&str, &str)]| {
+        std::fs::write(&file, text).unwrap();
+        coupond(&["config", "check", f], envs)
+    };
+    let (exit, out) = check("ADMIN_TOKEN = \"0123456789abcdef0\"\n", &[]);
+    assert_ne!(exit, 0);
+    assert!(out.contains("keys are lowercase: admin_token"), "{out}");
+    let (exit, out) = check(
+        "database_url = \"postgres://a@db/c?password=hunter2\"\n",
+        &[],
+    );
+    assert_ne!(exit, 0);
+    assert!(out.contains("database_url: holds a password"), "{out}");
+    let (exit, out) = check(
+        "",
+        &[
+            (
+                "COUPOND_DATABASE_URL",
+                "postgres://a@db/c?sslmode=disable&password=hunter2",
+            ),
+            (
+                "COUPOND_OTLP_ENDPOINT",
+                "https://u:otlpsecret@collector:4317",
+            ),
+        ],
+    );
+    assert_eq!(exit, 0, "{out}");
+    assert!(
+        !out.contains("hunter2") && !out.contains("otlpsecret"),
+        "{out}"
+    );
+    assert!(out.contains("sslmode=disable&password=***"), "{out}");
+
+    let other = dir.join("other.toml");
+    std::fs::write(&other, "retention = \"9s\"\n").unwrap();
+    let other = other.to_str().unwrap();
+    let (exit, out) = check("retention = \"2h\"\n", &[("COUPOND_CONFIG", other)]);
+    assert_eq!(exit, 0, "{out}");
+    assert!(
+        out.contains("retention: 7200s,"),
+        "FILE, not COUPOND_CONFIG: {out}"
+    );
+
+    let (exit, out) = coupond(&["config", "check", f, "--retention-secs", "60"], &[]);
+    assert_eq!(exit, 0, "{out}");
+    assert!(out.contains("retention: 60s,"), "seconds, as before: {out}");
+
+    // Parsed, then refused only for want of a server.
+    let control = [
+        "events",
+        "pause",
+        "--event",
+        "e1",
+        "--reason",
+        "r",
+        "--server",
+        "http://127.0.0.1:1",
+    ];
+    let (exit, out) = coupond(&control, &[]);
+    assert_ne!(exit, 0);
+    assert!(out.contains("connecting to http://127.0.0.1:1"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
