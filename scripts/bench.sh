@@ -12,12 +12,22 @@
 #   - the broker alone: Kafka's own producer perf test (acks=all,
 #     idempotent), the service's producer's acknowledged rate and a
 #     consumer's rate, the ceiling of ack durability and of the finalizer.
+#   - first, the cost of a coupon: a stream run (COST_REQUESTS, 16 streams)
+#     and a unary run at 1,000 clients, each wrapped in cpu_parts.py, which
+#     samples /proc and Redis around the load and its finalization: CPU
+#     seconds of the server, Redis (and inside its scripts), PostgreSQL, the
+#     broker, the load generator (apart) and the whole machine.
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
-# Environment: REQUESTS (default 100000 per run).
+# Environment: REQUESTS (default 100000 per run); COST_REQUESTS (default
+# 300000, the stream cost run); BASELINE=<git rev> builds that revision's
+# server too (cached under ~/.cache/coupond/baseline/) and runs the cost
+# runs against it first, on the same stack, so a change is judged against
+# the code before it in one run; ONLY=cost stops after the cost runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS="${REQUESTS:-100000}"
+COST_REQUESTS="${COST_REQUESTS:-300000}"
 OUT="bench-results/$(date -u +%Y%m%dT%H%M%SZ)"
 PORT=50061
 ADDR="http://127.0.0.1:$PORT"
@@ -28,14 +38,35 @@ scripts/stack.sh up
 # Every run starts from the same state: its own, fresh database (a coupons
 # table grown by earlier runs, with their dead rows, slows preload and the
 # finalizer), and no Redis keys of earlier bench events.
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS coupond_bench" >/dev/null
-psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE coupond_bench" >/dev/null
-export COUPOND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/coupond_bench"
+fresh_db() { # name: prints its URL
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $1" >/dev/null
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $1" >/dev/null
+  echo "postgres://postgres@127.0.0.1:5432/$1"
+}
+COUPOND_DATABASE_URL="$(fresh_db coupond_bench)"
+export COUPOND_DATABASE_URL
 redis-cli -h 127.0.0.1 --scan --pattern '*{bench-*}' | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
 cargo build --release --workspace --bin coupond --bin coupond-bench >&2
 BIN="${CARGO_TARGET_DIR:-target}/release/coupond"
 BENCH="${CARGO_TARGET_DIR:-target}/release/coupond-bench"
 SERVER_PID=""
+
+# build_baseline REV: builds REV's server from its tree (git archive, so the
+# clone gains no worktree) in a target directory of its own, kept between
+# runs so a second run of the same baseline builds nothing; prints the binary.
+build_baseline() {
+  local sha cache dir
+  sha="$(git rev-parse --verify "$1^{commit}")"
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/coupond/baseline"
+  dir="$cache/$sha"
+  if [ ! -f "$dir/Cargo.toml" ]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    git archive "$sha" | tar -x -C "$dir"
+  fi
+  CARGO_TARGET_DIR="$cache/target" cargo build --release --manifest-path "$dir/Cargo.toml" \
+    --bin coupond >&2
+  echo "$cache/target/release/coupond"
+}
 
 stop_server() {
   if [ -n "$SERVER_PID" ]; then
@@ -46,9 +77,9 @@ stop_server() {
 }
 trap stop_server EXIT
 
-start_server() { # durability
+start_server() { # durability [binary]
   stop_server
-  COUPOND_DURABILITY="$1" RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --insecure-dev \
+  COUPOND_DURABILITY="$1" RUST_LOG=warn "${2:-$BIN}" serve --listen "127.0.0.1:$PORT" --insecure-dev \
     >>"$OUT/server-$1.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 300); do
@@ -71,10 +102,41 @@ bench() { # name, args...
   echo "== $name" >&2
   local before
   before="$(script_calls)"
-  python3 scripts/cpu-seconds.py "$OUT/$name.cpu" \
+  python3 scripts/cpu_parts.py "$OUT/$name.parts.json" "${SERVER_PID:-0}" \
     "$BENCH" --addr "$ADDR" --json "$OUT/$name.json" "$@" >/dev/null
   echo $(($(script_calls) - before)) >"$OUT/$name.scripts"
 }
+
+# cost_runs LABEL BINARY DATABASE: the two cost runs against BINARY's
+# server (ack), on a database and topic of its own (a baseline may know
+# fewer migrations or write its messages differently).
+cost_runs() {
+  local label="$1"
+  # The server and the bench (which reads the finalize delays there) share it.
+  local -x COUPOND_DATABASE_URL
+  COUPOND_DATABASE_URL="$(fresh_db "$3")"
+  COUPOND_KAFKA_TOPIC="coupon-issued-$label" COUPOND_KAFKA_GROUP="coupond-bench-$label" \
+    start_server ack "$2"
+  bench "cost-$label-stream-s16" --mode stream --concurrency 16 --requests "$COST_REQUESTS" \
+    --coupons "$((COST_REQUESTS * 2))"
+  bench "cost-$label-unary-c1000" --mode unary --concurrency 1000 --requests "$REQUESTS" \
+    --coupons "$((REQUESTS * 2))"
+  stop_server
+}
+
+if [ -n "${BASELINE:-}" ]; then
+  BASE_BIN="$(build_baseline "$BASELINE")"
+  git rev-parse --short "$BASELINE^{commit}" >"$OUT/baseline.rev"
+  cost_runs baseline "$BASE_BIN" coupond_bench_baseline
+fi
+git rev-parse --short HEAD >"$OUT/current.rev"
+git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$OUT/current.rev"
+cost_runs current "$BIN" coupond_bench_current
+if [ "${ONLY:-}" = cost ]; then
+  python3 scripts/bench_report.py "$OUT"
+  echo "results in $OUT" >&2
+  exit 0
+fi
 
 bench broker --mode broker --requests "$REQUESTS"
 # Kafka's own reference: its producer perf test, acks=all and idempotent like

@@ -10,8 +10,13 @@ import sys
 
 run = sys.argv[1]
 rows = {}
+parts = {}
 for path in sorted(glob.glob(os.path.join(run, "*.json"))):
-    rows[os.path.basename(path)[:-5]] = json.load(open(path))
+    name = os.path.basename(path)[:-5]
+    if name.endswith(".parts"):
+        parts[name[:-6]] = json.load(open(path))
+    else:
+        rows[name] = json.load(open(path))
 ref = {}
 for path in sorted(glob.glob(os.path.join(run, "redis-evalsha-*.txt"))):
     name = os.path.basename(path)[len("redis-evalsha-"):-4]
@@ -23,6 +28,54 @@ scripts = {}
 for path in sorted(glob.glob(os.path.join(run, "*.scripts"))):
     scripts[os.path.basename(path)[:-8]] = int(open(path).read().strip() or 0)
 raw = max((v for k, v in ref.items() if k.endswith("p1")), default=0.0)
+
+PARTS = [
+    ("server", "coupond server (gRPC, batcher, producer, finalizer)"),
+    ("redis", "Redis (process)"),
+    ("redis_scripts", "Redis inside scripts (INFO commandstats)"),
+    ("postgres", "PostgreSQL (all backends)"),
+    ("broker", "Kafka broker"),
+    ("machine", "whole machine, load generator excluded"),
+    ("load_generator", "load generator (apart)"),
+]
+
+
+def rev(label):
+    try:
+        return open(os.path.join(run, f"{label}.rev")).read().split("\n")[0].strip()
+    except OSError:
+        return ""
+
+
+def cost_table():
+    """CPU µs per coupon of each part, baseline beside current, per load."""
+    labels = [l for l in ("baseline", "current") if any(k.startswith(f"cost-{l}-") for k in parts)]
+    if not labels:
+        return []
+    heads = [f"{l} {rev(l)}".strip() for l in labels]
+    out = ["CPU µs per coupon issued and finalized, per part (cpu_parts.py around each run; same stack, same run):", ""]
+    for load in ("stream-s16", "unary-c1000"):
+        cols = [(parts.get(f"cost-{l}-{load}"), rows.get(f"cost-{l}-{load}")) for l in labels]
+        if not all(p and r for p, r in cols):
+            continue
+        out.append(f"| {load} | " + " | ".join(heads) + (" | current / baseline |" if len(labels) == 2 else " |"))
+        out.append("|---" * (len(labels) + 1 + (len(labels) == 2)) + "|")
+
+        def line(title, values, fmt):
+            ratio = f" {values[1] / values[0]:.2f} |" if len(values) == 2 and values[0] else (" - |" if len(values) == 2 else "")
+            out.append(f"| {title} | " + " | ".join(fmt(v) for v in values) + " |" + ratio)
+
+        for key, title in PARTS:
+            line(title, [p["cpu_s"][key] * 1e6 / max(r["issued"], 1) for p, r in cols], lambda v: f"{v:.1f}")
+        line("Redis commands per coupon", [p["redis_commands"] / max(r["issued"], 1) for p, r in cols], lambda v: f"{v:.2f}")
+        line("requests/s", [r["requests_per_s"] for _, r in cols], lambda v: f"{v:.0f}")
+        line("p99 latency ms", [r["latency_us"]["p99"] / 1000 for _, r in cols],
+             lambda v: f"{v:.1f}")
+        line("load + finalization wall s", [p["wall_s"] for p, _ in cols], lambda v: f"{v:.1f}")
+        out.append(f"| invariants | " + " | ".join("OK" if r["invariants_ok"] else "VIOLATED" for _, r in cols) + " |" + (" |" if len(labels) == 2 else ""))
+        out.append("")
+    return out
+
 
 lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | ISSUED->PG p50 / p99 ms | finalizer rows/s | Redis script calls (users per call) | vs raw Redis |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -70,11 +123,15 @@ if os.path.exists(vs_copy):
     lines.append("")
     lines.extend(open(vs_copy).read().splitlines())
 def cpu(path):
-    """`cpu (wall)` seconds of a client process, from cpu-seconds.py."""
+    """`cpu (wall)` seconds of a client process, from cpu-seconds.py (ghz)
+    or cpu_parts.py (coupond-bench)."""
     try:
+        if path.endswith(".json"):
+            p = json.load(open(path))
+            return f"{p['cpu_s']['load_generator']:.1f} ({p['wall_s']:.1f})"
         c, w = open(path).read().split()
         return f"{float(c):.1f} ({float(w):.1f})"
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         return "-"
 
 
@@ -103,7 +160,8 @@ if ghz:
             f"| {name} | {rate:.0f} | {pct.get(50, 0):.2f} / {pct.get(99, 0):.2f} | {errors} | "
             f"{cpu(os.path.join(run, 'ghz', name + '.cpu'))} | "
             f"{ours.get('requests_per_s', 0):.0f} | {ours_lat.get('p50', 0)/1000:.2f} / {ours_lat.get('p99', 0)/1000:.2f} | "
-            f"{cpu(os.path.join(run, name + '.cpu'))} |")
+            f"{cpu(os.path.join(run, name + '.parts.json'))} |")
+lines = cost_table() + lines
 open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 

@@ -1,9 +1,12 @@
-use coupond::domain::{EventId, IssueOutcome, RequestId, UserId};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use coupond::domain::{EventId, IssuanceRecord, IssueOutcome, IssuedCoupon, RequestId, UserId};
 use coupond::proto::{self, IssueResult};
 use coupond::store::redis::Verdict;
 use futures::StreamExt;
 
-use crate::helpers::{preload_request, spawn_app};
+use crate::helpers::{preload_request, spawn_app, spawn_unswept, TestApp};
 
 fn ids(users: &[&str]) -> Vec<(UserId, RequestId)> {
     // Each item is a request of its own (a repeated user is a new request).
@@ -124,4 +127,164 @@ async fn a_stream_mixing_events_answers_each_item_for_its_own_event() {
     let (_, remaining, issued, _) = app.redis_state(&e1).await;
     assert_eq!((remaining, issued), (0, 2));
     assert_eq!(app.redis_state(&e2).await.2, 1);
+}
+
+/// Issues one coupon to each of `users` in one script call.
+async fn issue_all_at_once(app: &TestApp, id: &EventId, users: &[&str]) -> Vec<IssuedCoupon> {
+    let users = ids(users);
+    let items: Vec<_> = users.iter().map(|(u, r)| (u, r)).collect();
+    let verdicts = app.redis.issue_batch(id, &items).await.unwrap();
+    verdicts
+        .into_iter()
+        .map(|v| match v {
+            Verdict::Decided(IssueOutcome::Issued(c)) => c,
+            other => panic!("a code for every user: {other:?}"),
+        })
+        .collect()
+}
+
+/// Every record of the event's issued hash, user -> record.
+async fn records(app: &TestApp, event: &str) -> HashMap<String, String> {
+    let mut c = app.redis.conn().await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(&app.keys(event).issued)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// More users in one call than a script hands one Redis command (4,000):
+/// the sweep's claim and the finalize each take 9,000 at once, and the
+/// items of one call are decided in order, as separate calls would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_and_finalize_take_more_users_than_a_slice_and_decide_in_order() {
+    const N: usize = 9_000;
+    let app = spawn_unswept().await;
+    let event = app.event_id("slices");
+    app.preload(preload_request(&event, N as u32))
+        .await
+        .unwrap();
+    let id = EventId::parse(event.clone()).unwrap();
+    let names: Vec<String> = (0..N).map(|i| format!("u{i}")).collect();
+    let users: Vec<UserId> = names
+        .iter()
+        .map(|u| UserId::parse(u.as_str()).unwrap())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let coupons = issue_all_at_once(&app, &id, &refs).await;
+    let codes: HashSet<&str> = coupons.iter().map(|c| c.code.as_str()).collect();
+    assert_eq!(codes.len(), N, "a distinct code each");
+
+    // u0 is final already but still pending; every issuance looks 2 h old.
+    let first = [(&users[0], coupons[0].code.as_str())];
+    assert_eq!(app.redis.finalize(&id, &first).await.unwrap(), 1);
+    let old = chrono::Utc::now().timestamp_millis() - 7_200_000;
+    let mut c = app.redis.conn().await.unwrap();
+    let mut aging = redis::cmd("ZADD");
+    aging.arg(&app.keys(&event).pending);
+    for u in &names {
+        aging.arg(old).arg(u);
+    }
+    let _: () = aging.query_async(&mut c).await.unwrap();
+
+    let (age, max_age) = (Duration::from_secs(5), Duration::from_secs(60));
+    let claimed = app
+        .redis
+        .claim_stale(&id, age, max_age, N + 10)
+        .await
+        .unwrap();
+    let claimed: HashSet<&str> = claimed.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(
+        claimed,
+        refs[1..].iter().copied().collect(),
+        "all but the final one"
+    );
+    let pending: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg(&app.keys(&event).pending)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), N - 1, "the final one left the pending set");
+    assert!(
+        pending.iter().all(|(_, at)| *at > old),
+        "each claim re-scored"
+    );
+
+    // Everyone's code, then a stale code for u1 and u2 named twice.
+    let mut items: Vec<(&UserId, &str)> = (1..N)
+        .map(|i| (&users[i], coupons[i].code.as_str()))
+        .collect();
+    items.push((&users[1], "not-u1s-code"));
+    items.push((&users[2], coupons[2].code.as_str()));
+    let done = app.redis.finalize(&id, &items).await.unwrap();
+    assert_eq!(
+        done as usize, N,
+        "N - 1 finalized, the repeat counted, the stale one not"
+    );
+    assert_eq!(app.redis_state(&event).await.3, 0, "nothing pending");
+    let recs = records(&app, &event).await;
+    assert_eq!(recs.len(), N);
+    for (i, u) in names.iter().enumerate() {
+        let rec = &recs[u];
+        assert!(
+            rec.starts_with(&format!("{}\t", coupons[i].code)),
+            "{u}: {rec}"
+        );
+        assert!(rec.ends_with('F'), "{u} final: {rec}");
+    }
+}
+
+/// A batch of refusals in one call: a pending issuance becomes conflicted,
+/// a final one is left alone, and a user Redis does not know, named twice
+/// with two codes, gets the first refused record only (the second is stale
+/// against it), as two calls would leave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_in_one_call_are_decided_in_order() {
+    let app = spawn_unswept().await;
+    let event = app.event_id("conflicts");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let id = EventId::parse(event.clone()).unwrap();
+    let coupons = issue_all_at_once(&app, &id, &["late", "done", "x", "y"]).await;
+    let done = UserId::parse("done").unwrap();
+    let finalized = [(&done, coupons[1].code.as_str())];
+    assert_eq!(app.redis.finalize(&id, &finalized).await.unwrap(), 1);
+
+    let record = |user: &str, coupon: &IssuedCoupon| IssuanceRecord {
+        event_id: id.clone(),
+        user_id: UserId::parse(user).unwrap(),
+        coupon: coupon.clone(),
+        request_id: format!("r-{user}"),
+    };
+    let refused = [
+        record("late", &coupons[0]),
+        record("done", &coupons[1]),
+        record("ghost", &coupons[2]),
+        record("ghost", &coupons[3]),
+    ];
+    let items: Vec<&IssuanceRecord> = refused.iter().collect();
+    let ttl = Duration::from_secs(3600);
+    let marked = app.redis.mark_conflicted(&id, &items, ttl).await.unwrap();
+    assert_eq!(marked, 2, "late and the ghost's first");
+
+    let recs = records(&app, &event).await;
+    assert!(recs["late"].ends_with('C'), "{}", recs["late"]);
+    assert!(recs["done"].ends_with('F'), "{}", recs["done"]);
+    let ghost = &recs["ghost"];
+    assert!(
+        ghost.starts_with(&format!("{}\t", coupons[2].code)),
+        "{ghost}"
+    );
+    assert!(ghost.ends_with('C'), "{ghost}");
+    let mut c = app.redis.conn().await.unwrap();
+    let conflicts: HashSet<String> = redis::cmd("SMEMBERS")
+        .arg(&app.keys(&event).conflicts)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(conflicts, ["late", "ghost"].map(String::from).into());
+    // x and y still pending; late left.
+    assert_eq!(app.redis_state(&event).await.3, 2);
 }

@@ -267,6 +267,17 @@ pub async fn issue_all(
     .await
 }
 
+/// A server without a finalizer, whose own sweeper never claims anything.
+pub async fn spawn_unswept() -> TestApp {
+    let tag = unique_tag();
+    let mut settings = isolated_settings(&tag).await;
+    settings.sweep.age = std::time::Duration::from_millis(3_600_000);
+    settings.sweep.max_age = std::time::Duration::from_millis(3_600_000);
+    let mut serve = serve_settings();
+    serve.no_consumer = true;
+    spawn_serving(settings, serve, tag).await
+}
+
 /// Makes Redis forget the event (as a restart without persistence does).
 pub async fn lose_event_in_redis(app: &TestApp, event: &str) {
     let k = app.keys(event);

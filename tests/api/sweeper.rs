@@ -11,22 +11,9 @@ use coupond::service::sweeper::Sweeper;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{
-    isolated_settings, preload_request, serve_settings, spawn_serving, unique_tag, TestApp,
-};
+use crate::helpers::{preload_request, spawn_unswept, TestApp};
 
 const AGE_MS: u64 = 5_000;
-
-/// A server without a finalizer, whose own sweeper never claims anything.
-async fn spawn_unswept() -> TestApp {
-    let tag = unique_tag();
-    let mut settings = isolated_settings(&tag).await;
-    settings.sweep.age = std::time::Duration::from_millis(3_600_000);
-    settings.sweep.max_age = std::time::Duration::from_millis(3_600_000);
-    let mut serve = serve_settings();
-    serve.no_consumer = true;
-    spawn_serving(settings, serve, tag).await
-}
 
 async fn claim(app: &TestApp, event: &EventId, max_age_ms: u64) -> Vec<String> {
     app.redis
