@@ -29,17 +29,34 @@ if now - progress < age then
   due = max_age
 end
 local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - due, 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for _, user in ipairs(users) do
-  local rec = redis.call('HGET', KEYS[2], user)
+if #users == 0 then return {} end
+-- One HMGET of them all, one ZADD and one ZREM (in slices: unpack() of more
+-- than ~8,000 values overflows Lua's C stack): the calls per sweep do not
+-- grow with the users claimed.
+local SLICE = 4000
+local recs = {}
+for from = 1, #users, SLICE do
+  local part = redis.call('HMGET', KEYS[2], unpack(users, from, math.min(from + SLICE - 1, #users)))
+  for j = 1, #part do recs[from + j - 1] = part[j] end
+end
+local out, rescored, dropped = {}, {}, {}
+for i, user in ipairs(users) do
+  local rec = recs[i]
   if rec and string.sub(rec, -1) == 'P' then
     local issued_ms = tonumber(string.match(rec, '^[^\t]*\t[^\t]*\t[^\t]*\t(%d+)\t')) or now
     local wait = math.min(math.max(now - issued_ms, age), max_age)
-    redis.call('ZADD', KEYS[1], 'XX', now + wait - age, user)
+    rescored[#rescored + 1] = now + wait - age
+    rescored[#rescored + 1] = user
     out[#out + 1] = user
     out[#out + 1] = rec
   else
-    redis.call('ZREM', KEYS[1], user)
+    dropped[#dropped + 1] = user
   end
+end
+for from = 1, #rescored, SLICE do
+  redis.call('ZADD', KEYS[1], 'XX', unpack(rescored, from, math.min(from + SLICE - 1, #rescored)))
+end
+for from = 1, #dropped, SLICE do
+  redis.call('ZREM', KEYS[1], unpack(dropped, from, math.min(from + SLICE - 1, #dropped)))
 end
 return out

@@ -12,31 +12,69 @@
 -- Redis does not hold the event at all (expired after retention, or
 -- unknown), the retention.
 --
+-- Redis calls per call do not grow with the batch: one HMGET of every
+-- user, then one HSET, one ZREM and one SADD of them all (in slices, as
+-- unpack() of more than ~8,000 values overflows Lua's C stack). Items are
+-- decided in order against the records as the earlier items left them, so
+-- a user named twice behaves as two calls would.
+--
 -- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}  KEYS[3] couponConflicts:{E}
 -- KEYS[4] couponMeta:{E}    KEYS[5] couponMetaOffline:{E}
 -- ARGV[1] retention ms; then user_1, code_1, conflicted record_1, user_2, ...
 -- Returns the number of issuances now conflicted (already-marked ones included).
+local SLICE = 4000
+local function each_slice(cmd, key, list)
+  for from = 1, #list, SLICE do
+    redis.call(cmd, key, unpack(list, from, math.min(from + SLICE - 1, #list)))
+  end
+end
+
+local n = (#ARGV - 1) / 3
+local users = {}
+for i = 1, n do users[i] = ARGV[3 * i - 1] end
+local recs = {}
+for from = 1, n, SLICE do
+  local part = redis.call('HMGET', KEYS[1], unpack(users, from, math.min(from + SLICE - 1, n)))
+  for j = 1, #part do
+    local user = users[from + j - 1]
+    if recs[user] == nil then recs[user] = part[j] end
+  end
+end
+
 local marked = 0
-for i = 2, #ARGV, 3 do
-  local user, code = ARGV[i], ARGV[i + 1]
-  local rec = redis.call('HGET', KEYS[1], user)
+local changed, order, conflicted = {}, {}, {}
+for i = 1, n do
+  local user, code, refused = users[i], ARGV[3 * i], ARGV[3 * i + 1]
+  local rec = recs[user]
   local state = nil
   if not rec then
-    redis.call('HSET', KEYS[1], user, ARGV[i + 2])
-    state = 'C'
+    rec, state = refused, 'C'
   elseif string.sub(rec, 1, #code + 1) == code .. '\t' then
     state = string.sub(rec, -1)
     if state == 'P' then
-      redis.call('HSET', KEYS[1], user, string.sub(rec, 1, -2) .. 'C')
-      state = 'C'
+      rec, state = string.sub(rec, 1, -2) .. 'C', 'C'
     end
   end
   if state == 'C' then
-    redis.call('ZREM', KEYS[2], user)
-    redis.call('SADD', KEYS[3], user)
+    if rec ~= recs[user] then
+      recs[user] = rec
+      if not changed[user] then order[#order + 1] = user end
+      changed[user] = rec
+    end
+    conflicted[#conflicted + 1] = user
     marked = marked + 1
   end
 end
+
+local fields = {}
+for _, user in ipairs(order) do
+  fields[#fields + 1] = user
+  fields[#fields + 1] = changed[user]
+end
+each_slice('HSET', KEYS[1], fields)
+each_slice('ZREM', KEYS[2], conflicted)
+each_slice('SADD', KEYS[3], conflicted)
+
 local ttl = tonumber(ARGV[1])
 for _, meta in ipairs({KEYS[4], KEYS[5]}) do
   if redis.call('EXISTS', meta) == 1 then
