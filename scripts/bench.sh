@@ -16,7 +16,8 @@
 #     and a unary run at 1,000 clients, each wrapped in cpu_parts.py, which
 #     samples /proc and Redis around the load and its finalization: CPU
 #     seconds of the server, Redis (and inside its scripts), PostgreSQL, the
-#     broker, the load generator (apart) and the whole machine.
+#     broker, the load generator (apart) and the whole machine; each on an
+#     event preloaded before the measurement starts.
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
 # Environment: REQUESTS (default 100000 per run); COST_REQUESTS (default
@@ -118,10 +119,18 @@ cost_runs() {
   COUPOND_KAFKA_TOPIC="coupon-issued-$label" COUPOND_KAFKA_GROUP="coupond-bench-$label" \
     start_server ack "$2"
   bench "cost-$label-stream-s16" --mode stream --concurrency 16 --requests "$COST_REQUESTS" \
-    --coupons "$((COST_REQUESTS * 2))"
+    --event "$(preloaded "cost-$label-stream" "$((COST_REQUESTS * 2))")"
   bench "cost-$label-unary-c1000" --mode unary --concurrency 1000 --requests "$REQUESTS" \
-    --coupons "$((REQUESTS * 2))"
+    --event "$(preloaded "cost-$label-unary" "$((REQUESTS * 2))")"
   stop_server
+}
+
+# preloaded NAME COUPONS: an event preloaded outside any measurement (a
+# drop's coupons are made long before it starts); prints its id.
+preloaded() {
+  mkdir -p "$OUT/events"
+  "$BENCH" --addr "$ADDR" --mode preload --coupons "$2" --json "$OUT/events/$1.json" >/dev/null 2>&1
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/events/$1.json"
 }
 
 if [ -n "${BASELINE:-}" ]; then
