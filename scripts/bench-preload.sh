@@ -38,8 +38,8 @@ trap 'stop_server; rm -f "$ROWS"' EXIT
 
 TABLE="$OUT/preload-vs-copy.md"
 {
-  echo "| coupons | coupond Preload (ms) | PostgreSQL COPY of the same rows (ms) | ratio | server peak RSS (MB) |"
-  echo "|---|---|---|---|---|"
+  echo "| coupons | coupond Preload (ms) | PostgreSQL COPY of the same rows (ms) | ratio | server peak RSS (MB) | PostgreSQL CPU µs per row: Preload / COPY |"
+  echo "|---|---|---|---|---|---|"
 } >"$TABLE"
 
 for N in $SIZES; do
@@ -52,8 +52,8 @@ for N in $SIZES; do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
     sleep 0.1
   done
-  COUPOND_DATABASE_URL="$DB_URL" "$BENCH" --addr "http://127.0.0.1:$PORT" --mode preload --coupons "$N" \
-    --json "$OUT/preload-$N.json" >/dev/null
+  COUPOND_DATABASE_URL="$DB_URL" python3 scripts/cpu_parts.py "$OUT/preload-$N.parts.json" "$SERVER_PID" \
+    "$BENCH" --addr "http://127.0.0.1:$PORT" --mode preload --coupons "$N" --json "$OUT/preload-$N.json" >/dev/null
   RSS_KB="$(awk '/^VmHWM:/ { print $2 }' "/proc/$SERVER_PID/status")"
   stop_server
   PRELOAD_MS="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["preload_ms"])' "$OUT/preload-$N.json")"
@@ -65,13 +65,18 @@ for N in $SIZES; do
   psql_admin -c "DROP DATABASE coupond_bench_preload" >/dev/null
   COPY_URL="$(fresh_db coupond_bench_copy)"
   COUPOND_DATABASE_URL="$COPY_URL" RUST_LOG=warn "$BIN" migrate >/dev/null 2>&1
-  COPY_MS="$(psql -h 127.0.0.1 -U postgres -d coupond_bench_copy -qt \
+  python3 scripts/cpu_parts.py "$OUT/copy-$N.parts.json" 0 \
+    psql -h 127.0.0.1 -U postgres -d coupond_bench_copy -qt -o "$OUT/copy-$N.txt" \
     -c '\timing on' \
-    -c "COPY coupons (code, event_id, policy_position, discount_type, discount_value) FROM '$ROWS'" |
-    awk '/^Time:/ { printf "%.0f", $2 }')"
+    -c "COPY coupons (code, event_id, policy_position, discount_type, discount_value) FROM '$ROWS'"
+  COPY_MS="$(awk '/^Time:/ { printf "%.0f", $2 }' "$OUT/copy-$N.txt")"
+  PG_ROW="$(python3 -c "
+import json, sys
+pg = lambda p: json.load(open(p))['cpu_s']['postgres'] * 1e6 / $N
+print(f'{pg(sys.argv[1]):.1f} / {pg(sys.argv[2]):.1f}')" "$OUT/preload-$N.parts.json" "$OUT/copy-$N.parts.json")"
   psql_admin -c "DROP DATABASE coupond_bench_copy" >/dev/null
   RATIO="$(python3 -c "print(f'{$PRELOAD_MS / $COPY_MS:.2f}')")"
-  echo "| $N | $PRELOAD_MS | $COPY_MS | $RATIO | $((RSS_KB / 1024)) |" >>"$TABLE"
+  echo "| $N | $PRELOAD_MS | $COPY_MS | $RATIO | $((RSS_KB / 1024)) | $PG_ROW |" >>"$TABLE"
   echo "preload $N: $PRELOAD_MS ms, COPY $COPY_MS ms (x$RATIO), peak RSS $((RSS_KB / 1024)) MB" >&2
 done
 cat "$TABLE"

@@ -24,7 +24,9 @@
 # 300000, the stream cost run); BASELINE=<git rev> builds that revision's
 # server too (cached under ~/.cache/coupond/baseline/) and runs the cost
 # runs against it first, on the same stack, so a change is judged against
-# the code before it in one run; ONLY=cost stops after the cost runs.
+# the code before it in one run; ONLY=cost stops after the cost runs and
+# the physical references (broker, Kafka's perf test, the 1,000,000-coupon
+# preload beside COPY, redis-benchmark of the one-user script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS="${REQUESTS:-100000}"
@@ -141,12 +143,6 @@ fi
 git rev-parse --short HEAD >"$OUT/current.rev"
 git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$OUT/current.rev"
 cost_runs current "$BIN" coupond_bench_current
-if [ "${ONLY:-}" = cost ]; then
-  python3 scripts/bench_report.py "$OUT"
-  echo "results in $OUT" >&2
-  exit 0
-fi
-
 bench broker --mode broker --requests "$REQUESTS"
 # Kafka's own reference: its producer perf test, acks=all and idempotent like
 # coupond's producer, records the size of a CouponIssued message.
@@ -157,7 +153,8 @@ scripts/stack.sh kafka-tool producer-perf-test --topic coupond-perf --num-record
   --record-size 120 --throughput -1 --producer-props bootstrap.servers=127.0.0.1:9092 acks=all \
   enable.idempotence=true linger.ms=2 compression.type=lz4 2>/dev/null | tail -1 >"$OUT/kafka-producer-perf.txt"
 scripts/stack.sh kafka-tool topics --bootstrap-server 127.0.0.1:9092 --delete --topic coupond-perf >/dev/null
-scripts/bench-preload.sh "$OUT"
+if [ "${ONLY:-}" = cost ]; then SIZES="${SIZES:-1000000}" scripts/bench-preload.sh "$OUT"
+else scripts/bench-preload.sh "$OUT"; fi
 start_server ack
 
 # Physical reference: the one-user script straight from redis-benchmark, on a
@@ -169,13 +166,20 @@ for P in 1 16; do
   for C in 50 500; do
     echo "== redis-benchmark EVALSHA c=$C P=$P" >&2
     redis-benchmark -h 127.0.0.1 -n 200000 -c "$C" -P "$P" -r 100000000 --csv \
-      EVALSHA "$SHA" 4 "couponQueue:{$REF_EVENT}" "couponIssued:{$REF_EVENT}" \
-      "couponMeta:{$REF_EVENT}" "couponPending:{$REF_EVENT}" 1 "rb:__rand_int__" r \
+      EVALSHA "$SHA" 5 "couponQueue:{$REF_EVENT}" "couponIssued:{$REF_EVENT}" \
+      "couponMeta:{$REF_EVENT}" "couponPending:{$REF_EVENT}" "couponMetaOffline:{$REF_EVENT}" \
+      1 "rb:__rand_int__" r \
       | tail -1 | cut -d, -f2 | tr -d '"' >"$OUT/redis-evalsha-c$C-p$P.txt"
   done
 done
 # The reference's issuances never reach Kafka; drop them from the pending set.
 redis-cli -h 127.0.0.1 DEL "couponPending:{$REF_EVENT}" >/dev/null
+if [ "${ONLY:-}" = cost ]; then
+  stop_server
+  python3 scripts/bench_report.py "$OUT"
+  echo "results in $OUT" >&2
+  exit 0
+fi
 
 for C in 100 1000 3000; do
   bench "unary-ack-c$C" --mode unary --concurrency "$C" --requests "$REQUESTS" --coupons $((REQUESTS * 2))

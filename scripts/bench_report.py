@@ -32,7 +32,7 @@ raw = max((v for k, v in ref.items() if k.endswith("p1")), default=0.0)
 PARTS = [
     ("server", "coupond server (gRPC, batcher, producer, finalizer)"),
     ("redis", "Redis (process)"),
-    ("redis_scripts", "Redis inside scripts (INFO commandstats)"),
+    ("redis_scripts", "Redis scripts' run time (INFO commandstats; wall time, so it counts waits for the CPU)"),
     ("postgres", "PostgreSQL (all backends)"),
     ("broker", "Kafka broker"),
     ("machine", "whole machine, load generator excluded"),
@@ -72,6 +72,12 @@ def cost_table():
         line("p99 latency ms", [r["latency_us"]["p99"] / 1000 for _, r in cols],
              lambda v: f"{v:.1f}")
         line("load + finalization wall s", [p["wall_s"] for p, _ in cols], lambda v: f"{v:.1f}")
+        copy = parts.get("copy-1000000")
+        if copy:
+            per_row = copy["cpu_s"]["postgres"] * 1e6 / 1_000_000
+            line("PostgreSQL per coupon / per row of COPY (1,000,000 rows)",
+                 [p["cpu_s"]["postgres"] * 1e6 / max(r["issued"], 1) / per_row for p, r in cols],
+                 lambda v: f"{v:.2f}x")
         out.append(f"| invariants | " + " | ".join("OK" if r["invariants_ok"] else "VIOLATED" for _, r in cols) + " |" + (" |" if len(labels) == 2 else ""))
         out.append("")
     return out

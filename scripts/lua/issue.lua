@@ -72,15 +72,17 @@ if #wanting > 0 then
   codes = redis.call('LPOP', KEYS[1], #wanting) or {}
 end
 
+-- Written once: a Lua number becomes text through printf on every use.
+local now_s = string.format('%d', now)
 local made = {}
 local fields, scores = {}, {}
 for k = 1, #codes do
   local i = wanting[k]
-  local rec = codes[k] .. '\t' .. now .. '\t' .. ARGV[2 * i + 1] .. '\tP'
+  local rec = codes[k] .. '\t' .. now_s .. '\t' .. ARGV[2 * i + 1] .. '\tP'
   made[users[i]] = rec
   fields[#fields + 1] = users[i]
   fields[#fields + 1] = rec
-  scores[#scores + 1] = now
+  scores[#scores + 1] = now_s
   scores[#scores + 1] = users[i]
 end
 for from = 1, #fields, SLICE do
