@@ -66,9 +66,10 @@ for N in $SIZES; do
   COPY_URL="$(fresh_db coupond_bench_copy)"
   COUPOND_DATABASE_URL="$COPY_URL" RUST_LOG=warn "$BIN" migrate >/dev/null 2>&1
   python3 scripts/cpu_parts.py "$OUT/copy-$N.parts.json" 0 \
-    psql -h 127.0.0.1 -U postgres -d coupond_bench_copy -qt -o "$OUT/copy-$N.txt" \
+    psql -h 127.0.0.1 -U postgres -d coupond_bench_copy -qt \
     -c '\timing on' \
-    -c "COPY coupons (code, event_id, policy_position, discount_type, discount_value) FROM '$ROWS'"
+    -c "COPY coupons (code, event_id, policy_position, discount_type, discount_value) FROM '$ROWS'" \
+    >"$OUT/copy-$N.txt"
   COPY_MS="$(awk '/^Time:/ { printf "%.0f", $2 }' "$OUT/copy-$N.txt")"
   PG_ROW="$(python3 -c "
 import json, sys
