@@ -568,7 +568,13 @@ impl Job {
         let mut backoff = job_backoff();
         loop {
             match self.inner.pg.mark_live(&self.event.id, &self.id, t).await {
-                Ok(true) => return Ok(()),
+                Ok(true) => {
+                    if let Err(e) = self.inner.pg.refresh_statistics().await {
+                        // The planner is slower until autovacuum runs, nothing worse.
+                        tracing::warn!(event_id = %self.event.id, error = %e, "ANALYZE after the preload failed");
+                    }
+                    return Ok(());
+                }
                 // A server that took over finds the event live and records it.
                 Ok(false) => return Err(JobEnd::Fenced),
                 Err(e) => {

@@ -19,6 +19,11 @@ use crate::helpers::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preload_writes_every_code_to_postgres_and_the_redis_queue() {
     let app = spawn_app().await;
+    let (db, conn) = tokio_postgres::connect(&app.settings.database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let before: std::time::SystemTime = db.query_one("SELECT now()", &[]).await.unwrap().get(0);
     let event = app.event_id("pre");
     let mut req = preload_request(&event, 3000);
     req.code_prefix = "XMAS-".into();
@@ -48,6 +53,23 @@ async fn preload_writes_every_code_to_postgres_and_the_redis_queue() {
         .collect();
     assert!(first_kinds.len() > 1, "policies interleave in the queue");
     assert_live_and_consistent(&app.pg, &app.redis, &event, 3000).await;
+
+    // The planner knows the rows are there before the sale starts (else
+    // the finalizer's lookups by code were planned as scans of the event):
+    // the job analyzed the table (autovacuum's runs count elsewhere).
+    let analyzed = eventually(Duration::from_secs(30), || async {
+        let row = db
+            .query_one(
+                "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'coupons'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, Option<std::time::SystemTime>>(0)
+            .is_some_and(|t| t >= before)
+    })
+    .await;
+    assert!(analyzed, "the preload job analyzed the coupons table");
 }
 
 /// Ten identical Preloads at once, spread over two servers sharing the

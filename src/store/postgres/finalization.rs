@@ -78,14 +78,7 @@ const FREE: &str = "SELECT code FROM coupons WHERE code = ANY($1) AND state = 'A
 
 impl IssuanceWriter {
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, PgStoreError> {
-        let mut config: tokio_postgres::Config = url.parse()?;
-        // Every statement here looks rows up by key (a code, an event and
-        // user). Right after a preload the table's statistics still say it
-        // is nearly empty, and the planner then hashes every available
-        // coupon of the event for each batch (measured: most of
-        // PostgreSQL's CPU in a bench run); index lookups are right at any size.
-        let options = config.get_options().unwrap_or_default().to_owned();
-        config.options(format!("{options} -c enable_hashjoin=off -c enable_mergejoin=off").trim());
+        let config: tokio_postgres::Config = url.parse()?;
         let pool = Pool::builder(Manager::new(config, NoTls))
             .max_size(pool_size)
             .build()

@@ -285,6 +285,20 @@ impl PgStore {
         )
         .await
     }
+    /// Refreshes the coupons table's statistics after a preload. Until
+    /// autovacuum gets to it, the planner believes the event's rows are not
+    /// there, and the finalizer's UPDATE, which looks codes up one by one,
+    /// was planned as a scan of every coupon of the event per batch
+    /// (BENCHMARKS.md: most of PostgreSQL's CPU per coupon). Skipped when
+    /// a vacuum or another ANALYZE holds the table: waiting for it would
+    /// hold up the job, and they bring the same news.
+    pub async fn refresh_statistics(&self) -> Result<(), PgStoreError> {
+        let mut c = self.pool.get().await?;
+        diesel::sql_query("ANALYZE (SKIP_LOCKED) coupons")
+            .execute(&mut c)
+            .await?;
+        Ok(())
+    }
     /// PREPARING -> FAILED for `job`, deleting every coupon it wrote, in
     /// one transaction. Call only once Redis can no longer make `job` live.
     pub async fn mark_failed(
