@@ -15,6 +15,11 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc \
     [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null || true
   done
 
+# A failure's message (fault tests add the server's last log lines) is
+# what a shortened CI log must keep; a backtrace would push it out.
+# COUPOND_TEST_BACKTRACE=1 brings backtraces back.
+export RUST_BACKTRACE="${COUPOND_TEST_BACKTRACE:-0}"
+
 # The workspace: the service crate and the load generator (`bench/`).
 # --show-output: what passing tests print (fault counts, client build
 # times) stays in the log.

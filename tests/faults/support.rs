@@ -1,6 +1,7 @@
 //! Processes, faults and a retrying load client for the fault tests.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -157,8 +158,7 @@ impl Env {
         c.envs(envs.iter().copied());
         // A restarted server takes over its finalizer's partitions at once.
         c.env("COUPOND_KAFKA_INSTANCE_ID", format!("serve-{}", self.tag));
-        let child = c.spawn().expect("spawn coupond serve");
-        let mut p = Proc { child };
+        let mut p = Proc::logged(c, &format!("serve-{}", self.tag));
         let port = self.port;
         let up = eventually(Duration::from_secs(60), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -182,9 +182,7 @@ impl Env {
     pub fn consume_env(&self, envs: &[(&str, &str)]) -> Proc {
         let mut c = self.command(&["consume"]);
         c.envs(envs.iter().copied());
-        Proc {
-            child: c.spawn().expect("spawn coupond consume"),
-        }
+        Proc::logged(c, &format!("consume-{}", self.tag))
     }
 
     pub fn pg(&self) -> PgStore {
@@ -327,7 +325,7 @@ impl OwnRedis {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        self.proc = Some(Proc { child });
+        self.proc = Some(Proc::from(child));
         let url = self.url();
         let up = eventually(Duration::from_secs(30), || {
             let url = url.clone();
@@ -356,35 +354,80 @@ impl Drop for OwnRedis {
     }
 }
 
+/// How many lines of a process's log a failure message shows.
+const LOG_TAIL: usize = 40;
+
 /// A child process, killed when dropped.
 pub struct Proc {
     child: Child,
+    /// Where its stderr goes, for the failure report (CI shortens long
+    /// output, so a process's log is shown only when a check fails).
+    log: Option<PathBuf>,
 }
 
 impl From<Child> for Proc {
     fn from(child: Child) -> Self {
-        Self { child }
+        Self { child, log: None }
     }
 }
 
 impl Proc {
+    /// Spawns `c` with its stderr in a file named after `name`.
+    fn logged(mut c: Command, name: &str) -> Self {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join("coupond-faults");
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{name}-{n}.log"));
+        let file = std::fs::File::create(&path).unwrap();
+        let child = c.stderr(file).spawn().expect("spawn coupond");
+        Self {
+            child,
+            log: Some(path),
+        }
+    }
+
+    /// The last lines the process logged, for a failure message.
+    pub fn log_tail(&self) -> String {
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
+        format!("\n--- last lines of {} ---\n{tail}", path.display())
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// SIGTERM, then waits for a clean exit: longer than the server's own
+    /// drain deadlines add up to (startup.rs), so a slow machine is not a
+    /// failure but a drain that overruns them is.
     pub async fn terminate(&mut self) {
         let pid = self.child.id().to_string();
+        let started = std::time::Instant::now();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let exited = eventually(Duration::from_secs(30), || {
+        let exited = eventually(Duration::from_secs(90), || {
             let done = matches!(self.child.try_wait(), Ok(Some(_)));
             async move { done }
         })
         .await;
-        assert!(exited, "process did not stop after SIGTERM");
+        let took = started.elapsed();
+        assert!(
+            exited,
+            "process did not stop within {took:?} of SIGTERM{}",
+            self.log_tail()
+        );
         let st = self.child.wait().unwrap();
-        assert!(st.success(), "exit after SIGTERM: {st:?}");
+        assert!(
+            st.success(),
+            "exit {took:?} after SIGTERM: {st:?}{}",
+            self.log_tail()
+        );
+        eprintln!("process stopped {took:?} after SIGTERM");
     }
 }
 
@@ -392,6 +435,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.kill9();
+        }
+        // A failed test's logs stay for a look.
+        if let (Some(path), false) = (&self.log, std::thread::panicking()) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
