@@ -1,6 +1,11 @@
--- Appends one chunk of a preload job's entries to the job's staging list,
--- exactly once: a retry whose first reply was lost finds the chunk there
--- already and changes nothing. Refuses a job that lost the fence.
+-- Appends one part of a preload job's chunk to the job's staging list,
+-- exactly once: a retry whose first reply was lost finds the part there
+-- already and changes nothing. Only this job appends to its list, in
+-- order, and a chunk's parts are sent in order, so a list already longer
+-- than this part's end holds it, and later parts of the same chunk (a
+-- retried chunk whose earlier attempt got further than its reply). Returns
+-- the list's length as of this part's end. Refuses a job that lost the
+-- fence.
 --
 -- KEYS[1] this job's staging list  KEYS[2] couponPreload:{E}
 -- ARGV[1] preload id  ARGV[2] the list's length before this chunk
@@ -11,8 +16,8 @@ end
 local before = tonumber(ARGV[2])
 local n = #ARGV - 2
 local len = redis.call('LLEN', KEYS[1])
-if len == before + n then
-  return len
+if len >= before + n then
+  return before + n
 end
 if len ~= before then
   return redis.error_reply('STAGING_MISMATCH staged ' .. len .. ', expected ' .. before)

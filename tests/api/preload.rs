@@ -307,3 +307,49 @@ async fn list_events_pages_through_every_event_with_its_state() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("page_size"), "{}", err.message());
 }
+
+/// A chunk is staged in several script calls (parts). A retry of the chunk
+/// after a reply was lost, whether the earlier attempt got through one part
+/// or all of them, leaves every entry once and in order. (Under Redis stalls
+/// a retry used to find the later parts already there and refuse the chunk
+/// for good: the job never ended.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_chunk_is_staged_once_however_far_its_lost_attempt_got() {
+    use coupond::domain::PreloadId;
+    use coupond::store::keys::EventKeys;
+    use coupond::store::redis::FenceReply;
+
+    let app = spawn_app().await;
+    let event = EventId::parse(app.event_id("parts")).unwrap();
+    let job = PreloadId::random(&mut rand::rng());
+    let claimed = app.redis.claim_preload(&event, &job, None).await.unwrap();
+    assert_eq!(claimed, FenceReply::Done);
+    let entries: Vec<String> = (0..25_000)
+        .map(|i| format!("CODE{i:08}\tPERCENT\t10"))
+        .collect();
+    // An attempt that got through its first part only, then the retry.
+    let first = app
+        .redis
+        .stage_chunk(&event, &job, 0, &entries[..10_000])
+        .await
+        .unwrap();
+    assert_eq!(first, 10_000);
+    let staged = app.redis.stage_chunk(&event, &job, 0, &entries).await;
+    assert_eq!(staged.unwrap(), 25_000);
+    // An attempt that got through every part, then the retry.
+    let again = app.redis.stage_chunk(&event, &job, 0, &entries).await;
+    assert_eq!(again.unwrap(), 25_000, "a repeated chunk changes nothing");
+    // The next chunk goes on from there.
+    let next = app
+        .redis
+        .stage_chunk(&event, &job, 25_000, &entries[..5])
+        .await;
+    assert_eq!(next.unwrap(), 25_005);
+
+    let staging = EventKeys::preload_staging(&event, &job);
+    let mut c = app.redis.conn().await.unwrap();
+    let listed: Vec<String> = c.lrange(&staging, 0, -1).await.unwrap();
+    let mut expected = entries.clone();
+    expected.extend_from_slice(&entries[..5]);
+    assert!(listed == expected, "every entry once, in order");
+}
