@@ -20,6 +20,9 @@
 #     event preloaded before the measurement starts.
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
+# ONLY=cluster runs the stream cost load on the single node, on the
+# stack's Redis Cluster with the failover guard and on it without, and
+# records each Redis node's CPU (INFO cpu) before and after.
 # Environment: REQUESTS (default 100000 per run); COST_REQUESTS (default
 # 300000, the stream cost run); BASELINE=<git rev> builds that revision's
 # server too (cached under ~/.cache/coupond/baseline/) and runs the cost
@@ -134,6 +137,48 @@ preloaded() {
   "$BENCH" --addr "$ADDR" --mode preload --coupons "$2" --json "$OUT/events/$1.json" >/dev/null 2>&1
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/events/$1.json"
 }
+
+# Redis CPU seconds (user + system) of each node: PORT=SECONDS lines.
+redis_cpu() {
+  local p
+  for p in 6379 7001 7002 7003 7004 7005 7006; do
+    redis-cli -p "$p" INFO cpu 2>/dev/null |
+      awk -F: -v p="$p" '/^used_cpu_(sys|user):/ { s += $2 } END { if (s) printf "%s=%.2f\n", p, s }'
+  done
+}
+
+# cluster_run LABEL SEEDS ACKS: the stream load against a server on SEEDS
+# (empty: the single node) asking ACKS replicas (empty: the default), with
+# each Redis node's CPU before and after.
+cluster_run() {
+  local label="$1"
+  local -x COUPOND_DATABASE_URL COUPOND_REDIS_CLUSTER="$2" COUPOND_REDIS_REPLICA_ACKS="$3"
+  [ -n "$3" ] || unset COUPOND_REDIS_REPLICA_ACKS
+  COUPOND_DATABASE_URL="$(fresh_db "coupond_bench_${label//-/_}")"
+  COUPOND_KAFKA_TOPIC="coupon-issued-$label" COUPOND_KAFKA_GROUP="coupond-bench-$label" \
+    start_server ack
+  local event
+  event="$(preloaded "$label" "$((COST_REQUESTS * 2))")"
+  redis_cpu >"$OUT/$label.redis-before"
+  bench "$label-stream-s16" --mode stream --concurrency 16 --requests "$COST_REQUESTS" --event "$event"
+  redis_cpu >"$OUT/$label.redis-after"
+  stop_server
+}
+
+# ONLY=cluster: the same stream load on the single node, on the stack's
+# Redis Cluster with the failover guard (WAIT 1 per batch), and on the
+# cluster without it, in one run.
+if [ "${ONLY:-}" = cluster ]; then
+  scripts/stack.sh redis-cluster-up
+  SEEDS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  cluster_run single "" ""
+  cluster_run cluster-guard "$SEEDS" ""
+  cluster_run cluster-noguard "$SEEDS" 0
+  python3 scripts/bench_report.py "$OUT" || true
+  echo "results in $OUT" >&2
+  exit 0
+fi
 
 if [ -n "${BASELINE:-}" ]; then
   BASE_BIN="$(build_baseline "$BASELINE")"

@@ -16,6 +16,12 @@
 #   stack.sh wipe-broker           deletes its data (it must be stopped);
 #                                  the next `up` formats it anew
 #   stack.sh stop-postgres         stops PostgreSQL (`up` starts it again)
+#   stack.sh redis-cluster-up      also a Redis Cluster: three masters with a
+#                                  replica each on 127.0.0.1:7001-7006
+#                                  (append-only, fsync always, node timeout
+#                                  2 s); restarts a node that is down
+#   stack.sh redis-cluster-down    stops its six nodes and deletes their data
+#   stack.sh redis-cluster-kill P  SIGKILLs the cluster node on port P
 #   stack.sh kafka-tool T ARGS     runs Kafka's own tool T (topics,
 #                                  consumer-groups, producer-perf-test,
 #                                  consumer-perf-test, configs, storage)
@@ -261,6 +267,58 @@ ensure_scram_user() {
   log "kafka: SASL/SCRAM user $SCRAM_USER on 127.0.0.1:$SASL_PORT"
 }
 
+REDIS_CLUSTER_DATA="$CACHE/redis-cluster"
+REDIS_CLUSTER_PORTS="7001 7002 7003 7004 7005 7006"
+
+redis_cluster_node() {
+  local port=$1 dir="$REDIS_CLUSTER_DATA/$1"
+  redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return
+  mkdir -p "$dir"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+    --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --appendonly yes --appendfsync always --save "" \
+    --dir "$dir" --logfile "$dir/redis.log"
+  wait_port "$port" 20 "redis cluster node $port"
+}
+
+# Every node sees the cluster ok, and three replicas serve (a failover
+# needs one behind each master).
+redis_cluster_ok() {
+  local p
+  for p in $REDIS_CLUSTER_PORTS; do
+    redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || return 1
+  done
+  [ "$(redis-cli -p 7001 cluster nodes | awk '$3 ~ /slave/ && $3 !~ /fail/' | wc -l)" -ge 3 ]
+}
+
+# Three masters with a replica each. Nodes that were down are started
+# again with their nodes.conf and rejoin by themselves; the cluster is
+# created only when no node knows another yet.
+redis_cluster_up() {
+  ensure_redis
+  local p deadline nodes=()
+  for p in $REDIS_CLUSTER_PORTS; do redis_cluster_node "$p"; nodes+=("127.0.0.1:$p"); done
+  if [ "$(redis-cli -p 7001 cluster info | grep -o 'cluster_known_nodes:[0-9]*' | cut -d: -f2)" = 1 ]; then
+    log "redis cluster: creating (3 masters, 1 replica each)"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  fi
+  deadline=$((SECONDS + 60))
+  until redis_cluster_ok; do
+    if ((SECONDS >= deadline)); then
+      log "redis cluster: not ok after 60 s (stack.sh redis-cluster-down wipes it)"; return 1
+    fi
+    sleep 0.2
+  done
+  log "redis cluster: ok on 127.0.0.1:7001-7006"
+}
+
+redis_cluster_down() {
+  local p
+  for p in $REDIS_CLUSTER_PORTS; do kill_port "$p"; done
+  rm -rf "$REDIS_CLUSTER_DATA"
+  log "redis cluster: stopped, data deleted"
+}
+
 CLUSTER_VOTERS="1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194"
 CLUSTER_BOOTSTRAP="127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 
@@ -323,6 +381,9 @@ case "${1:-up}" in
   stop-broker) stop_broker ;;
   wipe-broker) wipe_broker ;;
   stop-postgres) stop_postgres ;;
+  redis-cluster-up) redis_cluster_up ;;
+  redis-cluster-down) redis_cluster_down ;;
+  redis-cluster-kill) kill_port "${2:?port 7001-7006}"; log "redis cluster: node ${2} killed" ;;
   kafka-tool) shift; kafka_tool "$@" ;;
-  *) echo "usage: $0 [up|cluster-up|cluster-down|cluster-kill N|stop-broker|wipe-broker|stop-postgres|kafka-tool TOOL ARGS]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|cluster-up|cluster-down|cluster-kill N|stop-broker|wipe-broker|stop-postgres|redis-cluster-up|redis-cluster-down|kafka-tool TOOL ARGS]" >&2; exit 2 ;;
 esac

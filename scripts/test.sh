@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/stack.sh up
+# Three masters with a replica each, for the tests that run on a cluster.
+scripts/stack.sh redis-cluster-up
 scripts/lint-proto.sh
 
 # Databases of earlier runs (each test creates its own) would pile up.
@@ -24,3 +26,13 @@ export RUST_BACKTRACE="${COUPOND_TEST_BACKTRACE:-0}"
 # --show-output: what passing tests print (fault counts, client build
 # times) stays in the log.
 cargo test --workspace --all-targets "$@" -- --show-output
+
+# The integration tests of everything that reaches Redis, again with every
+# Redis access through the cluster client (COUPOND_REDIS_CLUSTER reaches
+# the tests' settings and every coupond process they start). The fault
+# tests above ran the cluster's own: events on every master, a master
+# killed mid-load.
+COUPOND_REDIS_CLUSTER=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \
+  cargo test --test api "$@" -- --show-output \
+  issue:: stream:: batch:: preload:: controls:: retention:: reconcile:: rebuild:: \
+  finalize:: sweeper:: poison:: dlq:: operator:: validation:: truths::

@@ -28,7 +28,14 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct RedisSettings {
     pub url: String,
+    /// Seed nodes of a Redis Cluster (URLs); empty: the single node at `url`.
+    pub cluster: Vec<String>,
     pub pool_size: usize,
+    /// Replicas that must confirm an issue batch's writes before its users
+    /// are answered; `None`: 1 on a cluster, 0 on a single node.
+    pub replica_acks: Option<u32>,
+    /// Longest wait for those confirmations.
+    pub replica_timeout: Duration,
     /// Longest wait for a reply before a call fails (and may have run).
     pub response_timeout: Duration,
     /// Longest wait for a new connection.
@@ -39,10 +46,46 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redacted_url(&self.url))
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .iter()
+                    .map(|u| redacted_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("pool_size", &self.pool_size)
+            .field("replica_acks", &self.replica_acks())
+            .field("replica_timeout", &self.replica_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
+    }
+}
+
+impl RedisSettings {
+    /// Where Redis is, for messages: the URL, or the cluster's seed nodes
+    /// (passwords redacted).
+    pub fn location(&self) -> String {
+        match self.cluster.is_empty() {
+            true => redacted_url(&self.url),
+            false => format!(
+                "cluster {}",
+                self.cluster
+                    .iter()
+                    .map(|u| redacted_url(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    /// Replicas an issue batch waits for: a cluster's masters have replicas
+    /// (a failover must not lose an answered issuance), a single node
+    /// usually none.
+    pub fn replica_acks(&self) -> u32 {
+        self.replica_acks
+            .unwrap_or(if self.cluster.is_empty() { 0 } else { 1 })
     }
 }
 

@@ -28,6 +28,7 @@ pub const DEAD_LETTERS_FAILED: &str = "coupond_dead_letters_failed_total";
 pub const CONFLICTS: &str = "coupond_conflicts_total";
 pub const PRELOAD_WRITTEN: &str = "coupond_preload_written_coupons";
 pub const SERVING: &str = "coupond_serving";
+pub const REPLICA_UNCONFIRMED: &str = "coupond_redis_replica_unconfirmed_total";
 
 /// Buckets for request-path latencies (seconds): 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,6 +75,7 @@ fn zeros() {
         CONFLICTS,
         REPUBLISHED,
         FINALIZER_BATCHES,
+        REPLICA_UNCONFIRMED,
     ] {
         counter!(name).increment(0);
     }
@@ -107,6 +109,10 @@ fn describe() {
     describe_counter!(
         NOT_DURABLE,
         "ISSUED answers in ack mode that Kafka had not acknowledged (durable=false)."
+    );
+    describe_counter!(
+        REPLICA_UNCONFIRMED,
+        "Users answered from issue batches whose writes no replica confirmed within COUPOND_REDIS_REPLICA_TIMEOUT (a failover could hand their codes out again)."
     );
     describe_gauge!(
         PENDING,
@@ -185,6 +191,10 @@ pub fn published(took: Duration, acknowledged: bool) {
     } else {
         counter!(PUBLISH_FAILURES).increment(1);
     }
+}
+
+pub fn replica_unconfirmed(users: usize) {
+    counter!(REPLICA_UNCONFIRMED).increment(users as u64);
 }
 
 pub fn answered_not_durable() {

@@ -26,7 +26,6 @@ use crate::service::readiness::Readiness;
 use crate::service::sweeper::Sweeper;
 use crate::service::{AdminService, IssuerService, PreloadJobs};
 use crate::store::postgres::finalization::IssuanceWriter;
-use crate::store::redis::RedisTimeouts;
 use crate::store::{PgStore, RedisStore};
 use crate::supervisor::{Kind, Spawner, Supervisor};
 use tonic::transport::server::Router;
@@ -58,15 +57,11 @@ impl Backends {
     /// runs migrations and creates the topics.
     pub async fn connect(s: &Settings) -> anyhow::Result<Self> {
         let pg = PgStore::connect(&s.database.url, s.database.pool_size)?;
-        let timeouts = RedisTimeouts {
-            response: s.redis.response_timeout,
-            connect: s.redis.connect_timeout,
-        };
-        let redis = RedisStore::connect_with(&s.redis.url, s.redis.pool_size, timeouts)?;
+        let redis = RedisStore::open(&s.redis)?;
         redis
             .ping()
             .await
-            .map_err(|e| anyhow::anyhow!("redis at {}: {e}", redacted_url(&s.redis.url)))?;
+            .map_err(|e| anyhow::anyhow!("redis at {}: {e}", s.redis.location()))?;
         pg.migrate()
             .await
             .map_err(|e| anyhow::anyhow!("postgres at {}: {e:#}", redacted_url(&s.database.url)))?;

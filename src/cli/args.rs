@@ -64,15 +64,55 @@ pub struct RedisArgs {
     /// Longest wait for a new Redis connection.
     #[arg(id = "redis-connect-timeout", long = "redis-connect-timeout", alias = "redis-connect-timeout-ms", env = "COUPOND_REDIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub connect_timeout: Duration,
+    /// Seed nodes of a Redis Cluster, separated by commas (redis://host:port
+    /// or host:port): every Redis access then goes through a cluster
+    /// client, and --redis-url is not used.
+    #[arg(
+        id = "redis-cluster",
+        long = "redis-cluster",
+        env = "COUPOND_REDIS_CLUSTER",
+        hide_env_values = true
+    )]
+    pub cluster: Option<String>,
+    /// Replicas that must confirm an issue batch's writes (WAIT) before its
+    /// users are answered, so a failover cannot hand their codes out again
+    /// [default: 1 with --redis-cluster, else 0].
+    #[arg(
+        id = "redis-replica-acks",
+        long = "redis-replica-acks",
+        env = "COUPOND_REDIS_REPLICA_ACKS"
+    )]
+    pub replica_acks: Option<u32>,
+    /// Longest wait for those confirmations; past it the users are answered
+    /// all the same (counted in coupond_redis_replica_unconfirmed_total).
+    #[arg(id = "redis-replica-timeout", long = "redis-replica-timeout", env = "COUPOND_REDIS_REPLICA_TIMEOUT", default_value = "250ms", value_parser = duration)]
+    pub replica_timeout: Duration,
+}
+
+/// Seed nodes as URLs: separated by commas, semicolons (a file's list) or
+/// spaces; a bare host:port gets `redis://`.
+fn cluster_nodes(list: Option<&str>) -> Vec<String> {
+    list.unwrap_or_default()
+        .split([',', ';', ' '])
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| match n.contains("://") {
+            true => n.to_owned(),
+            false => format!("redis://{n}"),
+        })
+        .collect()
 }
 
 impl From<RedisArgs> for RedisSettings {
     fn from(a: RedisArgs) -> Self {
         Self {
+            cluster: cluster_nodes(a.cluster.as_deref()),
             url: a.url,
             pool_size: a.pool_size,
             response_timeout: a.response_timeout,
             connect_timeout: a.connect_timeout,
+            replica_acks: a.replica_acks,
+            replica_timeout: a.replica_timeout,
         }
     }
 }

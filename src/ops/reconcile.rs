@@ -7,7 +7,6 @@ use std::fmt;
 use crate::config::{DatabaseSettings, KafkaSettings, RedisSettings};
 use crate::domain::{EventId, EventState, IssuanceState, LiveState, RecordedCoupon};
 use crate::ops::rebuild::{rebuild, RebuildReport};
-use crate::store::redis::RedisTimeouts;
 use crate::store::{PgStore, RedisStore};
 
 /// How many examples each list of the printed report shows.
@@ -360,13 +359,9 @@ pub async fn run(
     args: &ReconcileArgs,
 ) -> anyhow::Result<()> {
     let event = EventId::parse(args.event.clone()).map_err(|e| anyhow::anyhow!("--event: {e}"))?;
-    let timeouts = RedisTimeouts {
-        response: redis.response_timeout,
-        connect: redis.connect_timeout,
-    };
     let (pg, redis) = (
         &PgStore::connect(&database.url, database.pool_size)?,
-        &RedisStore::connect_with(&redis.url, redis.pool_size, timeouts)?,
+        &RedisStore::open(redis)?,
     );
     let event = &event;
     let rebuilt = match args.rebuild_redis {

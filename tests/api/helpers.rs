@@ -77,7 +77,7 @@ pub async fn spawn_serving(settings: Settings, serve: ServeSettings, tag: String
         admin: admin_client(channel.clone()),
         issuer: CouponIssuerClient::new(channel),
         pg: PgStore::connect(&settings.database.url, 2).unwrap(),
-        redis: RedisStore::connect(&settings.redis.url, 4).unwrap(),
+        redis: RedisStore::open(&settings.redis).unwrap(),
         settings,
         shutdown,
         server: Some(server),

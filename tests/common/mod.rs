@@ -60,6 +60,7 @@ pub fn coupond(settings: &Settings, args: &[&str]) -> std::process::Command {
     c.args(args)
         .env("COUPOND_DATABASE_URL", &s.database.url)
         .env("COUPOND_REDIS_URL", &s.redis.url)
+        .env("COUPOND_REDIS_CLUSTER", s.redis.cluster.join(","))
         .env("COUPOND_KAFKA_BROKERS", &s.kafka.brokers)
         .env("COUPOND_KAFKA_TOPIC", &s.kafka.topic)
         .env("COUPOND_KAFKA_GROUP", &s.kafka.group)

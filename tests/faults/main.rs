@@ -3,6 +3,7 @@
 //! hold exactly the (user, code) pairs the load client was told, and nothing
 //! may be left pending. They stop shared services, so they run one at a time.
 
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod health;

@@ -190,7 +190,7 @@ impl Env {
     }
 
     pub fn redis(&self) -> RedisStore {
-        RedisStore::connect(&self.settings.redis.url, 2).unwrap()
+        RedisStore::open(&self.settings.redis).unwrap()
     }
 
     pub async fn channel(&self) -> Channel {

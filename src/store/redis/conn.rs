@@ -1,18 +1,22 @@
-//! The one seam through which the store reaches Redis. Today a pool of
-//! multiplexed connections to one node for the request path, and a
-//! connection of its own for bulk work; a cluster client takes their place
-//! here and nothing else changes, since every caller only needs
-//! `redis::aio::ConnectionLike` (what scripts and commands run on).
+//! The one seam through which the store reaches Redis: a single node (a
+//! pool of multiplexed connections for the request path, a connection of
+//! its own for bulk work) or a Redis Cluster (one cluster connection for
+//! each, which follows MOVED/ASK and failovers and loads a script on the
+//! node that answered NOSCRIPT). Callers only need
+//! `redis::aio::ConnectionLike`, what scripts and commands run on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use tokio::sync::OnceCell;
 
 use super::RedisStoreError;
-
-/// A connection of the request path.
-pub type Conn = deadpool_redis::Connection;
 
 /// A bulk connection's response timeout: bulk reads and writes (reconcile,
 /// rebuild) must not depend on the request path's, which a busy machine
@@ -37,21 +41,127 @@ impl Default for RedisTimeouts {
     }
 }
 
+/// A connection: pooled or of its own to a single node, or a handle on the
+/// cluster connection.
+pub enum Conn {
+    Pooled(deadpool_redis::Connection),
+    Own(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Pooled(c) => c.req_packed_command(cmd),
+            Self::Own(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Own(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Pooled(c) => c.get_db(),
+            Self::Own(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// `WAIT replicas timeout` on the connection that wrote `key` (on a
+    /// cluster, the master of its slot): how many replicas confirmed every
+    /// write this connection made so far.
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<u32, RedisStoreError> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        let acked: i64 = match self {
+            Self::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                redis::from_redis_value(c.route_command(cmd, to).await?)?
+            }
+            other => cmd.query_async(other).await?,
+        };
+        Ok(acked.max(0) as u32)
+    }
+}
+
 /// Where the store's connections come from.
 #[derive(Clone)]
-pub(super) struct Link {
-    pool: Pool,
-    /// Where bulk connections go.
-    client: redis::Client,
-    connect_timeout: Duration,
+pub(super) enum Link {
+    Single {
+        pool: Pool,
+        /// Where bulk connections go.
+        client: redis::Client,
+        connect_timeout: Duration,
+    },
+    Cluster {
+        request: Arc<Lazy>,
+        bulk: Arc<Lazy>,
+    },
+}
+
+/// A cluster connection made on first use (a failed attempt is made again
+/// by the next call); it reconnects to nodes by itself after that.
+pub(super) struct Lazy {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+impl Lazy {
+    fn new(nodes: &[String], response: Duration, connect: Duration) -> anyhow::Result<Self> {
+        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(connect)
+            .response_timeout(response)
+            .build()?;
+        Ok(Self {
+            client,
+            conn: OnceCell::new(),
+        })
+    }
+
+    async fn get(&self) -> Result<Conn, RedisStoreError> {
+        let c = self
+            .conn
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await?;
+        Ok(Conn::Cluster(c.clone()))
+    }
 }
 
 impl Link {
+    /// A single node at `url`, or the cluster that `cluster` (seed node
+    /// URLs) belongs to when it names any.
     pub(super) fn open(
         url: &str,
+        cluster: &[String],
         pool_size: usize,
         timeouts: RedisTimeouts,
     ) -> anyhow::Result<Self> {
+        if !cluster.is_empty() {
+            return Ok(Self::Cluster {
+                request: Arc::new(Lazy::new(cluster, timeouts.response, timeouts.connect)?),
+                bulk: Arc::new(Lazy::new(cluster, BULK_RESPONSE_TIMEOUT, timeouts.connect)?),
+            });
+        }
         let conn = AsyncConnectionConfig::new()
             .set_response_timeout(Some(timeouts.response))
             .set_connection_timeout(Some(timeouts.connect));
@@ -59,7 +169,7 @@ impl Link {
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
             .build()?;
-        Ok(Self {
+        Ok(Self::Single {
             pool,
             client: redis::Client::open(url)?,
             connect_timeout: timeouts.connect,
@@ -67,17 +177,30 @@ impl Link {
     }
 
     pub(super) async fn get(&self) -> Result<Conn, RedisStoreError> {
-        Ok(self.pool.get().await?)
+        match self {
+            Self::Single { pool, .. } => Ok(Conn::Pooled(pool.get().await?)),
+            Self::Cluster { request, .. } => request.get().await,
+        }
     }
 
-    /// A connection of its own with a long response timeout, for bulk work.
-    pub(super) async fn bulk(&self) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(BULK_RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(self.connect_timeout));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    /// A connection with a long response timeout, for bulk work.
+    pub(super) async fn bulk(&self) -> Result<Conn, RedisStoreError> {
+        match self {
+            Self::Single {
+                client,
+                connect_timeout,
+                ..
+            } => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(BULK_RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(*connect_timeout));
+                Ok(Conn::Own(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            Self::Cluster { bulk, .. } => bulk.get().await,
+        }
     }
 }

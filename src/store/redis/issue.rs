@@ -40,6 +40,8 @@ impl RedisStore {
         }
         let mut c = self.conn().await?;
         let reply: Vec<redis::Value> = inv.invoke_async(&mut c).await?;
+        self.confirm_replicas(&mut c, event, &k.queue, items.len())
+            .await?;
         if reply.len() != items.len() * 2 {
             return Err(RedisStoreError::Reply(format!(
                 "{} values for {} items",
@@ -76,6 +78,49 @@ impl RedisStore {
             })
             .collect()
     }
+    /// Waits until the replicas the guard asks for hold what the script
+    /// wrote (WAIT on the connection that wrote it), so that a failover to
+    /// a replica cannot hand the batch's codes out again. A failed WAIT is
+    /// an error whose batch may have run: it is asked again, and the
+    /// script answers the same. Replicas that stay behind past the timeout
+    /// only leave a count and a warning: the outcome was decided, and the
+    /// master's append-only file (and in ack mode the Kafka message the
+    /// finalizer records) still hold it. The event's batches then skip the
+    /// wait for `BEHIND_PAUSE` (counted the same way).
+    async fn confirm_replicas(
+        &self,
+        c: &mut Conn,
+        event: &EventId,
+        key: &str,
+        users: usize,
+    ) -> Result<(), RedisStoreError> {
+        let g = &self.guard;
+        if g.replicas == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let skip = {
+            let mut behind = g.behind.lock().expect("replica guard lock");
+            behind.retain(|_, until| *until > now);
+            behind.contains_key(event)
+        };
+        if skip {
+            crate::metrics::replica_unconfirmed(users);
+            return Ok(());
+        }
+        let acked = c.wait_replicas(key, g.replicas, g.timeout).await?;
+        if acked < g.replicas {
+            crate::metrics::replica_unconfirmed(users);
+            let until = std::time::Instant::now() + BEHIND_PAUSE;
+            g.behind
+                .lock()
+                .expect("replica guard lock")
+                .insert(event.clone(), until);
+            tracing::warn!(event_id = %event, acked, wanted = g.replicas, users, "replicas did not confirm an issue batch in time; its users are answered all the same, and the event's batches skip the wait for 5 s");
+        }
+        Ok(())
+    }
+
     /// The user's issuance record, if Redis holds one.
     pub async fn issuance(
         &self,

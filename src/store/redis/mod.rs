@@ -28,6 +28,7 @@ use std::time::Duration;
 use redis::Script;
 use tracing::instrument;
 
+use crate::config::RedisSettings;
 use crate::domain::{
     ControlState, EventId, IssuanceRecord, IssuanceState, IssueOutcome, IssuedCoupon, PreloadId,
     RequestId, UserId,
@@ -87,10 +88,30 @@ struct Scripts {
 #[derive(Clone)]
 pub struct RedisStore {
     link: Link,
+    guard: ReplicaGuard,
     scripts: std::sync::Arc<Scripts>,
 }
 
+/// How many replicas must confirm an issue batch's writes before its
+/// users are answered (0: none asked; see `confirm_replicas`).
+#[derive(Debug, Clone, Default)]
+struct ReplicaGuard {
+    replicas: u32,
+    timeout: Duration,
+    /// Events whose replicas did not confirm in time, and until when their
+    /// batches skip the wait: WAIT blocks the connection it runs on, which
+    /// every batch to that master shares, so a master left without a
+    /// replica (after a failover) would hold each batch up for the whole
+    /// timeout, one after the other.
+    behind: std::sync::Arc<std::sync::Mutex<HashMap<EventId, std::time::Instant>>>,
+}
+
+/// How long an event's batches skip the wait after its replicas were
+/// behind.
+const BEHIND_PAUSE: Duration = Duration::from_secs(5);
+
 impl RedisStore {
+    /// A single node at `url` with the default timeouts (tests, tools).
     pub fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
         Self::connect_with(url, pool_size, RedisTimeouts::default())
     }
@@ -100,10 +121,41 @@ impl RedisStore {
         pool_size: usize,
         timeouts: RedisTimeouts,
     ) -> anyhow::Result<Self> {
+        Self::with_link(
+            Link::open(url, &[], pool_size, timeouts)?,
+            ReplicaGuard::default(),
+        )
+    }
+
+    /// The store the settings describe: a single node, or a Redis Cluster
+    /// when seed nodes are given; with the failover guard they ask for.
+    pub fn open(s: &RedisSettings) -> anyhow::Result<Self> {
+        let timeouts = RedisTimeouts {
+            response: s.response_timeout,
+            connect: s.connect_timeout,
+        };
+        let guard = ReplicaGuard {
+            replicas: s.replica_acks(),
+            timeout: s.replica_timeout,
+            behind: Default::default(),
+        };
+        Self::with_link(
+            Link::open(&s.url, &s.cluster, s.pool_size, timeouts)?,
+            guard,
+        )
+    }
+
+    fn with_link(link: Link, guard: ReplicaGuard) -> anyhow::Result<Self> {
         Ok(Self {
-            link: Link::open(url, pool_size, timeouts)?,
+            link,
+            guard,
             scripts: std::sync::Arc::new(Scripts::load()),
         })
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster { .. })
     }
 
     /// A connection of the issue path (short timeouts).

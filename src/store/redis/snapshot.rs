@@ -13,7 +13,7 @@ const BULK_ATTEMPTS: u32 = 4;
 /// Runs a read-only command, asking again (with back-off) when it failed:
 /// a read changes nothing, so a lost reply only costs a repeat.
 async fn read<T: redis::FromRedisValue>(
-    c: &mut redis::aio::MultiplexedConnection,
+    c: &mut Conn,
     cmd: &redis::Cmd,
 ) -> Result<T, RedisStoreError> {
     let mut backoff =
@@ -33,7 +33,7 @@ async fn read<T: redis::FromRedisValue>(
 
 /// Reads a list or sorted set by index range, `BULK_CHUNK` at a time.
 async fn read_range<T: redis::FromRedisValue>(
-    c: &mut redis::aio::MultiplexedConnection,
+    c: &mut Conn,
     command: &str,
     key: &str,
     with_scores: bool,
@@ -56,10 +56,7 @@ async fn read_range<T: redis::FromRedisValue>(
 }
 
 /// Reads a hash with HSCAN, `BULK_CHUNK` at a time.
-async fn read_hash(
-    c: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> Result<Vec<(String, String)>, RedisStoreError> {
+async fn read_hash(c: &mut Conn, key: &str) -> Result<Vec<(String, String)>, RedisStoreError> {
     let mut all = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -83,7 +80,7 @@ async fn read_hash(
 /// Writes one chunk of a staging key and renews its expiry in the same
 /// round trip.
 async fn stage(
-    c: &mut redis::aio::MultiplexedConnection,
+    c: &mut Conn,
     key: &str,
     command: &str,
     args: impl IntoIterator<Item = String>,

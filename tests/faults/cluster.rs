@@ -1,0 +1,246 @@
+//! coupond on the stack's Redis Cluster (three masters with a replica each,
+//! `scripts/stack.sh redis-cluster-up`): events spread over every master,
+//! a master SIGKILLed mid-load with its replica taking over, and several
+//! servers and finalizers at once.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::common::{eventually, preload_request};
+use crate::support::{stack, Env, Load, SERIAL};
+
+/// The stack's cluster nodes (masters and replicas; which is which moves
+/// with failovers).
+const NODES: [u16; 6] = [7001, 7002, 7003, 7004, 7005, 7006];
+
+fn seeds() -> Vec<String> {
+    NODES
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect()
+}
+
+/// An environment whose processes and stores use the cluster.
+async fn cluster_env() -> Env {
+    stack("redis-cluster-up");
+    let mut env = Env::new().await;
+    env.settings.redis.cluster = seeds();
+    env
+}
+
+/// Restarts a killed node when the test ends, passed or failed (it
+/// rejoins as a replica), so the cluster is whole for what runs next.
+struct RestoreCluster;
+
+impl Drop for RestoreCluster {
+    fn drop(&mut self) {
+        stack("redis-cluster-up");
+    }
+}
+
+/// A connection to the first node that answers (any node can be the one
+/// a test killed).
+fn any_node() -> redis::Connection {
+    NODES
+        .iter()
+        .filter_map(|p| redis::Client::open(format!("redis://127.0.0.1:{p}")).ok())
+        .find_map(|c| c.get_connection().ok())
+        .expect("a cluster node answers")
+}
+
+/// `CLUSTER NODES` as a live node sees it: (port, slot ranges) of each
+/// master that is not failed.
+fn masters() -> Vec<(u16, Vec<(u16, u16)>)> {
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut any_node())
+        .expect("CLUSTER NODES");
+    text.lines().filter_map(master_line).collect()
+}
+
+fn master_line(line: &str) -> Option<(u16, Vec<(u16, u16)>)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let flags = f.get(2)?;
+    if !flags.contains("master") || flags.contains("fail") {
+        return None;
+    }
+    let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+    let ranges = f[8..]
+        .iter()
+        .filter(|r| !r.starts_with('['))
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => r.parse().ok().map(|s| (s, s)),
+        })
+        .collect();
+    Some((port, ranges))
+}
+
+fn slot_of(event: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(format!("couponQueue:{{{event}}}"))
+        .query(&mut any_node())
+        .unwrap()
+}
+
+/// The port of the master that serves `event`'s keys now.
+fn master_of(event: &str) -> Option<u16> {
+    let slot = slot_of(event);
+    masters()
+        .into_iter()
+        .find(|(_, ranges)| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .map(|(port, _)| port)
+}
+
+/// WAIT calls each live node has served (`INFO commandstats`).
+fn wait_calls() -> HashMap<u16, u64> {
+    NODES
+        .iter()
+        .filter_map(|&port| {
+            let c = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut c.get_connection().ok()?)
+                .ok()?;
+            let calls = info
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse().ok())
+                .unwrap_or(0);
+            Some((port, calls))
+        })
+        .collect()
+}
+
+/// Event ids (`<name><n>-<tag>`), one on each master.
+fn one_event_per_master(env: &Env, name: &str) -> Vec<String> {
+    let mut by_master: HashMap<u16, String> = HashMap::new();
+    for n in 0.. {
+        let event = format!("{name}{n}-{}", env.tag);
+        let master = master_of(&event).expect("every slot is served");
+        by_master.entry(master).or_insert(event);
+        if by_master.len() == 3 {
+            break;
+        }
+    }
+    by_master.into_values().collect()
+}
+
+/// Preloads `event`; its coupons per policy.
+async fn preload(env: &Env, event: &str, coupons: u32) -> Vec<i64> {
+    let r = env
+        .admin()
+        .await
+        .preload(preload_request(event, coupons))
+        .await
+        .expect("preload on the cluster")
+        .into_inner();
+    r.counts_per_policy.iter().map(|&n| n as i64).collect()
+}
+
+/// PostgreSQL's count of finalized coupons per policy of `event`.
+async fn finalized_per_policy(env: &Env, event: &str) -> Vec<i64> {
+    let (db, conn) = tokio_postgres::connect(&env.settings.database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.query(
+        "SELECT count(*) FROM coupons WHERE event_id = $1 AND user_id IS NOT NULL \
+         GROUP BY policy_position ORDER BY policy_position",
+        &[&event],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_on_every_master_issue_exactly_and_are_finalized() {
+    let _serial = SERIAL.lock().await;
+    let env = cluster_env().await;
+    let mut server = env.serve(&[]).await;
+    let events = one_event_per_master(&env, "spread");
+    let masters: HashSet<u16> = events.iter().filter_map(|e| master_of(e)).collect();
+    assert_eq!(masters.len(), 3, "one event on each master: {events:?}");
+    let mut per_policy = Vec::new();
+    for e in &events {
+        per_policy.push(preload(&env, e, 1000).await);
+    }
+    let waits_before = wait_calls();
+    let started = std::time::Instant::now();
+    let loads: Vec<Load> =
+        futures::future::join_all(events.iter().map(|e| Load::start(&env, e, 2000, 16))).await;
+    for ((event, load), expected) in events.iter().zip(loads).zip(per_policy) {
+        let (told, _) = load.finish().await;
+        assert_eq!(told.len(), 1000, "{event}: every coupon went to someone");
+        env.assert_exactly_recorded(event, &told).await;
+        let finalized = finalized_per_policy(&env, event).await;
+        assert_eq!(finalized, expected, "{event}: coupons per policy");
+    }
+    eprintln!(
+        "3 events on 3 masters: 6,000 users for 3,000 coupons issued and finalized in {:?}",
+        started.elapsed()
+    );
+    // The failover guard ran on every master (WAIT after each batch).
+    let waits = wait_calls();
+    for port in &masters {
+        let (before, after) = (waits_before.get(port), waits.get(port));
+        assert!(
+            after.unwrap_or(&0) > before.unwrap_or(&0),
+            "master {port} confirmed batches with WAIT: {before:?} -> {after:?}"
+        );
+    }
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_killed_mid_load_fails_over_without_a_lost_or_doubled_coupon() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreCluster;
+    let env = cluster_env().await;
+    let mut server = env.serve(&[]).await;
+    let event = format!("failover-{}", env.tag);
+    let coupons = 2000;
+    preload(&env, &event, coupons).await;
+    let load = Load::start(&env, &event, 3000, 24).await;
+    load.until_answered(400).await;
+
+    let victim = master_of(&event).expect("the event's master");
+    let killed = std::time::Instant::now();
+    kill_node(victim);
+    let promoted = eventually(Duration::from_secs(60), || async {
+        master_of(&event).is_some_and(|m| m != victim)
+    })
+    .await;
+    assert!(promoted, "a replica took over the event's slot");
+    eprintln!(
+        "master {victim} killed after 400 answers; {:?} took over after {:?}",
+        master_of(&event),
+        killed.elapsed()
+    );
+
+    let (told, errors) = load.finish().await;
+    eprintln!(
+        "failover: told {} ISSUED, {errors} retried errors; load done {:?} after the kill",
+        told.len(),
+        killed.elapsed()
+    );
+    assert_eq!(told.len() as u32, coupons, "every coupon went to someone");
+    env.assert_exactly_recorded(&event, &told).await;
+    eprintln!(
+        "failover: all recorded {:?} after the kill",
+        killed.elapsed()
+    );
+    let (code, report) = env.reconcile(&event, &[]);
+    assert_eq!(code, 0, "reconcile finds nothing wrong:\n{report}");
+    eprintln!("failover: reconciled {:?} after the kill", killed.elapsed());
+    server.terminate().await;
+}
+
+/// SIGKILLs the cluster node on `port`.
+fn kill_node(port: u16) {
+    stack(&format!("redis-cluster-kill {port}"));
+}
