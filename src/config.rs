@@ -32,7 +32,7 @@ pub struct RedisSettings {
     pub cluster: Vec<String>,
     pub pool_size: usize,
     /// Replicas that must confirm an issue batch's writes before its users
-    /// are answered; `None`: 1 on a cluster, 0 on a single node.
+    /// are told ISSUED; `None`: 1 on a cluster, 0 on a single node.
     pub replica_acks: Option<u32>,
     /// Longest wait for those confirmations.
     pub replica_timeout: Duration,

@@ -112,7 +112,7 @@ fn describe() {
     );
     describe_counter!(
         REPLICA_UNCONFIRMED,
-        "Users answered from issue batches whose writes no replica confirmed within COUPOND_REDIS_REPLICA_TIMEOUT (a failover could hand their codes out again)."
+        "Issue batch calls whose writes the replicas did not confirm within COUPOND_REDIS_REPLICA_TIMEOUT (their users were not told ISSUED; the batch is asked again)."
     );
     describe_gauge!(
         PENDING,
@@ -193,8 +193,8 @@ pub fn published(took: Duration, acknowledged: bool) {
     }
 }
 
-pub fn replica_unconfirmed(users: usize) {
-    counter!(REPLICA_UNCONFIRMED).increment(users as u64);
+pub fn replica_unconfirmed() {
+    counter!(REPLICA_UNCONFIRMED).increment(1);
 }
 
 pub fn answered_not_durable() {

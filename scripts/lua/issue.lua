@@ -17,6 +17,11 @@
 -- KEYS[3] couponMeta:{E}     hash starts_at, ends_at (unix ms), total, paused (1 or absent)
 -- KEYS[4] couponPending:{E}  sorted set user -> issued_ms, issued but not yet in PostgreSQL
 -- KEYS[5] couponMetaOffline:{E}  the meta hash while a forced rebuild has the event offline
+-- KEYS[6] couponGuard:{E}    optional: given when the caller WAITs for replicas
+--   after the call (the failover guard). Written on every call, so that the
+--   connection's WAIT covers the replication stream up to here, also when
+--   this call is a retry that writes nothing new (its first attempt's writes
+--   went out on a connection that was lost since).
 -- ARGV[1] N; then ARGV[2i], ARGV[2i+1] = user id, request id of item i (1-based)
 --
 -- Returns 2N values: status_i, record_i. Status: 1 ISSUED, 2 HELD (the
@@ -105,5 +110,8 @@ for i = 1, n do
   else
     out[2 * i - 1], out[2 * i] = 3, ''
   end
+end
+if KEYS[6] then
+  redis.call('SET', KEYS[6], now_s, 'PX', 60000)
 end
 return out

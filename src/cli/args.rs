@@ -75,16 +75,17 @@ pub struct RedisArgs {
     )]
     pub cluster: Option<String>,
     /// Replicas that must confirm an issue batch's writes (WAIT) before its
-    /// users are answered, so a failover cannot hand their codes out again
-    /// [default: 1 with --redis-cluster, else 0].
+    /// users are told ISSUED, so a failover cannot hand their codes out
+    /// again [default: 1 with --redis-cluster, else 0].
     #[arg(
         id = "redis-replica-acks",
         long = "redis-replica-acks",
         env = "COUPOND_REDIS_REPLICA_ACKS"
     )]
     pub replica_acks: Option<u32>,
-    /// Longest wait for those confirmations; past it the users are answered
-    /// all the same (counted in coupond_redis_replica_unconfirmed_total).
+    /// Longest wait for those confirmations; past it the batch is asked
+    /// again, and its users hear DEADLINE_EXCEEDED (outcome unknown) if the
+    /// replicas stay behind.
     #[arg(id = "redis-replica-timeout", long = "redis-replica-timeout", env = "COUPOND_REDIS_REPLICA_TIMEOUT", default_value = "250ms", value_parser = duration)]
     pub replica_timeout: Duration,
 }

@@ -30,6 +30,10 @@ pub struct EventKeys {
     /// When the finalizer last recorded an issuance of the event (unix ms,
     /// expiring): the sweeper holds back while the finalizer is progressing.
     pub progress: String,
+    /// Written by every issue call when the failover guard is on, so that
+    /// the WAIT after it covers everything the event's master replicated
+    /// so far (expires by itself).
+    pub guard: String,
     /// Set of users whose issuance PostgreSQL refused (record state C).
     pub conflicts: String,
     /// Hash user -> "refused code \t held code": users whose second
@@ -72,6 +76,7 @@ impl EventKeys {
             meta_offline: format!("couponMetaOffline:{{{event}}}"),
             rebuild_lock: format!("couponRebuild:{{{event}}}"),
             progress: format!("couponProgress:{{{event}}}"),
+            guard: format!("couponGuard:{{{event}}}"),
             conflicts: format!("couponConflicts:{{{event}}}"),
             superseded: format!("couponSuperseded:{{{event}}}"),
         }

@@ -352,4 +352,14 @@ async fn a_retried_chunk_is_staged_once_however_far_its_lost_attempt_got() {
     let mut expected = entries.clone();
     expected.extend_from_slice(&entries[..5]);
     assert!(listed == expected, "every entry once, in order");
+
+    // Entries of another fill where this chunk's go (a reset whose DEL a
+    // failover lost) are refused, not taken for this chunk's.
+    let other: Vec<String> = (0..10_000)
+        .map(|i| format!("OTHER{i:08}\tPERCENT\t10"))
+        .collect();
+    let refused = app.redis.stage_chunk(&event, &job, 0, &other).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let after: Vec<String> = c.lrange(&staging, 0, -1).await.unwrap();
+    assert!(after == expected, "a refused part changes nothing");
 }

@@ -216,6 +216,10 @@ async fn a_master_killed_mid_load_fails_over_without_a_lost_or_doubled_coupon() 
     })
     .await;
     assert!(promoted, "a replica took over the event's slot");
+    // The new master has no replica left: the guard answers no ISSUED
+    // until the killed node is back (as the operator's supervisor would
+    // bring it), rejoining as its replica.
+    stack("redis-cluster-up");
     eprintln!(
         "master {victim} killed after 400 answers; {:?} took over after {:?}",
         master_of(&event),
@@ -243,4 +247,140 @@ async fn a_master_killed_mid_load_fails_over_without_a_lost_or_doubled_coupon() 
 /// SIGKILLs the cluster node on `port`.
 fn kill_node(port: u16) {
     stack(&format!("redis-cluster-kill {port}"));
+}
+
+/// The port of a replica of the master on `port`.
+fn replica_of(port: u16) -> u16 {
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut any_node())
+        .unwrap();
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let port_of = |f: &Vec<&str>| -> u16 {
+        f[1].split('@')
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let master_id = lines
+        .iter()
+        .find(|f| port_of(f) == port)
+        .expect("the master")[0];
+    let replica = lines
+        .iter()
+        .find(|f| f[2].contains("slave") && f[3] == master_id)
+        .expect("a replica of the master");
+    port_of(replica)
+}
+
+/// The process id of the Redis node on `port`.
+fn node_pid(port: u16) -> String {
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let info: String = redis::cmd("INFO").arg("server").query(&mut c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("process_id")
+        .trim()
+        .to_owned()
+}
+
+fn signal(pid: &str, signal: &str) {
+    let st = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {signal} {pid}");
+}
+
+/// A node stopped (SIGSTOP) until this is dropped (SIGCONT), passed or
+/// failed.
+struct Stopped(String);
+
+impl Stopped {
+    fn node(port: u16) -> Self {
+        let pid = node_pid(port);
+        signal(&pid, "-STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
+}
+
+/// An issuance whose writes no replica confirmed is not told ISSUED (a
+/// failover could still hand its code out again): the caller hears that
+/// the outcome is unknown, and once the replica is back the same request
+/// gets ISSUED with the code Redis recorded the first time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_issuance_no_replica_confirmed_is_not_told_issued() {
+    use coupond::proto::coupon_issuer_client::CouponIssuerClient;
+    use coupond::proto::{IssueRequest, IssueResult};
+
+    let _serial = SERIAL.lock().await;
+    let env = cluster_env().await;
+    let mut server = env.serve(&[]).await;
+    let event = format!("unconfirmed-{}", env.tag);
+    preload(&env, &event, 10).await;
+    let replica = replica_of(master_of(&event).expect("the event's master"));
+    let mut issuer = CouponIssuerClient::connect(env.addr()).await.unwrap();
+    let req = IssueRequest {
+        event_id: event.clone(),
+        user_id: "u1".into(),
+        request_id: "r1".into(),
+    };
+
+    let stopped = Stopped::node(replica);
+    let stalled = issuer.issue(req.clone()).await;
+    let code = stalled.as_ref().map_err(|s| s.code());
+    assert_eq!(
+        code.err(),
+        Some(tonic::Code::DeadlineExceeded),
+        "no ISSUED without a replica's confirmation: {stalled:?}"
+    );
+    drop(stopped);
+
+    // Asked again (the same request) until the replica confirms.
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let confirmed = eventually(Duration::from_secs(60), || {
+        let (mut issuer, req, answer) = (issuer.clone(), req.clone(), answer.clone());
+        async move {
+            let Ok(r) = issuer.issue(req).await else {
+                return false;
+            };
+            *answer.lock().unwrap() = Some(r.into_inner());
+            true
+        }
+    })
+    .await;
+    assert!(confirmed, "ISSUED once the replica is back");
+    let answer = answer.lock().unwrap().take().unwrap();
+    assert_eq!(answer.result(), IssueResult::Issued);
+    let held = env
+        .redis()
+        .issuance(
+            &coupond::domain::EventId::parse(event.clone()).unwrap(),
+            &coupond::domain::UserId::parse("u1").unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("Redis holds the user's record");
+    assert_eq!(
+        answer.coupon.map(|c| c.code),
+        Some(held.coupon.code),
+        "the code recorded on the first attempt"
+    );
+    server.terminate().await;
 }

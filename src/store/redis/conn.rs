@@ -12,7 +12,6 @@ use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
@@ -77,30 +76,6 @@ impl ConnectionLike for Conn {
             Self::Own(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
-    }
-}
-
-impl Conn {
-    /// `WAIT replicas timeout` on the connection that wrote `key` (on a
-    /// cluster, the master of its slot): how many replicas confirmed every
-    /// write this connection made so far.
-    pub async fn wait_replicas(
-        &mut self,
-        key: &str,
-        replicas: u32,
-        timeout: Duration,
-    ) -> Result<u32, RedisStoreError> {
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(replicas).arg(timeout.as_millis() as u64);
-        let acked: i64 = match self {
-            Self::Cluster(c) => {
-                let route = Route::with_key(key, SlotAddr::Master);
-                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                redis::from_redis_value(c.route_command(cmd, to).await?)?
-            }
-            other => cmd.query_async(other).await?,
-        };
-        Ok(acked.max(0) as u32)
     }
 }
 

@@ -28,20 +28,19 @@ impl RedisStore {
         items: &[(&UserId, &RequestId)],
     ) -> Result<Vec<Verdict>, RedisStoreError> {
         let k = EventKeys::new(event);
-        let mut inv = self.scripts.issue.prepare_invoke();
-        inv.key(&k.queue)
-            .key(&k.issued)
-            .key(&k.meta)
-            .key(&k.pending)
-            .key(&k.meta_offline);
-        inv.arg(items.len());
+        let guarded = self.guard.replicas > 0;
+        let mut keys = vec![&k.queue, &k.issued, &k.meta, &k.pending, &k.meta_offline];
+        if guarded {
+            keys.push(&k.guard);
+        }
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.scripts.issue.get_hash()).arg(keys.len());
+        eval.arg(&keys[..]).arg(items.len());
         for (u, r) in items {
-            inv.arg(u.as_str()).arg(r.as_str());
+            eval.arg(u.as_str()).arg(r.as_str());
         }
         let mut c = self.conn().await?;
-        let reply: Vec<redis::Value> = inv.invoke_async(&mut c).await?;
-        self.confirm_replicas(&mut c, event, &k.queue, items.len())
-            .await?;
+        let reply = self.run_guarded(&mut c, &eval, &k.queue).await?;
         if reply.len() != items.len() * 2 {
             return Err(RedisStoreError::Reply(format!(
                 "{} values for {} items",
@@ -78,47 +77,60 @@ impl RedisStore {
             })
             .collect()
     }
-    /// Waits until the replicas the guard asks for hold what the script
-    /// wrote (WAIT on the connection that wrote it), so that a failover to
-    /// a replica cannot hand the batch's codes out again. A failed WAIT is
-    /// an error whose batch may have run: it is asked again, and the
-    /// script answers the same. Replicas that stay behind past the timeout
-    /// only leave a count and a warning: the outcome was decided, and the
-    /// master's append-only file (and in ack mode the Kafka message the
-    /// finalizer records) still hold it. The event's batches then skip the
-    /// wait for `BEHIND_PAUSE` (counted the same way).
-    async fn confirm_replicas(
+    /// Runs the issue script (`eval`), and with the failover guard on,
+    /// `WAIT replicas timeout` right behind it in one pipeline: the cluster
+    /// client sends a pipeline to the script's slot on one connection, so
+    /// the WAIT counts that connection's writes, and the script's guard
+    /// key write makes them reach at least as far as the script (a retry
+    /// after a lost connection writes nothing else new). Replicas that do
+    /// not confirm in time make the call an error that may have run: the
+    /// outcome was decided but a failover could still undo it, so its
+    /// users are not told ISSUED; the batch is asked again (the script
+    /// answers the same) and, if they stay behind, the callers hear that
+    /// the outcome is unknown. A master without a replica answers no
+    /// issuance until one is back.
+    async fn run_guarded(
         &self,
         c: &mut Conn,
-        event: &EventId,
+        eval: &redis::Cmd,
         key: &str,
-        users: usize,
-    ) -> Result<(), RedisStoreError> {
-        let g = &self.guard;
-        if g.replicas == 0 {
-            return Ok(());
+    ) -> Result<Vec<redis::Value>, RedisStoreError> {
+        let ReplicaGuard { replicas, timeout } = self.guard;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().add_command(eval.clone());
+        if replicas > 0 {
+            pipe.cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64);
         }
-        let now = std::time::Instant::now();
-        let skip = {
-            let mut behind = g.behind.lock().expect("replica guard lock");
-            behind.retain(|_, until| *until > now);
-            behind.contains_key(event)
+        let mut replies: Vec<redis::Value> = pipe.query_async(c).await?;
+        if is_noscript(&replies[0]) {
+            self.scripts.issue.prepare_invoke().load_async(c).await?;
+            replies = pipe.query_async(c).await?;
+        }
+        let mut replies = replies.into_iter();
+        let script = match replies.next().unwrap_or(redis::Value::Nil) {
+            redis::Value::ServerError(e) => {
+                if matches!(e.code(), "MOVED" | "ASK") {
+                    // A pipeline's redirect is not followed by the cluster
+                    // client; a keyed command is, and it learns the new
+                    // owner of the slot for the batch's next attempt.
+                    let _: Result<i64, _> = redis::cmd("EXISTS").arg(key).query_async(c).await;
+                }
+                return Err(RedisStoreError::Redis(e.into()));
+            }
+            v => redis::from_redis_value(v)?,
         };
-        if skip {
-            crate::metrics::replica_unconfirmed(users);
-            return Ok(());
+        if let Some(wait) = replies.next() {
+            // The script ran: whatever the WAIT says, the outcome may stand.
+            let acked: i64 = redis::from_redis_value(wait)
+                .map_err(|e| RedisStoreError::Reply(format!("WAIT after the issue script: {e}")))?;
+            if acked < i64::from(replicas) {
+                crate::metrics::replica_unconfirmed();
+                return Err(RedisStoreError::Unconfirmed { acked, replicas });
+            }
         }
-        let acked = c.wait_replicas(key, g.replicas, g.timeout).await?;
-        if acked < g.replicas {
-            crate::metrics::replica_unconfirmed(users);
-            let until = std::time::Instant::now() + BEHIND_PAUSE;
-            g.behind
-                .lock()
-                .expect("replica guard lock")
-                .insert(event.clone(), until);
-            tracing::warn!(event_id = %event, acked, wanted = g.replicas, users, "replicas did not confirm an issue batch in time; its users are answered all the same, and the event's batches skip the wait for 5 s");
-        }
-        Ok(())
+        Ok(script)
     }
 
     /// The user's issuance record, if Redis holds one.
@@ -136,4 +148,8 @@ impl RedisStore {
             .await?;
         Ok(rec.map(|r| record::parse_issued(&r)).transpose()?)
     }
+}
+
+fn is_noscript(v: &redis::Value) -> bool {
+    matches!(v, redis::Value::ServerError(e) if e.code() == "NOSCRIPT")
 }

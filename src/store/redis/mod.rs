@@ -50,6 +50,8 @@ pub enum RedisStoreError {
     Parse(#[from] redis::ParsingError),
     #[error("unexpected script reply: {0}")]
     Reply(String),
+    #[error("{acked} of {replicas} replicas confirmed the issue batch in time")]
+    Unconfirmed { acked: i64, replicas: u32 },
 }
 
 impl RedisStoreError {
@@ -61,7 +63,7 @@ impl RedisStoreError {
         match self {
             Self::Pool(_) => false,
             Self::Redis(e) => e.code().is_none(),
-            Self::Malformed(_) | Self::Parse(_) | Self::Reply(_) => true,
+            Self::Malformed(_) | Self::Parse(_) | Self::Reply(_) | Self::Unconfirmed { .. } => true,
         }
     }
 }
@@ -93,22 +95,12 @@ pub struct RedisStore {
 }
 
 /// How many replicas must confirm an issue batch's writes before its
-/// users are answered (0: none asked; see `confirm_replicas`).
-#[derive(Debug, Clone, Default)]
+/// users are answered (0: none asked; see `run_guarded`).
+#[derive(Debug, Clone, Copy, Default)]
 struct ReplicaGuard {
     replicas: u32,
     timeout: Duration,
-    /// Events whose replicas did not confirm in time, and until when their
-    /// batches skip the wait: WAIT blocks the connection it runs on, which
-    /// every batch to that master shares, so a master left without a
-    /// replica (after a failover) would hold each batch up for the whole
-    /// timeout, one after the other.
-    behind: std::sync::Arc<std::sync::Mutex<HashMap<EventId, std::time::Instant>>>,
 }
-
-/// How long an event's batches skip the wait after its replicas were
-/// behind.
-const BEHIND_PAUSE: Duration = Duration::from_secs(5);
 
 impl RedisStore {
     /// A single node at `url` with the default timeouts (tests, tools).
@@ -137,7 +129,6 @@ impl RedisStore {
         let guard = ReplicaGuard {
             replicas: s.replica_acks(),
             timeout: s.replica_timeout,
-            behind: Default::default(),
         };
         Self::with_link(
             Link::open(&s.url, &s.cluster, s.pool_size, timeouts)?,
