@@ -69,6 +69,9 @@ enum JobEnd {
     Stopped,
     /// Worth another fill from scratch.
     Retry(String),
+    /// The staging list is not what this fill wrote: another fill from
+    /// scratch, at once (asking the step again cannot change that).
+    Refill(String),
     /// The job fails, and cleans up.
     Failed(String),
 }
@@ -89,7 +92,7 @@ impl From<PreloadStepError> for JobEnd {
             PreloadStepError::Exists => {
                 JobEnd::Failed("the event is live in Redis with another preload's codes".into())
             }
-            PreloadStepError::Staging(m) => JobEnd::Retry(format!("redis staging: {m}")),
+            PreloadStepError::Staging(m) => JobEnd::Refill(format!("redis staging: {m}")),
             PreloadStepError::Store(e) => JobEnd::Retry(format!("redis: {e}")),
         }
     }
@@ -286,7 +289,9 @@ impl Job {
                 tracing::warn!(event_id = %self.event.id, preload_id = %self.id, "preload job lost its event to another job")
             }
             Err(JobEnd::Stopped) => self.let_go().await,
-            Err(JobEnd::Failed(reason) | JobEnd::Retry(reason)) => self.fail(&reason).await,
+            Err(JobEnd::Failed(reason) | JobEnd::Retry(reason) | JobEnd::Refill(reason)) => {
+                self.fail(&reason).await
+            }
         }
         self.inner.ended.notify_waiters();
     }
@@ -323,7 +328,7 @@ impl Job {
         let spent = loop {
             match self.fill(stop).await {
                 Ok(spent) => break spent,
-                Err(JobEnd::Retry(why)) if attempt < FILL_ATTEMPTS => {
+                Err(JobEnd::Retry(why) | JobEnd::Refill(why)) if attempt < FILL_ATTEMPTS => {
                     tracing::warn!(event_id = %self.event.id, attempt, error = %why, "preload fill failed; starting it over");
                     attempt += 1;
                     self.reset_both(stop).await?;
