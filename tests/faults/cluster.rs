@@ -384,3 +384,52 @@ async fn an_issuance_no_replica_confirmed_is_not_told_issued() {
     );
     server.terminate().await;
 }
+
+/// Three servers (clients spread over them, every user asking through all
+/// three at once) and two finalizers on the cluster; one server and one
+/// finalizer SIGKILLed mid-load, the server started again. Every user is
+/// told one code whichever server answered, and PostgreSQL holds exactly
+/// what they were told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_and_two_finalizers_with_kills_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    let env = cluster_env().await;
+    let coupons = 2000;
+    let event = format!("many-{}", env.tag);
+    let envs: Vec<Env> = (0..3)
+        .map(|_| Env {
+            tag: env.tag.clone(),
+            settings: env.settings.clone(),
+            port: crate::support::free_port(),
+        })
+        .collect();
+    let mut servers = Vec::new();
+    for e in &envs {
+        servers.push(e.serve(&["--no-consumer"]).await);
+    }
+    let (mut killed, mut consumer) = (env.consume(), env.consume());
+    preload(&envs[0], &event, coupons).await;
+    let mut loads = Vec::new();
+    for e in &envs {
+        loads.push(Load::start(e, &event, 3000, 8).await);
+    }
+    loads[0].until_answered(300).await;
+    servers[1].kill9();
+    killed.kill9();
+    servers[1] = envs[1].serve(&["--no-consumer"]).await;
+
+    let mut told: HashMap<String, String> = HashMap::new();
+    for load in loads {
+        let (seen, _) = load.finish().await;
+        for (user, code) in seen {
+            let first = told.entry(user.clone()).or_insert(code.clone());
+            assert_eq!(*first, code, "{user} told two codes by two servers");
+        }
+    }
+    assert_eq!(told.len() as u32, coupons, "every coupon went to someone");
+    env.assert_exactly_recorded(&event, &told).await;
+    for mut s in servers {
+        s.terminate().await;
+    }
+    consumer.terminate().await;
+}
