@@ -46,14 +46,7 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redacted_url(&self.url))
-            .field(
-                "cluster",
-                &self
-                    .cluster
-                    .iter()
-                    .map(|u| redacted_url(u))
-                    .collect::<Vec<_>>(),
-            )
+            .field("cluster", &self.redacted_nodes())
             .field("pool_size", &self.pool_size)
             .field("replica_acks", &self.replica_acks())
             .field("replica_timeout", &self.replica_timeout)
@@ -69,15 +62,12 @@ impl RedisSettings {
     pub fn location(&self) -> String {
         match self.cluster.is_empty() {
             true => redacted_url(&self.url),
-            false => format!(
-                "cluster {}",
-                self.cluster
-                    .iter()
-                    .map(|u| redacted_url(u))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            false => format!("cluster {}", self.redacted_nodes().join(",")),
         }
+    }
+
+    fn redacted_nodes(&self) -> Vec<String> {
+        self.cluster.iter().map(|u| redacted_url(u)).collect()
     }
 
     /// Replicas an issue batch waits for: a cluster's masters have replicas

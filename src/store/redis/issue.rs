@@ -77,6 +77,7 @@ impl RedisStore {
             })
             .collect()
     }
+
     /// Runs the issue script (`eval`), and with the failover guard on,
     /// `WAIT replicas timeout` right behind it in one pipeline: the cluster
     /// client sends a pipeline to the script's slot on one connection, so
@@ -104,7 +105,7 @@ impl RedisStore {
                 .arg(timeout.as_millis() as u64);
         }
         let mut replies: Vec<redis::Value> = pipe.query_async(c).await?;
-        if is_noscript(&replies[0]) {
+        if replies.first().is_some_and(is_noscript) {
             self.scripts.issue.prepare_invoke().load_async(c).await?;
             replies = pipe.query_async(c).await?;
         }

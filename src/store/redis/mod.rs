@@ -144,11 +144,6 @@ impl RedisStore {
         })
     }
 
-    /// Whether this store talks to a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.link, Link::Cluster { .. })
-    }
-
     /// A connection of the issue path (short timeouts).
     pub async fn conn(&self) -> Result<Conn, RedisStoreError> {
         self.link.get().await
