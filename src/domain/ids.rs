@@ -97,6 +97,10 @@ impl RequestId {
         &self.0
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// A request id of the server's own, `srv-` and 96 random bits, for a
     /// request that came without one.
     pub fn server_made(rng: &mut impl rand::Rng) -> Self {

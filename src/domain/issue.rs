@@ -26,7 +26,11 @@ impl IssueCommand {
         self
     }
 
-    pub fn parse(event_id: &str, user_id: &str, request_id: &str) -> Result<Self, FieldError> {
+    pub fn parse(
+        event_id: impl Into<String>,
+        user_id: impl Into<String>,
+        request_id: impl Into<String>,
+    ) -> Result<Self, FieldError> {
         Ok(Self {
             event_id: EventId::parse(event_id).map_err(|r| FieldError::new("event_id", r))?,
             user_id: UserId::parse(user_id).map_err(|r| FieldError::new("user_id", r))?,

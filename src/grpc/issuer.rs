@@ -64,7 +64,8 @@ async fn answer(
     svc: &IssuerService,
     r: proto::IssueRequest,
 ) -> Result<proto::IssueResponse, CouponError> {
-    let cmd = IssueCommand::parse(&r.event_id, &r.user_id, &r.request_id)?;
+    // The ids move into the command; only the echoed request id is copied.
+    let cmd = IssueCommand::parse(r.event_id, r.user_id, r.request_id.as_str())?;
     let a = svc.issue(cmd).await?;
     Ok(convert::issue_response(r.request_id, &a.outcome, a.durable))
 }

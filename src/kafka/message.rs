@@ -12,20 +12,47 @@ use crate::proto::wire::{
 /// The message key: per user, so one hot event spreads over every partition
 /// while each user's messages stay ordered.
 pub fn key(record: &IssuanceRecord) -> String {
-    format!("{}/{}", record.event_id, record.user_id)
+    let (e, u) = (record.event_id.as_str(), record.user_id.as_str());
+    let mut k = String::with_capacity(e.len() + 1 + u.len());
+    k.push_str(e);
+    k.push('/');
+    k.push_str(u);
+    k
 }
 
+/// The same bytes as `proto::CouponIssued { .. }.encode_to_vec()`, written
+/// from the record's borrowed fields: building the message would copy every
+/// string of every coupon once more (a test holds the two equal).
 pub fn encode(record: &IssuanceRecord) -> Vec<u8> {
-    proto::CouponIssued {
-        event_id: record.event_id.as_str().to_owned(),
-        user_id: record.user_id.as_str().to_owned(),
-        code: record.coupon.code.clone(),
-        discount_type: discount_type_to_proto(record.coupon.discount.kind()) as i32,
-        discount_value: record.coupon.discount.value(),
-        issued_at: Some(timestamp(record.coupon.issued_at)),
-        request_id: record.request_id.clone(),
+    use prost::encoding::{encode_key, encode_varint, int32, int64, message, WireType};
+    let put_str = |tag: u32, s: &str, buf: &mut Vec<u8>| {
+        if !s.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(s.len() as u64, buf);
+            buf.extend_from_slice(s.as_bytes());
+        }
+    };
+    let c = &record.coupon;
+    let kind = discount_type_to_proto(c.discount.kind()) as i32;
+    let value = c.discount.value();
+    let mut buf = Vec::with_capacity(
+        64 + record.event_id.as_str().len()
+            + record.user_id.as_str().len()
+            + c.code.len()
+            + record.request_id.len(),
+    );
+    put_str(1, record.event_id.as_str(), &mut buf);
+    put_str(2, record.user_id.as_str(), &mut buf);
+    put_str(3, &c.code, &mut buf);
+    if kind != 0 {
+        int32::encode(4, &kind, &mut buf);
     }
-    .encode_to_vec()
+    if value != 0 {
+        int64::encode(5, &value, &mut buf);
+    }
+    message::encode(6, &timestamp(c.issued_at), &mut buf);
+    put_str(7, &record.request_id, &mut buf);
+    buf
 }
 
 /// Why a payload is not a usable CouponIssued (it goes to the DLQ).
@@ -116,6 +143,55 @@ mod tests {
         assert_eq!(field(|m| m.event_id = "e/1".into()), "event_id");
         assert_eq!(field(|m| m.discount_value = 0), "discount_value");
         assert_eq!(field(|m| m.issued_at = None), "issued_at");
+    }
+
+    #[test]
+    fn encode_writes_what_prost_writes() {
+        let at = Utc.timestamp_millis_opt(1_700_000_000_123).unwrap();
+        let records = [
+            (
+                "e",
+                "u/1",
+                "ABCDEFGH2345",
+                DiscountType::Amount,
+                700,
+                at,
+                "r",
+            ),
+            ("E-1", "ü", "ABCDEFGH2345", DiscountType::Percent, 1, at, ""),
+            (
+                "e",
+                "u",
+                "ABCDEFGH2345",
+                DiscountType::Amount,
+                1,
+                Utc.timestamp_opt(0, 0).unwrap(),
+                "x".repeat(128).leak(),
+            ),
+        ];
+        for (e, u, code, kind, value, issued_at, req) in records {
+            let r = IssuanceRecord {
+                event_id: EventId::parse(e).unwrap(),
+                user_id: UserId::parse(u).unwrap(),
+                coupon: IssuedCoupon {
+                    code: code.into(),
+                    discount: Discount::new(kind, value).unwrap(),
+                    issued_at,
+                },
+                request_id: req.into(),
+            };
+            let by_prost = proto::CouponIssued {
+                event_id: e.into(),
+                user_id: u.into(),
+                code: code.into(),
+                discount_type: discount_type_to_proto(kind) as i32,
+                discount_value: value,
+                issued_at: Some(timestamp(issued_at)),
+                request_id: req.into(),
+            }
+            .encode_to_vec();
+            assert_eq!(encode(&r), by_prost, "{r:?}");
+        }
     }
 
     #[test]

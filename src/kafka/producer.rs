@@ -137,14 +137,12 @@ impl Publisher {
     pub async fn publish(&self, record: &IssuanceRecord) -> Result<(), PublishError> {
         let key = message::key(record);
         let payload = message::encode(record);
-        let topic = self.inner.topic.clone();
-        self.send(&topic, &key, &payload, None).await
+        self.send(&self.inner.topic, &key, &payload, None).await
     }
 
     /// Puts a dead-lettered message back on `coupon-issued`, as it was.
     pub async fn replay(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), PublishError> {
-        let topic = self.inner.topic.clone();
-        self.send(&topic, key.unwrap_or_default(), payload, None)
+        self.send(&self.inner.topic, key.unwrap_or_default(), payload, None)
             .await
     }
 
@@ -161,8 +159,8 @@ impl Publisher {
             value: Some(reason),
         });
         let key = key.unwrap_or_default();
-        let topic = self.inner.dlq_topic.clone();
-        self.send(&topic, key, payload, Some(headers)).await
+        self.send(&self.inner.dlq_topic, key, payload, Some(headers))
+            .await
     }
 
     async fn send<K: rdkafka::message::ToBytes + ?Sized>(

@@ -22,7 +22,9 @@ use crate::supervisor::Supervisor;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
-type Reply = oneshot::Sender<Result<Verdict, CouponError>>;
+/// The command comes back with its verdict: the caller needs it for the
+/// publish, and handing it back spares a copy of every request's ids.
+type Reply = oneshot::Sender<Result<(IssueCommand, Verdict), CouponError>>;
 
 struct Job {
     cmd: IssueCommand,
@@ -62,7 +64,7 @@ impl Batcher {
 
     /// Issues through the next batch and waits for the script's verdict on
     /// this request.
-    pub async fn issue(&self, cmd: IssueCommand) -> Result<Verdict, CouponError> {
+    pub async fn issue(&self, cmd: IssueCommand) -> Result<(IssueCommand, Verdict), CouponError> {
         let (reply, rx) = oneshot::channel();
         let closed =
             || CouponError::unavailable("issuer shutting down", anyhow::anyhow!("batcher closed"));
@@ -103,7 +105,13 @@ async fn worker(
 async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
     let mut by_event: HashMap<EventId, Vec<Job>> = HashMap::new();
     for j in jobs.drain(..) {
-        by_event.entry(j.cmd.event_id.clone()).or_default().push(j);
+        // The event id is copied once per event, not once per request.
+        match by_event.get_mut(&j.cmd.event_id) {
+            Some(group) => group.push(j),
+            None => {
+                by_event.insert(j.cmd.event_id.clone(), vec![j]);
+            }
+        }
     }
     for (event, group) in by_event {
         let items: Vec<_> = group
@@ -118,7 +126,7 @@ async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
                 for (j, o) in group.into_iter().zip(outcomes) {
                     // The caller may have gone (deadline, disconnect); the
                     // coupon stands and a retry returns it.
-                    let _ = j.reply.send(Ok(o));
+                    let _ = j.reply.send(Ok((j.cmd, o)));
                 }
             }
             Err(e) => {

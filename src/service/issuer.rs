@@ -72,7 +72,8 @@ impl IssuerService {
     #[instrument(skip_all, fields(event_id = %cmd.event_id, user_id = %cmd.user_id, request_id = %cmd.request_id.as_str()))]
     pub async fn issue(&self, cmd: IssueCommand) -> Result<IssueAnswer, CouponError> {
         let cmd = cmd.with_own_request_id(&mut rand::rng());
-        let outcome = match self.batcher.issue(cmd.clone()).await? {
+        let (cmd, verdict) = self.batcher.issue(cmd).await?;
+        let outcome = match verdict {
             Verdict::Decided(o) => o,
             // PostgreSQL's answers need no publish: an ISSUED from there is
             // recorded already.
@@ -92,7 +93,7 @@ impl IssuerService {
             event_id: cmd.event_id,
             user_id: cmd.user_id,
             coupon: coupon.clone(),
-            request_id: cmd.request_id.as_str().to_owned(),
+            request_id: cmd.request_id.into_string(),
         };
         let durable = match self.durability {
             Durability::Ack => {
