@@ -20,6 +20,7 @@
 #     event preloaded before the measurement starts.
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
+# ONLY=linger compares the producer's linger settings per durability mode.
 # ONLY=cluster runs the stream cost load on the single node, on the
 # stack's Redis Cluster with the failover guard and on it without, and
 # records each Redis node's CPU (INFO cpu) before and after.
@@ -58,17 +59,18 @@ BENCH="${CARGO_TARGET_DIR:-target}/release/coupond-bench"
 SERVER_PID=""
 
 # build_baseline REV: builds REV's server from its tree (git archive, so the
-# clone gains no worktree) in a target directory of its own, kept between
-# runs so a second run of the same baseline builds nothing; prints the binary.
+# clone gains no worktree) in a target directory shared by every baseline,
+# so only coupond itself is compiled again; prints the binary. The tree is
+# extracted afresh with new mtimes each time: cargo tells a path crate's
+# sources apart by mtime only (not by directory), so an older tree would be
+# taken as already built and the last baseline's binary run in its place.
 build_baseline() {
   local sha cache dir
   sha="$(git rev-parse --verify "$1^{commit}")"
   cache="${XDG_CACHE_HOME:-$HOME/.cache}/coupond/baseline"
   dir="$cache/$sha"
-  if [ ! -f "$dir/Cargo.toml" ]; then
-    rm -rf "$dir" && mkdir -p "$dir"
-    git archive "$sha" | tar -x -C "$dir"
-  fi
+  rm -rf "$dir" && mkdir -p "$dir"
+  git archive "$sha" | tar -x -m -C "$dir"
   CARGO_TARGET_DIR="$cache/target" cargo build --release --manifest-path "$dir/Cargo.toml" \
     --bin coupond >&2
   echo "$cache/target/release/coupond"
@@ -176,6 +178,27 @@ if [ "${ONLY:-}" = cluster ]; then
   cluster_run cluster-guard "$SEEDS" ""
   cluster_run cluster-noguard "$SEEDS" 0
   python3 scripts/bench_report.py "$OUT" || true
+  echo "results in $OUT" >&2
+  exit 0
+fi
+
+# ONLY=linger: the producer's linger (LINGERS, default "0 2 5 10" ms) in
+# each durability mode: unary at 100 clients (ack mode's latency aim is
+# about that load) and the stream load, each with every part's CPU per
+# coupon, the broker's above all: a longer linger makes bigger batches.
+if [ "${ONLY:-}" = linger ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  for ms in ${LINGERS:-0 2 5 10}; do
+    for d in ack async; do
+      COUPOND_KAFKA_LINGER="${ms}ms" start_server "$d"
+      bench "linger-$ms-$d-unary-c100" --mode unary --concurrency 100 --requests "$REQUESTS" \
+        --event "$(preloaded "linger-$ms-$d-unary" "$((REQUESTS * 2))")"
+      bench "linger-$ms-$d-stream-s16" --mode stream --concurrency 16 --requests "$REQUESTS" \
+        --event "$(preloaded "linger-$ms-$d-stream" "$((REQUESTS * 2))")"
+      stop_server
+    done
+  done
+  python3 scripts/bench_report.py "$OUT"
   echo "results in $OUT" >&2
   exit 0
 fi

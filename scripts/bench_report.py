@@ -83,6 +83,25 @@ def cost_table():
     return out
 
 
+def linger_table():
+    """Per linger and durability mode: throughput, latency, CPU per coupon."""
+    names = sorted((k for k in rows if k.startswith("linger-") and k in parts),
+                   key=lambda k: (int(k.split("-")[1]), k))
+    if not names:
+        return []
+    out = ["Producer linger per durability mode (ONLY=linger; CPU µs per coupon issued and finalized):", "",
+           "| linger ms | durability | load | requests/s | p50 ms | p99 ms | server µs | broker µs | machine µs | invariants |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in names:
+        _, ms, mode, load = k.split("-", 3)
+        r, c = rows[k], parts[k]["cpu_s"]
+        n = max(r["issued"], 1)
+        out.append(f"| {ms} | {mode} | {load} | {r['requests_per_s']:.0f} | {r['latency_us']['p50']/1000:.2f} | "
+                   f"{r['latency_us']['p99']/1000:.2f} | {c['server']*1e6/n:.1f} | {c['broker']*1e6/n:.1f} | "
+                   f"{c['machine']*1e6/n:.1f} | {'OK' if r['invariants_ok'] else 'VIOLATED'} |")
+    return out + [""]
+
+
 lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | ISSUED->PG p50 / p99 ms | finalizer rows/s | Redis script calls (users per call) | vs raw Redis |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for name, r in rows.items():
@@ -167,7 +186,7 @@ if ghz:
             f"{cpu(os.path.join(run, 'ghz', name + '.cpu'))} | "
             f"{ours.get('requests_per_s', 0):.0f} | {ours_lat.get('p50', 0)/1000:.2f} / {ours_lat.get('p99', 0)/1000:.2f} | "
             f"{cpu(os.path.join(run, name + '.parts.json'))} |")
-lines = cost_table() + lines
+lines = cost_table() + linger_table() + lines
 open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 

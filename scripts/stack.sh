@@ -94,6 +94,33 @@ trust_loopback() {
   sed -i '1i # coupond: trust loopback\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
 }
 
+# Settings of a production database server rather than PostgreSQL's
+# defaults (128 MB of shared buffers, checkpoints every 1 GB of WAL), so
+# preload and the finalizer are measured and tested as they will run; the
+# README's recommended settings are these. Shared buffers: an eighth of
+# the machine's memory, between 256 MB and 4 GB (the stack shares the
+# machine with Kafka and Redis). Prints whether the file changed.
+pg_settings() {
+  local conf="/etc/postgresql/$1/main/conf.d/coupond.conf" mb want
+  mb=$(awk '/^MemTotal:/ { m = int($2 / 1024 / 8); print (m < 256 ? 256 : (m > 4096 ? 4096 : m)) }' /proc/meminfo)
+  want="# coupond: written by scripts/stack.sh
+shared_buffers = ${mb}MB
+effective_cache_size = $((mb * 3))MB
+maintenance_work_mem = 512MB
+work_mem = 16MB
+max_wal_size = 8GB
+min_wal_size = 1GB
+checkpoint_timeout = 15min
+checkpoint_completion_target = 0.9
+wal_compression = on
+random_page_cost = 1.1
+max_connections = 200"
+  [ "$(cat "$conf" 2>/dev/null)" = "$want" ] && return 1
+  mkdir -p "$(dirname "$conf")"
+  printf '%s\n' "$want" >"$conf"
+  chown postgres:postgres "$conf" 2>/dev/null || true
+}
+
 ensure_postgres() {
   if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
     log "postgres: installing"
@@ -102,6 +129,12 @@ ensure_postgres() {
   local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
   if trust_loopback "$ver" && pg_isready -q -h 127.0.0.1 -p 5432; then
     pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+  fi
+  # Shared buffers take a restart.
+  if pg_settings "$ver" && pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "postgres: new settings, restarting"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main restart
+    wait_port 5432 60 postgres
   fi
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     log "postgres: running"
