@@ -25,7 +25,8 @@
 # stack's Redis Cluster with the failover guard and on it without, and
 # records each Redis node's CPU (INFO cpu) before and after.
 # Environment: REQUESTS (default 100000 per run); COST_REQUESTS (default
-# 300000, the stream cost run); BASELINE=<git rev> builds that revision's
+# 300000, the stream cost run); ROUNDS (default 1) runs the cost runs that
+# many times, baseline and current in turn; BASELINE=<git rev> builds that revision's
 # server too (cached under ~/.cache/coupond/baseline/) and runs the cost
 # runs against it first, on the same stack, so a change is judged against
 # the code before it in one run; ONLY=cost stops after the cost runs and
@@ -115,20 +116,21 @@ bench() { # name, args...
   echo $(($(script_calls) - before)) >"$OUT/$name.scripts"
 }
 
-# cost_runs LABEL BINARY DATABASE: the two cost runs against BINARY's
-# server (ack), on a database and topic of its own (a baseline may know
-# fewer migrations or write its messages differently).
+# cost_runs LABEL BINARY DATABASE [ROUND]: the two cost runs against
+# BINARY's server (ack), on a database and topic of its own (a baseline may
+# know fewer migrations or write its messages differently). Rounds after
+# the first are named NAME.rROUND.
 cost_runs() {
-  local label="$1"
+  local label="$1" r="${4:+.r$4}"
   # The server and the bench (which reads the finalize delays there) share it.
   local -x COUPOND_DATABASE_URL
   COUPOND_DATABASE_URL="$(fresh_db "$3")"
   COUPOND_KAFKA_TOPIC="coupon-issued-$label" COUPOND_KAFKA_GROUP="coupond-bench-$label" \
     start_server ack "$2"
-  bench "cost-$label-stream-s16" --mode stream --concurrency 16 --requests "$COST_REQUESTS" \
-    --event "$(preloaded "cost-$label-stream" "$((COST_REQUESTS * 2))")"
-  bench "cost-$label-unary-c1000" --mode unary --concurrency 1000 --requests "$REQUESTS" \
-    --event "$(preloaded "cost-$label-unary" "$((REQUESTS * 2))")"
+  bench "cost-$label-stream-s16$r" --mode stream --concurrency 16 --requests "$COST_REQUESTS" \
+    --event "$(preloaded "cost-$label-stream$r" "$((COST_REQUESTS * 2))")"
+  bench "cost-$label-unary-c1000$r" --mode unary --concurrency 1000 --requests "$REQUESTS" \
+    --event "$(preloaded "cost-$label-unary$r" "$((REQUESTS * 2))")"
   stop_server
 }
 
@@ -206,11 +208,16 @@ fi
 if [ -n "${BASELINE:-}" ]; then
   BASE_BIN="$(build_baseline "$BASELINE")"
   git rev-parse --short "$BASELINE^{commit}" >"$OUT/baseline.rev"
-  cost_runs baseline "$BASE_BIN" coupond_bench_baseline
 fi
 git rev-parse --short HEAD >"$OUT/current.rev"
 git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$OUT/current.rev"
-cost_runs current "$BIN" coupond_bench_current
+# Baseline and current take turns, ROUNDS times: the machine's speed drifts
+# within minutes, and the report takes each figure's median over the rounds.
+for round in $(seq 1 "${ROUNDS:-1}"); do
+  n="$([ "$round" = 1 ] || echo "$round")"
+  [ -z "${BASELINE:-}" ] || cost_runs baseline "$BASE_BIN" coupond_bench_baseline "$n"
+  cost_runs current "$BIN" coupond_bench_current "$n"
+done
 bench broker --mode broker --requests "$REQUESTS"
 # Kafka's own reference: its producer perf test, acks=all and idempotent like
 # coupond's producer, records the size of a CouponIssued message.

@@ -47,38 +47,57 @@ def rev(label):
         return ""
 
 
+def rounds(key):
+    """(parts, row) of every round of a cost run: NAME, NAME.r2, ..."""
+    out = []
+    for k in sorted((k for k in parts if k == key or k.startswith(key + ".r")),
+                    key=lambda k: int(k.rsplit(".r", 1)[1]) if ".r" in k else 1):
+        if k in rows:
+            out.append((parts[k], rows[k]))
+    return out
+
+
+def median(values):
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+
 def cost_table():
-    """CPU µs per coupon of each part, baseline beside current, per load."""
+    """CPU µs per coupon of each part, baseline beside current, per load;
+    with several rounds, each figure is its median over the rounds."""
     labels = [l for l in ("baseline", "current") if any(k.startswith(f"cost-{l}-") for k in parts)]
     if not labels:
         return []
     heads = [f"{l} {rev(l)}".strip() for l in labels]
-    out = ["CPU µs per coupon issued and finalized, per part (cpu_parts.py around each run; same stack, same run):", ""]
+    n = max(len(rounds(f"cost-{l}-{load}")) for l in labels for load in ("stream-s16", "unary-c1000"))
+    each = f"; the median of {n} rounds, baseline and current in turn" if n > 1 else ""
+    out = [f"CPU µs per coupon issued and finalized, per part (cpu_parts.py around each run; same stack, same run{each}):", ""]
     for load in ("stream-s16", "unary-c1000"):
-        cols = [(parts.get(f"cost-{l}-{load}"), rows.get(f"cost-{l}-{load}")) for l in labels]
-        if not all(p and r for p, r in cols):
+        cols = [rounds(f"cost-{l}-{load}") for l in labels]
+        if not all(cols):
             continue
         out.append(f"| {load} | " + " | ".join(heads) + (" | current / baseline |" if len(labels) == 2 else " |"))
         out.append("|---" * (len(labels) + 1 + (len(labels) == 2)) + "|")
 
-        def line(title, values, fmt):
+        def line(title, of, fmt):
+            values = [median([of(p, r) for p, r in col]) for col in cols]
             ratio = f" {values[1] / values[0]:.2f} |" if len(values) == 2 and values[0] else (" - |" if len(values) == 2 else "")
             out.append(f"| {title} | " + " | ".join(fmt(v) for v in values) + " |" + ratio)
 
         for key, title in PARTS:
-            line(title, [p["cpu_s"][key] * 1e6 / max(r["issued"], 1) for p, r in cols], lambda v: f"{v:.1f}")
-        line("Redis commands per coupon", [p["redis_commands"] / max(r["issued"], 1) for p, r in cols], lambda v: f"{v:.2f}")
-        line("requests/s", [r["requests_per_s"] for _, r in cols], lambda v: f"{v:.0f}")
-        line("p99 latency ms", [r["latency_us"]["p99"] / 1000 for _, r in cols],
-             lambda v: f"{v:.1f}")
-        line("load + finalization wall s", [p["wall_s"] for p, _ in cols], lambda v: f"{v:.1f}")
+            line(title, lambda p, r, key=key: p["cpu_s"][key] * 1e6 / max(r["issued"], 1), lambda v: f"{v:.1f}")
+        line("Redis commands per coupon", lambda p, r: p["redis_commands"] / max(r["issued"], 1), lambda v: f"{v:.2f}")
+        line("requests/s", lambda p, r: r["requests_per_s"], lambda v: f"{v:.0f}")
+        line("p99 latency ms", lambda p, r: r["latency_us"]["p99"] / 1000, lambda v: f"{v:.1f}")
+        line("load + finalization wall s", lambda p, r: p["wall_s"], lambda v: f"{v:.1f}")
         copy = parts.get("copy-1000000")
         if copy:
             per_row = copy["cpu_s"]["postgres"] * 1e6 / 1_000_000
             line("PostgreSQL per coupon / per row of COPY (1,000,000 rows)",
-                 [p["cpu_s"]["postgres"] * 1e6 / max(r["issued"], 1) / per_row for p, r in cols],
+                 lambda p, r: p["cpu_s"]["postgres"] * 1e6 / max(r["issued"], 1) / per_row,
                  lambda v: f"{v:.2f}x")
-        out.append(f"| invariants | " + " | ".join("OK" if r["invariants_ok"] else "VIOLATED" for _, r in cols) + " |" + (" |" if len(labels) == 2 else ""))
+        out.append(f"| invariants, every round | " + " | ".join(
+            "OK" if all(r["invariants_ok"] for _, r in col) else "VIOLATED" for col in cols) + " |" + (" |" if len(labels) == 2 else ""))
         out.append("")
     return out
 
