@@ -98,11 +98,15 @@ trust_loopback() {
 # defaults (128 MB of shared buffers, checkpoints every 1 GB of WAL), so
 # preload and the finalizer are measured and tested as they will run; the
 # README's recommended settings are these. Shared buffers: an eighth of
-# the machine's memory, between 256 MB and 4 GB (the stack shares the
-# machine with Kafka and Redis). Prints whether the file changed.
+# the memory (the machine's, or the container's limit when lower), between
+# 256 MB and 4 GB: the stack shares it with Kafka and Redis. Succeeds only
+# when it wrote a new file.
 pg_settings() {
-  local conf="/etc/postgresql/$1/main/conf.d/coupond.conf" mb want
-  mb=$(awk '/^MemTotal:/ { m = int($2 / 1024 / 8); print (m < 256 ? 256 : (m > 4096 ? 4096 : m)) }' /proc/meminfo)
+  local conf="/etc/postgresql/$1/main/conf.d/coupond.conf" kb limit mb want
+  kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+  limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || echo max)
+  [[ "$limit" =~ ^[0-9]+$ ]] && ((limit / 1024 < kb)) && kb=$((limit / 1024))
+  mb=$((kb / 1024 / 8)); ((mb < 256)) && mb=256; ((mb > 4096)) && mb=4096
   want="# coupond: written by scripts/stack.sh
 shared_buffers = ${mb}MB
 effective_cache_size = $((mb * 3))MB
@@ -117,7 +121,8 @@ random_page_cost = 1.1
 max_connections = 200"
   [ "$(cat "$conf" 2>/dev/null)" = "$want" ] && return 1
   mkdir -p "$(dirname "$conf")"
-  printf '%s\n' "$want" >"$conf"
+  # Called as a condition, where set -e does not hold: fail loudly here.
+  printf '%s\n' "$want" >"$conf" || { log "postgres: cannot write $conf"; exit 1; }
   chown postgres:postgres "$conf" 2>/dev/null || true
 }
 

@@ -68,7 +68,8 @@ impl Backends {
         topics::ensure(&s.kafka)
             .await
             .map_err(|e| anyhow::anyhow!("kafka at {}: {e:#}", s.kafka.brokers))?;
-        let publisher = Publisher::new(&s.kafka)?;
+        let linger = s.kafka.producer_linger(s.issue.durability);
+        let publisher = Publisher::new(&s.kafka, linger)?;
         Ok(Self {
             pg,
             redis,

@@ -11,7 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
-use coupond::config::KafkaSettings;
+use coupond::config::{Durability, KafkaSettings};
 use coupond::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId};
 use coupond::kafka::{topics, Publisher};
 
@@ -49,7 +49,8 @@ pub async fn run(kafka: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerR
 }
 
 async fn measure(k: &KafkaSettings, messages: u64) -> anyhow::Result<BrokerReport> {
-    let publisher = Publisher::new(k)?;
+    // Ack mode's producer: every acknowledgement is awaited.
+    let publisher = Publisher::new(k, k.producer_linger(Durability::Ack))?;
     let event = EventId::parse("broker-bench").map_err(anyhow::Error::msg)?;
     let discount = Discount::new(DiscountType::Percent, 10).map_err(anyhow::Error::msg)?;
     let records = (0..messages).map(|i| IssuanceRecord {

@@ -212,10 +212,12 @@ pub struct KafkaArgs {
     /// How long a message may take to be acknowledged before its publish fails.
     #[arg(id = "kafka-delivery-timeout", long = "kafka-delivery-timeout", alias = "kafka-delivery-timeout-ms", env = "COUPOND_KAFKA_DELIVERY_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
     pub delivery_timeout: Duration,
-    /// Producer linger: how long the producer waits to fill a batch. 5 ms
-    /// measured best in ack mode (BENCHMARKS.md, "Producer linger").
-    #[arg(id = "kafka-linger", long = "kafka-linger", alias = "kafka-linger-ms", env = "COUPOND_KAFKA_LINGER", default_value = "5ms", value_parser = duration, global = true)]
-    pub linger: Duration,
+    /// Producer linger: how long the producer waits to fill a batch.
+    /// [default: 2ms with --durability ack, whose answers wait for it;
+    /// 10ms with async, where nothing waits and bigger batches spare the
+    /// broker]
+    #[arg(id = "kafka-linger", long = "kafka-linger", alias = "kafka-linger-ms", env = "COUPOND_KAFKA_LINGER", value_parser = duration, global = true)]
+    pub linger: Option<Duration>,
     /// Producer compression codec (none, lz4, snappy).
     #[arg(
         id = "kafka-compression",

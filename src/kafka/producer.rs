@@ -62,12 +62,12 @@ struct Inner {
 }
 
 impl Publisher {
-    pub fn new(s: &KafkaSettings) -> anyhow::Result<Self> {
+    pub fn new(s: &KafkaSettings, linger: Duration) -> anyhow::Result<Self> {
         let mut config = super::client_config(s)?;
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", s.linger.as_millis().to_string())
+            .set("linger.ms", linger.as_millis().to_string())
             .set("compression.type", &s.compression)
             .set(
                 "message.timeout.ms",

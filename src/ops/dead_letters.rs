@@ -1,7 +1,7 @@
 //! `coupond dlq list | replay`: what the finalizer dead-lettered and why,
 //! and putting it back on `coupon-issued` after a fix.
 
-use crate::config::KafkaSettings;
+use crate::config::{Durability, KafkaSettings};
 use crate::kafka::dlq::{self, DeadLetter};
 use crate::kafka::Publisher;
 
@@ -28,7 +28,8 @@ pub async fn replay(kafka: &KafkaSettings) -> anyhow::Result<usize> {
     let group = format!("{}-dlq-replay", kafka.group);
     let (letters, consumer, ends) =
         tokio::task::spawn_blocking(move || dlq::read(&k, Some(&group))).await??;
-    let publisher = Publisher::new(kafka)?;
+    // Nobody waits on a replay's acknowledgements one by one.
+    let publisher = Publisher::new(kafka, kafka.producer_linger(Durability::Async))?;
     for l in &letters {
         publisher
             .replay(l.key.as_deref(), &l.payload)

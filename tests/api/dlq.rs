@@ -41,7 +41,13 @@ async fn dead_letters_are_listed_with_the_reason_and_replayed_once() {
     };
     // What an older finalizer might have dead-lettered before a fix, and a
     // message nobody can decode (the finalizer dead-letters it).
-    let publisher = Publisher::new(&app.settings.kafka).unwrap();
+    let publisher = Publisher::new(
+        &app.settings.kafka,
+        app.settings
+            .kafka
+            .producer_linger(app.settings.issue.durability),
+    )
+    .unwrap();
     let payload = coupond::kafka::message::encode(&record);
     let key = coupond::kafka::message::key(&record);
     publisher

@@ -100,7 +100,13 @@ async fn redelivered_messages_change_nothing_and_garbage_goes_to_the_dlq() {
     let before = snapshot(&app, &event).await;
 
     // Every message again, twice, plus one that is not a CouponIssued.
-    let publisher = Publisher::new(&app.settings.kafka).unwrap();
+    let publisher = Publisher::new(
+        &app.settings.kafka,
+        app.settings
+            .kafka
+            .producer_linger(app.settings.issue.durability),
+    )
+    .unwrap();
     for _ in 0..2 {
         for r in &records {
             publisher.publish(r).await.unwrap();

@@ -148,7 +148,13 @@ async fn a_sweep_pass_covers_every_claim_batch_and_stops_on_shutdown() {
     let sweeper = Sweeper::new(
         app.pg.clone(),
         app.redis.clone(),
-        Publisher::new(&app.settings.kafka).unwrap(),
+        Publisher::new(
+            &app.settings.kafka,
+            app.settings
+                .kafka
+                .producer_linger(app.settings.issue.durability),
+        )
+        .unwrap(),
         app.settings.kafka.clone(),
         SweepSettings {
             age: std::time::Duration::from_millis(AGE_MS),
