@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use coupond::domain::{EventId, IssuanceRecord, RequestId, UserId};
-use coupond::kafka::Publisher;
 
 use crate::common::topic_messages;
 use crate::helpers::{
@@ -41,13 +40,7 @@ async fn dead_letters_are_listed_with_the_reason_and_replayed_once() {
     };
     // What an older finalizer might have dead-lettered before a fix, and a
     // message nobody can decode (the finalizer dead-letters it).
-    let publisher = Publisher::new(
-        &app.settings.kafka,
-        app.settings
-            .kafka
-            .producer_linger(app.settings.issue.durability),
-    )
-    .unwrap();
+    let publisher = app.publisher();
     let payload = coupond::kafka::message::encode(&record);
     let key = coupond::kafka::message::key(&record);
     publisher

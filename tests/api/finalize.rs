@@ -2,7 +2,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use coupond::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon, UserId};
-use coupond::kafka::Publisher;
 use coupond::proto;
 use diesel::sql_types::Text;
 use diesel::QueryableByName;
@@ -100,13 +99,7 @@ async fn redelivered_messages_change_nothing_and_garbage_goes_to_the_dlq() {
     let before = snapshot(&app, &event).await;
 
     // Every message again, twice, plus one that is not a CouponIssued.
-    let publisher = Publisher::new(
-        &app.settings.kafka,
-        app.settings
-            .kafka
-            .producer_linger(app.settings.issue.durability),
-    )
-    .unwrap();
+    let publisher = app.publisher();
     for _ in 0..2 {
         for r in &records {
             publisher.publish(r).await.unwrap();

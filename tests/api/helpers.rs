@@ -90,6 +90,15 @@ impl TestApp {
         format!("{name}-{}", self.tag)
     }
 
+    /// A producer of the app's own settings (its durability's linger).
+    pub fn publisher(&self) -> coupond::kafka::Publisher {
+        let linger = self
+            .settings
+            .kafka
+            .producer_linger(self.settings.issue.durability);
+        coupond::kafka::Publisher::new(&self.settings.kafka, linger).unwrap()
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();

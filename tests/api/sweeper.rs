@@ -6,7 +6,6 @@
 
 use coupond::config::SweepSettings;
 use coupond::domain::{EventId, UserId};
-use coupond::kafka::Publisher;
 use coupond::service::sweeper::Sweeper;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
@@ -148,13 +147,7 @@ async fn a_sweep_pass_covers_every_claim_batch_and_stops_on_shutdown() {
     let sweeper = Sweeper::new(
         app.pg.clone(),
         app.redis.clone(),
-        Publisher::new(
-            &app.settings.kafka,
-            app.settings
-                .kafka
-                .producer_linger(app.settings.issue.durability),
-        )
-        .unwrap(),
+        app.publisher(),
         app.settings.kafka.clone(),
         SweepSettings {
             age: std::time::Duration::from_millis(AGE_MS),
