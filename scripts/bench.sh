@@ -21,6 +21,8 @@
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
 # ONLY=linger compares the producer's linger settings per durability mode.
+# ONLY=grown runs a preload and a stream drop on a fresh database and on one
+# holding GROWN_COUPONS (30,000,000) earlier coupons.
 # ONLY=cluster runs the stream cost load on the single node, on the
 # stack's Redis Cluster with the failover guard and on it without, and
 # records each Redis node's CPU (INFO cpu) before and after.
@@ -169,6 +171,54 @@ cluster_run() {
   stop_server
 }
 
+# grow_db DATABASE COUPONS: earlier drops as a database keeps them: settled
+# events of 1,000,000 coupons, every coupon issued and finalized (sold out),
+# inserted in the random order of their codes through every index, as
+# preload and the finalizer leave them, then vacuumed and analyzed as
+# autovacuum would have done in the months between. Prints the sizes.
+grow_db() {
+  local per=1000000 e started
+  started="$(date +%s)"
+  for e in $(seq 1 "$(($2 / per))"); do
+    psql -h 127.0.0.1 -U postgres -d "$1" -v ON_ERROR_STOP=1 -q <<SQL
+INSERT INTO events (id, name, total_count, starts_at, ends_at, written_count, settled_at)
+  VALUES ('earlier-$e', 'earlier drop $e', $per, now() - interval '$e days 1 hour',
+          now() - interval '$e days', $per, now() - interval '$e days');
+INSERT INTO policies VALUES ('earlier-$e', 0, 'PERCENT', 10, 1, $per);
+INSERT INTO coupons (code, event_id, policy_position, discount_type, discount_value, state,
+                     user_id, issued_at, request_id, finalized_at)
+  SELECT upper(substr(md5(random()::text || i), 1, 12)), 'earlier-$e', 0, 'PERCENT', 10,
+         'ISSUED', 'user-' || i, now() - interval '$e days', 'req-' || i, now() - interval '$e days'
+  FROM generate_series(1, $per) i
+  ON CONFLICT (code) DO NOTHING;
+SQL
+    echo "grow: $e events, $(($(date +%s) - started)) s"
+  done
+  psql -h 127.0.0.1 -U postgres -d "$1" -qc "VACUUM ANALYZE" -c CHECKPOINT
+  psql -h 127.0.0.1 -U postgres -d "$1" -qtA -F ' ' -c "SELECT 'coupons', count(*),
+    'table MB', pg_table_size('coupons') / 1048576, 'indexes MB', pg_indexes_size('coupons') / 1048576,
+    'shared_buffers', current_setting('shared_buffers') FROM coupons"
+}
+
+# grown_phase LABEL DATABASE [ROUND]: the preload and the stream drop on it,
+# each inside cpu_parts.py, against a server of its own.
+grown_phase() {
+  local r="${3:+.r$3}" event
+  local -x COUPOND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$2"
+  # Each phase starts just after a checkpoint: the first change of a page
+  # after one writes the whole page to the WAL, and a grown index has many
+  # more pages for random codes to land on.
+  psql -h 127.0.0.1 -U postgres -d "$2" -qc CHECKPOINT
+  COUPOND_KAFKA_TOPIC="coupon-issued-grown-$1" COUPOND_KAFKA_GROUP="coupond-bench-grown-$1" \
+    start_server ack
+  bench "grown-$1-preload$r" --mode preload --coupons "${GROWN_PRELOAD:-1000000}"
+  event="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' \
+    "$OUT/grown-$1-preload$r.json")"
+  bench "grown-$1-stream-s16$r" --mode stream --concurrency 16 --requests "${GROWN_ISSUES:-300000}" \
+    --event "$event"
+  stop_server
+}
+
 # ONLY=cluster: the same stream load on the single node, on the stack's
 # Redis Cluster with the failover guard (WAIT 1 per batch), and on the
 # cluster without it, in one run.
@@ -200,6 +250,37 @@ if [ "${ONLY:-}" = linger ]; then
       stop_server
     done
   done
+  python3 scripts/bench_report.py "$OUT"
+  echo "results in $OUT" >&2
+  exit 0
+fi
+
+# ONLY=grown: cost as the database grows. A deployment keeps every earlier
+# drop's coupons, so the same preload (GROWN_PRELOAD, default 1,000,000)
+# and stream drop (GROWN_ISSUES, default 300,000 on 16 streams, ack) run on
+# a fresh database and on one already holding GROWN_COUPONS (default
+# 30,000,000) earlier coupons, in turn ROUNDS times, then once on the grown
+# one with cold caches; the report sets each figure beside its fresh one.
+if [ "${ONLY:-}" = grown ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  GROWN_URL="$(fresh_db coupond_bench_grown)"
+  COUPOND_DATABASE_URL="$GROWN_URL" RUST_LOG=warn "$BIN" migrate >/dev/null
+  grow_db coupond_bench_grown "${GROWN_COUPONS:-30000000}" 2>&1 | tee "$OUT/grown-growth.txt" >&2
+  fresh_db coupond_bench_fresh >/dev/null
+  for round in $(seq 1 "${ROUNDS:-1}"); do
+    n="$([ "$round" = 1 ] || echo "$round")"
+    grown_phase fresh coupond_bench_fresh "$n"
+    grown_phase grown coupond_bench_grown "$n"
+  done
+  # Once more on cold caches, as the first drop after the database server
+  # restarted: nothing of the grown indexes in memory (where this machine
+  # lets the page cache be dropped).
+  if [ -w /proc/sys/vm/drop_caches ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main stop -m fast
+    sync && echo 3 >/proc/sys/vm/drop_caches
+    scripts/stack.sh up >/dev/null
+    grown_phase cold coupond_bench_grown
+  fi
   python3 scripts/bench_report.py "$OUT"
   echo "results in $OUT" >&2
   exit 0

@@ -121,6 +121,51 @@ def linger_table():
     return out + [""]
 
 
+def grown_table():
+    """The preload and the stream drop on a database holding earlier drops'
+    coupons beside a fresh one (ONLY=grown): medians over the rounds, and
+    the cold-cache run when there is one."""
+    if not rounds("grown-grown-preload"):
+        return []
+    phases = ["fresh", "grown"] + (["cold"] if rounds("grown-cold-preload") else [])
+    growth = os.path.join(run, "grown-growth.txt")
+    size = open(growth).read().strip().splitlines()[-1] if os.path.exists(growth) else "?"
+    heads = {"fresh": "fresh database", "grown": "grown database", "cold": "grown, cold caches"}
+    out = [f"Cost as the database grows (ONLY=grown; the grown database: {size}):", "",
+           "| | " + " | ".join(heads[p] + (" | / fresh" if p != "fresh" else "") for p in phases) + " |",
+           "|---" * (2 * len(phases)) + "|"]
+
+    def line(title, key, of, fmt):
+        cols = [rounds(f"grown-{phase}-{key}") for phase in phases]
+        if not all(cols):
+            return
+        values = [median([of(p, r) for p, r in col]) for col in cols]
+        cells = [fmt(values[0])] + [f"{fmt(v)} | {v / values[0] if values[0] else 0:.2f}" for v in values[1:]]
+        out.append(f"| {title} | " + " | ".join(cells) + " |")
+
+    def each(title, key, of):
+        cols = [" / ".join(f"{of(p, r):.0f}" for p, r in rounds(f"grown-{phase}-{key}")) for phase in phases]
+        out.append(f"| {title} | " + " | ".join([cols[0]] + [f"{c} |" for c in cols[1:]]) + " |")
+
+    per = lambda p, r, part: p["cpu_s"][part] * 1e6 / max(r["issued"], 1)
+    each("preload ms, each round in turn", "preload", lambda p, r: r["preload_ms"])
+    line("preload ms (end to end)", "preload", lambda p, r: r["preload_ms"], lambda v: f"{v:.0f}")
+    line("preload: PostgreSQL µs per coupon", "preload",
+         lambda p, r: p["cpu_s"]["postgres"] * 1e6 / r["total_coupons"], lambda v: f"{v:.1f}")
+    line("drop: requests/s", "stream-s16", lambda p, r: r["requests_per_s"], lambda v: f"{v:.0f}")
+    line("drop: PostgreSQL caught up after the load, ms", "stream-s16",
+         lambda p, r: r["finalize_catch_up_ms"] or 0, lambda v: f"{v:.0f}")
+    line("drop: finalizer rows/s (first to last commit)", "stream-s16",
+         lambda p, r: r["finalize_delay"]["count"] / (r["finalize_delay"]["span_ms"] / 1000), lambda v: f"{v:.0f}")
+    line("drop: ISSUED -> PostgreSQL p99 ms", "stream-s16",
+         lambda p, r: r["finalize_delay"]["p99_ms"], lambda v: f"{v:.0f}")
+    for part in ("postgres", "server", "machine"):
+        line(f"drop: {part} µs per coupon", "stream-s16", lambda p, r, part=part: per(p, r, part), lambda v: f"{v:.1f}")
+    ok = ["OK" if all(r["invariants_ok"] for _, r in rounds(f"grown-{phase}-stream-s16")) else "VIOLATED"
+          for phase in phases]
+    out.append("| invariants, every round | " + " | ".join([ok[0]] + [f"{o} |" for o in ok[1:]]) + " |")
+    return out + [""]
+
 lines = ["| run | requests/s | p50 ms | p90 ms | p99 ms | max ms | gRPC errors | issued | invariants | PG caught up (ms) | ISSUED->PG p50 / p99 ms | finalizer rows/s | Redis script calls (users per call) | vs raw Redis |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for name, r in rows.items():
@@ -205,7 +250,7 @@ if ghz:
             f"{cpu(os.path.join(run, 'ghz', name + '.cpu'))} | "
             f"{ours.get('requests_per_s', 0):.0f} | {ours_lat.get('p50', 0)/1000:.2f} / {ours_lat.get('p99', 0)/1000:.2f} | "
             f"{cpu(os.path.join(run, name + '.parts.json'))} |")
-lines = cost_table() + linger_table() + lines
+lines = cost_table() + linger_table() + grown_table() + lines
 open(os.path.join(run, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 
