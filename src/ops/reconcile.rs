@@ -330,10 +330,14 @@ pub async fn reconcile(
 #[derive(clap::Args)]
 pub struct ReconcileArgs {
     /// The event to check.
+    #[arg(long, required_unless_present = "live", conflicts_with = "live")]
+    event: Option<String>,
+    /// Check every LIVE event not yet settled (after a Redis or master
+    /// loss: which events need a rebuild). Exit 1 when any differs.
     #[arg(long)]
-    event: String,
+    live: bool,
     /// Rebuild the event's Redis state from PostgreSQL (after a Redis loss).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "live")]
     rebuild_redis: bool,
     /// With --rebuild-redis: also when the event is live (takes it offline
     /// for the moments of the rebuild), and while the finalizer lags
@@ -358,12 +362,14 @@ pub async fn run(
     kafka: &KafkaSettings,
     args: &ReconcileArgs,
 ) -> anyhow::Result<()> {
-    let event = EventId::parse(args.event.clone()).map_err(|e| anyhow::anyhow!("--event: {e}"))?;
     let (pg, redis) = (
         &PgStore::connect(&database.url, database.pool_size)?,
         &RedisStore::open(redis)?,
     );
-    let event = &event;
+    let Some(event) = &args.event else {
+        return reconcile_live(pg, redis, args.json).await;
+    };
+    let event = &EventId::parse(event.clone()).map_err(|e| anyhow::anyhow!("--event: {e}"))?;
     let rebuilt = match args.rebuild_redis {
         true => Some(
             crate::shutdown::until_signalled(|stop| async move {
@@ -376,6 +382,40 @@ pub async fn run(
     let report = reconcile(pg, redis, event).await?;
     print(&report, rebuilt.as_ref(), args.json)?;
     match report.consistent() {
+        true => Ok(()),
+        false => Err(Inconsistent.into()),
+    }
+}
+
+/// `--live`: a report for each LIVE event not settled yet (those the
+/// sweeper visits), then the events that differ.
+async fn reconcile_live(pg: &PgStore, redis: &RedisStore, json: bool) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for (event, _) in pg.events_to_sweep().await? {
+        reports.push(reconcile(pg, redis, &event).await?);
+    }
+    let differ: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.consistent())
+        .map(|r| r.event_id.as_str())
+        .collect();
+    if json {
+        let all = reports
+            .iter()
+            .map(with_verdict)
+            .collect::<Result<Vec<_>, _>>()?;
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        reports.iter().for_each(|r| println!("{r}"));
+        println!(
+            "{} live events, {} differ{}{}",
+            reports.len(),
+            differ.len(),
+            if differ.is_empty() { "" } else { ": " },
+            differ.join(" ")
+        );
+    }
+    match differ.is_empty() {
         true => Ok(()),
         false => Err(Inconsistent.into()),
     }

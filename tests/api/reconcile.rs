@@ -5,8 +5,8 @@ use coupond::proto::IssueResult;
 use redis::AsyncCommands;
 
 use crate::helpers::{
-    dead_letters, eventually, issue_all, lose_event_in_redis, preload_request, reconcile_cli,
-    spawn_app, spawn_without_finalizer, start_finalizer,
+    coupond_cli, dead_letters, eventually, issue_all, lose_event_in_redis, preload_request,
+    reconcile_cli, spawn_app, spawn_without_finalizer, start_finalizer,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -254,4 +254,72 @@ async fn a_rebuild_waits_for_the_finalizer_and_a_forced_one_keeps_its_backlog() 
     assert_eq!(dead_letters(&app), 0, "no conflict");
     let (exit, report) = reconcile_cli(&app, &event, &[]);
     assert_eq!(exit, 0, "{report}");
+}
+
+/// `reconcile --live` checks every live event at once and names those that
+/// differ: the runbook's one command after a Redis or master loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconcile_live_checks_every_live_event_and_names_those_that_differ() {
+    let app = spawn_app().await;
+    let (kept, lost) = (app.event_id("kept"), app.event_id("lost"));
+    for event in [&kept, &lost] {
+        app.preload(preload_request(event, 20)).await.unwrap();
+        let users: Vec<String> = (0..5).map(|i| format!("u{i}")).collect();
+        let mut pairs = HashSet::new();
+        for (u, r) in issue_all(&app, event, &users).await {
+            assert_eq!(r.result, IssueResult::Issued as i32);
+            pairs.insert((r.coupon.unwrap().code, u));
+        }
+        app.await_finalized(event, &pairs).await;
+    }
+    let (code, out) = coupond_cli(&app, &["reconcile", "--live"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("event {kept} ")), "{out}");
+    assert!(out.contains(&format!("event {lost} ")), "{out}");
+    assert!(out.contains("2 live events, 0 differ"), "{out}");
+
+    lose_event_in_redis(&app, &lost).await;
+    let (code, out) = coupond_cli(&app, &["reconcile", "--live"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("2 live events, 1 differ: {lost}")),
+        "{out}"
+    );
+    let (code, out) = coupond_cli(&app, &["reconcile", "--live", "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let json_start = out.find('[').expect("a JSON array");
+    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out[json_start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let verdicts: HashSet<(String, String)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["event_id"].as_str().unwrap().into(),
+                r["verdict"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        HashSet::from([
+            (kept.clone(), "CONSISTENT".into()),
+            (lost.clone(), "INCONSISTENT".into())
+        ])
+    );
+
+    // --live checks; it neither takes one event nor rebuilds.
+    for bad in [
+        &["--live", "--event", kept.as_str()][..],
+        &["--live", "--rebuild-redis"],
+    ] {
+        let (code, out) = coupond_cli(&app, &[&["reconcile"][..], bad].concat());
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("cannot be used with"), "{out}");
+    }
+    let (code, out) = coupond_cli(&app, &["reconcile"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--event"), "{out}");
 }
