@@ -21,6 +21,7 @@
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
 # ONLY=linger compares the producer's linger settings per durability mode.
+# ONLY=sizing measures what a drop holds in Redis and PostgreSQL.
 # ONLY=grown runs a preload and a stream drop on a fresh database and on one
 # holding GROWN_COUPONS (30,000,000) earlier coupons.
 # ONLY=cluster runs the stream cost load on the single node, on the
@@ -283,6 +284,28 @@ if [ "${ONLY:-}" = grown ]; then
   fi
   python3 scripts/bench_report.py "$OUT"
   echo "results in $OUT" >&2
+  exit 0
+fi
+
+# ONLY=sizing: what a drop holds (the README's sizing): Redis's used memory
+# and the coupons table's and indexes' bytes before a 1,000,000-coupon
+# preload, after it, and after 300,000 issuances were finalized.
+if [ "${ONLY:-}" = sizing ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  held() { # label
+    local mem
+    mem="$(redis-cli -h 127.0.0.1 INFO memory | awk -F: '/^used_memory:/ { print $2 + 0 }')"
+    echo "$1 redis_used_memory $mem $(psql "$COUPOND_DATABASE_URL" -qtA -F ' ' -c "SELECT 'table',
+      pg_table_size('coupons'), 'indexes', pg_indexes_size('coupons'), 'rows', count(*) FROM coupons")"
+  }
+  start_server ack
+  held before | tee "$OUT/sizing.txt"
+  bench sizing-preload --mode preload --coupons 1000000
+  held preloaded | tee -a "$OUT/sizing.txt"
+  bench sizing-stream-s16 --mode stream --concurrency 16 --requests 300000 \
+    --event "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/sizing-preload.json")"
+  held issued | tee -a "$OUT/sizing.txt"
+  stop_server
   exit 0
 fi
 
