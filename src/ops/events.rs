@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::ops::{code_name, connect, time, ServerArgs};
+use crate::ops::{connect, status_text, time, ServerArgs};
 use crate::proto::wire::{timestamp, to_datetime};
 use crate::proto::{self, EventState};
 
@@ -28,7 +28,7 @@ pub async fn events(server: &ServerArgs) -> anyhow::Result<()> {
                 page_token: token,
             })
             .await
-            .map_err(|s| anyhow::anyhow!("ListEvents: {}: {}", code_name(s.code()), s.message()))?
+            .map_err(|s| anyhow::anyhow!("ListEvents: {}", status_text(&s)))?
             .into_inner();
         rows.extend(page.events);
         if page.next_page_token.is_empty() {
@@ -71,7 +71,7 @@ pub struct ControlArgs {
 /// Applies `control` and prints the event it leaves.
 pub async fn control(server: &ServerArgs, control: &EventControl) -> anyhow::Result<()> {
     let mut admin = connect(server).await?;
-    let fail = |s: tonic::Status| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message());
+    let fail = |s: tonic::Status| anyhow::anyhow!("{}", status_text(&s));
     let event = match control {
         EventControl::Pause(a) => admin
             .pause_event(proto::PauseEventRequest {

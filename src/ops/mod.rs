@@ -12,8 +12,10 @@ pub mod watch;
 
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::client::{Admin, BearerToken};
 use crate::proto;
@@ -40,24 +42,119 @@ pub struct ServerArgs {
     /// CA certificate (PEM) to trust for an https server.
     #[arg(long = "tls-ca", env = "COUPOND_TLS_CA", global = true)]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) to present to a server that requires
+    /// one (mTLS), with --client-key.
+    #[arg(
+        long = "client-cert",
+        env = "COUPOND_CLIENT_CERT",
+        requires = "client_key",
+        global = true
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "client-key",
+        env = "COUPOND_CLIENT_KEY",
+        requires = "client_cert",
+        global = true
+    )]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// A file the TLS configuration names, its flag in the error.
+fn read_pem(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))
+}
+
+/// With TLS 1.3 a server refuses a client certificate (or its absence)
+/// after the handshake, so the refusal would surface at the first call as
+/// "transport error": a health check makes it surface here, where we can
+/// say what to do. Any answer, even an error status, means it was accepted.
+async fn handshake_accepted(s: &ServerArgs, channel: &Channel) -> anyhow::Result<()> {
+    let check = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await;
+    let Err(status) = check else { return Ok(()) };
+    if std::error::Error::source(&status).is_none() {
+        return Ok(());
+    }
+    let hint = match s.client_cert {
+        None => "; a server that requires client certificates (mTLS) needs --client-cert and --client-key",
+        Some(_) => "; is the client certificate signed by a CA the server trusts?",
+    };
+    anyhow::bail!(
+        "TLS connection to {} refused: {}{hint}",
+        s.server,
+        status_text(&status)
+    )
+}
+
+/// The client's TLS configuration, when the server is reached over TLS.
+fn tls_config(s: &ServerArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    if s.tls_ca.is_none() && s.client_cert.is_none() {
+        return Ok(None);
+    }
+    let mut cfg = ClientTlsConfig::new();
+    if let Some(ca) = &s.tls_ca {
+        cfg = cfg.ca_certificate(Certificate::from_pem(read_pem("--tls-ca", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&s.client_cert, &s.client_key) {
+        let (cert, key) = (
+            read_pem("--client-cert", cert)?,
+            read_pem("--client-key", key)?,
+        );
+        cfg = cfg.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Some(cfg))
+}
+
+/// An error with every cause it wraps: tonic's says only "transport
+/// error", its sources say which certificate was refused and why.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    append_causes(&mut out, e.source());
+    out
+}
+
+fn append_causes(out: &mut String, mut next: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(cause) = next {
+        // Wrappers often repeat their source's text.
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
 }
 
 pub async fn connect(s: &ServerArgs) -> anyhow::Result<Admin> {
     let mut ep = Endpoint::from_shared(s.server.clone())
         .map_err(|e| anyhow::anyhow!("--server {}: {e}", s.server))?
         .connect_timeout(Duration::from_secs(5));
-    if let Some(ca) = &s.tls_ca {
-        let pem =
-            std::fs::read(ca).map_err(|e| anyhow::anyhow!("--tls-ca {}: {e}", ca.display()))?;
-        ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    let tls = tls_config(s)?;
+    let tls_on = tls.is_some();
+    if let Some(cfg) = tls {
+        ep = ep.tls_config(cfg)?;
     }
     let channel = ep
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", s.server))?;
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {}", s.server, with_causes(&e)))?;
+    if tls_on {
+        handshake_accepted(s, &channel).await?;
+    }
     let token = BearerToken::new(s.admin_token.as_deref())
         .map_err(|e| anyhow::anyhow!("COUPOND_ADMIN_TOKEN: {e}"))?;
     Ok(crate::proto::coupon_admin_client::CouponAdminClient::with_interceptor(channel, token))
+}
+
+/// A failed call as an operator reads it: the code, the message, and the
+/// causes of a transport failure (a refused client certificate).
+pub fn status_text(s: &tonic::Status) -> String {
+    let mut out = format!("{}: {}", code_name(s.code()), s.message());
+    append_causes(&mut out, std::error::Error::source(s));
+    out
 }
 
 /// A status code as the gRPC spec spells it (`INVALID_ARGUMENT`).
@@ -79,7 +176,7 @@ async fn get_event(admin: &mut Admin, id: &str) -> anyhow::Result<proto::Event> 
         })
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| anyhow::anyhow!("GetEvent {id}: {}: {}", code_name(s.code()), s.message()))
+        .map_err(|s| anyhow::anyhow!("GetEvent {id}: {}", status_text(&s)))
 }
 
 fn time(t: Option<&prost_types::Timestamp>) -> String {

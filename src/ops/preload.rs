@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tonic::Code;
 
 use crate::client::Admin;
-use crate::ops::{code_name, connect, get_event, time, ServerArgs};
+use crate::ops::{connect, get_event, status_text, time, ServerArgs};
 use crate::proto::wire::timestamp;
 use crate::proto::{self, DiscountPolicy, DiscountType, EventState, PreloadRequest};
 
@@ -228,11 +228,7 @@ pub async fn preload(server: &ServerArgs, args: &PreloadArgs) -> anyhow::Result<
             Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {}
             Err(s) => {
                 bar.finish();
-                anyhow::bail!(
-                    "preload {event_id}: {}: {}",
-                    code_name(s.code()),
-                    s.message()
-                );
+                anyhow::bail!("preload {event_id}: {}", status_text(&s));
             }
         }
         let e = get_event(&mut admin, &event_id).await?;

@@ -104,7 +104,13 @@ fn the_example_file_names_every_setting_and_passes_the_check() {
         settings.remove(v);
     }
     // The admin commands' own (the server they call), not the server's.
-    for v in ["COUPOND_SERVER", "COUPOND_TLS_CA", "COUPOND_WATCH_METRICS"] {
+    for v in [
+        "COUPOND_SERVER",
+        "COUPOND_TLS_CA",
+        "COUPOND_CLIENT_CERT",
+        "COUPOND_CLIENT_KEY",
+        "COUPOND_WATCH_METRICS",
+    ] {
         settings.remove(v);
     }
     let missing: Vec<&String> = settings.difference(&keys).collect();
