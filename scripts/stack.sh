@@ -123,12 +123,58 @@ checkpoint_timeout = 15min
 checkpoint_completion_target = 0.9
 wal_compression = $wal
 random_page_cost = 1.1
-max_connections = 200"
+max_connections = 200
+ssl = on
+ssl_cert_file = '/etc/postgresql/$1/main/coupond-server.pem'
+ssl_key_file = '/etc/postgresql/$1/main/coupond-server.key'
+ssl_ca_file = '/etc/postgresql/$1/main/coupond-ca.pem'"
   [ "$(cat "$conf" 2>/dev/null)" = "$want" ] && return 1
   mkdir -p "$(dirname "$conf")"
   # Called as a condition, where set -e does not hold: fail loudly here.
   printf '%s\n' "$want" >"$conf" || { log "postgres: cannot write $conf"; exit 1; }
   chown postgres:postgres "$conf" 2>/dev/null || true
+}
+
+# A local CA and certificates it signed, made once per machine, for TLS to
+# the stack's PostgreSQL and the tests that verify it: the server's for
+# localhost and 127.0.0.1, a client's for the user postgres.
+TLS_DIR="$CACHE/tls"
+ensure_tls_material() {
+  [ -f "$TLS_DIR/.complete" ] && return
+  command -v openssl >/dev/null || apt_install openssl
+  log "tls: making a local CA and certificates in $TLS_DIR"
+  local d="$TLS_DIR.partial"
+  rm -rf "$d" && mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=coupond local CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  local name ext
+  for name in server client; do
+    ext="basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:127.0.0.1"
+    [ "$name" = client ] && ext="basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$([ "$name" = client ] && echo postgres || echo localhost)" \
+      -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 3650 -out "$d/$name.pem" -extfile <(printf '%s\n' "$ext") 2>/dev/null
+  done
+  chmod 600 "$d"/*.key
+  touch "$d/.complete"
+  rm -rf "$TLS_DIR" && mv "$d" "$TLS_DIR"
+}
+
+# The server's certificate where PostgreSQL may read it (not under $HOME).
+pg_tls_files() {
+  local dir="/etc/postgresql/$1/main" f
+  ensure_tls_material
+  for f in server.pem server.key ca.pem; do
+    cmp -s "$TLS_DIR/$f" "$dir/coupond-$f" && continue
+    install -o postgres -g postgres -m 600 "$TLS_DIR/$f" "$dir/coupond-$f"
+  done
 }
 
 ensure_postgres() {
@@ -137,6 +183,7 @@ ensure_postgres() {
     apt_install postgresql
   fi
   local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
+  pg_tls_files "$ver"
   if trust_loopback "$ver" && pg_isready -q -h 127.0.0.1 -p 5432; then
     pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
   fi

@@ -8,7 +8,12 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::helpers::{isolated_settings, run_to_end, serve_settings, unique_tag, ADMIN_TOKEN};
+use std::collections::HashSet;
+
+use crate::helpers::{
+    isolated_settings, issue_all, preload_request, run_to_end, serve_settings, spawn_with,
+    unique_tag, ADMIN_TOKEN,
+};
 
 /// A CA that signs leaf certificates for "localhost".
 struct Ca {
@@ -186,5 +191,99 @@ async fn admin_commands_present_a_client_certificate_and_name_a_tls_failure() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--client-key"), "{out}");
     stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The stack's local CA and the certificates it signed (scripts/stack.sh).
+fn stack_tls(file: &str) -> String {
+    let cache = std::env::var("COUPOND_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/coupond", std::env::var("HOME").expect("HOME")));
+    format!("{cache}/tls/{file}")
+}
+
+/// The server and its finalizer reach PostgreSQL over TLS, verified
+/// (verify-full against the stack's CA) and with a client certificate;
+/// every connection of theirs is encrypted and presented the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_over_verified_tls_with_a_client_certificate() {
+    let tag = unique_tag();
+    let mut settings = isolated_settings(&tag).await;
+    let plain = settings.database.url.clone();
+    settings.database.url = format!(
+        "{plain}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        stack_tls("ca.pem"),
+        stack_tls("client.pem"),
+        stack_tls("client.key")
+    );
+    let app = spawn_with(settings, tag).await;
+    let event = app.event_id("pg-tls");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let users: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
+    let mut pairs = HashSet::new();
+    for (u, r) in issue_all(&app, &event, &users).await {
+        assert_eq!(r.result, IssueResult::Issued as i32);
+        pairs.insert((r.coupon.unwrap().code, u));
+    }
+    app.await_finalized(&event, &pairs).await;
+
+    let (db, conn) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl), \
+                 count(*) FILTER (WHERE s.client_dn = '/CN=postgres') \
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (tls, plain_conns, with_cert): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(
+        tls >= 2,
+        "the pool's and the finalizer's connections: {tls}"
+    );
+    assert_eq!(plain_conns, 0, "no connection in plain text");
+    assert_eq!(with_cert, tls, "each presented the client certificate");
+}
+
+/// A database URL's TLS settings: wrong ones are refused naming the cause,
+/// before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_failures_name_their_cause() {
+    let tag = unique_tag();
+    let settings = isolated_settings(&tag).await;
+    let dir = std::env::temp_dir().join(format!("coupond-pg-tls-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let foreign_ca = write(&dir, "foreign.pem", &Ca::new().pem);
+    let migrate = |query: String| {
+        let url = format!("{}?{query}", settings.database.url);
+        let mut c = crate::common::coupond(&settings, &["migrate"]);
+        c.env("COUPOND_DATABASE_URL", url);
+        run_to_end(c)
+    };
+    let (code, out) = migrate(format!(
+        "sslmode=verify-full&sslrootcert={}",
+        foreign_ca.display()
+    ));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("invalid peer certificate: UnknownIssuer"),
+        "{out}"
+    );
+    let (code, out) = migrate("sslmode=verify-full".into());
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("sslmode=verify-full needs sslrootcert"),
+        "{out}"
+    );
+    let (code, out) = migrate("sslmode=required".into());
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("sslmode \"required\""), "{out}");
+    // Encrypted without verification (libpq's require), as before for psql.
+    let (code, out) = migrate("sslmode=require".into());
+    assert_eq!(code, 0, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

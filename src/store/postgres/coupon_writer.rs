@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::Transaction;
 
 use crate::domain::{EventId, Policy, PreloadId};
 use crate::store::postgres::PgStoreError;
@@ -37,8 +37,8 @@ pub struct CouponWriter {
 
 impl CouponWriter {
     pub async fn connect(url: &str) -> Result<Self, PgStoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(config, NoTls))
+        let manager = super::tls::PgTarget::parse(url)?.manager();
+        let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(1)
             .build()
             .map_err(|e| PgStoreError::Corrupt(format!("postgres pool: {e}")))?;

@@ -13,9 +13,8 @@
 //! savepoint each, one commit), which tells each record's verdict.
 
 use deadpool_postgres::GenericClient;
-use deadpool_postgres::{Manager, Pool};
+use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 use tracing::instrument;
 
 use crate::domain::{Discount, DiscountType, IssuanceRecord, IssuedCoupon};
@@ -78,8 +77,7 @@ const FREE: &str = "SELECT code FROM coupons WHERE code = ANY($1) AND state = 'A
 
 impl IssuanceWriter {
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, PgStoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        let pool = Pool::builder(Manager::new(config, NoTls))
+        let pool = Pool::builder(super::tls::PgTarget::parse(url)?.manager())
             .max_size(pool_size)
             .build()
             .map_err(|e| PgStoreError::Corrupt(format!("postgres pool: {e}")))?;

@@ -14,6 +14,7 @@ pub mod finalization;
 mod preload;
 mod snapshot;
 mod sweeping;
+pub mod tls;
 
 pub use events::IssueFacts;
 pub use preload::Begun;
@@ -25,7 +26,7 @@ use diesel::sql_types::{
 };
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tracing::instrument;
@@ -50,13 +51,15 @@ pub enum PgStoreError {
     Copy(#[from] tokio_postgres::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("postgres settings: {0}")]
+    Settings(String),
 }
 
 /// Handle to PostgreSQL; cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
-    url: String,
+    target: std::sync::Arc<tls::PgTarget>,
 }
 
 #[derive(QueryableByName)]
@@ -73,17 +76,21 @@ fn discount_of(kind: &str, value: i64) -> Result<Discount, PgStoreError> {
 
 impl PgStore {
     pub fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
-        let mgr = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let target = std::sync::Arc::new(tls::PgTarget::parse(url)?);
+        let mut config = ManagerConfig::default();
+        let setup = target.clone();
+        config.custom_setup = Box::new(move |_| {
+            let target = setup.clone();
+            Box::pin(async move { target.diesel().await })
+        });
+        let mgr = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
         let pool = Pool::builder(mgr).max_size(pool_size).build()?;
-        Ok(Self {
-            pool,
-            url: url.to_owned(),
-        })
+        Ok(Self { pool, target })
     }
 
     /// Runs pending migrations, one process at a time.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let mut conn = AsyncPgConnection::establish(&self.url).await?;
+        let mut conn = self.target.diesel().await?;
         diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
             .execute(&mut conn)
             .await?;
