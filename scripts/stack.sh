@@ -86,6 +86,22 @@ ensure_redis() {
   wait_port 6379 20 redis
 }
 
+# A second Redis that speaks only TLS (127.0.0.1:6380, the local CA's
+# server certificate) and requires a client certificate from that CA: what
+# the tests of TLS to Redis reach.
+REDIS_TLS_PORT=6380
+ensure_redis_tls() {
+  ensure_tls_material
+  if port_open "$REDIS_TLS_PORT"; then log "redis tls: running"; return; fi
+  log "redis tls: starting on $REDIS_TLS_PORT"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 0 --tls-port "$REDIS_TLS_PORT" \
+    --tls-cert-file "$TLS_DIR/server.pem" --tls-key-file "$TLS_DIR/server.key" \
+    --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients yes --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/coupond-tls.log \
+    --pidfile /var/run/redis-coupond-tls.pid
+  wait_port "$REDIS_TLS_PORT" 20 "redis tls"
+}
+
 # Local development stack: trust loopback connections like the CI machines
 # do (also on a machine whose PostgreSQL was installed by other means).
 trust_loopback() {
@@ -464,7 +480,7 @@ stop_postgres() {
 }
 
 case "${1:-up}" in
-  up) ensure_redis; ensure_postgres; ensure_broker; ensure_prometheus; log "stack is up" ;;
+  up) ensure_redis; ensure_redis_tls; ensure_postgres; ensure_broker; ensure_prometheus; log "stack is up" ;;
   cluster-up) cluster_up ;;
   cluster-down) cluster_down ;;
   cluster-kill) cluster_kill "${2:?broker number 1-3}" ;;

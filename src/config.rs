@@ -40,6 +40,17 @@ pub struct RedisSettings {
     pub response_timeout: Duration,
     /// Longest wait for a new connection.
     pub connect_timeout: Duration,
+    /// For `rediss://` nodes: whom to trust and what to present.
+    pub tls: RedisTls,
+}
+
+/// TLS to Redis (with `rediss://` URLs): a CA to trust instead of the
+/// system's, and a client certificate for a Redis that requires one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -52,6 +63,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("replica_timeout", &self.replica_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -88,6 +88,31 @@ pub struct RedisArgs {
     /// replicas stay behind.
     #[arg(id = "redis-replica-timeout", long = "redis-replica-timeout", env = "COUPOND_REDIS_REPLICA_TIMEOUT", default_value = "250ms", value_parser = duration)]
     pub replica_timeout: Duration,
+    /// CA certificate (PEM) to trust for rediss:// nodes instead of the
+    /// system's.
+    #[arg(
+        id = "redis-tls-ca",
+        long = "redis-tls-ca",
+        env = "COUPOND_REDIS_TLS_CA"
+    )]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) for a Redis that requires one, with
+    /// --redis-tls-key.
+    #[arg(
+        id = "redis-tls-cert",
+        long = "redis-tls-cert",
+        env = "COUPOND_REDIS_TLS_CERT",
+        requires = "redis-tls-key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        id = "redis-tls-key",
+        long = "redis-tls-key",
+        env = "COUPOND_REDIS_TLS_KEY",
+        requires = "redis-tls-cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Seed nodes as URLs: separated by commas, semicolons (a file's list) or
@@ -114,6 +139,11 @@ impl From<RedisArgs> for RedisSettings {
             connect_timeout: a.connect_timeout,
             replica_acks: a.replica_acks,
             replica_timeout: a.replica_timeout,
+            tls: crate::config::RedisTls {
+                ca: a.tls_ca,
+                cert: a.tls_cert,
+                key: a.tls_key,
+            },
         }
     }
 }

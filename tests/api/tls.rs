@@ -1,9 +1,10 @@
 use std::path::{Path, PathBuf};
 
-use coupond::config::{Settings, TlsSettings};
+use coupond::config::{RedisTls, Settings, TlsSettings};
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, IssueResult};
 use coupond::startup::Application;
+use coupond::store::RedisStore;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -285,5 +286,97 @@ async fn postgres_tls_failures_name_their_cause() {
     // Encrypted without verification (libpq's require), as before for psql.
     let (code, out) = migrate("sslmode=require".into());
     assert_eq!(code, 0, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The stack's Redis that speaks only TLS and wants a client certificate.
+const REDIS_TLS: &str = "rediss://127.0.0.1:6380";
+
+fn stack_redis_tls() -> RedisTls {
+    RedisTls {
+        ca: Some(stack_tls("ca.pem").into()),
+        cert: Some(stack_tls("client.pem").into()),
+        key: Some(stack_tls("client.key").into()),
+    }
+}
+
+/// The server, its finalizer and preload job reach Redis over TLS, trusting
+/// the stack's CA and presenting a client certificate; nothing of the
+/// event lands on the plain Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls_with_a_client_certificate() {
+    let tag = unique_tag();
+    let mut settings = isolated_settings(&tag).await;
+    let plain = RedisStore::open(&settings.redis).unwrap();
+    settings.redis.url = REDIS_TLS.into();
+    settings.redis.tls = stack_redis_tls();
+    let app = spawn_with(settings, tag).await;
+    let event = app.event_id("redis-tls");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let users: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
+    let mut pairs = HashSet::new();
+    for (u, r) in issue_all(&app, &event, &users).await {
+        assert_eq!(r.result, IssueResult::Issued as i32);
+        pairs.insert((r.coupon.unwrap().code, u));
+    }
+    app.await_finalized(&event, &pairs).await;
+    assert_eq!(app.redis_state(&event).await.2, 4, "issued, over TLS");
+    let on_plain: i64 = redis::cmd("EXISTS")
+        .arg(&app.keys(&event).queue)
+        .query_async(&mut plain.conn().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(on_plain, 0, "the event lives on the TLS Redis only");
+}
+
+/// What a TLS connection to Redis was refused for, in the server's own
+/// start-up error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_failures_name_their_cause() {
+    let tag = unique_tag();
+    let settings = isolated_settings(&tag).await;
+    let dir = std::env::temp_dir().join(format!("coupond-redis-tls-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let foreign_ca = write(&dir, "foreign.pem", &Ca::new().pem);
+    let start = |tls: RedisTls| {
+        let mut s = settings.clone();
+        s.redis.url = REDIS_TLS.into();
+        s.redis.tls = tls;
+        async move {
+            match Application::build(s, serve_settings()).await {
+                Ok(_) => "started".to_string(),
+                Err(e) => format!("{e:#}"),
+            }
+        }
+    };
+    let out = start(RedisTls {
+        ca: Some(foreign_ca),
+        ..stack_redis_tls()
+    })
+    .await;
+    assert!(
+        out.contains("invalid peer certificate: UnknownIssuer"),
+        "{out}"
+    );
+    let out = start(RedisTls {
+        cert: None,
+        key: None,
+        ..stack_redis_tls()
+    })
+    .await;
+    assert!(
+        out.starts_with("redis at"),
+        "no client certificate, no start: {out}"
+    );
+    let out = start(RedisTls {
+        key: None,
+        ..stack_redis_tls()
+    })
+    .await;
+    assert!(
+        out.contains("--redis-tls-cert and --redis-tls-key go together"),
+        "{out}"
+    );
+    assert_eq!(start(stack_redis_tls()).await, "started");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,6 +16,7 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
 use super::RedisStoreError;
+use crate::config::RedisTls;
 
 /// A bulk connection's response timeout: bulk reads and writes (reconcile,
 /// rebuild) must not depend on the request path's, which a busy machine
@@ -94,6 +95,34 @@ pub(super) enum Link {
     },
 }
 
+/// The CA and client certificate for `rediss://` nodes; `None`: the
+/// system's trust store and no client certificate.
+fn certificates(tls: &RedisTls) -> anyhow::Result<Option<redis::TlsCertificates>> {
+    if tls == &RedisTls::default() {
+        return Ok(None);
+    }
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+    };
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("--redis-tls-cert", cert)?,
+            client_key: read("--redis-tls-key", key)?,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("--redis-tls-cert and --redis-tls-key go together"),
+    };
+    let root_cert = tls
+        .ca
+        .as_deref()
+        .map(|ca| read("--redis-tls-ca", ca))
+        .transpose()?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
 /// A cluster connection made on first use (a failed attempt is made again
 /// by the next call); it reconnects to nodes by itself after that.
 pub(super) struct Lazy {
@@ -102,11 +131,19 @@ pub(super) struct Lazy {
 }
 
 impl Lazy {
-    fn new(nodes: &[String], response: Duration, connect: Duration) -> anyhow::Result<Self> {
-        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+    fn new(
+        nodes: &[String],
+        tls: &RedisTls,
+        response: Duration,
+        connect: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
             .connection_timeout(connect)
-            .response_timeout(response)
-            .build()?;
+            .response_timeout(response);
+        if let Some(certs) = certificates(tls)? {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build()?;
         Ok(Self {
             client,
             conn: OnceCell::new(),
@@ -128,25 +165,32 @@ impl Link {
     pub(super) fn open(
         url: &str,
         cluster: &[String],
+        tls: &RedisTls,
         pool_size: usize,
         timeouts: RedisTimeouts,
     ) -> anyhow::Result<Self> {
         if !cluster.is_empty() {
+            let lazy = |response| Lazy::new(cluster, tls, response, timeouts.connect);
             return Ok(Self::Cluster {
-                request: Arc::new(Lazy::new(cluster, timeouts.response, timeouts.connect)?),
-                bulk: Arc::new(Lazy::new(cluster, BULK_RESPONSE_TIMEOUT, timeouts.connect)?),
+                request: Arc::new(lazy(timeouts.response)?),
+                bulk: Arc::new(lazy(BULK_RESPONSE_TIMEOUT)?),
             });
         }
+        let client = match certificates(tls)? {
+            Some(certs) => redis::Client::build_with_tls(url, certs)?,
+            None => redis::Client::open(url)?,
+        };
         let conn = AsyncConnectionConfig::new()
             .set_response_timeout(Some(timeouts.response))
             .set_connection_timeout(Some(timeouts.connect));
-        let pool = Pool::builder(Manager::new_with_config(url, conn)?)
+        let info = client.get_connection_info().clone();
+        let pool = Pool::builder(Manager::new_with_config(info, conn)?)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
             .build()?;
         Ok(Self::Single {
             pool,
-            client: redis::Client::open(url)?,
+            client,
             connect_timeout: timeouts.connect,
         })
     }

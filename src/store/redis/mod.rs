@@ -28,7 +28,7 @@ use std::time::Duration;
 use redis::Script;
 use tracing::instrument;
 
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, RedisTls};
 use crate::domain::{
     ControlState, EventId, IssuanceRecord, IssuanceState, IssueOutcome, IssuedCoupon, PreloadId,
     RequestId, UserId,
@@ -114,7 +114,7 @@ impl RedisStore {
         timeouts: RedisTimeouts,
     ) -> anyhow::Result<Self> {
         Self::with_link(
-            Link::open(url, &[], pool_size, timeouts)?,
+            Link::open(url, &[], &RedisTls::default(), pool_size, timeouts)?,
             ReplicaGuard::default(),
         )
     }
@@ -131,7 +131,7 @@ impl RedisStore {
             timeout: s.replica_timeout,
         };
         Self::with_link(
-            Link::open(&s.url, &s.cluster, s.pool_size, timeouts)?,
+            Link::open(&s.url, &s.cluster, &s.tls, s.pool_size, timeouts)?,
             guard,
         )
     }
