@@ -85,8 +85,9 @@ impl ConnectionLike for Conn {
 pub(super) enum Link {
     Single {
         pool: Pool,
-        /// Where bulk connections go.
-        client: redis::Client,
+        /// Where bulk connections go (boxed: with its TLS settings it is
+        /// much larger than the cluster variant).
+        client: Arc<redis::Client>,
         connect_timeout: Duration,
     },
     Cluster {
@@ -190,7 +191,7 @@ impl Link {
             .build()?;
         Ok(Self::Single {
             pool,
-            client,
+            client: Arc::new(client),
             connect_timeout: timeouts.connect,
         })
     }
