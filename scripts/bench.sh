@@ -267,9 +267,10 @@ if [ "${ONLY:-}" = grown ]; then
   GROWN_URL="$(fresh_db coupond_bench_grown)"
   COUPOND_DATABASE_URL="$GROWN_URL" RUST_LOG=warn "$BIN" migrate >/dev/null
   grow_db coupond_bench_grown "${GROWN_COUPONS:-30000000}" 2>&1 | tee "$OUT/grown-growth.txt" >&2
-  fresh_db coupond_bench_fresh >/dev/null
   for round in $(seq 1 "${ROUNDS:-1}"); do
     n="$([ "$round" = 1 ] || echo "$round")"
+    # Fresh every round: the last round's preload and drop are not kept.
+    fresh_db coupond_bench_fresh >/dev/null
     grown_phase fresh coupond_bench_fresh "$n"
     grown_phase grown coupond_bench_grown "$n"
   done

@@ -92,8 +92,16 @@ ensure_redis() {
 REDIS_TLS_PORT=6380
 ensure_redis_tls() {
   ensure_tls_material
-  if port_open "$REDIS_TLS_PORT"; then log "redis tls: running"; return; fi
+  # Started with other certificates (the CA was made anew): start again.
+  local started=/var/lib/redis/coupond-tls-ca.pem
+  if port_open "$REDIS_TLS_PORT"; then
+    if cmp -s "$TLS_DIR/ca.pem" "$started"; then log "redis tls: running"; return; fi
+    log "redis tls: new certificates, restarting"
+    kill_port "$REDIS_TLS_PORT"
+  fi
   log "redis tls: starting on $REDIS_TLS_PORT"
+  mkdir -p /var/lib/redis /var/log/redis
+  cp "$TLS_DIR/ca.pem" "$started"
   redis-server --daemonize yes --bind 127.0.0.1 --port 0 --tls-port "$REDIS_TLS_PORT" \
     --tls-cert-file "$TLS_DIR/server.pem" --tls-key-file "$TLS_DIR/server.key" \
     --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients yes --save "" --appendonly no \
@@ -127,7 +135,10 @@ pg_settings() {
   limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || echo max)
   [[ "$limit" =~ ^[0-9]+$ ]] && ((limit / 1024 < kb)) && kb=$((limit / 1024))
   mb=$((kb / 1024 / 8)); ((mb < 256)) && mb=256; ((mb > 4096)) && mb=4096
-  ldd "/usr/lib/postgresql/$1/bin/postgres" 2>/dev/null | grep -q liblz4 && wal=lz4
+  # Not `ldd | grep -q`: grep's early exit fails the pipeline (pipefail)
+  # now and then, and a flip of the value would restart PostgreSQL.
+  local libs; libs="$(ldd "/usr/lib/postgresql/$1/bin/postgres" 2>/dev/null || true)"
+  [[ "$libs" == *liblz4* ]] && wal=lz4
   want="# coupond: written by scripts/stack.sh
 shared_buffers = ${mb}MB
 effective_cache_size = $((mb * 3))MB
@@ -163,7 +174,7 @@ ensure_tls_material() {
   rm -rf "$d" && mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=coupond local CA" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>"$d/openssl.log" || { cat "$d/openssl.log" >&2; exit 1; }
   local name ext
   for name in server client; do
     ext="basicConstraints=CA:FALSE
@@ -174,9 +185,10 @@ subjectAltName=DNS:localhost,IP:127.0.0.1"
 keyUsage=digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
     openssl req -newkey rsa:2048 -nodes -subj "/CN=$([ "$name" = client ] && echo postgres || echo localhost)" \
-      -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+      -keyout "$d/$name.key" -out "$d/$name.csr" 2>"$d/openssl.log" || { cat "$d/openssl.log" >&2; exit 1; }
     openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
-      -days 3650 -out "$d/$name.pem" -extfile <(printf '%s\n' "$ext") 2>/dev/null
+      -days 3650 -out "$d/$name.pem" -extfile <(printf '%s\n' "$ext") 2>"$d/openssl.log" ||
+      { cat "$d/openssl.log" >&2; exit 1; }
   done
   chmod 600 "$d"/*.key
   touch "$d/.complete"
@@ -184,13 +196,16 @@ extendedKeyUsage=clientAuth"
 }
 
 # The server's certificate where PostgreSQL may read it (not under $HOME).
+# Succeeds only when a file changed: a running server must reload them.
 pg_tls_files() {
-  local dir="/etc/postgresql/$1/main" f
+  local dir="/etc/postgresql/$1/main" f changed=1
   ensure_tls_material
   for f in server.pem server.key ca.pem; do
     cmp -s "$TLS_DIR/$f" "$dir/coupond-$f" && continue
     install -o postgres -g postgres -m 600 "$TLS_DIR/$f" "$dir/coupond-$f"
+    changed=0
   done
+  return "$changed"
 }
 
 ensure_postgres() {
@@ -199,8 +214,10 @@ ensure_postgres() {
     apt_install postgresql
   fi
   local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
-  pg_tls_files "$ver"
-  if trust_loopback "$ver" && pg_isready -q -h 127.0.0.1 -p 5432; then
+  local reload=1
+  pg_tls_files "$ver" && reload=0
+  trust_loopback "$ver" && reload=0
+  if ((reload == 0)) && pg_isready -q -h 127.0.0.1 -p 5432; then
     pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
   fi
   # Shared buffers take a restart.

@@ -95,8 +95,13 @@ impl RedisSettings {
 /// `password=` query parameter) replaced by `***`: what logs and error
 /// messages show of a connection URL.
 pub fn redacted_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
+    if !url.contains("://") {
+        return redacted_key_values(url);
+    }
+    // The query starts after the credentials, which may hold a '?'.
+    let from = url.rfind('@').unwrap_or(0);
+    let (base, query) = match url[from..].find('?').map(|i| from + i) {
+        Some(at) => (&url[..at], Some(&url[at + 1..])),
         None => (url, None),
     };
     let mut out = redacted_userinfo(base);
@@ -111,6 +116,17 @@ pub fn redacted_url(url: &str) -> String {
         out = format!("{out}?{}", params.join("&"));
     }
     out
+}
+
+/// A libpq key=value string (`host=db password=x`) with its password hidden.
+fn redacted_key_values(s: &str) -> String {
+    s.split_whitespace()
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn redacted_userinfo(url: &str) -> String {

@@ -748,6 +748,14 @@ mod tests {
         );
         assert_eq!(redacted_url("redis://:pw@r:6379"), "redis://:***@r:6379");
         assert_eq!(
+            redacted_url("postgres://app:pa?ss@db/c?sslmode=require&password=x"),
+            "postgres://app:***@db/c?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redacted_url("host=db password=hunter2 sslmode=require"),
+            "host=db password=*** sslmode=require"
+        );
+        assert_eq!(
             redacted_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );

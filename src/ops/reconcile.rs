@@ -390,35 +390,52 @@ pub async fn run(
 /// `--live`: a report for each LIVE event not settled yet (those the
 /// sweeper visits), then the events that differ.
 async fn reconcile_live(pg: &PgStore, redis: &RedisStore, json: bool) -> anyhow::Result<()> {
-    let mut reports = Vec::new();
+    let (mut reports, mut unchecked) = (Vec::new(), Vec::new());
+    // One event that cannot be read (its master down) must not hide the rest.
     for (event, _) in pg.events_to_sweep().await? {
-        reports.push(reconcile(pg, redis, &event).await?);
+        match reconcile(pg, redis, &event).await {
+            Ok(r) => reports.push(r),
+            Err(e) => unchecked.push((event.as_str().to_owned(), format!("{e:#}"))),
+        }
     }
     let differ: Vec<&str> = reports
         .iter()
         .filter(|r| !r.consistent())
         .map(|r| r.event_id.as_str())
+        .chain(unchecked.iter().map(|(e, _)| e.as_str()))
         .collect();
-    if json {
-        let all = reports
-            .iter()
-            .map(with_verdict)
-            .collect::<Result<Vec<_>, _>>()?;
-        println!("{}", serde_json::to_string_pretty(&all)?);
-    } else {
-        reports.iter().for_each(|r| println!("{r}"));
-        println!(
-            "{} live events, {} differ{}{}",
-            reports.len(),
-            differ.len(),
-            if differ.is_empty() { "" } else { ": " },
-            differ.join(" ")
-        );
+    match json {
+        true => print_live_json(&reports, &unchecked)?,
+        false => {
+            reports.iter().for_each(|r| println!("{r}"));
+            for (event, error) in &unchecked {
+                println!("event {event}\n  could not be checked: {error}\n  verdict: UNCHECKED");
+            }
+            println!(
+                "{} live events, {} differ or could not be checked{}{}",
+                reports.len() + unchecked.len(),
+                differ.len(),
+                if differ.is_empty() { "" } else { ": " },
+                differ.join(" ")
+            );
+        }
     }
     match differ.is_empty() {
         true => Ok(()),
         false => Err(Inconsistent.into()),
     }
+}
+
+fn print_live_json(reports: &[Report], unchecked: &[(String, String)]) -> anyhow::Result<()> {
+    let mut all = reports
+        .iter()
+        .map(with_verdict)
+        .collect::<Result<Vec<_>, _>>()?;
+    all.extend(unchecked.iter().map(|(event, error)| {
+        serde_json::json!({ "event_id": event, "verdict": "UNCHECKED", "error": error })
+    }));
+    println!("{}", serde_json::to_string_pretty(&all)?);
+    Ok(())
 }
 
 fn print(report: &Report, rebuilt: Option<&RebuildReport>, json: bool) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@ use coupond::config::{RedisTls, Settings, TlsSettings};
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, IssueResult};
 use coupond::startup::Application;
+use coupond::store::postgres::tls::{with_causes, PgTarget};
 use coupond::store::RedisStore;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;
@@ -286,7 +287,47 @@ async fn postgres_tls_failures_name_their_cause() {
     // Encrypted without verification (libpq's require), as before for psql.
     let (code, out) = migrate("sslmode=require".into());
     assert_eq!(code, 0, "{out}");
+    let url = |q: &str| format!("{}?{q}", settings.database.url);
+    assert_eq!(encrypted(&url("sslmode=require")).await, Ok(true));
+    assert_eq!(
+        encrypted(&settings.database.url).await,
+        Ok(false),
+        "no sslmode: as before"
+    );
+    // verify-ca checks the chain, verify-full also the name the client asked for.
+    let ca = stack_tls("ca.pem");
+    let misnamed = settings
+        .database
+        .url
+        .replacen("127.0.0.1", "wrong.invalid", 1);
+    let misnamed =
+        |mode: &str| format!("{misnamed}?hostaddr=127.0.0.1&sslmode={mode}&sslrootcert={ca}");
+    assert_eq!(encrypted(&misnamed("verify-ca")).await, Ok(true));
+    let refused = encrypted(&misnamed("verify-full")).await.unwrap_err();
+    assert!(
+        refused.contains("certificate not valid for name \"wrong.invalid\""),
+        "{refused}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether a connection made as coupond makes them (the URL's TLS
+/// settings) is encrypted, in PostgreSQL's own view.
+async fn encrypted(url: &str) -> Result<bool, String> {
+    let target = PgTarget::parse(url).map_err(|e| e.to_string())?;
+    let pool = deadpool_postgres::Pool::builder(target.manager())
+        .max_size(1)
+        .build()
+        .unwrap();
+    let client = pool.get().await.map_err(|e| with_causes(&e))?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
 }
 
 /// The stack's Redis that speaks only TLS and wants a client certificate.
@@ -365,8 +406,8 @@ async fn redis_tls_failures_name_their_cause() {
     })
     .await;
     assert!(
-        out.starts_with("redis at"),
-        "no client certificate, no start: {out}"
+        out.starts_with("redis at") && out.contains("CertificateRequired"),
+        "no client certificate, no start, and why: {out}"
     );
     let out = start(RedisTls {
         key: None,
@@ -378,5 +419,9 @@ async fn redis_tls_failures_name_their_cause() {
         "{out}"
     );
     assert_eq!(start(stack_redis_tls()).await, "started");
+    let mut plain = settings.redis.clone();
+    plain.tls = stack_redis_tls();
+    let err = RedisStore::open(&plain).err().expect("refused").to_string();
+    assert!(err.contains("apply to rediss:// URLs"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -41,11 +41,11 @@ impl CouponWriter {
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(1)
             .build()
-            .map_err(|e| PgStoreError::Corrupt(format!("postgres pool: {e}")))?;
+            .map_err(|e| PgStoreError::Settings(format!("postgres pool: {e}")))?;
         let client = pool
             .get()
             .await
-            .map_err(|e| PgStoreError::Corrupt(format!("postgres connection: {e}")))?;
+            .map_err(|e| PgStoreError::Connect(super::tls::with_causes(&e)))?;
         Ok(Self { client })
     }
 

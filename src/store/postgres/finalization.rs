@@ -44,9 +44,10 @@ pub enum Recorded {
 /// Errors that are worth waiting out.
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
-    #[error("postgres pool: {0}")]
+    // With their causes: a TLS handshake's says which certificate and why.
+    #[error("postgres pool: {}", super::tls::with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", super::tls::with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
 }
 
@@ -80,7 +81,7 @@ impl IssuanceWriter {
         let pool = Pool::builder(super::tls::PgTarget::parse(url)?.manager())
             .max_size(pool_size)
             .build()
-            .map_err(|e| PgStoreError::Corrupt(format!("postgres pool: {e}")))?;
+            .map_err(|e| PgStoreError::Settings(format!("postgres pool: {e}")))?;
         Ok(Self { pool })
     }
 

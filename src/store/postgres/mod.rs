@@ -47,8 +47,10 @@ pub enum PgStoreError {
     Pool(#[from] PoolError),
     #[error("postgres: {0}")]
     Db(#[from] DieselError),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", tls::with_causes(.0))]
     Copy(#[from] tokio_postgres::Error),
+    #[error("postgres connection: {0}")]
+    Connect(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("postgres settings: {0}")]

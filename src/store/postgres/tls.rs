@@ -47,8 +47,22 @@ impl PgTarget {
     pub fn parse(url: &str) -> Result<Self, PgStoreError> {
         let (rest, params) = split_tls_params(url);
         let mut config: tokio_postgres::Config = rest.parse()?;
+        let files = [&params.root_cert, &params.cert, &params.key];
+        if params.mode.is_none() && files.iter().any(|f| f.is_some()) {
+            // libpq would encrypt (prefer); plain text here would be a surprise.
+            return Err(settings(
+                "sslrootcert, sslcert and sslkey need an sslmode (require, verify-ca or verify-full)"
+                    .into(),
+            ));
+        }
+        // libpq ignores sslmode on Unix sockets; TLS there has no host name.
+        let sockets_only = config
+            .get_hosts()
+            .iter()
+            .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
         let tls = match params.mode.as_deref() {
             None | Some("disable") => None,
+            Some(_) if sockets_only => None,
             Some(mode @ ("allow" | "prefer" | "require" | "verify-ca" | "verify-full")) => {
                 config.ssl_mode(match mode {
                     "allow" | "prefer" => SslMode::Prefer,
@@ -127,9 +141,12 @@ fn split_tls_params(url: &str) -> (String, TlsParams) {
         true
     };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
+        // The query starts after the credentials, which may hold a '?'.
+        let from = url.rfind('@').unwrap_or(0);
+        let Some(at) = url[from..].find('?').map(|i| from + i) else {
             return (url.to_owned(), params);
         };
+        let (base, query) = (&url[..at], &url[at + 1..]);
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| {
@@ -324,6 +341,9 @@ mod tests {
             (rest.as_str(), p),
             ("postgres://db/coupond", TlsParams::default())
         );
+        let (rest, p) = split_tls_params("postgres://app:pa?ss@db/c?sslmode=require");
+        assert_eq!(rest, "postgres://app:pa?ss@db/c");
+        assert_eq!(p.mode.as_deref(), Some("require"));
     }
 
     #[test]
@@ -343,7 +363,13 @@ mod tests {
             err("postgres://db/c?sslmode=verify-ca&sslrootcert=/no/such.pem")
                 .contains("sslrootcert /no/such.pem")
         );
+        assert!(err("postgres://db/c?sslrootcert=/ca.pem").contains("need an sslmode"));
         assert!(PgTarget::parse("postgres://db/c?sslmode=require").is_ok());
+        let socket = "postgres://postgres@%2Fvar%2Frun%2Fpostgresql/c?sslmode=prefer";
+        assert!(
+            PgTarget::parse(socket).unwrap().tls.is_none(),
+            "no TLS on a socket"
+        );
         assert!(PgTarget::parse("postgres://db/c").unwrap().tls.is_none());
     }
 }

@@ -170,6 +170,19 @@ impl Link {
         pool_size: usize,
         timeouts: RedisTimeouts,
     ) -> anyhow::Result<Self> {
+        if tls != &RedisTls::default() {
+            let nodes = if cluster.is_empty() {
+                std::slice::from_ref(&url.to_owned()).to_vec()
+            } else {
+                cluster.to_vec()
+            };
+            if let Some(plain) = nodes.iter().find(|n| !n.starts_with("rediss://")) {
+                anyhow::bail!(
+                    "--redis-tls-ca/-cert/-key apply to rediss:// URLs, and {} is not one",
+                    crate::config::redacted_url(plain)
+                );
+            }
+        }
         if !cluster.is_empty() {
             let lazy = |response| Lazy::new(cluster, tls, response, timeouts.connect);
             return Ok(Self::Cluster {
