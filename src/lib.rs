@@ -12,6 +12,7 @@
 //! of every task), `backoff`, `shutdown`, `metrics`, `telemetry`.
 
 pub mod backoff;
+pub mod causes;
 pub mod cli;
 pub mod client;
 pub mod config;

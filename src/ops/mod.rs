@@ -17,6 +17,7 @@ use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use crate::causes::{append_causes, with_causes};
 use crate::client::{Admin, BearerToken};
 use crate::proto;
 
@@ -106,26 +107,6 @@ fn tls_config(s: &ServerArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
         cfg = cfg.identity(Identity::from_pem(cert, key));
     }
     Ok(Some(cfg))
-}
-
-/// An error with every cause it wraps: tonic's says only "transport
-/// error", its sources say which certificate was refused and why.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    append_causes(&mut out, e.source());
-    out
-}
-
-fn append_causes(out: &mut String, mut next: Option<&(dyn std::error::Error + 'static)>) {
-    while let Some(cause) = next {
-        // Wrappers often repeat their source's text.
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
 }
 
 pub async fn connect(s: &ServerArgs) -> anyhow::Result<Admin> {

@@ -262,6 +262,19 @@ pub fn reconcile_cli(app: &TestApp, event: &str, extra: &[&str]) -> (i32, String
     coupond_cli(app, &args)
 }
 
+/// A small drop run to its end: `event` preloaded with `coupons`, users
+/// u0.. u<users-1> each told ISSUED, and PostgreSQL holding exactly them.
+pub async fn finalized_drop(app: &TestApp, event: &str, coupons: u32, users: usize) {
+    app.preload(preload_request(event, coupons)).await.unwrap();
+    let users: Vec<String> = (0..users).map(|i| format!("u{i}")).collect();
+    let mut pairs = HashSet::new();
+    for (u, r) in issue_all(app, event, &users).await {
+        assert_eq!(r.result, proto::IssueResult::Issued as i32, "{u}");
+        pairs.insert((r.coupon.unwrap().code, u));
+    }
+    app.await_finalized(event, &pairs).await;
+}
+
 /// Issues to every user at once (request id `req-<user>`).
 pub async fn issue_all(
     app: &TestApp,

@@ -5,8 +5,8 @@ use coupond::proto::IssueResult;
 use redis::AsyncCommands;
 
 use crate::helpers::{
-    coupond_cli, dead_letters, eventually, issue_all, lose_event_in_redis, preload_request,
-    reconcile_cli, spawn_app, spawn_without_finalizer, start_finalizer,
+    coupond_cli, dead_letters, eventually, finalized_drop, issue_all, lose_event_in_redis,
+    preload_request, reconcile_cli, spawn_app, spawn_without_finalizer, start_finalizer,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,14 +263,7 @@ async fn reconcile_live_checks_every_live_event_and_names_those_that_differ() {
     let app = spawn_app().await;
     let (kept, lost) = (app.event_id("kept"), app.event_id("lost"));
     for event in [&kept, &lost] {
-        app.preload(preload_request(event, 20)).await.unwrap();
-        let users: Vec<String> = (0..5).map(|i| format!("u{i}")).collect();
-        let mut pairs = HashSet::new();
-        for (u, r) in issue_all(&app, event, &users).await {
-            assert_eq!(r.result, IssueResult::Issued as i32);
-            pairs.insert((r.coupon.unwrap().code, u));
-        }
-        app.await_finalized(event, &pairs).await;
+        finalized_drop(&app, event, 20, 5).await;
     }
     let (code, out) = coupond_cli(&app, &["reconcile", "--live"]);
     assert_eq!(code, 0, "{out}");

@@ -1,20 +1,19 @@
 use std::path::{Path, PathBuf};
 
+use coupond::causes::with_causes;
 use coupond::config::{RedisTls, Settings, TlsSettings};
 use coupond::proto::coupon_issuer_client::CouponIssuerClient;
 use coupond::proto::{self, IssueResult};
 use coupond::startup::Application;
-use coupond::store::postgres::tls::{with_causes, PgTarget};
+use coupond::store::postgres::tls::PgTarget;
 use coupond::store::RedisStore;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use std::collections::HashSet;
-
 use crate::helpers::{
-    isolated_settings, issue_all, preload_request, run_to_end, serve_settings, spawn_with,
-    unique_tag, ADMIN_TOKEN,
+    finalized_drop, isolated_settings, run_to_end, serve_settings, spawn_with, unique_tag,
+    ADMIN_TOKEN,
 };
 
 /// A CA that signs leaf certificates for "localhost".
@@ -219,14 +218,7 @@ async fn postgres_over_verified_tls_with_a_client_certificate() {
     );
     let app = spawn_with(settings, tag).await;
     let event = app.event_id("pg-tls");
-    app.preload(preload_request(&event, 10)).await.unwrap();
-    let users: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
-    let mut pairs = HashSet::new();
-    for (u, r) in issue_all(&app, &event, &users).await {
-        assert_eq!(r.result, IssueResult::Issued as i32);
-        pairs.insert((r.coupon.unwrap().code, u));
-    }
-    app.await_finalized(&event, &pairs).await;
+    finalized_drop(&app, &event, 10, 4).await;
 
     let (db, conn) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
         .await
@@ -353,14 +345,7 @@ async fn redis_over_tls_with_a_client_certificate() {
     settings.redis.tls = stack_redis_tls();
     let app = spawn_with(settings, tag).await;
     let event = app.event_id("redis-tls");
-    app.preload(preload_request(&event, 10)).await.unwrap();
-    let users: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
-    let mut pairs = HashSet::new();
-    for (u, r) in issue_all(&app, &event, &users).await {
-        assert_eq!(r.result, IssueResult::Issued as i32);
-        pairs.insert((r.coupon.unwrap().code, u));
-    }
-    app.await_finalized(&event, &pairs).await;
+    finalized_drop(&app, &event, 10, 4).await;
     assert_eq!(app.redis_state(&event).await.2, 4, "issued, over TLS");
     let on_plain: i64 = redis::cmd("EXISTS")
         .arg(&app.keys(&event).queue)

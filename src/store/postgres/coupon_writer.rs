@@ -45,7 +45,7 @@ impl CouponWriter {
         let client = pool
             .get()
             .await
-            .map_err(|e| PgStoreError::Connect(super::tls::with_causes(&e)))?;
+            .map_err(|e| PgStoreError::Connect(crate::causes::with_causes(&e)))?;
         Ok(Self { client })
     }
 

@@ -45,9 +45,9 @@ pub enum Recorded {
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
     // With their causes: a TLS handshake's says which certificate and why.
-    #[error("postgres pool: {}", super::tls::with_causes(.0))]
+    #[error("postgres pool: {}", crate::causes::with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("postgres: {}", super::tls::with_causes(.0))]
+    #[error("postgres: {}", crate::causes::with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
 }
 

@@ -47,7 +47,7 @@ pub enum PgStoreError {
     Pool(#[from] PoolError),
     #[error("postgres: {0}")]
     Db(#[from] DieselError),
-    #[error("postgres: {}", tls::with_causes(.0))]
+    #[error("postgres: {}", crate::causes::with_causes(.0))]
     Copy(#[from] tokio_postgres::Error),
     #[error("postgres connection: {0}")]
     Connect(String),

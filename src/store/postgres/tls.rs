@@ -25,6 +25,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::PgStoreError;
+use crate::causes::with_causes;
 
 /// A parsed connection target: tokio-postgres's settings and, when the URL
 /// asks for TLS, the connector.
@@ -106,22 +107,6 @@ impl PgTarget {
 
 fn settings(msg: String) -> PgStoreError {
     PgStoreError::Settings(msg)
-}
-
-/// tokio-postgres's errors name the step ("error performing TLS
-/// handshake"); their sources say what went wrong.
-pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 /// Takes the TLS parameters out of a URL's query (`postgres://…?sslmode=…`)
