@@ -120,7 +120,7 @@ fn describe() {
     );
     describe_counter!(
         FINALIZER_ROWS,
-        "Messages the finalizer applied, by outcome (finalized, superseded, conflicted, undecodable, refused)."
+        "Messages the finalizer applied, by outcome (finalized, superseded, conflicted, undecodable, refused; restored counts the finalized ones whose record Redis had lost and got back)."
     );
     describe_counter!(FINALIZER_BATCHES, "Batches the finalizer applied.");
     describe_gauge!(
@@ -206,8 +206,9 @@ pub fn pending(event: &str, n: u64) {
 }
 
 /// The finalizer's row outcomes (see FINALIZER_ROWS).
-pub const ROW_OUTCOMES: [&str; 5] = [
+pub const ROW_OUTCOMES: [&str; 6] = [
     "finalized",
+    "restored",
     "superseded",
     "conflicted",
     "undecodable",

@@ -16,7 +16,8 @@
 -- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}  KEYS[3] couponProgress:{E}
 -- KEYS[4] couponConflicts:{E}
 -- ARGV: user_1, code_1, user_2, code_2, ...
--- Returns the number of issuances finalized (already-final ones included).
+-- Returns the number of issuances finalized (already-final ones included),
+-- then the 1-based item numbers of the users with no record.
 local SLICE = 4000
 local function each_slice(cmd, key, list)
   for from = 1, #list, SLICE do
@@ -25,7 +26,7 @@ local function each_slice(cmd, key, list)
 end
 
 local n = #ARGV / 2
-if n == 0 then return 0 end
+if n == 0 then return {0} end
 local users = {}
 for i = 1, n do users[i] = ARGV[2 * i - 1] end
 local recs = {}
@@ -40,9 +41,11 @@ end
 local done = 0
 local changed, order = {}, {}
 local leaving, conflicts_left = {}, {}
+local unknown = {}
 for i = 1, n do
   local user, code = users[i], ARGV[2 * i]
   local rec = recs[user]
+  if not rec then unknown[#unknown + 1] = i end
   if rec and string.sub(rec, 1, #code + 1) == code .. '\t' then
     local state = string.sub(rec, -1)
     if state ~= 'F' then
@@ -70,4 +73,4 @@ if done > 0 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('SET', KEYS[3], now, 'PX', 3600000)
 end
-return done
+return {done, unpack(unknown)}

@@ -31,6 +31,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct BatchStats {
     pub messages: usize,
     pub finalized: usize,
+    /// Recorded by PostgreSQL, unknown to Redis (it lost them): PostgreSQL's
+    /// record restored in Redis.
+    pub restored: usize,
     /// Refused by PostgreSQL (the code is someone else's): marked
     /// conflicted in Redis, and dead-lettered.
     pub conflicted: usize,
@@ -52,7 +55,7 @@ type Superseded<'a> = (&'a IssuanceRecord, &'a IssuedCoupon, &'a str, bool);
 /// The batch's decoded issuances sorted by PostgreSQL's verdict.
 #[derive(Default)]
 struct Verdicts<'a> {
-    finalized: HashMap<&'a EventId, Vec<(&'a UserId, &'a str)>>,
+    finalized: HashMap<&'a EventId, Vec<&'a IssuanceRecord>>,
     superseded: HashMap<&'a EventId, Vec<Superseded<'a>>>,
     refused: HashMap<&'a EventId, Vec<&'a IssuanceRecord>>,
     /// Index into the batch's records, and why PostgreSQL refused the row.
@@ -104,6 +107,7 @@ impl Sink {
         }
         crate::metrics::finalizer_batch(&[
             ("finalized", stats.finalized),
+            ("restored", stats.restored),
             ("superseded", stats.superseded),
             ("conflicted", stats.conflicted),
             ("undecodable", stats.undecodable),
@@ -127,10 +131,7 @@ impl Sink {
         .await?;
         let v = sort(records, &recorded);
         for (event, items) in &v.finalized {
-            retry(shutdown, "finalizing in redis", || {
-                self.redis.finalize(event, items)
-            })
-            .await?;
+            stats.restored += self.finalize(event, items, shutdown).await?;
             stats.finalized += items.len();
         }
         observe_delays(records, &recorded);
@@ -153,6 +154,38 @@ impl Sink {
             stats.dead_lettered += 1;
         }
         Some(())
+    }
+
+    /// Marks issuances PostgreSQL recorded finalized in Redis, and gives
+    /// back PostgreSQL's record to the users Redis lost: a user told ISSUED
+    /// must hear the same coupon when they ask again, never get a second
+    /// one. Returns how many were restored.
+    async fn finalize(
+        &self,
+        event: &EventId,
+        records: &[&IssuanceRecord],
+        shutdown: &CancellationToken,
+    ) -> Option<usize> {
+        let items: Vec<(&UserId, &str)> = records
+            .iter()
+            .map(|r| (&r.user_id, r.coupon.code.as_str()))
+            .collect();
+        let found = retry(shutdown, "finalizing in redis", || {
+            self.redis.finalize(event, &items)
+        })
+        .await?;
+        if found.unknown.is_empty() {
+            return Some(0);
+        }
+        let lost: Vec<&IssuanceRecord> = found.unknown.iter().map(|i| records[*i]).collect();
+        let restored = retry(shutdown, "restoring lost issuances in redis", || {
+            self.redis.restore(event, &lost)
+        })
+        .await?;
+        if restored > 0 {
+            tracing::warn!(event_id = %event, users = restored, "redis had lost these issuances; postgres's records restored");
+        }
+        Some(restored as usize)
     }
 
     /// Marks issuances whose code PostgreSQL holds for someone else
@@ -226,11 +259,7 @@ fn sort<'a>(records: &'a [IssuanceRecord], recorded: &'a [Recorded]) -> Verdicts
     let mut v = Verdicts::default();
     for (i, (r, verdict)) in records.iter().zip(recorded).enumerate() {
         match verdict {
-            Recorded::Done => v
-                .finalized
-                .entry(&r.event_id)
-                .or_default()
-                .push((&r.user_id, r.coupon.code.as_str())),
+            Recorded::Done => v.finalized.entry(&r.event_id).or_default().push(r),
             Recorded::UserHolds {
                 coupon,
                 request_id,

@@ -177,7 +177,7 @@ async fn claim_and_finalize_take_more_users_than_a_slice_and_decide_in_order() {
 
     // u0 is final already but still pending; every issuance looks 2 h old.
     let first = [(&users[0], coupons[0].code.as_str())];
-    assert_eq!(app.redis.finalize(&id, &first).await.unwrap(), 1);
+    assert_eq!(app.redis.finalize(&id, &first).await.unwrap().done, 1);
     let old = chrono::Utc::now().timestamp_millis() - 7_200_000;
     let mut c = app.redis.conn().await.unwrap();
     let mut aging = redis::cmd("ZADD");
@@ -219,11 +219,14 @@ async fn claim_and_finalize_take_more_users_than_a_slice_and_decide_in_order() {
         .collect();
     items.push((&users[1], "not-u1s-code"));
     items.push((&users[2], coupons[2].code.as_str()));
-    let done = app.redis.finalize(&id, &items).await.unwrap();
+    let ghost = UserId::parse("ghost").unwrap();
+    items.push((&ghost, coupons[0].code.as_str()));
+    let found = app.redis.finalize(&id, &items).await.unwrap();
     assert_eq!(
-        done as usize, N,
-        "N - 1 finalized, the repeat counted, the stale one not"
+        found.done as usize, N,
+        "N - 1 finalized, the repeat counted, the stale one and the unknown user not"
     );
+    assert_eq!(found.unknown, vec![items.len() - 1], "only the user Redis has no record of");
     assert_eq!(app.redis_state(&event).await.3, 0, "nothing pending");
     let recs = records(&app, &event).await;
     assert_eq!(recs.len(), N);
@@ -250,7 +253,7 @@ async fn conflicts_in_one_call_are_decided_in_order() {
     let coupons = issue_all_at_once(&app, &id, &["late", "done", "x", "y"]).await;
     let done = UserId::parse("done").unwrap();
     let finalized = [(&done, coupons[1].code.as_str())];
-    assert_eq!(app.redis.finalize(&id, &finalized).await.unwrap(), 1);
+    assert_eq!(app.redis.finalize(&id, &finalized).await.unwrap().done, 1);
 
     let record = |user: &str, coupon: &IssuedCoupon| IssuanceRecord {
         event_id: id.clone(),

@@ -14,7 +14,12 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use coupond::store::postgres::finalization::{IssuanceWriter, Recorded};
 
-use crate::helpers::{eventually, preload_request, spawn_app, TestApp};
+use redis::AsyncCommands;
+
+use crate::helpers::{
+    eventually, issue_all, preload_request, reconcile_cli, spawn_app, spawn_without_finalizer,
+    start_finalizer, TestApp,
+};
 
 #[derive(QueryableByName)]
 struct Snapshot {
@@ -227,4 +232,78 @@ async fn a_mixed_batch_gets_a_verdict_per_record() {
         snapshot(&app, &event).await,
         "eve and fay were recorded"
     );
+}
+
+/// Redis loses an issuance after answering it (a failover before the
+/// replica had the write): the user's record is gone and the code is back
+/// at the head of the queue. The finalizer's record wins: the user gets
+/// PostgreSQL's coupon back, asking again answers ALREADY_ISSUED with the
+/// code they were told, and the code goes to nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizers_record_wins_when_redis_lost_the_issuance() {
+    let app = spawn_without_finalizer().await;
+    let event = app.event_id("forgot");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let first: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
+    let mut pairs = HashSet::new();
+    for (u, r) in issue_all(&app, &event, &first).await {
+        assert_eq!(r.result, proto::IssueResult::Issued as i32, "{u}");
+        pairs.insert((r.coupon.unwrap().code, u));
+    }
+    let k = app.keys(&event);
+    let mut c = app.redis.conn().await.unwrap();
+    let rec: String = c.hget(&k.issued, "u0").await.unwrap();
+    let told = rec.split('\t').next().unwrap().to_owned();
+    let entry = rec.split('\t').take(3).collect::<Vec<_>>().join("\t");
+    let _: () = redis::pipe()
+        .hdel(&k.issued, "u0")
+        .zrem(&k.pending, "u0")
+        .lpush(&k.queue, &entry)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(app.redis_state(&event).await, (true, 8, 2, 2));
+
+    let _finalizer = start_finalizer(&app).await;
+    app.await_finalized(&event, &pairs).await;
+    let restored = eventually(Duration::from_secs(30), || async {
+        app.redis_state(&event).await == (true, 7, 3, 0)
+    })
+    .await;
+    assert!(restored, "u0 back, its code out of the queue: {:?}", app.redis_state(&event).await);
+    // The same request again is the same answer; another request of u0's
+    // hears that u0 holds that coupon.
+    let again = app.issue(&event, "u0").await;
+    assert_eq!(again.result, proto::IssueResult::Issued as i32);
+    assert_eq!(again.coupon.unwrap().code, told);
+    let other = app.issue_as(&event, "u0", "another").await;
+    assert_eq!(other.result, proto::IssueResult::AlreadyIssued as i32);
+    assert_eq!(other.coupon.unwrap().code, told);
+    let held = app
+        .issuer
+        .clone()
+        .get_issuance(proto::GetIssuanceRequest {
+            event_id: event.clone(),
+            user_id: "u0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.state, proto::IssuanceState::Finalized as i32);
+    assert_eq!(held.coupon.unwrap().code, told);
+
+    let rest: Vec<String> = (3..11).map(|i| format!("u{i}")).collect();
+    for (u, r) in issue_all(&app, &event, &rest).await {
+        if r.result == proto::IssueResult::SoldOut as i32 {
+            continue;
+        }
+        assert_eq!(r.result, proto::IssueResult::Issued as i32, "{u}");
+        let code = r.coupon.unwrap().code;
+        assert_ne!(code, told, "{u} was handed u0's code");
+        pairs.insert((code, u));
+    }
+    assert_eq!(pairs.len(), 10, "ten coupons, ten users: {pairs:?}");
+    app.await_finalized(&event, &pairs).await;
+    let (code, report) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(code, 0, "{report}");
 }

@@ -58,7 +58,8 @@ async fn sweeper_holds_back_while_the_finalizer_progresses() {
         .redis
         .finalize(&id, &[(&early, first.as_str())])
         .await
-        .unwrap();
+        .unwrap()
+        .done;
     assert_eq!(done, 1);
     age_pending(&app, &event, "late", 120_000).await;
     assert!(claim(&app, &id, 600_000).await.is_empty());

@@ -2,15 +2,25 @@
 
 use super::*;
 
+/// What `finalize` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finalized {
+    /// Items whose record holds their code (finalized now or before).
+    pub done: u64,
+    /// Positions (in the items given) of users Redis has no record of:
+    /// Redis lost their issuance, see `restore`.
+    pub unknown: Vec<usize>,
+}
+
 impl RedisStore {
     /// Marks issuances of one event finalized (record state F, out of the
-    /// pending set). Returns how many matched their record.
+    /// pending set).
     #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
     pub async fn finalize(
         &self,
         event: &EventId,
         items: &[(&UserId, &str)],
-    ) -> Result<u64, RedisStoreError> {
+    ) -> Result<Finalized, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.finalize.prepare_invoke();
         inv.key(&k.issued)
@@ -19,6 +29,37 @@ impl RedisStore {
             .key(&k.conflicts);
         for (u, code) in items {
             inv.arg(u.as_str()).arg(*code);
+        }
+        let mut c = self.conn().await?;
+        let reply: Vec<u64> = inv.invoke_async(&mut c).await?;
+        let (done, unknown) = reply
+            .split_first()
+            .ok_or_else(|| RedisStoreError::Reply("finalize: an empty reply".into()))?;
+        Ok(Finalized {
+            done: *done,
+            unknown: unknown.iter().map(|i| *i as usize - 1).collect(),
+        })
+    }
+    /// Gives users Redis lost the issuance of (see `Finalized::unknown`)
+    /// PostgreSQL's record of it, finalized, and takes its code out of the
+    /// queue (see `restore.lua`). Returns how many were restored.
+    #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
+    pub async fn restore(
+        &self,
+        event: &EventId,
+        items: &[&IssuanceRecord],
+    ) -> Result<u64, RedisStoreError> {
+        let k = EventKeys::new(event);
+        let mut inv = self.scripts.restore.prepare_invoke();
+        inv.key(&k.issued).key(&k.queue).key(&k.meta);
+        for r in items {
+            inv.arg(r.user_id.as_str())
+                .arg(record::issued_record(
+                    &r.coupon,
+                    &r.request_id,
+                    IssuanceState::Finalized,
+                ))
+                .arg(record::queue_entry(&r.coupon.code, &r.coupon.discount));
         }
         let mut c = self.conn().await?;
         Ok(inv.invoke_async(&mut c).await?)

@@ -16,6 +16,7 @@ mod snapshot;
 
 use conn::Link;
 pub use conn::{Conn, RedisTimeouts};
+pub use finalize::Finalized;
 pub use issue::Verdict;
 pub use lifecycle::{Presence, RedisCounts, Synced};
 pub use preload::{FenceReply, PreloadStepError};
@@ -84,6 +85,7 @@ struct Scripts {
     control: Script,
     settle: Script,
     supersede: Script,
+    restore: Script,
 }
 
 /// Handle to Redis; cheap to clone.
@@ -172,6 +174,7 @@ impl Scripts {
             control: Script::new(include_str!("../../../scripts/lua/control.lua")),
             settle: Script::new(include_str!("../../../scripts/lua/settle.lua")),
             supersede: Script::new(include_str!("../../../scripts/lua/supersede.lua")),
+            restore: Script::new(include_str!("../../../scripts/lua/restore.lua")),
             take_offline: Script::new(include_str!("../../../scripts/lua/take_offline.lua")),
             bring_online: Script::new(include_str!("../../../scripts/lua/bring_online.lua")),
             rebuild_lock: Script::new(include_str!("../../../scripts/lua/rebuild_lock.lua")),
