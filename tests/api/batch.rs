@@ -226,7 +226,11 @@ async fn claim_and_finalize_take_more_users_than_a_slice_and_decide_in_order() {
         found.done as usize, N,
         "N - 1 finalized, the repeat counted, the stale one and the unknown user not"
     );
-    assert_eq!(found.unknown, vec![items.len() - 1], "only the user Redis has no record of");
+    assert_eq!(
+        found.unknown,
+        vec![items.len() - 1],
+        "only the user Redis has no record of"
+    );
     assert_eq!(app.redis_state(&event).await.3, 0, "nothing pending");
     let recs = records(&app, &event).await;
     assert_eq!(recs.len(), N);

@@ -270,7 +270,11 @@ async fn the_finalizers_record_wins_when_redis_lost_the_issuance() {
         app.redis_state(&event).await == (true, 7, 3, 0)
     })
     .await;
-    assert!(restored, "u0 back, its code out of the queue: {:?}", app.redis_state(&event).await);
+    assert!(
+        restored,
+        "u0 back, its code out of the queue: {:?}",
+        app.redis_state(&event).await
+    );
     // The same request again is the same answer; another request of u0's
     // hears that u0 holds that coupon.
     let again = app.issue(&event, "u0").await;

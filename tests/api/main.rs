@@ -29,4 +29,5 @@ mod stream;
 mod sweeper;
 mod tls;
 mod truths;
+mod twice;
 mod validation;
