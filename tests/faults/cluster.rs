@@ -433,3 +433,29 @@ async fn three_servers_and_two_finalizers_with_kills_lose_nothing() {
     }
     consumer.terminate().await;
 }
+
+/// Health on the cluster: while a master and its replica are both stopped
+/// (its slots have no reachable primary, and a third of the events can be
+/// neither issued nor preloaded), the server reports NOT_SERVING; once they
+/// run again, SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_is_not_serving_while_a_master_has_no_reachable_primary() {
+    use crate::health::{health, until, ADMIN, ISSUER};
+    use tonic_health::pb::health_check_response::ServingStatus::{NotServing, Serving};
+
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreCluster;
+    let env = cluster_env().await;
+    let mut server = env.serve(&[]).await;
+    let served = health(env.addr());
+    let all = |s| [(ADMIN, s), (ISSUER, s), ("", s)];
+    until(&served, &all(Serving), "at start").await;
+
+    let master = masters()[0].0;
+    let replica = replica_of(master);
+    let stopped = (Stopped::node(replica), Stopped::node(master));
+    until(&served, &all(NotServing), "a master and its replica stopped").await;
+    drop(stopped);
+    until(&served, &all(Serving), "both running again").await;
+    server.terminate().await;
+}

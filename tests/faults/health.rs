@@ -14,11 +14,11 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::common::eventually;
 use crate::support::{free_port, stack, Env, OwnRedis, RestoreStack, SERIAL};
 
-const ADMIN: &str = "coupon.v1.CouponAdmin";
-const ISSUER: &str = "coupon.v1.CouponIssuer";
+pub const ADMIN: &str = "coupon.v1.CouponAdmin";
+pub const ISSUER: &str = "coupon.v1.CouponIssuer";
 const FINALIZER: &str = "coupon.v1.Finalizer";
 
-fn health(addr: String) -> HealthClient<Channel> {
+pub fn health(addr: String) -> HealthClient<Channel> {
     let ch = Endpoint::from_shared(addr)
         .unwrap()
         .timeout(Duration::from_secs(2))
@@ -38,7 +38,7 @@ async fn status(client: &HealthClient<Channel>, service: &str) -> Option<Serving
 }
 
 /// Waits until every (service, status) pair holds at once.
-async fn until(client: &HealthClient<Channel>, want: &[(&str, ServingStatus)], when: &str) {
+pub async fn until(client: &HealthClient<Channel>, want: &[(&str, ServingStatus)], when: &str) {
     let ok = eventually(Duration::from_secs(30), || async {
         for (service, s) in want {
             if status(client, service).await != Some(*s) {
