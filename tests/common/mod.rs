@@ -2,7 +2,7 @@
 //! builders and the checks both the integration and the fault tests make.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -145,6 +145,57 @@ pub fn topic_messages(brokers: &str, topic: &str) -> i64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// How many `coupon-issued` messages the topic holds for each user of
+/// `event` (the issue path's one, and every republish), read from the
+/// start of every partition up to its end.
+pub fn messages_per_user(brokers: &str, topic: &str, event: &str) -> HashMap<String, usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("count-{}", unique_tag()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("kafka client");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in md.topics()[0].partitions() {
+        let (_, high) = c
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+        ends.insert(p.id(), high);
+    }
+    c.assign(&tpl).expect("assign");
+    let mut counts = HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ends.iter().any(|(p, high)| *high > 0 && !done(&c, topic, *p, *high)) {
+        assert!(std::time::Instant::now() < deadline, "reading {topic} took over 60 s");
+        let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
+        let m = m.expect("a message");
+        let r = coupond::kafka::message::decode(m.payload().unwrap_or_default())
+            .expect("a coupon-issued message");
+        if r.event_id.as_str() == event {
+            *counts.entry(r.user_id.as_str().to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Whether the consumer's position on `partition` reached `high`.
+fn done(c: &rdkafka::consumer::BaseConsumer, topic: &str, partition: i32, high: i64) -> bool {
+    use rdkafka::consumer::Consumer;
+    let pos = c.position().expect("position");
+    matches!(
+        pos.find_partition(topic, partition).map(|e| e.offset()),
+        Some(rdkafka::Offset::Offset(o)) if o >= high
+    )
 }
 
 /// Keys of the event's preload staging lists still in Redis.

@@ -459,3 +459,61 @@ async fn health_is_not_serving_while_a_master_has_no_reachable_primary() {
     until(&served, &all(Serving), "both running again").await;
     server.terminate().await;
 }
+
+/// Two servers sweeping one event on the cluster, no finalizer: each claim
+/// is one atomic script on the event's master, so an issuance is
+/// republished once per window whichever server claims it. The windows
+/// double (1 s, 2 s, 4 s, ...): after E seconds an issuance has had at most
+/// 1 + log2(E / 1 s) republishes; two servers claiming on their own would
+/// have made about twice that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_sweeping_republish_each_issuance_once_per_window() {
+    let _serial = SERIAL.lock().await;
+    let env = cluster_env().await;
+    let sweep = [
+        ("COUPOND_SWEEP_AGE", "1s"),
+        ("COUPOND_SWEEP_INTERVAL", "100ms"),
+        ("COUPOND_SWEEP_MAX_AGE", "60s"),
+    ];
+    let envs: Vec<Env> = (0..2)
+        .map(|_| Env {
+            tag: env.tag.clone(),
+            settings: env.settings.clone(),
+            port: crate::support::free_port(),
+        })
+        .collect();
+    let mut servers = Vec::new();
+    for e in &envs {
+        servers.push(e.serve_env(&["--no-consumer"], &sweep).await);
+    }
+    let event = format!("swept-{}", env.tag);
+    preload(&envs[0], &event, 200).await;
+    let started = std::time::Instant::now();
+    let (told, _) = Load::start(&envs[1], &event, 200, 8).await.finish().await;
+    assert_eq!(told.len(), 200);
+
+    let k = &env.settings.kafka;
+    let read = || crate::common::messages_per_user(&k.brokers, &k.topic, &event);
+    let swept = eventually(Duration::from_secs(90), || async {
+        let n = read();
+        n.len() == 200 && n.values().all(|m| *m >= 4)
+    })
+    .await;
+    let counts = read();
+    let elapsed = started.elapsed();
+    assert!(swept, "every issuance republished at least 3 times: {counts:?}");
+    let most = 2 + (elapsed.as_secs_f64() / 1.0).log2().floor() as usize;
+    let over: Vec<_> = counts.iter().filter(|(_, m)| **m > most).collect();
+    assert!(
+        over.is_empty(),
+        "after {elapsed:?} no issuance may have more than {most} messages: {over:?}"
+    );
+    eprintln!(
+        "sweep: after {elapsed:?}, messages per issuance between {:?} and {:?} (at most {most})",
+        counts.values().min(),
+        counts.values().max()
+    );
+    for mut s in servers {
+        s.terminate().await;
+    }
+}
