@@ -127,6 +127,18 @@ fn one_event_per_master(env: &Env, name: &str) -> Vec<String> {
     by_master.into_values().collect()
 }
 
+/// `n` environments sharing `env`'s stores and topics, each with a port
+/// of its own: several servers of one deployment.
+fn siblings(env: &Env, n: usize) -> Vec<Env> {
+    (0..n)
+        .map(|_| Env {
+            tag: env.tag.clone(),
+            settings: env.settings.clone(),
+            port: crate::support::free_port(),
+        })
+        .collect()
+}
+
 /// Preloads `event`; its coupons per policy.
 async fn preload(env: &Env, event: &str, coupons: u32) -> Vec<i64> {
     let r = env
@@ -396,13 +408,7 @@ async fn three_servers_and_two_finalizers_with_kills_lose_nothing() {
     let env = cluster_env().await;
     let coupons = 2000;
     let event = format!("many-{}", env.tag);
-    let envs: Vec<Env> = (0..3)
-        .map(|_| Env {
-            tag: env.tag.clone(),
-            settings: env.settings.clone(),
-            port: crate::support::free_port(),
-        })
-        .collect();
+    let envs: Vec<Env> = siblings(&env, 3);
     let mut servers = Vec::new();
     for e in &envs {
         servers.push(e.serve(&["--no-consumer"]).await);
@@ -475,13 +481,7 @@ async fn two_servers_sweeping_republish_each_issuance_once_per_window() {
         ("COUPOND_SWEEP_INTERVAL", "100ms"),
         ("COUPOND_SWEEP_MAX_AGE", "60s"),
     ];
-    let envs: Vec<Env> = (0..2)
-        .map(|_| Env {
-            tag: env.tag.clone(),
-            settings: env.settings.clone(),
-            port: crate::support::free_port(),
-        })
-        .collect();
+    let envs: Vec<Env> = siblings(&env, 2);
     let mut servers = Vec::new();
     for e in &envs {
         servers.push(e.serve_env(&["--no-consumer"], &sweep).await);
@@ -516,4 +516,57 @@ async fn two_servers_sweeping_republish_each_issuance_once_per_window() {
     for mut s in servers {
         s.terminate().await;
     }
+}
+
+/// A preload job's lease across servers on the cluster: the server running
+/// the job is SIGKILLed mid-job, and another running server takes the job
+/// over once the lease runs out (PostgreSQL's lease, the Redis fence on the
+/// event's master). The event ends live and consistent, and issues and
+/// finalizes from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_server_takes_over_a_preload_whose_server_died() {
+    use coupond::domain::{EventId, EventState};
+
+    let _serial = SERIAL.lock().await;
+    let env = cluster_env().await;
+    let envs = siblings(&env, 2);
+    let job = crate::preload::JOB_ENV;
+    let mut first = envs[0].serve_env(&["--no-consumer"], &job).await;
+    let mut second = envs[1].serve_env(&[], &job).await;
+    let event = format!("taken-{}", env.tag);
+    let total = 400_000;
+    let req = preload_request(&event, total);
+    let started = envs[0]
+        .preload_within(req.clone(), Duration::from_millis(300))
+        .await;
+    assert!(started.is_err(), "400,000 coupons take longer than 300 ms");
+
+    let pg = env.pg();
+    let id = EventId::parse(event.clone()).unwrap();
+    let written = || async {
+        pg.event(&id)
+            .await
+            .unwrap()
+            .map_or(0, |e| e.preload.written)
+    };
+    let progressed = eventually(Duration::from_secs(120), || async {
+        written().await >= 40_000
+    })
+    .await;
+    assert!(progressed, "the job made progress");
+    first.kill9();
+    let at_kill = written().await;
+    let state = crate::common::await_preload_end(&pg, &event, Duration::from_secs(180)).await;
+    eprintln!("preload takeover: {at_kill} of {total} written at the kill; ended {state:?}");
+    assert_eq!(state, EventState::Live, "the other server finished the job");
+    let r = envs[1]
+        .preload_within(req, Duration::from_secs(60))
+        .await
+        .expect("preload asked again");
+    assert_eq!(r.state, coupond::proto::EventState::Live as i32);
+    crate::common::assert_live_and_consistent(&pg, &env.redis(), &event, total).await;
+    let (told, _) = Load::start(&envs[1], &event, 1_000, 8).await.finish().await;
+    assert_eq!(told.len(), 1_000);
+    env.assert_exactly_recorded(&event, &told).await;
+    second.terminate().await;
 }

@@ -18,7 +18,7 @@ use crate::support::{free_port, redis_cmd, Env, Load, OwnRedis, RestoreStack, SE
 
 /// Short leases, so a dead server's job is taken over within seconds, and
 /// small chunks, so a kill lands mid-job.
-const JOB_ENV: [(&str, &str); 2] = [
+pub const JOB_ENV: [(&str, &str); 2] = [
     ("COUPOND_PRELOAD_LEASE_MS", "2000"),
     ("COUPOND_PRELOAD_CHUNK", "20000"),
 ];
