@@ -20,7 +20,11 @@
 #                                  replica each on 127.0.0.1:7001-7006
 #                                  (append-only, fsync always, node timeout
 #                                  2 s); restarts a node that is down
-#   stack.sh redis-cluster-down    stops its six nodes and deletes their data
+#   stack.sh redis-tls-cluster-up  the same over TLS only on 127.0.0.1:7101-7106
+#                                  (the local CA's certificates, client
+#                                  certificates required)
+#   stack.sh redis-cluster-down    stops both clusters' nodes and deletes
+#                                  their data
 #   stack.sh redis-cluster-kill P  SIGKILLs the cluster node on port P
 #   stack.sh kafka-tool T ARGS     runs Kafka's own tool T (topics,
 #                                  consumer-groups, producer-perf-test,
@@ -392,12 +396,34 @@ ensure_scram_user() {
 
 REDIS_CLUSTER_DATA="$CACHE/redis-cluster"
 REDIS_CLUSTER_PORTS="7001 7002 7003 7004 7005 7006"
+# The same over TLS only (cluster bus and replication too), with client
+# certificates required: what the tests of TLS to a Redis Cluster reach.
+REDIS_TLS_CLUSTER_PORTS="7101 7102 7103 7104 7105 7106"
+
+# redis-cli for a cluster node: the TLS cluster's with the local CA's
+# client certificate.
+cluster_cli() {
+  local port=$1; shift
+  if [ "$port" -ge 7101 ]; then
+    redis-cli --tls --cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/client.pem" \
+      --key "$TLS_DIR/client.key" -p "$port" "$@"
+  else
+    redis-cli -p "$port" "$@"
+  fi
+}
 
 redis_cluster_node() {
-  local port=$1 dir="$REDIS_CLUSTER_DATA/$1"
-  redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return
+  local port=$1 dir="$REDIS_CLUSTER_DATA/$1" listen
+  cluster_cli "$port" ping 2>/dev/null | grep -q PONG && return
   mkdir -p "$dir"
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+  listen=(--port "$port")
+  if [ "$port" -ge 7101 ]; then
+    listen=(--port 0 --tls-port "$port" --tls-cluster yes --tls-replication yes
+      --tls-cert-file "$TLS_DIR/server.pem" --tls-key-file "$TLS_DIR/server.key"
+      --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients yes
+      --tls-client-cert-file "$TLS_DIR/client.pem" --tls-client-key-file "$TLS_DIR/client.key")
+  fi
+  redis-server --daemonize yes --bind 127.0.0.1 "${listen[@]}" --cluster-enabled yes \
     --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
     --appendonly yes --appendfsync always --save "" \
     --dir "$dir" --logfile "$dir/redis.log"
@@ -407,37 +433,46 @@ redis_cluster_node() {
 # Every node sees the cluster ok, and three replicas serve (a failover
 # needs one behind each master).
 redis_cluster_ok() {
-  local p
-  for p in $REDIS_CLUSTER_PORTS; do
-    redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || return 1
+  local p first=${1%% *}
+  for p in $1; do
+    cluster_cli "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || return 1
   done
-  [ "$(redis-cli -p 7001 cluster nodes | awk '$3 ~ /slave/ && $3 !~ /fail/' | wc -l)" -ge 3 ]
+  [ "$(cluster_cli "$first" cluster nodes | awk '$3 ~ /slave/ && $3 !~ /fail/' | wc -l)" -ge 3 ]
 }
 
-# Three masters with a replica each. Nodes that were down are started
-# again with their nodes.conf and rejoin by themselves; the cluster is
-# created only when no node knows another yet.
+# Three masters with a replica each on the ports $1. Nodes that were down
+# are started again with their nodes.conf and rejoin by themselves; the
+# cluster is created only when no node knows another yet.
 redis_cluster_up() {
+  local ports=$1 p first=${1%% *} deadline nodes=()
   ensure_redis
-  local p deadline nodes=()
-  for p in $REDIS_CLUSTER_PORTS; do redis_cluster_node "$p"; nodes+=("127.0.0.1:$p"); done
-  if [ "$(redis-cli -p 7001 cluster info | grep -o 'cluster_known_nodes:[0-9]*' | cut -d: -f2)" = 1 ]; then
-    log "redis cluster: creating (3 masters, 1 replica each)"
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  if [ "$first" -ge 7101 ]; then
+    ensure_tls_material
+    # Made with another CA (the local CA was made anew): made again.
+    if [ -d "$REDIS_CLUSTER_DATA/$first" ] && ! cmp -s "$TLS_DIR/ca.pem" "$REDIS_CLUSTER_DATA/tls-ca.pem"; then
+      log "redis tls cluster: new certificates, making it again"
+      for p in $ports; do kill_port "$p"; rm -rf "${REDIS_CLUSTER_DATA:?}/$p"; done
+    fi
+    mkdir -p "$REDIS_CLUSTER_DATA" && cp "$TLS_DIR/ca.pem" "$REDIS_CLUSTER_DATA/tls-ca.pem"
+  fi
+  for p in $ports; do redis_cluster_node "$p"; nodes+=("127.0.0.1:$p"); done
+  if [ "$(cluster_cli "$first" cluster info | grep -o 'cluster_known_nodes:[0-9]*' | cut -d: -f2)" = 1 ]; then
+    log "redis cluster: creating on $first-${ports##* } (3 masters, 1 replica each)"
+    cluster_cli "$first" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
   fi
   deadline=$((SECONDS + 60))
-  until redis_cluster_ok; do
+  until redis_cluster_ok "$ports"; do
     if ((SECONDS >= deadline)); then
       log "redis cluster: not ok after 60 s (stack.sh redis-cluster-down wipes it)"; return 1
     fi
     sleep 0.2
   done
-  log "redis cluster: ok on 127.0.0.1:7001-7006"
+  log "redis cluster: ok on 127.0.0.1:$first-${ports##* }"
 }
 
 redis_cluster_down() {
   local p
-  for p in $REDIS_CLUSTER_PORTS; do kill_port "$p"; done
+  for p in $REDIS_CLUSTER_PORTS $REDIS_TLS_CLUSTER_PORTS; do kill_port "$p"; done
   rm -rf "$REDIS_CLUSTER_DATA"
   log "redis cluster: stopped, data deleted"
 }
@@ -504,9 +539,10 @@ case "${1:-up}" in
   stop-broker) stop_broker ;;
   wipe-broker) wipe_broker ;;
   stop-postgres) stop_postgres ;;
-  redis-cluster-up) redis_cluster_up ;;
+  redis-cluster-up) redis_cluster_up "$REDIS_CLUSTER_PORTS" ;;
+  redis-tls-cluster-up) redis_cluster_up "$REDIS_TLS_CLUSTER_PORTS" ;;
   redis-cluster-down) redis_cluster_down ;;
   redis-cluster-kill) kill_port "${2:?port 7001-7006}"; log "redis cluster: node ${2} killed" ;;
   kafka-tool) shift; kafka_tool "$@" ;;
-  *) echo "usage: $0 [up|cluster-up|cluster-down|cluster-kill N|stop-broker|wipe-broker|stop-postgres|redis-cluster-up|redis-cluster-down|kafka-tool TOOL ARGS]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|cluster-up|cluster-down|cluster-kill N|stop-broker|wipe-broker|stop-postgres|redis-cluster-up|redis-tls-cluster-up|redis-cluster-down|kafka-tool TOOL ARGS]" >&2; exit 2 ;;
 esac

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/stack.sh up
 # Three masters with a replica each, for the tests that run on a cluster.
 scripts/stack.sh redis-cluster-up
+# The same over TLS only, for the tests of TLS to a cluster.
+scripts/stack.sh redis-tls-cluster-up
 scripts/lint-proto.sh
 
 # Databases of earlier runs (each test creates its own) would pile up.

@@ -355,6 +355,36 @@ async fn redis_over_tls_with_a_client_certificate() {
     assert_eq!(on_plain, 0, "the event lives on the TLS Redis only");
 }
 
+/// The same over the stack's TLS-only Redis Cluster (7101-7106: TLS on
+/// the cluster bus and replication too): the cluster client learns the
+/// topology over TLS, every node trusts the client certificate, and the
+/// replica guard's WAIT is answered over TLS replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_over_tls_with_a_client_certificate() {
+    let tag = unique_tag();
+    let mut settings = isolated_settings(&tag).await;
+    settings.redis.cluster = (7101..=7103)
+        .map(|p| format!("rediss://127.0.0.1:{p}"))
+        .collect();
+    settings.redis.tls = stack_redis_tls();
+    let dir = std::env::temp_dir().join(format!("coupond-cluster-tls-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut foreign = settings.clone();
+    foreign.redis.tls.ca = Some(write(&dir, "foreign.pem", &Ca::new().pem));
+    let refused = match Application::build(foreign, serve_settings()).await {
+        Ok(_) => "started".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(refused.contains("UnknownIssuer"), "a foreign CA: {refused}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let app = spawn_with(settings, tag).await;
+    for n in 0..3 {
+        let event = app.event_id(&format!("cluster-tls-{n}"));
+        finalized_drop(&app, &event, 10, 4).await;
+        assert_eq!(app.redis_state(&event).await.2, 4, "issued, over TLS");
+    }
+}
+
 /// What a TLS connection to Redis was refused for, in the server's own
 /// start-up error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
