@@ -26,7 +26,8 @@
 # holding GROWN_COUPONS (30,000,000) earlier coupons.
 # ONLY=cluster runs the stream cost load on the single node, on the
 # stack's Redis Cluster with the failover guard and on it without, and
-# records each Redis node's CPU (INFO cpu) before and after.
+# spread over three events on three masters, and records each Redis node's
+# CPU (INFO cpu) before and after (CLUSTER_RUNS picks runs).
 # Environment: REQUESTS (default 100000 per run); COST_REQUESTS (default
 # 300000, the stream cost run); ROUNDS (default 1) runs the cost runs that
 # many times, baseline and current in turn; BASELINE=<git rev> builds that revision's
@@ -220,16 +221,77 @@ grown_phase() {
   stop_server
 }
 
+# The port of the cluster master serving EVENT's keys.
+master_of() {
+  local slot
+  slot="$(redis-cli -p 7001 CLUSTER KEYSLOT "{$1}")"
+  redis-cli -p 7001 CLUSTER NODES | awk -v s="$slot" '$3 ~ /master/ && $3 !~ /fail/ {
+    for (i = 9; i <= NF; i++) { split($i, r, "-"); if (r[2] == "") r[2] = r[1];
+      if (s >= r[1] && s <= r[2]) { split($2, a, "[:@]"); print a[2]; exit } } }'
+}
+
+# spread_run LABEL SEEDS: the same stream load, a third on each of three
+# events whose keys live on three different masters, at once (three load
+# generators of 6 streams each; their CPU is the load generator's), with
+# each Redis node's CPU before and after.
+spread_run() {
+  local label="$1" n=0 event port events=() seen=""
+  local -x COUPOND_DATABASE_URL COUPOND_REDIS_CLUSTER="$2"
+  COUPOND_DATABASE_URL="$(fresh_db "coupond_bench_${label//-/_}")"
+  COUPOND_KAFKA_TOPIC="coupon-issued-$label" COUPOND_KAFKA_GROUP="coupond-bench-$label" \
+    start_server ack
+  while [ "${#events[@]}" -lt 3 ]; do
+    n=$((n + 1))
+    event="$(preloaded "$label-$n" "$((COST_REQUESTS * 2 / 3))")"
+    port="$(master_of "$event")"
+    case " $seen " in *" $port "*) continue ;; esac
+    seen="$seen $port" && events+=("$event")
+    echo "$event $port" >>"$OUT/$label.events"
+  done
+  redis_cpu >"$OUT/$label.redis-before"
+  local cmd=""
+  for n in 0 1 2; do
+    cmd+="$BENCH --addr $ADDR --json $OUT/$label-stream-s6-e$n.json --mode stream"
+    cmd+=" --concurrency 6 --requests $((COST_REQUESTS / 3)) --event ${events[$n]} >/dev/null & "
+  done
+  echo "== $label-stream-3x6" >&2
+  python3 scripts/cpu_parts.py "$OUT/$label-stream-3x6.parts.json" "$SERVER_PID" \
+    bash -c "$cmd wait"
+  redis_cpu >"$OUT/$label.redis-after"
+  stop_server
+}
+
+# Each node's CPU seconds over a run and its share of the cluster's, per
+# coupon issued: LABEL COUPONS.
+node_shares() {
+  python3 - "$OUT/$1.redis-before" "$OUT/$1.redis-after" "$2" <<'PY' | tee "$OUT/$1.redis-shares"
+import sys
+read = lambda f: dict(l.strip().split("=") for l in open(f) if "=" in l)
+before, after, coupons = read(sys.argv[1]), read(sys.argv[2]), int(sys.argv[3])
+spent = {p: float(after[p]) - float(before.get(p, 0)) for p in after if p != "6379"}
+total = sum(spent.values()) or 1
+for p, s in sorted(spent.items()):
+    print(f"{p}: {s:.2f} s CPU, {s / coupons * 1e6:.1f} µs per coupon, {s / total:.0%} of the cluster's")
+PY
+}
+
 # ONLY=cluster: the same stream load on the single node, on the stack's
-# Redis Cluster with the failover guard (WAIT 1 per batch), and on the
-# cluster without it, in one run.
+# Redis Cluster with the failover guard (WAIT 1 per batch), on the
+# cluster without it, and spread over three events on three masters, in
+# one run (CLUSTER_RUNS picks some: single guard noguard spread).
 if [ "${ONLY:-}" = cluster ]; then
   scripts/stack.sh redis-cluster-up
   SEEDS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
   git rev-parse --short HEAD >"$OUT/current.rev"
-  cluster_run single "" ""
-  cluster_run cluster-guard "$SEEDS" ""
-  cluster_run cluster-noguard "$SEEDS" 0
+  for run in ${CLUSTER_RUNS:-single guard noguard spread}; do
+    case "$run" in
+      single) cluster_run single "" "" ;;
+      guard) cluster_run cluster-guard "$SEEDS" ""; node_shares cluster-guard "$COST_REQUESTS" ;;
+      noguard) cluster_run cluster-noguard "$SEEDS" 0; node_shares cluster-noguard "$COST_REQUESTS" ;;
+      spread) spread_run cluster-spread "$SEEDS"; node_shares cluster-spread "$COST_REQUESTS" ;;
+      *) echo "CLUSTER_RUNS: unknown run $run (single guard noguard spread)" >&2; exit 2 ;;
+    esac
+  done
   python3 scripts/bench_report.py "$OUT" || true
   echo "results in $OUT" >&2
   exit 0
