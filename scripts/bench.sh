@@ -242,6 +242,9 @@ spread_run() {
     start_server ack
   while [ "${#events[@]}" -lt 3 ]; do
     n=$((n + 1))
+    if ((n > 20)); then
+      echo "spread: 20 events and not three masters (is the cluster whole?)" >&2; return 1
+    fi
     event="$(preloaded "$label-$n" "$((COST_REQUESTS * 2 / 3))")"
     port="$(master_of "$event")"
     case " $seen " in *" $port "*) continue ;; esac

@@ -16,8 +16,9 @@
 -- KEYS[1] couponIssued:{E}  KEYS[2] couponPending:{E}  KEYS[3] couponProgress:{E}
 -- KEYS[4] couponConflicts:{E}
 -- ARGV: user_1, code_1, user_2, code_2, ...
--- Returns the number of issuances finalized (already-final ones included),
--- then the 1-based item numbers of the users with no record.
+-- Returns {the number of issuances finalized (already-final ones
+-- included), {the 1-based item numbers of the users with no record}}
+-- (nested: unpack() of a long list would overflow Lua's C stack).
 local SLICE = 4000
 local function each_slice(cmd, key, list)
   for from = 1, #list, SLICE do
@@ -26,7 +27,7 @@ local function each_slice(cmd, key, list)
 end
 
 local n = #ARGV / 2
-if n == 0 then return {0} end
+if n == 0 then return {0, {}} end
 local users = {}
 for i = 1, n do users[i] = ARGV[2 * i - 1] end
 local recs = {}
@@ -73,4 +74,4 @@ if done > 0 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('SET', KEYS[3], now, 'PX', 3600000)
 end
-return {done, unpack(unknown)}
+return {done, unknown}

@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::domain::{EventId, IssuanceRecord, IssuedCoupon, UserId};
 use crate::kafka::{message, Publisher};
 use crate::store::postgres::finalization::{IssuanceWriter, Recorded};
+use crate::store::redis::Restored;
 use crate::store::RedisStore;
 
 /// Backoff between retries of a failing store, doubling up to the cap.
@@ -140,7 +141,19 @@ impl Sink {
                 self.redis.supersede(event, items, self.retention)
             })
             .await?;
-            tracing::warn!(event_id = %event, users = items.len(), queued_again = queued, "postgres holds another coupon for these users; theirs wins in redis");
+            // The coupon PostgreSQL holds was lost by Redis: a lost pop may
+            // have left its code in the queue.
+            let held: Vec<IssuanceRecord> = items
+                .iter()
+                .map(|(r, coupon, request_id, _)| IssuanceRecord {
+                    coupon: (*coupon).clone(),
+                    request_id: request_id.to_string(),
+                    ..(*r).clone()
+                })
+                .collect();
+            let held: Vec<&IssuanceRecord> = held.iter().collect();
+            let dequeued = self.restore(event, &held, shutdown).await?.dequeued;
+            tracing::warn!(event_id = %event, users = items.len(), queued_again = queued, held_codes_dequeued = dequeued, "postgres holds another coupon for these users; theirs wins in redis");
             stats.superseded += items.len();
         }
         self.conflicts(&v.refused, records, sources, shutdown, stats)
@@ -178,14 +191,23 @@ impl Sink {
             return Some(0);
         }
         let lost: Vec<&IssuanceRecord> = found.unknown.iter().map(|i| records[*i]).collect();
-        let restored = retry(shutdown, "restoring lost issuances in redis", || {
-            self.redis.restore(event, &lost)
-        })
-        .await?;
-        if restored > 0 {
-            tracing::warn!(event_id = %event, users = restored, "redis had lost these issuances; postgres's records restored");
+        let done = self.restore(event, &lost, shutdown).await?;
+        if done.users > 0 || done.not_queued > 0 {
+            tracing::warn!(event_id = %event, users = done.users, codes_dequeued = done.dequeued, codes_not_queued = done.not_queued, "redis had lost these issuances; postgres's records restored (a code not found in the queue may have gone to another user: reconcile reports it)");
         }
-        Some(restored as usize)
+        Some(done.users as usize)
+    }
+
+    async fn restore(
+        &self,
+        event: &EventId,
+        items: &[&IssuanceRecord],
+        shutdown: &CancellationToken,
+    ) -> Option<Restored> {
+        retry(shutdown, "restoring lost issuances in redis", || {
+            self.redis.restore(event, items)
+        })
+        .await
     }
 
     /// Marks issuances whose code PostgreSQL holds for someone else

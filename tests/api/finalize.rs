@@ -311,3 +311,79 @@ async fn the_finalizers_record_wins_when_redis_lost_the_issuance() {
     let (code, report) = reconcile_cli(&app, &event, &[]);
     assert_eq!(code, 0, "{report}");
 }
+
+/// Redis loses two issuances (records and pops: both codes back at the
+/// queue's head), and one of the two users asks again before the finalizer
+/// gets there: they are handed the other user's lost code. Whatever order
+/// the finalizer sees the three messages in, PostgreSQL's records win: each
+/// user holds the code they were told first, neither code stays in the
+/// queue, and no later user is handed either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_issued_again_after_redis_lost_them_keeps_the_first_coupon() {
+    let app = spawn_without_finalizer().await;
+    let event = app.event_id("forgot-twice");
+    app.preload(preload_request(&event, 10)).await.unwrap();
+    let mut first = HashSet::new();
+    let mut told = std::collections::HashMap::new();
+    for (u, r) in issue_all(&app, &event, &["u0".into(), "u1".into()]).await {
+        let code = r.coupon.unwrap().code;
+        first.insert((code.clone(), u.clone()));
+        told.insert(u, code);
+    }
+    let k = app.keys(&event);
+    let mut c = app.redis.conn().await.unwrap();
+    for u in ["u1", "u0"] {
+        let rec: String = c.hget(&k.issued, u).await.unwrap();
+        let entry = rec.split('\t').take(3).collect::<Vec<_>>().join("\t");
+        let _: () = redis::pipe()
+            .hdel(&k.issued, u)
+            .zrem(&k.pending, u)
+            .lpush(&k.queue, &entry)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let again = app.issue_as(&event, "u1", "again").await;
+    assert_eq!(again.result, proto::IssueResult::Issued as i32);
+    assert_eq!(
+        again.coupon.unwrap().code,
+        told["u0"],
+        "handed u0's lost code"
+    );
+
+    let _finalizer = start_finalizer(&app).await;
+    app.await_finalized(&event, &first).await;
+    let settled = eventually(Duration::from_secs(30), || async {
+        app.redis_state(&event).await == (true, 8, 2, 0)
+    })
+    .await;
+    assert!(
+        settled,
+        "both codes out of the queue: {:?}",
+        app.redis_state(&event).await
+    );
+    for u in ["u0", "u1"] {
+        let r = app.issue_as(&event, u, "later").await;
+        assert_eq!(r.result, proto::IssueResult::AlreadyIssued as i32, "{u}");
+        assert_eq!(
+            r.coupon.unwrap().code,
+            told[u],
+            "{u} holds the code told first"
+        );
+    }
+    let rest: Vec<String> = (2..11).map(|i| format!("u{i}")).collect();
+    let mut pairs = first.clone();
+    for (u, r) in issue_all(&app, &event, &rest).await {
+        if r.result == proto::IssueResult::SoldOut as i32 {
+            continue;
+        }
+        let code = r.coupon.unwrap().code;
+        assert!(
+            !told.values().any(|c| *c == code),
+            "{u} was handed a lost code"
+        );
+        pairs.insert((code, u));
+    }
+    assert_eq!(pairs.len(), 10, "ten coupons, ten users");
+    app.await_finalized(&event, &pairs).await;
+}

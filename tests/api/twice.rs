@@ -20,10 +20,13 @@ use redis::AsyncCommands;
 use crate::helpers::{preload_request, spawn_unswept, TestApp};
 
 /// Every key of the event a script writes, as text: type, content and
-/// whether it expires. The progress mark and the failover guard hold the
-/// time of the call and are left out.
+/// when it expires (unix ms, -1 never). The progress mark and the failover
+/// guard hold the time of the call and are left out; the rebuild lock is a
+/// lease its holder renews by taking it again, so only whether it expires
+/// counts.
 async fn dump(app: &TestApp, event: &str, extra: &[String]) -> BTreeMap<String, String> {
     let k = app.keys(event);
+    let lease = k.rebuild_lock.clone();
     let mut keys = vec![
         k.queue,
         k.issued,
@@ -74,8 +77,15 @@ async fn dump(app: &TestApp, event: &str, extra: &[String]) -> BTreeMap<String, 
             }
             other => panic!("{key}: unexpected type {other}"),
         };
-        let ttl: i64 = c.pttl(&key).await.unwrap();
-        out.insert(key, format!("{kind} expiring={} {content}", ttl > 0));
+        let mut expires: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if key == lease {
+            expires = expires.signum();
+        }
+        out.insert(key, format!("{kind} expires at {expires} {content}"));
     }
     out
 }
@@ -203,17 +213,28 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
     .await;
     assert_eq!((first, second), (1, 0), "queued again once");
 
-    // Restore: Redis lost d's record; it comes back once and its code
-    // leaves the queue once.
+    // Restore: Redis lost d's issuance (its record, and the pop: the code
+    // is back at the queue's head); the record comes back once and the
+    // code leaves the queue once.
     let mut c = app.redis.conn().await.unwrap();
-    let _: () = c.hdel(&app.keys(&event).issued, "d").await.unwrap();
+    let k = app.keys(&event);
+    let entry = coupond::store::record::queue_entry(&coupons[3].code, &coupons[3].discount);
+    let _: () = redis::pipe()
+        .hdel(&k.issued, "d")
+        .lpush(&k.queue, &entry)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let queued = app.redis_state(&event).await.1;
     let lost = [record(3)];
     let lost: Vec<&IssuanceRecord> = lost.iter().collect();
     let (first, second) = twice(&app, &event, &[], || async {
-        app.redis.restore(&id, &lost).await.unwrap()
+        let r = app.redis.restore(&id, &lost).await.unwrap();
+        (r.users, r.dequeued, r.not_queued)
     })
     .await;
-    assert_eq!((first, second), (1, 0));
+    assert_eq!((first, second), ((1, 1, 0), (0, 0, 1)));
+    assert_eq!(app.redis_state(&event).await.1, queued - 1, "one entry out");
 
     // Controls are numbered: the re-sent one is already current.
     let paused = ControlState {
@@ -352,7 +373,7 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     app.redis.take_offline(&id).await.unwrap();
     let queue: Vec<String> = (0..3).map(|i| format!("RB{i:08}\tPERCENT\t10")).collect();
     let preload = PreloadId::random(&mut rand::rng());
-    let state = || RebuiltState {
+    let state = RebuiltState {
         queue: &queue,
         issued: &[],
         pending: &[],
@@ -367,8 +388,10 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
             settled: false,
         },
     };
-    app.redis.install_rebuilt(&id, state()).await.unwrap();
+    let (starts, ends) = (state.starts_ms, state.controls.ends_at.timestamp_millis());
+    app.redis.install_rebuilt(&id, state).await.unwrap();
     let before = dump(&app, &event, &[]).await;
+    // The script call install_rebuilt made, as the client would re-send it.
     let k = app.keys(&event);
     let script = redis::Script::new(include_str!("../../scripts/lua/rebuild.lua"));
     let mut inv = script.prepare_invoke();
@@ -385,6 +408,14 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     ] {
         inv.key(key);
     }
+    inv.arg(starts)
+        .arg(ends)
+        .arg(3)
+        .arg(queue.len())
+        .arg(0)
+        .arg(preload.as_str())
+        .arg(0)
+        .arg(1);
     let mut c = app.redis.conn().await.unwrap();
     let again: Result<i64, redis::RedisError> = inv.invoke_async(&mut c).await;
     let err = again.expect_err("a live event is not installed over");

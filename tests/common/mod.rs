@@ -175,9 +175,17 @@ pub fn messages_per_user(brokers: &str, topic: &str, event: &str) -> HashMap<Str
     c.assign(&tpl).expect("assign");
     let mut counts = HashMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ends.iter().any(|(p, high)| *high > 0 && !done(&c, topic, *p, *high)) {
-        assert!(std::time::Instant::now() < deadline, "reading {topic} took over 60 s");
-        let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
+    while ends
+        .iter()
+        .any(|(p, high)| *high > 0 && !done(&c, topic, *p, *high))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} took over 60 s"
+        );
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let m = m.expect("a message");
         let r = coupond::kafka::message::decode(m.payload().unwrap_or_default())
             .expect("a coupon-issued message");

@@ -460,7 +460,12 @@ async fn health_is_not_serving_while_a_master_has_no_reachable_primary() {
     let master = masters()[0].0;
     let replica = replica_of(master);
     let stopped = (Stopped::node(replica), Stopped::node(master));
-    until(&served, &all(NotServing), "a master and its replica stopped").await;
+    until(
+        &served,
+        &all(NotServing),
+        "a master and its replica stopped",
+    )
+    .await;
     drop(stopped);
     until(&served, &all(Serving), "both running again").await;
     server.terminate().await;
@@ -489,8 +494,10 @@ async fn two_servers_sweeping_republish_each_issuance_once_per_window() {
     let event = format!("swept-{}", env.tag);
     preload(&envs[0], &event, 200).await;
     let started = std::time::Instant::now();
-    let (told, _) = Load::start(&envs[1], &event, 200, 8).await.finish().await;
+    let (told, errors) = Load::start(&envs[1], &event, 200, 8).await.finish().await;
     assert_eq!(told.len(), 200);
+    // A retried request would be published again by the issue path.
+    assert_eq!(errors, 0, "no request retried");
 
     let k = &env.settings.kafka;
     let read = || crate::common::messages_per_user(&k.brokers, &k.topic, &event);
@@ -501,7 +508,12 @@ async fn two_servers_sweeping_republish_each_issuance_once_per_window() {
     .await;
     let counts = read();
     let elapsed = started.elapsed();
-    assert!(swept, "every issuance republished at least 3 times: {counts:?}");
+    assert!(
+        swept,
+        "every issuance republished at least 3 times: {counts:?}"
+    );
+    // The windows double until they reach the 60 s max age.
+    assert!(elapsed < Duration::from_secs(120), "{elapsed:?}");
     let most = 2 + (elapsed.as_secs_f64() / 1.0).log2().floor() as usize;
     let over: Vec<_> = counts.iter().filter(|(_, m)| **m > most).collect();
     assert!(
@@ -555,10 +567,24 @@ async fn another_server_takes_over_a_preload_whose_server_died() {
     .await;
     assert!(progressed, "the job made progress");
     first.kill9();
-    let at_kill = written().await;
+    let at_kill = pg.event(&id).await.unwrap().expect("the event").preload;
+    assert_eq!(at_kill.state, EventState::Preparing, "killed mid-job");
+    assert!(
+        at_kill.written < total,
+        "killed mid-job: {}",
+        at_kill.written
+    );
     let state = crate::common::await_preload_end(&pg, &event, Duration::from_secs(180)).await;
-    eprintln!("preload takeover: {at_kill} of {total} written at the kill; ended {state:?}");
+    eprintln!(
+        "preload takeover: {} of {total} written at the kill; ended {state:?}",
+        at_kill.written
+    );
     assert_eq!(state, EventState::Live, "the other server finished the job");
+    let finished = pg.event(&id).await.unwrap().expect("the event").preload;
+    assert_ne!(
+        finished.preload_id, at_kill.preload_id,
+        "a job of the other server's (a takeover draws a new id) made it live"
+    );
     let r = envs[1]
         .preload_within(req, Duration::from_secs(60))
         .await

@@ -12,6 +12,18 @@ pub struct Finalized {
     pub unknown: Vec<usize>,
 }
 
+/// What `restore` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Users who had no record and got PostgreSQL's.
+    pub users: u64,
+    /// Codes taken out of the queue's head.
+    pub dequeued: u64,
+    /// Codes not found there: handed on already (a conflict follows), or
+    /// never back in the queue.
+    pub not_queued: u64,
+}
+
 impl RedisStore {
     /// Marks issuances of one event finalized (record state F, out of the
     /// pending set).
@@ -31,24 +43,22 @@ impl RedisStore {
             inv.arg(u.as_str()).arg(*code);
         }
         let mut c = self.conn().await?;
-        let reply: Vec<u64> = inv.invoke_async(&mut c).await?;
-        let (done, unknown) = reply
-            .split_first()
-            .ok_or_else(|| RedisStoreError::Reply("finalize: an empty reply".into()))?;
+        let (done, unknown): (u64, Vec<usize>) = inv.invoke_async(&mut c).await?;
         Ok(Finalized {
-            done: *done,
-            unknown: unknown.iter().map(|i| *i as usize - 1).collect(),
+            done,
+            unknown: unknown.into_iter().map(|i| i - 1).collect(),
         })
     }
-    /// Gives users Redis lost the issuance of (see `Finalized::unknown`)
-    /// PostgreSQL's record of it, finalized, and takes its code out of the
-    /// queue (see `restore.lua`). Returns how many were restored.
+    /// Makes Redis hold what PostgreSQL recorded for `items` (see
+    /// `restore.lua`): a user with no record gets PostgreSQL's, finalized,
+    /// and each item's code is taken out of the queue's head, where a lost
+    /// pop left it.
     #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
     pub async fn restore(
         &self,
         event: &EventId,
         items: &[&IssuanceRecord],
-    ) -> Result<u64, RedisStoreError> {
+    ) -> Result<Restored, RedisStoreError> {
         let k = EventKeys::new(event);
         let mut inv = self.scripts.restore.prepare_invoke();
         inv.key(&k.issued).key(&k.queue).key(&k.meta);
@@ -62,7 +72,12 @@ impl RedisStore {
                 .arg(record::queue_entry(&r.coupon.code, &r.coupon.discount));
         }
         let mut c = self.conn().await?;
-        Ok(inv.invoke_async(&mut c).await?)
+        let (users, dequeued, not_queued) = inv.invoke_async(&mut c).await?;
+        Ok(Restored {
+            users,
+            dequeued,
+            not_queued,
+        })
     }
     /// Marks issuances of one event that PostgreSQL refused as conflicted
     /// (record state C, out of the pending set, into the conflict set; see

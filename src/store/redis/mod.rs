@@ -16,7 +16,7 @@ mod snapshot;
 
 use conn::Link;
 pub use conn::{Conn, RedisTimeouts};
-pub use finalize::Finalized;
+pub use finalize::{Finalized, Restored};
 pub use issue::Verdict;
 pub use lifecycle::{Presence, RedisCounts, Synced};
 pub use preload::{FenceReply, PreloadStepError};
