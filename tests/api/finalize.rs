@@ -234,6 +234,24 @@ async fn a_mixed_batch_gets_a_verdict_per_record() {
     );
 }
 
+/// Makes Redis lose `user`'s issuance as a failover before the replica
+/// had the write does: the record and the pending entry gone, the code
+/// back at the head of the queue. Returns the code.
+async fn lose_issuance(app: &TestApp, event: &str, user: &str) -> String {
+    let k = app.keys(event);
+    let mut c = app.redis.conn().await.unwrap();
+    let rec: String = c.hget(&k.issued, user).await.unwrap();
+    let entry = rec.split('\t').take(3).collect::<Vec<_>>().join("\t");
+    let _: () = redis::pipe()
+        .hdel(&k.issued, user)
+        .zrem(&k.pending, user)
+        .lpush(&k.queue, &entry)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    rec.split('\t').next().unwrap().to_owned()
+}
+
 /// Redis loses an issuance after answering it (a failover before the
 /// replica had the write): the user's record is gone and the code is back
 /// at the head of the queue. The finalizer's record wins: the user gets
@@ -250,18 +268,7 @@ async fn the_finalizers_record_wins_when_redis_lost_the_issuance() {
         assert_eq!(r.result, proto::IssueResult::Issued as i32, "{u}");
         pairs.insert((r.coupon.unwrap().code, u));
     }
-    let k = app.keys(&event);
-    let mut c = app.redis.conn().await.unwrap();
-    let rec: String = c.hget(&k.issued, "u0").await.unwrap();
-    let told = rec.split('\t').next().unwrap().to_owned();
-    let entry = rec.split('\t').take(3).collect::<Vec<_>>().join("\t");
-    let _: () = redis::pipe()
-        .hdel(&k.issued, "u0")
-        .zrem(&k.pending, "u0")
-        .lpush(&k.queue, &entry)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let told = lose_issuance(&app, &event, "u0").await;
     assert_eq!(app.redis_state(&event).await, (true, 8, 2, 2));
 
     let _finalizer = start_finalizer(&app).await;
@@ -330,18 +337,8 @@ async fn a_user_issued_again_after_redis_lost_them_keeps_the_first_coupon() {
         first.insert((code.clone(), u.clone()));
         told.insert(u, code);
     }
-    let k = app.keys(&event);
-    let mut c = app.redis.conn().await.unwrap();
     for u in ["u1", "u0"] {
-        let rec: String = c.hget(&k.issued, u).await.unwrap();
-        let entry = rec.split('\t').take(3).collect::<Vec<_>>().join("\t");
-        let _: () = redis::pipe()
-            .hdel(&k.issued, u)
-            .zrem(&k.pending, u)
-            .lpush(&k.queue, &entry)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        lose_issuance(&app, &event, u).await;
     }
     let again = app.issue_as(&event, "u1", "again").await;
     assert_eq!(again.result, proto::IssueResult::Issued as i32);

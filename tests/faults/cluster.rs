@@ -537,7 +537,7 @@ async fn two_servers_sweeping_republish_each_issuance_once_per_window() {
 /// finalizes from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_server_takes_over_a_preload_whose_server_died() {
-    use coupond::domain::{EventId, EventState};
+    use coupond::domain::EventState;
 
     let _serial = SERIAL.lock().await;
     let env = cluster_env().await;
@@ -548,24 +548,7 @@ async fn another_server_takes_over_a_preload_whose_server_died() {
     let event = format!("taken-{}", env.tag);
     let total = 400_000;
     let req = preload_request(&event, total);
-    let started = envs[0]
-        .preload_within(req.clone(), Duration::from_millis(300))
-        .await;
-    assert!(started.is_err(), "400,000 coupons take longer than 300 ms");
-
-    let pg = env.pg();
-    let id = EventId::parse(event.clone()).unwrap();
-    let written = || async {
-        pg.event(&id)
-            .await
-            .unwrap()
-            .map_or(0, |e| e.preload.written)
-    };
-    let progressed = eventually(Duration::from_secs(120), || async {
-        written().await >= 40_000
-    })
-    .await;
-    assert!(progressed, "the job made progress");
+    let (pg, id) = crate::preload::preload_under_way(&envs[0], &req, 40_000).await;
     first.kill9();
     let at_kill = pg.event(&id).await.unwrap().expect("the event").preload;
     assert_eq!(at_kill.state, EventState::Preparing, "killed mid-job");

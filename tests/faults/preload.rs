@@ -23,6 +23,34 @@ pub const JOB_ENV: [(&str, &str); 2] = [
     ("COUPOND_PRELOAD_CHUNK", "20000"),
 ];
 
+/// Starts `req` (a caller giving up after 300 ms: the job goes on) and
+/// waits until the job has written `written` coupons to PostgreSQL.
+pub async fn preload_under_way(
+    env: &Env,
+    req: &proto::PreloadRequest,
+    written: u32,
+) -> (coupond::store::PgStore, EventId) {
+    let first = env
+        .preload_within(req.clone(), Duration::from_millis(300))
+        .await;
+    assert!(
+        first.is_err(),
+        "{} coupons take longer than 300 ms",
+        req.total_count
+    );
+    let pg = env.pg();
+    let id = EventId::parse(req.event_id.clone()).unwrap();
+    let progressed = eventually(Duration::from_secs(120), || async {
+        pg.event(&id)
+            .await
+            .unwrap()
+            .is_some_and(|e| e.preload.written >= written)
+    })
+    .await;
+    assert!(progressed, "the job wrote {written} coupons");
+    (pg, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_killed_mid_preload_is_resumed_and_the_event_ends_live() {
     let _serial = SERIAL.lock().await;
@@ -32,26 +60,13 @@ async fn server_killed_mid_preload_is_resumed_and_the_event_ends_live() {
     let event = format!("killed-{}", env.tag);
     let total = 1_000_000;
     let req = preload_request(&event, total);
-    let first = env
-        .preload_within(req.clone(), Duration::from_millis(300))
-        .await;
-    assert!(first.is_err(), "1 M coupons take longer than 300 ms");
-
-    let pg = env.pg();
-    let id = EventId::parse(event.clone()).unwrap();
+    let (pg, id) = preload_under_way(&env, &req, 100_000).await;
     let written = || async {
         pg.event(&id)
             .await
             .unwrap()
             .map_or(0, |e| e.preload.written)
     };
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            written().await >= 100_000
-        })
-        .await,
-        "the job made progress"
-    );
     server.kill9();
     let at_kill = written().await;
     let mut server = env.serve_env(&[], &JOB_ENV).await;
