@@ -13,6 +13,7 @@ pub mod issue;
 pub mod preload;
 #[cfg(test)]
 mod properties;
+pub mod shard;
 pub mod snapshot;
 
 pub use allocation::allocate;

@@ -40,6 +40,12 @@ pub struct EventKeys {
     /// issuance PostgreSQL refused because it holds another coupon of theirs
     /// (see `supersede.lua`); reconcile reports them.
     pub superseded: String,
+    /// Hash transfer id -> record: codes on their way from this shard to
+    /// another (see `transfer_out.lua`).
+    pub transfers: String,
+    /// Set of the transfer ids whose codes this shard received (see
+    /// `transfer_in.lua`).
+    pub received: String,
 }
 
 impl EventKeys {
@@ -64,21 +70,34 @@ impl EventKeys {
     }
 
     pub fn new(event: &EventId) -> Self {
+        Self::tagged(event.as_str())
+    }
+
+    /// The keys of shard `shard` of an event of `shards` shards (an event
+    /// of one shard: its keys as ever).
+    pub fn shard(event: &EventId, shard: u32, shards: u32) -> Self {
+        Self::tagged(&crate::domain::shard::tag(event, shard, shards))
+    }
+
+    /// The keys whose hash tag is `tag`: an event id, or a shard's tag.
+    pub fn tagged(tag: &str) -> Self {
         Self {
-            queue: format!("couponQueue:{{{event}}}"),
-            issued: format!("couponIssued:{{{event}}}"),
-            meta: format!("couponMeta:{{{event}}}"),
-            pending: format!("couponPending:{{{event}}}"),
-            staging: format!("couponRebuildStaging:{{{event}}}"),
-            preload_owner: format!("couponPreload:{{{event}}}"),
-            issued_staging: format!("couponIssuedStaging:{{{event}}}"),
-            pending_staging: format!("couponPendingStaging:{{{event}}}"),
-            meta_offline: format!("couponMetaOffline:{{{event}}}"),
-            rebuild_lock: format!("couponRebuild:{{{event}}}"),
-            progress: format!("couponProgress:{{{event}}}"),
-            guard: format!("couponGuard:{{{event}}}"),
-            conflicts: format!("couponConflicts:{{{event}}}"),
-            superseded: format!("couponSuperseded:{{{event}}}"),
+            queue: format!("couponQueue:{{{tag}}}"),
+            issued: format!("couponIssued:{{{tag}}}"),
+            meta: format!("couponMeta:{{{tag}}}"),
+            pending: format!("couponPending:{{{tag}}}"),
+            staging: format!("couponRebuildStaging:{{{tag}}}"),
+            preload_owner: format!("couponPreload:{{{tag}}}"),
+            issued_staging: format!("couponIssuedStaging:{{{tag}}}"),
+            pending_staging: format!("couponPendingStaging:{{{tag}}}"),
+            meta_offline: format!("couponMetaOffline:{{{tag}}}"),
+            rebuild_lock: format!("couponRebuild:{{{tag}}}"),
+            progress: format!("couponProgress:{{{tag}}}"),
+            guard: format!("couponGuard:{{{tag}}}"),
+            conflicts: format!("couponConflicts:{{{tag}}}"),
+            superseded: format!("couponSuperseded:{{{tag}}}"),
+            transfers: format!("couponTransfers:{{{tag}}}"),
+            received: format!("couponReceived:{{{tag}}}"),
         }
     }
 }
@@ -104,6 +123,8 @@ mod tests {
             &k.preload_owner,
             &k.conflicts,
             &k.superseded,
+            &k.transfers,
+            &k.received,
         ] {
             assert!(key.ends_with(":{e-1}"), "{key}");
         }

@@ -28,6 +28,7 @@ mod settings;
 mod stream;
 mod sweeper;
 mod tls;
+mod transfer;
 mod truths;
 mod twice;
 mod validation;

@@ -40,7 +40,9 @@ impl RedisStore {
             eval.arg(u.as_str()).arg(r.as_str());
         }
         let mut c = self.conn().await?;
-        let reply = self.run_guarded(&mut c, &eval, &k.queue).await?;
+        let reply: Vec<redis::Value> = self
+            .run_guarded(&mut c, &self.scripts.issue, &eval, &k.queue)
+            .await?;
         if reply.len() != items.len() * 2 {
             return Err(RedisStoreError::Reply(format!(
                 "{} values for {} items",
@@ -78,7 +80,8 @@ impl RedisStore {
             .collect()
     }
 
-    /// Runs the issue script (`eval`), and with the failover guard on,
+    /// Runs a script that hands out or moves codes (`eval`: the issue
+    /// script, a transfer step), and with the failover guard on,
     /// `WAIT replicas timeout` right behind it in one pipeline: the cluster
     /// client sends a pipeline to the script's slot on one connection, so
     /// the WAIT counts that connection's writes, and the script's guard
@@ -90,12 +93,13 @@ impl RedisStore {
     /// answers the same) and, if they stay behind, the callers hear that
     /// the outcome is unknown. A master without a replica answers no
     /// issuance until one is back.
-    async fn run_guarded(
+    pub(super) async fn run_guarded<T: redis::FromRedisValue>(
         &self,
         c: &mut Conn,
+        script: &Script,
         eval: &redis::Cmd,
         key: &str,
-    ) -> Result<Vec<redis::Value>, RedisStoreError> {
+    ) -> Result<T, RedisStoreError> {
         let ReplicaGuard { replicas, timeout } = self.guard;
         let mut pipe = redis::pipe();
         pipe.ignore_errors().add_command(eval.clone());
@@ -106,7 +110,7 @@ impl RedisStore {
         }
         let mut replies: Vec<redis::Value> = pipe.query_async(c).await?;
         if replies.first().is_some_and(is_noscript) {
-            self.scripts.issue.prepare_invoke().load_async(c).await?;
+            script.prepare_invoke().load_async(c).await?;
             replies = pipe.query_async(c).await?;
         }
         let mut replies = replies.into_iter();
@@ -125,7 +129,7 @@ impl RedisStore {
         if let Some(wait) = replies.next() {
             // The script ran: whatever the WAIT says, the outcome may stand.
             let acked: i64 = redis::from_redis_value(wait)
-                .map_err(|e| RedisStoreError::Reply(format!("WAIT after the issue script: {e}")))?;
+                .map_err(|e| RedisStoreError::Reply(format!("WAIT after a guarded script: {e}")))?;
             if acked < i64::from(replicas) {
                 crate::metrics::replica_unconfirmed();
                 return Err(RedisStoreError::Unconfirmed { acked, replicas });

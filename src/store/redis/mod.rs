@@ -13,6 +13,7 @@ mod issue;
 mod lifecycle;
 mod preload;
 mod snapshot;
+mod transfer;
 
 use conn::Link;
 pub use conn::{Conn, RedisTimeouts};
@@ -21,6 +22,7 @@ pub use issue::Verdict;
 pub use lifecycle::{Presence, RedisCounts, Synced};
 pub use preload::{FenceReply, PreloadStepError};
 pub use snapshot::{LockAction, RebuiltState};
+pub use transfer::{transfer_id, OpenTransfer};
 
 use std::collections::HashMap;
 
@@ -86,6 +88,8 @@ struct Scripts {
     settle: Script,
     supersede: Script,
     restore: Script,
+    transfer_out: Script,
+    transfer_in: Script,
 }
 
 /// Handle to Redis; cheap to clone.
@@ -175,6 +179,8 @@ impl Scripts {
             settle: Script::new(include_str!("../../../scripts/lua/settle.lua")),
             supersede: Script::new(include_str!("../../../scripts/lua/supersede.lua")),
             restore: Script::new(include_str!("../../../scripts/lua/restore.lua")),
+            transfer_out: Script::new(include_str!("../../../scripts/lua/transfer_out.lua")),
+            transfer_in: Script::new(include_str!("../../../scripts/lua/transfer_in.lua")),
             take_offline: Script::new(include_str!("../../../scripts/lua/take_offline.lua")),
             bring_online: Script::new(include_str!("../../../scripts/lua/bring_online.lua")),
             rebuild_lock: Script::new(include_str!("../../../scripts/lua/rebuild_lock.lua")),

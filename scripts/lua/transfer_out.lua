@@ -1,0 +1,32 @@
+-- A transfer's first step, on the donor shard: up to N codes leave the
+-- donor's queue into a transfer record, in one atomic call. From here until
+-- the target shard has them (transfer_in.lua) they are in the record and
+-- nowhere else; whoever finds the record (the server that started the
+-- transfer, another server, the sweeper) finishes it. Idempotent by the
+-- transfer id: a re-sent call finds its record and returns the same codes,
+-- or finds it done (empty: a finisher completed the transfer before the
+-- re-sent call arrived) and moves nothing more.
+--
+-- KEYS[1] couponQueue:{D}  KEYS[2] couponTransfers:{D} (hash id -> record)
+-- KEYS[3] couponGuard:{D}, when the caller WAITs for replicas after the call
+-- ARGV[1] transfer id  ARGV[2] N  ARGV[3] the target shard's tag
+-- Record: "<target tag>\n<entry>\n<entry>...". Queue entries hold no newline.
+-- A done transfer's record is empty (kept, so its id is never reused).
+-- Returns the transfer's entries; none when the donor's queue is empty or
+-- the transfer is done.
+-- Written on every call, so that the WAIT behind it covers the writes of
+-- an earlier attempt of this call too.
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'PX', 60000) end
+local rec = redis.call('HGET', KEYS[2], ARGV[1])
+if rec == '' then return {} end
+if rec then
+  local out, first = {}, true
+  for line in string.gmatch(rec, '[^\n]+') do
+    if first then first = false else out[#out + 1] = line end
+  end
+  return out
+end
+local codes = redis.call('LPOP', KEYS[1], tonumber(ARGV[2]))
+if not codes then return {} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. '\n' .. table.concat(codes, '\n'))
+return codes

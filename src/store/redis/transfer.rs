@@ -1,0 +1,165 @@
+//! Moving codes between two shards of one event. No script can touch two
+//! shards (they are two slots, usually two masters), so a transfer is three
+//! steps, each atomic on one shard and idempotent by the transfer id:
+//!
+//! 1. out (donor): codes leave the donor's queue into a transfer record;
+//! 2. in (target): they join the target's queue, and the target remembers
+//!    the id;
+//! 3. done (donor): the spent record is emptied (kept, so that a re-sent
+//!    step 1 of the same id finds it done and moves nothing more).
+//!
+//! At every moment a code is in one queue, or in one open record (one whose
+//! id the target has not received): between steps 2 and 3 the record is
+//! spent and holds nothing. A transfer cut short at any step is finished
+//! by whoever finds its record (`finish_transfers`): step 2 again (adds
+//! nothing twice), then step 3. With the failover guard on, steps 1 and 2
+//! return only once a replica holds their writes, so a failover cannot
+//! undo a step the next one builds on.
+
+use super::*;
+
+/// A transfer record found on a donor shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenTransfer {
+    pub id: String,
+    /// The target shard's hash tag.
+    pub target: String,
+    pub entries: Vec<String>,
+}
+
+impl OpenTransfer {
+    fn parse(id: String, record: &str) -> Result<Self, RedisStoreError> {
+        let mut lines = record.split('\n');
+        let target = lines
+            .next()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| RedisStoreError::Reply(format!("transfer record {id}: no target")))?;
+        Ok(Self {
+            target: target.to_owned(),
+            entries: lines.map(str::to_owned).collect(),
+            id,
+        })
+    }
+}
+
+/// A new transfer id: 128 random bits, hex.
+pub fn transfer_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl RedisStore {
+    /// Step 1: up to `n` codes leave `donor`'s queue into the record `id`
+    /// for the shard tagged `target`. Returns the record's entries (none:
+    /// the donor's queue is empty).
+    #[instrument(skip_all, fields(transfer_id = id, n), err)]
+    pub async fn transfer_out(
+        &self,
+        donor: &EventKeys,
+        id: &str,
+        n: usize,
+        target: &str,
+    ) -> Result<Vec<String>, RedisStoreError> {
+        let mut eval = self.guarded_eval(
+            &self.scripts.transfer_out,
+            &[&donor.queue, &donor.transfers],
+            donor,
+        );
+        eval.arg(id).arg(n).arg(target);
+        let mut c = self.conn().await?;
+        self.run_guarded(&mut c, &self.scripts.transfer_out, &eval, &donor.queue)
+            .await
+    }
+
+    /// Step 2: the entries of transfer `id` join `target`'s queue once.
+    /// Returns how many joined now (0: received before).
+    #[instrument(skip_all, fields(transfer_id = id, n = entries.len()), err)]
+    pub async fn transfer_in(
+        &self,
+        target: &EventKeys,
+        id: &str,
+        entries: &[String],
+    ) -> Result<u64, RedisStoreError> {
+        let mut eval = self.guarded_eval(
+            &self.scripts.transfer_in,
+            &[&target.queue, &target.received],
+            target,
+        );
+        eval.arg(id).arg(entries);
+        let mut c = self.conn().await?;
+        self.run_guarded(&mut c, &self.scripts.transfer_in, &eval, &target.queue)
+            .await
+    }
+
+    /// Step 3: the spent record `id` on `donor` is emptied. Call only once
+    /// step 2 returned.
+    pub async fn transfer_done(&self, donor: &EventKeys, id: &str) -> Result<(), RedisStoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(&donor.transfers)
+            .arg(id)
+            .arg("")
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// The records on `donor` of transfers started and not yet done.
+    pub async fn open_transfers(
+        &self,
+        donor: &EventKeys,
+    ) -> Result<Vec<OpenTransfer>, RedisStoreError> {
+        let mut c = self.conn().await?;
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&donor.transfers)
+            .query_async(&mut c)
+            .await?;
+        all.into_iter()
+            .filter(|(_, rec)| !rec.is_empty())
+            .map(|(id, rec)| OpenTransfer::parse(id, &rec))
+            .collect()
+    }
+
+    /// Moves up to `n` codes from `donor` to the shard tagged `target`, all
+    /// three steps. Returns how many moved (0: the donor is dry).
+    pub async fn transfer(
+        &self,
+        donor: &EventKeys,
+        target: &str,
+        n: usize,
+    ) -> Result<usize, RedisStoreError> {
+        let id = transfer_id();
+        let entries = self.transfer_out(donor, &id, n, target).await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        self.transfer_in(&EventKeys::tagged(target), &id, &entries)
+            .await?;
+        self.transfer_done(donor, &id).await?;
+        Ok(entries.len())
+    }
+
+    /// Finishes every transfer `donor` holds a record of (steps 2 and 3),
+    /// whoever started it and wherever it stopped. Returns how many.
+    pub async fn finish_transfers(&self, donor: &EventKeys) -> Result<usize, RedisStoreError> {
+        let open = self.open_transfers(donor).await?;
+        for t in &open {
+            self.transfer_in(&EventKeys::tagged(&t.target), &t.id, &t.entries)
+                .await?;
+            self.transfer_done(donor, &t.id).await?;
+        }
+        Ok(open.len())
+    }
+
+    /// `EVALSHA` of `script` over `keys`, and the shard's guard key when the
+    /// failover guard is on (the script writes it, so the WAIT behind it
+    /// covers a re-sent call that writes nothing else).
+    fn guarded_eval(&self, script: &Script, keys: &[&String], shard: &EventKeys) -> redis::Cmd {
+        let mut keys = keys.to_vec();
+        if self.guard.replicas > 0 {
+            keys.push(&shard.guard);
+        }
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(script.get_hash()).arg(keys.len()).arg(&keys[..]);
+        eval
+    }
+}
