@@ -22,6 +22,8 @@
 # <= total) and waits for PostgreSQL to catch up.
 # ONLY=linger compares the producer's linger settings per durability mode.
 # ONLY=sizing measures what a drop holds in Redis and PostgreSQL.
+# ONLY=record measures PostgreSQL's CPU per row for each way of recording
+# issuances (scripts/bench-record.sh).
 # ONLY=grown runs a preload and a stream drop on a fresh database and on one
 # holding GROWN_COUPONS (30,000,000) earlier coupons.
 # ONLY=cluster runs the stream cost load on the single node, on the
@@ -220,6 +222,15 @@ grown_phase() {
     --event "$event"
   stop_server
 }
+
+# ONLY=record: PostgreSQL's CPU per row for each way of recording
+# issuances (today's UPDATE, an append-only table, COPY), in one run.
+if [ "${ONLY:-}" = record ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  OUT="$OUT" BIN="$BIN" scripts/bench-record.sh
+  echo "results in $OUT" >&2
+  exit 0
+fi
 
 # The port of the cluster master serving EVENT's keys.
 master_of() {
