@@ -64,9 +64,10 @@ local function take_out(first, last, from_tail)
     redis.call('LREM', KEYS[2], from_tail and -marked or marked, MARK)
   end
 end
-take_out(0, HEAD - 1, false)
+-- The tail first: removing there leaves the head's positions as they are.
 local len = redis.call('LLEN', KEYS[2])
 take_out(math.max(HEAD, len - HEAD), len - 1, true)
+take_out(0, HEAD - 1, false)
 local ttl = redis.call('PTTL', KEYS[3])
 if ttl > 0 and redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('PEXPIRE', KEYS[1], ttl)

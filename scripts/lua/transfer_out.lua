@@ -12,21 +12,22 @@
 -- ARGV[1] transfer id  ARGV[2] N  ARGV[3] the target shard's tag
 -- Record: "<target tag>\n<entry>\n<entry>...". Queue entries hold no newline.
 -- A done transfer's record is empty (kept, so its id is never reused).
--- Returns the transfer's entries; none when the donor's queue is empty or
--- the transfer is done.
+-- Returns {'MOVING', {entries}} (the record's, new or found), {'DONE', {}}
+-- (finished by someone, perhaps this call's first attempt and a finisher),
+-- or {'DRY', {}} (the donor's queue is empty).
 -- Written on every call, so that the WAIT behind it covers the writes of
 -- an earlier attempt of this call too.
 if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'PX', 60000) end
 local rec = redis.call('HGET', KEYS[2], ARGV[1])
-if rec == '' then return {} end
+if rec == '' then return {'DONE', {}} end
 if rec then
   local out, first = {}, true
   for line in string.gmatch(rec, '[^\n]+') do
     if first then first = false else out[#out + 1] = line end
   end
-  return out
+  return {'MOVING', out}
 end
 local codes = redis.call('LPOP', KEYS[1], tonumber(ARGV[2]))
-if not codes then return {} end
+if not codes then return {'DRY', {}} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. '\n' .. table.concat(codes, '\n'))
-return codes
+return {'MOVING', codes}

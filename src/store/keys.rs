@@ -58,7 +58,7 @@ impl EventKeys {
     /// The keys that hold the event's live data (everything but the meta
     /// hash, staging and the preload fence): what retention expires and a
     /// reopening keeps.
-    pub fn data(&self) -> [&str; 6] {
+    pub fn data(&self) -> [&str; 8] {
         [
             &self.queue,
             &self.issued,
@@ -66,6 +66,8 @@ impl EventKeys {
             &self.conflicts,
             &self.progress,
             &self.superseded,
+            &self.transfers,
+            &self.received,
         ]
     }
 

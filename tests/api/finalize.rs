@@ -17,8 +17,8 @@ use coupond::store::postgres::finalization::{IssuanceWriter, Recorded};
 use redis::AsyncCommands;
 
 use crate::helpers::{
-    eventually, issue_all, preload_request, reconcile_cli, spawn_app, spawn_without_finalizer,
-    start_finalizer, TestApp,
+    eventually, issue_all, preload_request, reconcile_cli, spawn_app, spawn_unswept,
+    spawn_without_finalizer, start_finalizer, TestApp,
 };
 
 #[derive(QueryableByName)]
@@ -383,4 +383,81 @@ async fn a_user_issued_again_after_redis_lost_them_keeps_the_first_coupon() {
     }
     assert_eq!(pairs.len(), 10, "ten coupons, ten users");
     app.await_finalized(&event, &pairs).await;
+}
+
+/// Restoring looks for a lost code in the first and the last 10,000
+/// entries of the queue only: codes at both ends are taken out (the tail
+/// ones too when taking the head ones out shortens a queue of just over
+/// 10,000), and a code in the middle of a longer queue is reported not
+/// found and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_searches_both_ends_of_a_long_queue() {
+    let app = spawn_unswept().await;
+    restore_from(
+        &app,
+        "just-over",
+        10_003,
+        &[0, 1, 2, 10_000, 10_001, 10_002],
+        None,
+    )
+    .await;
+    restore_from(&app, "long", 30_005, &[0, 1, 30_003, 30_004], Some(15_000)).await;
+}
+
+/// A live event whose queue holds `len` entries; users lost the codes at
+/// `lost` (and at `middle`), and their restore takes every one out but the
+/// middle one.
+async fn restore_from(
+    app: &TestApp,
+    name: &str,
+    len: usize,
+    lost: &[usize],
+    middle: Option<usize>,
+) {
+    let event = app.event_id(name);
+    let id = EventId::parse(event.clone()).unwrap();
+    let k = app.keys(&event);
+    let code = |i: usize| format!("L{i:011}");
+    let entries: Vec<String> = (0..len)
+        .map(|i| format!("{}\tPERCENT\t10", code(i)))
+        .collect();
+    let mut c = app.redis.conn().await.unwrap();
+    let _: () = redis::pipe()
+        .hset(&k.meta, "total", len)
+        .rpush(&k.queue, &entries)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let records: Vec<IssuanceRecord> = lost
+        .iter()
+        .chain(middle.iter())
+        .map(|&i| IssuanceRecord {
+            event_id: id.clone(),
+            user_id: UserId::parse(format!("user-{i}")).unwrap(),
+            coupon: IssuedCoupon {
+                code: code(i),
+                discount: Discount::new(DiscountType::Percent, 10).unwrap(),
+                issued_at: chrono::Utc::now(),
+            },
+            request_id: format!("req-{i}"),
+        })
+        .collect();
+    let refs: Vec<&IssuanceRecord> = records.iter().collect();
+    let done = app.redis.restore(&id, &refs).await.unwrap();
+    let found = lost.len() as u64;
+    let missed = middle.iter().count() as u64;
+    assert_eq!(
+        (done.users, done.dequeued, done.not_queued),
+        (found + missed, found, missed),
+        "{name}"
+    );
+    let left: Vec<String> = c.lrange(&k.queue, 0, -1).await.unwrap();
+    assert_eq!(left.len(), len - lost.len(), "{name}");
+    for r in &records {
+        let queued = left
+            .iter()
+            .any(|e| e.starts_with(&format!("{}\t", r.coupon.code)));
+        let stays = middle.map(code) == Some(r.coupon.code.clone());
+        assert_eq!(queued, stays, "{name}: {}", r.coupon.code);
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use coupond::domain::shard;
 use coupond::domain::EventId;
 use coupond::store::keys::EventKeys;
-use coupond::store::redis::transfer_id;
+use coupond::store::redis::{transfer_id, TransferOut};
 use coupond::store::RedisStore;
 use redis::AsyncCommands;
 
@@ -157,40 +157,34 @@ async fn a_transfer_cut_short_at_any_step_is_finished_by_another_process() {
 
     // Cut after step 1: the codes are in the record only.
     let id = transfer_id();
-    let out = app
-        .redis
-        .transfer_out(donor, &id, 10, &target.1)
-        .await
-        .unwrap();
-    assert_eq!(out.len(), 10);
-    let again = app
-        .redis
-        .transfer_out(donor, &id, 10, &target.1)
-        .await
-        .unwrap();
-    assert_eq!(again, out, "step 1 re-sent: the same codes, no more");
+    let step1 = || app.redis.transfer_out(donor, &id, 10, &target.1);
+    let out = step1().await.unwrap();
+    let TransferOut::Moving(moving) = &out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(moving.len(), 10);
+    assert_eq!(
+        step1().await.unwrap(),
+        out,
+        "step 1 re-sent: the same codes"
+    );
     assert_eq!(queued(&app, &shards, &entries).await, vec![30, 0, 0]);
     assert_eq!(other.finish_transfers(donor).await.unwrap(), 1);
     assert_eq!(queued(&app, &shards, &entries).await, vec![30, 10, 0]);
-    let late = app
-        .redis
-        .transfer_out(donor, &id, 10, &target.1)
-        .await
-        .unwrap();
-    assert!(late.is_empty(), "finished: a late step 1 moves nothing");
+    let late = step1().await.unwrap();
+    assert_eq!(late, TransferOut::Done, "a late step 1 moves nothing");
     assert_eq!(queued(&app, &shards, &entries).await, vec![30, 10, 0]);
 
     // Cut after step 2: the record is spent, the codes in the target.
     let id = transfer_id();
-    let out = app
-        .redis
-        .transfer_out(donor, &id, 10, &target.1)
-        .await
-        .unwrap();
-    let joined = app.redis.transfer_in(&target.0, &id, &out).await.unwrap();
-    assert_eq!(joined, 10);
-    let again = app.redis.transfer_in(&target.0, &id, &out).await.unwrap();
-    assert_eq!(again, 0, "step 2 re-sent adds nothing");
+    let out = app.redis.transfer_out(donor, &id, 10, &target.1).await;
+    let Ok(TransferOut::Moving(moving)) = out else {
+        panic!("{out:?}")
+    };
+    let joined = app.redis.transfer_in(&target.0, &id, &moving).await;
+    assert_eq!(joined.unwrap(), 10);
+    let again = app.redis.transfer_in(&target.0, &id, &moving).await;
+    assert_eq!(again.unwrap(), 0, "step 2 re-sent adds nothing");
     assert_eq!(queued(&app, &shards, &entries).await, vec![20, 20, 0]);
     assert_eq!(other.finish_transfers(donor).await.unwrap(), 1);
     assert_eq!(queued(&app, &shards, &entries).await, vec![20, 20, 0]);

@@ -40,6 +40,8 @@ async fn dump(app: &TestApp, event: &str, extra: &[String]) -> BTreeMap<String, 
         k.rebuild_lock,
         k.conflicts,
         k.superseded,
+        k.transfers,
+        k.received,
     ];
     keys.extend_from_slice(extra);
     let mut c = app.redis.conn().await.unwrap();

@@ -22,7 +22,7 @@ pub use issue::Verdict;
 pub use lifecycle::{Presence, RedisCounts, Synced};
 pub use preload::{FenceReply, PreloadStepError};
 pub use snapshot::{LockAction, RebuiltState};
-pub use transfer::{transfer_id, OpenTransfer};
+pub use transfer::{transfer_id, OpenTransfer, TransferOut};
 
 use std::collections::HashMap;
 

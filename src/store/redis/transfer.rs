@@ -29,10 +29,9 @@ pub struct OpenTransfer {
 
 impl OpenTransfer {
     fn parse(id: String, record: &str) -> Result<Self, RedisStoreError> {
-        let mut lines = record.split('\n');
+        let mut lines = record.split('\n').filter(|l| !l.is_empty());
         let target = lines
             .next()
-            .filter(|t| !t.is_empty())
             .ok_or_else(|| RedisStoreError::Reply(format!("transfer record {id}: no target")))?;
         Ok(Self {
             target: target.to_owned(),
@@ -42,15 +41,26 @@ impl OpenTransfer {
     }
 }
 
+/// What step 1 found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOut {
+    /// The transfer's codes, in its record (made now, or found).
+    Moving(Vec<String>),
+    /// The transfer was finished (by whoever found its record).
+    Done,
+    /// The donor's queue is empty: nothing moved.
+    Dry,
+}
+
 /// A new transfer id: 128 random bits, hex.
 pub fn transfer_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
 impl RedisStore {
-    /// Step 1: up to `n` codes leave `donor`'s queue into the record `id`
-    /// for the shard tagged `target`. Returns the record's entries (none:
-    /// the donor's queue is empty).
+    /// Step 1: up to `n` (at least 1) codes leave `donor`'s queue into the
+    /// record `id` for the shard tagged `target`; a record of `id` already
+    /// there is found instead (a re-sent call, or a finisher confirming it).
     #[instrument(skip_all, fields(transfer_id = id, n), err)]
     pub async fn transfer_out(
         &self,
@@ -58,16 +68,20 @@ impl RedisStore {
         id: &str,
         n: usize,
         target: &str,
-    ) -> Result<Vec<String>, RedisStoreError> {
-        let mut eval = self.guarded_eval(
-            &self.scripts.transfer_out,
-            &[&donor.queue, &donor.transfers],
-            donor,
-        );
-        eval.arg(id).arg(n).arg(target);
+    ) -> Result<TransferOut, RedisStoreError> {
+        let keys = [&donor.queue, &donor.transfers];
+        let mut eval = self.guarded_eval(&self.scripts.transfer_out, &keys, donor);
+        eval.arg(id).arg(n.max(1)).arg(target);
         let mut c = self.conn().await?;
-        self.run_guarded(&mut c, &self.scripts.transfer_out, &eval, &donor.queue)
-            .await
+        let (state, entries): (String, Vec<String>) = self
+            .run_guarded(&mut c, &self.scripts.transfer_out, &eval, &donor.queue)
+            .await?;
+        match state.as_str() {
+            "MOVING" => Ok(TransferOut::Moving(entries)),
+            "DONE" => Ok(TransferOut::Done),
+            "DRY" => Ok(TransferOut::Dry),
+            other => Err(RedisStoreError::Reply(format!("transfer_out: {other}"))),
+        }
     }
 
     /// Step 2: the entries of transfer `id` join `target`'s queue once.
@@ -120,7 +134,8 @@ impl RedisStore {
     }
 
     /// Moves up to `n` codes from `donor` to the shard tagged `target`, all
-    /// three steps. Returns how many moved (0: the donor is dry).
+    /// three steps. Returns how many moved (0: the donor is dry; a transfer
+    /// a finisher completed meanwhile moved what its record held).
     pub async fn transfer(
         &self,
         donor: &EventKeys,
@@ -128,10 +143,9 @@ impl RedisStore {
         n: usize,
     ) -> Result<usize, RedisStoreError> {
         let id = transfer_id();
-        let entries = self.transfer_out(donor, &id, n, target).await?;
-        if entries.is_empty() {
+        let TransferOut::Moving(entries) = self.transfer_out(donor, &id, n, target).await? else {
             return Ok(0);
-        }
+        };
         self.transfer_in(&EventKeys::tagged(target), &id, &entries)
             .await?;
         self.transfer_done(donor, &id).await?;
@@ -139,15 +153,27 @@ impl RedisStore {
     }
 
     /// Finishes every transfer `donor` holds a record of (steps 2 and 3),
-    /// whoever started it and wherever it stopped. Returns how many.
+    /// whoever started it and wherever it stopped. Each record is first
+    /// read again through step 1 (which finds it, and with the failover
+    /// guard on returns once a replica holds it): a record its starter could
+    /// not get confirmed must not reach the target, or a failover of the
+    /// donor would bring its codes back to the donor's queue as well.
+    /// Returns how many it finished.
     pub async fn finish_transfers(&self, donor: &EventKeys) -> Result<usize, RedisStoreError> {
-        let open = self.open_transfers(donor).await?;
-        for t in &open {
-            self.transfer_in(&EventKeys::tagged(&t.target), &t.id, &t.entries)
+        let mut finished = 0;
+        for t in self.open_transfers(donor).await? {
+            let n = t.entries.len();
+            let TransferOut::Moving(entries) =
+                self.transfer_out(donor, &t.id, n, &t.target).await?
+            else {
+                continue; // finished meanwhile
+            };
+            self.transfer_in(&EventKeys::tagged(&t.target), &t.id, &entries)
                 .await?;
             self.transfer_done(donor, &t.id).await?;
+            finished += 1;
         }
-        Ok(open.len())
+        Ok(finished)
     }
 
     /// `EVALSHA` of `script` over `keys`, and the shard's guard key when the
