@@ -5,12 +5,12 @@
 //! by another process. Runs on a single node and on the cluster, where the
 //! shards' tags land on three different masters.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use coupond::domain::shard;
-use coupond::domain::EventId;
+use coupond::domain::{EventId, IssueOutcome, RequestId, UserId};
 use coupond::store::keys::EventKeys;
-use coupond::store::redis::{transfer_id, TransferOut};
+use coupond::store::redis::{transfer_id, TransferOut, Verdict};
 use coupond::store::RedisStore;
 use redis::AsyncCommands;
 
@@ -194,4 +194,163 @@ async fn a_transfer_cut_short_at_any_step_is_finished_by_another_process() {
         0,
         "nothing left"
     );
+}
+
+/// A live sharded event made by hand (each shard its meta and `stock[s]`
+/// codes): its shards and every code.
+async fn sharded_live(
+    app: &TestApp,
+    name: &str,
+    stock: [usize; 3],
+) -> (EventId, Vec<(EventKeys, String)>, Vec<String>) {
+    let id = EventId::parse(app.event_id(name)).unwrap();
+    let shards: Vec<(EventKeys, String)> = (0..SHARDS)
+        .map(|s| (EventKeys::shard(&id, s, SHARDS), shard::tag(&id, s, SHARDS)))
+        .collect();
+    let now = chrono::Utc::now().timestamp_millis();
+    let total: usize = stock.iter().sum();
+    let mut c = app.redis.conn().await.unwrap();
+    let mut all = Vec::new();
+    for ((k, _), n) in shards.iter().zip(stock) {
+        let codes: Vec<String> = (0..n)
+            .map(|i| format!("{}{i:08}\tPERCENT\t10", all.len() + 100))
+            .collect();
+        let _: () = c
+            .hset_multiple(
+                &k.meta,
+                &[
+                    ("starts_at", now - 3_600_000),
+                    ("ends_at", now + 3_600_000),
+                    ("total", total as i64),
+                ],
+            )
+            .await
+            .unwrap();
+        if !codes.is_empty() {
+            let _: () = c.rpush(&k.queue, &codes).await.unwrap();
+        }
+        all.extend(codes);
+    }
+    (id, shards, all)
+}
+
+fn issued_code(v: &Verdict) -> Option<String> {
+    match v {
+        Verdict::Decided(IssueOutcome::Issued(c)) => Some(c.code.clone()),
+        _ => None,
+    }
+}
+
+/// Home shards running dry unevenly (codes on shards 0 and 2 only): users
+/// of every home get codes through transfers, nobody hears SOLD_OUT while
+/// a code is left anywhere, every code goes to exactly one user, and each
+/// user's record is on their home shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_event_sells_out_exactly_with_uneven_home_shards() {
+    let app = spawn_unswept().await;
+    let (id, shards, codes) = sharded_live(&app, "uneven", [10, 0, 5]).await;
+    let mut told: HashMap<String, String> = HashMap::new();
+    let mut sold_out = 0;
+    for i in 0..20 {
+        let (user, req) = (
+            UserId::parse(format!("user-{i}")).unwrap(),
+            RequestId::parse(format!("r{i}")).unwrap(),
+        );
+        let v = app
+            .redis
+            .issue_sharded(&id, SHARDS, &[(&user, &req)])
+            .await
+            .unwrap();
+        match issued_code(&v[0]) {
+            Some(code) => {
+                told.insert(user.as_str().to_owned(), code);
+                let home = &shards[shard::home(&user, SHARDS) as usize].0;
+                let mut c = app.redis.conn().await.unwrap();
+                let held: bool = c.hexists(&home.issued, user.as_str()).await.unwrap();
+                assert!(held, "{user}'s record on its home shard");
+            }
+            None => {
+                assert_eq!(v[0], Verdict::Decided(IssueOutcome::SoldOut), "{user}");
+                let left = places(&app, &shards).await;
+                assert!(
+                    left.is_empty(),
+                    "{user} told SOLD_OUT while codes were left: {left:?}"
+                );
+                sold_out += 1;
+            }
+        }
+    }
+    assert_eq!((told.len(), sold_out), (15, 5));
+    let given: HashSet<&str> = told.values().map(String::as_str).collect();
+    let all: HashSet<&str> = codes
+        .iter()
+        .map(|e| e.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(given, all, "every code to exactly one user");
+    // A repeat is answered at the home shard with the same coupon.
+    let (user, req) = (
+        UserId::parse("user-0").unwrap(),
+        RequestId::parse("r0").unwrap(),
+    );
+    let again = app
+        .redis
+        .issue_sharded(&id, SHARDS, &[(&user, &req)])
+        .await
+        .unwrap();
+    assert_eq!(
+        issued_code(&again[0]).as_deref(),
+        Some(told["user-0"].as_str())
+    );
+}
+
+/// Four batches at once on an event whose codes all start on one shard:
+/// concurrent refills never hand a code twice or lose one, and exactly the
+/// stock is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_refilling_dry_shards_issue_exactly_the_stock() {
+    let app = spawn_unswept().await;
+    let (id, shards, codes) = sharded_live(&app, "concurrent", [30, 0, 0]).await;
+    let users: Vec<(UserId, RequestId)> = (0..40)
+        .map(|i| {
+            (
+                UserId::parse(format!("u-{i}")).unwrap(),
+                RequestId::parse(format!("q{i}")).unwrap(),
+            )
+        })
+        .collect();
+    let batches = users.chunks(10).map(|b| {
+        let items: Vec<(&UserId, &RequestId)> = b.iter().map(|(u, r)| (u, r)).collect();
+        let app = &app;
+        let id = &id;
+        async move { app.redis.issue_sharded(id, SHARDS, &items).await.unwrap() }
+    });
+    let verdicts: Vec<Verdict> = futures::future::join_all(batches)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let given: Vec<String> = verdicts.iter().filter_map(issued_code).collect();
+    let distinct: HashSet<&String> = given.iter().collect();
+    let left = places(&app, &shards).await;
+    let others: Vec<&Verdict> = verdicts
+        .iter()
+        .filter(|v| issued_code(v).is_none())
+        .collect();
+    assert_eq!(
+        (given.len(), distinct.len()),
+        (30, 30),
+        "the stock, no code twice; left {left:?}; {others:?}"
+    );
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Decided(IssueOutcome::SoldOut))
+            .count(),
+        10
+    );
+    assert!(
+        places(&app, &shards).await.is_empty(),
+        "nothing left anywhere"
+    );
+    assert_eq!(codes.len(), 30);
 }

@@ -27,7 +27,15 @@ impl RedisStore {
         event: &EventId,
         items: &[(&UserId, &RequestId)],
     ) -> Result<Vec<Verdict>, RedisStoreError> {
-        let k = EventKeys::new(event);
+        self.issue_in(&EventKeys::new(event), items).await
+    }
+
+    /// The issue script over the keys `k` (an event's, or one shard's).
+    pub(super) async fn issue_in(
+        &self,
+        k: &EventKeys,
+        items: &[(&UserId, &RequestId)],
+    ) -> Result<Vec<Verdict>, RedisStoreError> {
         let guarded = self.guard.replicas > 0;
         let mut keys = vec![&k.queue, &k.issued, &k.meta, &k.pending, &k.meta_offline];
         if guarded {

@@ -12,6 +12,7 @@ mod finalize;
 mod issue;
 mod lifecycle;
 mod preload;
+mod sharded;
 mod snapshot;
 mod transfer;
 

@@ -1,0 +1,164 @@
+//! Issuing for an event split over shards (groundwork: nothing calls it
+//! for a live event yet). Each user is decided at their home shard by the
+//! issue script, so "one coupon per user" stays one atomic call; a home
+//! shard that ran dry gets codes from the fullest other shard through a
+//! transfer, and its users are asked again. SOLD_OUT stands only when no
+//! shard holds a code, in a queue or an open transfer record, read so that
+//! codes moving between shards meanwhile are not missed (`anything_left`).
+
+use super::*;
+use crate::domain::shard;
+
+/// Refills of a dry home shard for one batch before the batch fails (with
+/// an error the caller may retry, never SOLD_OUT: codes are left
+/// elsewhere, and concurrent batches keep taking what moves).
+const MAX_REFILLS: usize = 16;
+/// Most codes one refill moves beyond what the waiting users need: enough
+/// that a dry shard does not ask again for every batch, and at most half
+/// of what the donor holds, so that the donor's own users are not the next
+/// to run dry.
+const REFILL_AHEAD: usize = 256;
+
+impl RedisStore {
+    /// The issue script for `items` of an event of `shards` shards, each
+    /// item at its user's home shard; verdicts in the order of `items`.
+    pub async fn issue_sharded(
+        &self,
+        event: &EventId,
+        shards: u32,
+        items: &[(&UserId, &RequestId)],
+    ) -> Result<Vec<Verdict>, RedisStoreError> {
+        let keys: Vec<EventKeys> = (0..shards)
+            .map(|s| EventKeys::shard(event, s, shards))
+            .collect();
+        let mut by_home: Vec<Vec<usize>> = vec![Vec::new(); shards as usize];
+        for (i, (user, _)) in items.iter().enumerate() {
+            by_home[shard::home(user, shards) as usize].push(i);
+        }
+        let mut out: Vec<Option<Verdict>> = vec![None; items.len()];
+        for (home, waiting) in by_home.into_iter().enumerate() {
+            if !waiting.is_empty() {
+                self.issue_at_home(event, &keys, home, waiting, items, &mut out)
+                    .await?;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|v| v.expect("every item decided"))
+            .collect())
+    }
+
+    /// Decides the `waiting` items at shard `home`, refilling it while they
+    /// hear SOLD_OUT and another shard holds codes.
+    async fn issue_at_home(
+        &self,
+        event: &EventId,
+        keys: &[EventKeys],
+        home: usize,
+        mut waiting: Vec<usize>,
+        items: &[(&UserId, &RequestId)],
+        out: &mut [Option<Verdict>],
+    ) -> Result<(), RedisStoreError> {
+        let sold_out = Verdict::Decided(IssueOutcome::SoldOut);
+        for _ in 0..=MAX_REFILLS {
+            let part: Vec<(&UserId, &RequestId)> = waiting.iter().map(|&i| items[i]).collect();
+            let verdicts = self.issue_in(&keys[home], &part).await?;
+            let mut dry = Vec::new();
+            for (&i, v) in waiting.iter().zip(verdicts) {
+                match v == sold_out {
+                    true => dry.push(i),
+                    false => out[i] = Some(v),
+                }
+            }
+            if dry.is_empty() {
+                return Ok(());
+            }
+            if self.refill(event, keys, home, dry.len()).await? == 0 {
+                for i in dry {
+                    out[i] = Some(sold_out.clone());
+                }
+                return Ok(());
+            }
+            waiting = dry;
+        }
+        Err(RedisStoreError::Reply(format!(
+            "shard {home} of {event} ran dry {MAX_REFILLS} times while other shards held codes; ask again"
+        )))
+    }
+
+    /// Moves codes to shard `home` from the fullest other shard, after
+    /// finishing the transfers left open on every other shard. Returns how
+    /// many moved (0: no other shard holds a code).
+    async fn refill(
+        &self,
+        event: &EventId,
+        keys: &[EventKeys],
+        home: usize,
+        wanted: usize,
+    ) -> Result<usize, RedisStoreError> {
+        let mut fullest = (0, 0);
+        for (d, k) in keys.iter().enumerate().filter(|(d, _)| *d != home) {
+            self.finish_transfers(k).await?;
+            let mut c = self.conn().await?;
+            let len: usize = redis::cmd("LLEN").arg(&k.queue).query_async(&mut c).await?;
+            if len > fullest.1 {
+                fullest = (d, len);
+            }
+        }
+        let (donor, len) = fullest;
+        if len == 0 {
+            // Nothing to move: ask again (1) if anything is left anywhere.
+            return Ok(usize::from(self.anything_left(keys).await?));
+        }
+        let n = wanted.max(REFILL_AHEAD.min(len / 2)).min(len);
+        let target = shard::tag(event, home as u32, keys.len() as u32);
+        match self.transfer(&keys[donor], &target, n).await? {
+            // Another batch emptied the donor since it was read.
+            0 => Ok(usize::from(self.anything_left(keys).await?)),
+            moved => Ok(moved),
+        }
+    }
+
+    /// Whether any shard holds a code, in its queue or in an open transfer
+    /// record. Codes move while the shards are read one by one (other
+    /// servers' transfers), so the answer is "nothing" only after two
+    /// passes in a row read every queue empty between two reads that found
+    /// no open record: a code missed by one pass was in a record that pass
+    /// did not see open, and reached a queue the next pass reads. Open
+    /// records are finished, and the passes start over.
+    async fn anything_left(&self, keys: &[EventKeys]) -> Result<bool, RedisStoreError> {
+        let (mut clean, mut open) = (0, self.open_anywhere(keys).await?);
+        for _ in 0..=MAX_REFILLS {
+            let mut c = self.conn().await?;
+            for k in keys {
+                let len: usize = redis::cmd("LLEN").arg(&k.queue).query_async(&mut c).await?;
+                if len > 0 {
+                    return Ok(true);
+                }
+            }
+            let open_after = self.open_anywhere(keys).await?;
+            if open || open_after {
+                clean = 0;
+                for k in keys {
+                    self.finish_transfers(k).await?;
+                }
+                open = self.open_anywhere(keys).await?;
+                continue;
+            }
+            clean += 1;
+            if clean == 2 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn open_anywhere(&self, keys: &[EventKeys]) -> Result<bool, RedisStoreError> {
+        for k in keys {
+            if !self.open_transfers(k).await?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
