@@ -13,10 +13,8 @@ use crate::domain::shard;
 /// an error the caller may retry, never SOLD_OUT: codes are left
 /// elsewhere, and concurrent batches keep taking what moves).
 const MAX_REFILLS: usize = 16;
-/// Most codes one refill moves beyond what the waiting users need: enough
-/// that a dry shard does not ask again for every batch, and at most half
-/// of what the donor holds, so that the donor's own users are not the next
-/// to run dry.
+/// Codes one refill moves at least (when the donor holds twice as many):
+/// enough that a dry shard does not ask again for every batch.
 const REFILL_AHEAD: usize = 256;
 
 impl RedisStore {
@@ -60,7 +58,7 @@ impl RedisStore {
         out: &mut [Option<Verdict>],
     ) -> Result<(), RedisStoreError> {
         let sold_out = Verdict::Decided(IssueOutcome::SoldOut);
-        for _ in 0..=MAX_REFILLS {
+        for refills in 0.. {
             let part: Vec<(&UserId, &RequestId)> = waiting.iter().map(|&i| items[i]).collect();
             let verdicts = self.issue_in(&keys[home], &part).await?;
             let mut dry = Vec::new();
@@ -72,6 +70,9 @@ impl RedisStore {
             }
             if dry.is_empty() {
                 return Ok(());
+            }
+            if refills == MAX_REFILLS {
+                break;
             }
             if self.refill(event, keys, home, dry.len()).await? == 0 {
                 for i in dry {
@@ -110,7 +111,9 @@ impl RedisStore {
             // Nothing to move: ask again (1) if anything is left anywhere.
             return Ok(usize::from(self.anything_left(keys).await?));
         }
-        let n = wanted.max(REFILL_AHEAD.min(len / 2)).min(len);
+        // What the waiting users need (or a few more), never more than half
+        // of what the donor holds (rounded up, so a last code can move).
+        let n = wanted.max(REFILL_AHEAD).min(len - len / 2);
         let target = shard::tag(event, home as u32, keys.len() as u32);
         match self.transfer(&keys[donor], &target, n).await? {
             // Another batch emptied the donor since it was read.
