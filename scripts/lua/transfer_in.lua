@@ -2,7 +2,7 @@
 -- the target's queue and the transfer id is remembered, in one atomic call.
 -- Idempotent by the transfer id: a re-sent call, or a finisher that finds
 -- the donor's record still there (the donor's step 3 not done), adds
--- nothing twice. The donor's record is then spent: the third step empties
+-- nothing twice. The donor's record is then spent: the third step drops
 -- it, and it counts as holding nothing while its id is here.
 --
 -- KEYS[1] couponQueue:{T}  KEYS[2] couponReceived:{T} (set of transfer ids)

@@ -8,18 +8,20 @@
 -- re-sent call arrived) and moves nothing more.
 --
 -- KEYS[1] couponQueue:{D}  KEYS[2] couponTransfers:{D} (hash id -> record)
--- KEYS[3] couponGuard:{D}, when the caller WAITs for replicas after the call
+-- KEYS[3] couponSent:{D} (set of the ids of done transfers)
+-- KEYS[4] couponGuard:{D}, when the caller WAITs for replicas after the call
 -- ARGV[1] transfer id  ARGV[2] N  ARGV[3] the target shard's tag
 -- Record: "<target tag>\n<entry>\n<entry>...". Queue entries hold no newline.
--- A done transfer's record is empty (kept, so its id is never reused).
+-- A done transfer's record is gone and its id in the sent set (so the id
+-- is never used again, and open records stay few).
 -- Returns {'MOVING', {entries}} (the record's, new or found), {'DONE', {}}
 -- (finished by someone, perhaps this call's first attempt and a finisher),
 -- or {'DRY', {}} (the donor's queue is empty).
 -- Written on every call, so that the WAIT behind it covers the writes of
 -- an earlier attempt of this call too.
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'PX', 60000) end
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[1], 'PX', 60000) end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'DONE', {}} end
 local rec = redis.call('HGET', KEYS[2], ARGV[1])
-if rec == '' then return {'DONE', {}} end
 if rec then
   local out, first = {}, true
   for line in string.gmatch(rec, '[^\n]+') do

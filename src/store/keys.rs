@@ -43,6 +43,9 @@ pub struct EventKeys {
     /// Hash transfer id -> record: codes on their way from this shard to
     /// another (see `transfer_out.lua`).
     pub transfers: String,
+    /// Set of the ids of the transfers from this shard that are done (their
+    /// records dropped; see `transfer_out.lua`).
+    pub sent: String,
     /// Set of the transfer ids whose codes this shard received (see
     /// `transfer_in.lua`).
     pub received: String,
@@ -58,7 +61,7 @@ impl EventKeys {
     /// The keys that hold the event's live data (everything but the meta
     /// hash, staging and the preload fence): what retention expires and a
     /// reopening keeps.
-    pub fn data(&self) -> [&str; 8] {
+    pub fn data(&self) -> [&str; 9] {
         [
             &self.queue,
             &self.issued,
@@ -67,6 +70,7 @@ impl EventKeys {
             &self.progress,
             &self.superseded,
             &self.transfers,
+            &self.sent,
             &self.received,
         ]
     }
@@ -99,6 +103,7 @@ impl EventKeys {
             conflicts: format!("couponConflicts:{{{tag}}}"),
             superseded: format!("couponSuperseded:{{{tag}}}"),
             transfers: format!("couponTransfers:{{{tag}}}"),
+            sent: format!("couponSent:{{{tag}}}"),
             received: format!("couponReceived:{{{tag}}}"),
         }
     }
@@ -126,6 +131,7 @@ mod tests {
             &k.conflicts,
             &k.superseded,
             &k.transfers,
+            &k.sent,
             &k.received,
         ] {
             assert!(key.ends_with(":{e-1}"), "{key}");

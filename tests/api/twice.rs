@@ -41,6 +41,7 @@ async fn dump(app: &TestApp, event: &str, extra: &[String]) -> BTreeMap<String, 
         k.conflicts,
         k.superseded,
         k.transfers,
+        k.sent,
         k.received,
     ];
     keys.extend_from_slice(extra);

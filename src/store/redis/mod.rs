@@ -91,6 +91,7 @@ struct Scripts {
     restore: Script,
     transfer_out: Script,
     transfer_in: Script,
+    transfer_done: Script,
 }
 
 /// Handle to Redis; cheap to clone.
@@ -182,6 +183,7 @@ impl Scripts {
             restore: Script::new(include_str!("../../../scripts/lua/restore.lua")),
             transfer_out: Script::new(include_str!("../../../scripts/lua/transfer_out.lua")),
             transfer_in: Script::new(include_str!("../../../scripts/lua/transfer_in.lua")),
+            transfer_done: Script::new(include_str!("../../../scripts/lua/transfer_done.lua")),
             take_offline: Script::new(include_str!("../../../scripts/lua/take_offline.lua")),
             bring_online: Script::new(include_str!("../../../scripts/lua/bring_online.lua")),
             rebuild_lock: Script::new(include_str!("../../../scripts/lua/rebuild_lock.lua")),

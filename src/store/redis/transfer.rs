@@ -5,8 +5,9 @@
 //! 1. out (donor): codes leave the donor's queue into a transfer record;
 //! 2. in (target): they join the target's queue, and the target remembers
 //!    the id;
-//! 3. done (donor): the spent record is emptied (kept, so that a re-sent
-//!    step 1 of the same id finds it done and moves nothing more).
+//! 3. done (donor): the spent record is dropped and its id joins the
+//!    donor's sent set, atomically (a re-sent step 1 of the same id finds
+//!    it done and moves nothing more).
 //!
 //! At every moment a code is in one queue, or in one open record (one whose
 //! id the target has not received): between steps 2 and 3 the record is
@@ -69,7 +70,7 @@ impl RedisStore {
         n: usize,
         target: &str,
     ) -> Result<TransferOut, RedisStoreError> {
-        let keys = [&donor.queue, &donor.transfers];
+        let keys = [&donor.queue, &donor.transfers, &donor.sent];
         let mut eval = self.guarded_eval(&self.scripts.transfer_out, &keys, donor);
         eval.arg(id).arg(n.max(1)).arg(target);
         let mut c = self.conn().await?;
@@ -104,15 +105,18 @@ impl RedisStore {
             .await
     }
 
-    /// Step 3: the spent record `id` on `donor` is emptied. Call only once
-    /// step 2 returned.
+    /// Step 3: the spent record `id` on `donor` is dropped and the id
+    /// remembered as sent, in one script call. Call only once step 2
+    /// returned.
     pub async fn transfer_done(&self, donor: &EventKeys, id: &str) -> Result<(), RedisStoreError> {
         let mut c = self.conn().await?;
-        let _: i64 = redis::cmd("HSET")
-            .arg(&donor.transfers)
+        let _: i64 = self
+            .scripts
+            .transfer_done
+            .key(&donor.transfers)
+            .key(&donor.sent)
             .arg(id)
-            .arg("")
-            .query_async(&mut c)
+            .invoke_async(&mut c)
             .await?;
         Ok(())
     }
@@ -128,7 +132,6 @@ impl RedisStore {
             .query_async(&mut c)
             .await?;
         all.into_iter()
-            .filter(|(_, rec)| !rec.is_empty())
             .map(|(id, rec)| OpenTransfer::parse(id, &rec))
             .collect()
     }
