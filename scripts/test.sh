@@ -38,4 +38,4 @@ cargo test --workspace --all-targets "$@" -- --show-output
 COUPOND_REDIS_CLUSTER=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \
   cargo test --test api "$@" -- --show-output \
   issue:: stream:: batch:: preload:: controls:: retention:: reconcile:: rebuild:: \
-  finalize:: sweeper:: twice:: transfer:: poison:: dlq:: operator:: validation:: truths:: precedence::a_holder
+  finalize:: sweeper:: twice:: transfer:: sharded:: poison:: dlq:: operator:: validation:: truths:: precedence::a_holder

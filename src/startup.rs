@@ -231,6 +231,7 @@ impl Services {
     ) -> Self {
         let batcher = Batcher::start(
             backends.redis.clone(),
+            backends.pg.clone(),
             settings.issue.batch_size,
             settings.issue.workers,
             settings.issue.retry,

@@ -92,6 +92,7 @@ async fn preload(admin: &mut AdminClient, args: &BenchArgs, run_id: &str) -> any
         starts_at: Some(timestamp(now - chrono::Duration::minutes(1))),
         ends_at: Some(timestamp(now + chrono::Duration::hours(1))),
         code_prefix: String::new(),
+        shards: args.shards,
     };
     let t = Instant::now();
     // A preload longer than the server's request cap answers

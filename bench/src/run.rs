@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Coupons to preload (ignored with --event).
     #[arg(long, default_value_t = 1_000_000)]
     pub coupons: u32,
+    /// Shards of the preloaded event (ignored with --event).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
     /// Use this existing event instead of preloading one.
     #[arg(long)]
     pub event: Option<String>,

@@ -137,8 +137,9 @@ impl Sink {
         }
         observe_delays(records, &recorded);
         for (event, items) in &v.superseded {
+            let shards = self.shards(event, shutdown).await?;
             let queued = retry(shutdown, "resolving superseded issuances in redis", || {
-                self.redis.supersede(event, items, self.retention)
+                self.redis.supersede(event, shards, items, self.retention)
             })
             .await?;
             // The coupon PostgreSQL holds was lost by Redis: a lost pop may
@@ -152,7 +153,7 @@ impl Sink {
                 })
                 .collect();
             let held: Vec<&IssuanceRecord> = held.iter().collect();
-            let dequeued = self.restore(event, &held, shutdown).await?.dequeued;
+            let dequeued = self.restore(event, shards, &held, shutdown).await?.dequeued;
             tracing::warn!(event_id = %event, users = items.len(), queued_again = queued, held_codes_dequeued = dequeued, "postgres holds another coupon for these users; theirs wins in redis");
             stats.superseded += items.len();
         }
@@ -183,15 +184,16 @@ impl Sink {
             .iter()
             .map(|r| (&r.user_id, r.coupon.code.as_str()))
             .collect();
+        let shards = self.shards(event, shutdown).await?;
         let found = retry(shutdown, "finalizing in redis", || {
-            self.redis.finalize(event, &items)
+            self.redis.finalize(event, shards, &items)
         })
         .await?;
         if found.unknown.is_empty() {
             return Some(0);
         }
         let lost: Vec<&IssuanceRecord> = found.unknown.iter().map(|i| records[*i]).collect();
-        let done = self.restore(event, &lost, shutdown).await?;
+        let done = self.restore(event, shards, &lost, shutdown).await?;
         if done.users > 0 || done.not_queued > 0 {
             tracing::warn!(event_id = %event, users = done.users, codes_dequeued = done.dequeued, codes_not_queued = done.not_queued, "redis had lost these issuances; postgres's records restored (a code not found in the queue may have gone to another user: reconcile reports it)");
         }
@@ -201,11 +203,20 @@ impl Sink {
     async fn restore(
         &self,
         event: &EventId,
+        shards: u32,
         items: &[&IssuanceRecord],
         shutdown: &CancellationToken,
     ) -> Option<Restored> {
         retry(shutdown, "restoring lost issuances in redis", || {
-            self.redis.restore(event, items)
+            self.redis.restore(event, shards, items)
+        })
+        .await
+    }
+
+    /// The event's shard count: which of its shards holds a user's record.
+    async fn shards(&self, event: &EventId, shutdown: &CancellationToken) -> Option<u32> {
+        retry(shutdown, "reading the event's shard count", || {
+            self.writer.shards(event)
         })
         .await
     }
@@ -223,8 +234,10 @@ impl Sink {
         stats: &mut BatchStats,
     ) -> Option<()> {
         for (event, items) in refused {
+            let shards = self.shards(event, shutdown).await?;
             retry(shutdown, "marking conflicts in redis", || {
-                self.redis.mark_conflicted(event, items, self.retention)
+                self.redis
+                    .mark_conflicted(event, shards, items, self.retention)
             })
             .await?;
             stats.conflicted += items.len();

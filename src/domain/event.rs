@@ -114,6 +114,8 @@ pub struct PreloadInput {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub code_prefix: String,
+    /// Shards to split the event over; 0 means the default, 1.
+    pub shards: u32,
 }
 
 /// A validated event ready to be preloaded, with its per-policy counts.
@@ -127,6 +129,8 @@ pub struct NewEvent {
     pub counts: Vec<u32>,
     pub window: EventWindow,
     pub prefix: CodePrefix,
+    /// Shards the event's codes are split over (1..=`shard::MAX_SHARDS`).
+    pub shards: u32,
 }
 
 impl NewEvent {
@@ -159,6 +163,7 @@ impl NewEvent {
         .map_err(|r| FieldError::new("ends_at", r))?;
         let prefix =
             CodePrefix::parse(input.code_prefix).map_err(|r| FieldError::new("code_prefix", r))?;
+        let shards = Self::parse_shards(input.shards, input.total_count)?;
         let weights: Vec<u32> = policies.iter().map(|p| p.weight).collect();
         Ok(Self {
             id,
@@ -168,7 +173,26 @@ impl NewEvent {
             policies,
             window,
             prefix,
+            shards,
         })
+    }
+
+    fn parse_shards(shards: u32, total: u32) -> Result<u32, FieldError> {
+        let max = crate::domain::shard::MAX_SHARDS;
+        let shards = shards.max(1);
+        if shards > max {
+            return Err(FieldError::new(
+                "shards",
+                format!("must be 0..={max} (0 means 1), got {shards}"),
+            ));
+        }
+        if shards > total {
+            return Err(FieldError::new(
+                "shards",
+                format!("must not exceed total_count ({total}), got {shards}"),
+            ));
+        }
+        Ok(shards)
     }
 
     fn parse_name(name: &str) -> Result<String, FieldError> {
@@ -269,6 +293,9 @@ impl NewEvent {
                 format!("{:?}", new.prefix.as_str()),
             );
         }
+        if new.shards != stored.shards {
+            return differs("shards", stored.shards.to_string(), new.shards.to_string());
+        }
         if new.policies.len() != stored.policies.len() {
             return differs(
                 "policies",
@@ -306,6 +333,8 @@ pub struct StoredEvent {
     /// When it was settled (ended with nothing pending; its Redis keys
     /// expire after the retention).
     pub settled_at: Option<DateTime<Utc>>,
+    /// Shards its codes are split over (1: one set of keys, as ever).
+    pub shards: u32,
 }
 
 impl StoredEvent {
@@ -330,6 +359,7 @@ impl StoredEvent {
             counts: self.policies.iter().map(|(_, n)| *n).collect(),
             window: self.window,
             prefix: self.prefix.clone(),
+            shards: self.shards,
         }
     }
 }
@@ -365,6 +395,7 @@ mod tests {
             starts_at: Some(now),
             ends_at: Some(now + Duration::hours(1)),
             code_prefix: "".into(),
+            shards: 0,
         }
     }
 
@@ -414,6 +445,14 @@ mod tests {
         assert_eq!(field_of(|i| i.ends_at = None), "ends_at");
         assert_eq!(field_of(|i| i.ends_at = i.starts_at), "ends_at");
         assert_eq!(field_of(|i| i.code_prefix = "abc".into()), "code_prefix");
+        assert_eq!(field_of(|i| i.shards = 17), "shards");
+        assert_eq!(
+            field_of(|i| {
+                i.total_count = 2;
+                i.shards = 3
+            }),
+            "shards"
+        );
     }
 
     fn stored(e: &NewEvent) -> StoredEvent {
@@ -435,6 +474,7 @@ mod tests {
             paused: false,
             control_seq: 0,
             settled_at: None,
+            shards: e.shards,
         }
     }
 
@@ -454,6 +494,7 @@ mod tests {
         assert!(named(|i| i.name = "Other".into()).starts_with("name"));
         assert!(named(|i| i.total_count = 999).starts_with("total_count"));
         assert!(named(|i| i.code_prefix = "X-".into()).starts_with("code_prefix"));
+        assert!(named(|i| i.shards = 2).starts_with("shards"));
         assert!(named(|i| i.policies[2].discount_value = 99).starts_with("policies[2]"));
         assert!(named(|i| i.policies[0].weight = 2).starts_with("policies[0]"));
         assert!(named(|i| {

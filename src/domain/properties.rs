@@ -52,6 +52,7 @@ fn preload() -> impl Strategy<Value = PreloadInput> {
                     starts_at,
                     ends_at,
                     code_prefix,
+                    shards: 0,
                 }
             },
         )

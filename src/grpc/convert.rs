@@ -45,6 +45,7 @@ impl TryFrom<proto::PreloadRequest> for PreloadInput {
                 })
                 .collect(),
             code_prefix: r.code_prefix,
+            shards: r.shards,
         })
     }
 }
@@ -171,5 +172,6 @@ pub fn event(v: &EventView) -> proto::Event {
         paused: e.paused,
         settled_at: e.settled_at.map(timestamp),
         offline: v.offline,
+        shards: e.shards,
     }
 }

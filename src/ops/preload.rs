@@ -17,7 +17,7 @@ use crate::proto::{self, DiscountPolicy, DiscountType, EventState, PreloadReques
 pub struct PreloadArgs {
     /// JSON file with any of: event_id, name, total_count, policies
     /// ([{"type": "PERCENT", "value": 10, "weight": 1}]), starts_at,
-    /// ends_at (RFC 3339), code_prefix.
+    /// ends_at (RFC 3339), code_prefix, shards.
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
     #[arg(long = "event-id")]
@@ -39,6 +39,10 @@ pub struct PreloadArgs {
     pub ends_at: Option<String>,
     #[arg(long)]
     pub prefix: Option<String>,
+    /// Shards to split the event over, on as many Redis masters (default
+    /// 1; see the README's "Sharding one hot event").
+    #[arg(long)]
+    pub shards: Option<u32>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -51,6 +55,7 @@ struct PreloadFile {
     starts_at: Option<String>,
     ends_at: Option<String>,
     code_prefix: Option<String>,
+    shards: Option<u32>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -164,6 +169,7 @@ pub fn preload_request(a: &PreloadArgs) -> anyhow::Result<(PreloadRequest, Defau
         starts_at: Some(timestamp(starts_at)),
         ends_at: Some(timestamp(ends_at)),
         code_prefix: a.prefix.clone().or(file.code_prefix).unwrap_or_default(),
+        shards: a.shards.or(file.shards).unwrap_or(0),
     };
     Ok((req, defaulted))
 }

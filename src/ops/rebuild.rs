@@ -47,6 +47,11 @@ pub enum RebuildError {
         .0.as_secs() + 1
     )]
     Busy(std::time::Duration),
+    #[error(
+        "event {0} is split over {1} shards: rebuilding a sharded event's Redis state is not \
+         supported yet (reconcile reports on it; see the README's \"Sharding one hot event\")"
+    )]
+    Sharded(EventId, u32),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -216,7 +221,13 @@ async fn rebuild_locked(
             stored.preload.state.as_str(),
         ));
     }
-    let presence = redis.presence(event).await.map_err(anyhow::Error::from)?;
+    if stored.shards > 1 {
+        return Err(RebuildError::Sharded(event.clone(), stored.shards));
+    }
+    let presence = redis
+        .presence(event, 1)
+        .await
+        .map_err(anyhow::Error::from)?;
     // An earlier forced rebuild took the event offline and did not finish.
     let resumed = presence == Presence::Offline;
     let lag = read_backlog(kafka).await?.lag();
@@ -295,7 +306,7 @@ async fn rebuild_from_sources(
     // Controls recorded while the rebuild ran, whose own Redis step found
     // no meta (newer ones win in Redis; older ones change nothing).
     if let Some(now) = pg.event(event).await? {
-        redis.sync_controls(event, &now.controls()).await?;
+        redis.sync_controls(event, 1, &now.controls()).await?;
     }
     Ok(report)
 }
@@ -313,7 +324,7 @@ async fn candidates(
         let (kafka, event) = (kafka.clone(), event.clone());
         tokio::task::spawn_blocking(move || backlog.issuances_of(&kafka, &event)).await??
     };
-    let leftover = redis.snapshot(event).await?;
+    let leftover = redis.snapshot(event, 1).await?;
     let mut out: Vec<Candidate> = leftover
         .issued
         .into_iter()

@@ -302,8 +302,8 @@ pub async fn reconcile(
     redis: &RedisStore,
     event: &EventId,
 ) -> anyhow::Result<Report> {
-    let state = match pg.event(event).await? {
-        Some(e) => e.preload.state,
+    let (state, shards) = match pg.event(event).await? {
+        Some(e) => (e.preload.state, e.shards),
         None => anyhow::bail!("event {event} is not in postgres"),
     };
     if state == EventState::Preparing {
@@ -315,7 +315,7 @@ pub async fn reconcile(
     }
     let look = || async {
         let rows = pg.coupons(event).await?;
-        let snap = redis.snapshot(event).await?;
+        let snap = redis.snapshot(event, shards).await?;
         anyhow::Ok((compare(event, &rows, &snap), snap.live))
     };
     let (mut report, live) = look().await?;

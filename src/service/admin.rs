@@ -105,7 +105,7 @@ impl AdminService {
             .ok_or_else(|| not_live(&event))?;
         let synced = self
             .redis
-            .sync_controls(id, &event.controls())
+            .sync_controls(id, event.shards, &event.controls())
             .await
             .map_err(|e| {
                 CouponError::unavailable(
@@ -133,7 +133,7 @@ impl AdminService {
         }
         let presence = self
             .redis
-            .presence(&event.id)
+            .presence(&event.id, event.shards)
             .await
             .map_err(|e| CouponError::unavailable("reading the event from redis", e))?;
         Ok(presence == Presence::Absent)
@@ -159,8 +159,8 @@ impl AdminService {
             });
         }
         let (redis, presence, finalized) = tokio::join!(
-            self.redis.counts(&event.id),
-            self.redis.presence(&event.id),
+            self.redis.counts(&event.id, event.shards),
+            self.redis.presence(&event.id, event.shards),
             self.pg.finalized_count(&event.id)
         );
         let redis_down = |e| CouponError::unavailable("reading counts from redis", e);

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use crate::backoff::Backoff;
 use crate::domain::{CouponError, EventId, IssueCommand};
 use crate::store::redis::{RedisStoreError, Verdict};
-use crate::store::RedisStore;
+use crate::store::{PgStore, RedisStore};
 use crate::supervisor::Supervisor;
 
 /// First and longest pause between two attempts at a batch.
@@ -43,6 +43,7 @@ impl Batcher {
     /// workers run under `tasks`.
     pub fn start(
         redis: RedisStore,
+        pg: PgStore,
         max_batch: usize,
         workers: usize,
         retry: Duration,
@@ -53,7 +54,7 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(max_batch * workers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..workers.max(1) {
-            let w = worker(redis.clone(), rx.clone(), max_batch, retry);
+            let w = worker(redis.clone(), pg.clone(), rx.clone(), max_batch, retry);
             tasks.spawn("issue batch worker", async move {
                 w.await;
                 Ok(())
@@ -78,6 +79,7 @@ impl Batcher {
 
 async fn worker(
     redis: RedisStore,
+    pg: PgStore,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     max_batch: usize,
     retry: Duration,
@@ -97,12 +99,12 @@ async fn worker(
                 }
             }
         }
-        run_batch(&redis, &mut jobs, retry).await;
+        run_batch(&redis, &pg, &mut jobs, retry).await;
     }
 }
 
 /// One script call per event present in `jobs`, each in arrival order.
-async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
+async fn run_batch(redis: &RedisStore, pg: &PgStore, jobs: &mut Vec<Job>, retry: Duration) {
     let mut by_event: HashMap<EventId, Vec<Job>> = HashMap::new();
     for j in jobs.drain(..) {
         // The event id is copied once per event, not once per request.
@@ -118,8 +120,23 @@ async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
             .iter()
             .map(|j| (&j.cmd.user_id, &j.cmd.request_id))
             .collect();
+        let shards = match pg.shards(&event).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(event_id = %event, error = %e, "reading the event's shard count failed; nothing was issued");
+                let e = Arc::new(e);
+                for j in group {
+                    let source = anyhow::anyhow!(e.clone());
+                    let context = "reading the event's shard count failed; nothing was issued";
+                    let _ = j
+                        .reply
+                        .send(Err(CouponError::Unavailable { context, source }));
+                }
+                continue;
+            }
+        };
         let started = Instant::now();
-        let answered = issue_asking_again(redis, &event, &items, retry).await;
+        let answered = issue_asking_again(redis, &event, shards, &items, retry).await;
         crate::metrics::script_called(items.len(), started.elapsed());
         match answered {
             Ok(outcomes) => {
@@ -156,6 +173,7 @@ async fn run_batch(redis: &RedisStore, jobs: &mut Vec<Job>, retry: Duration) {
 async fn issue_asking_again(
     redis: &RedisStore,
     event: &EventId,
+    shards: u32,
     items: &[(&crate::domain::UserId, &crate::domain::RequestId)],
     retry: Duration,
 ) -> Result<Vec<Verdict>, RedisStoreError> {
@@ -163,7 +181,11 @@ async fn issue_asking_again(
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut may_have_run = false;
     loop {
-        match redis.issue_batch(event, items).await {
+        let issued = match shards {
+            1 => redis.issue_batch(event, items).await,
+            _ => redis.issue_sharded(event, shards, items).await,
+        };
+        match issued {
             Ok(outcomes) => return Ok(outcomes),
             Err(e) => {
                 // Once a call may have run, the batch's outcome stays

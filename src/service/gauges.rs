@@ -55,9 +55,12 @@ impl Gauges {
         }
         reported.retain(|e| visited.contains(e));
         for event in visited {
+            let Ok(shards) = self.pg.shards(&event).await else {
+                continue;
+            };
             if let (Ok(true), Ok(c)) = (
-                self.redis.event_exists(&event).await,
-                self.redis.counts(&event).await,
+                self.redis.event_exists(&event, shards).await,
+                self.redis.counts(&event, shards).await,
             ) {
                 crate::metrics::pending(event.as_str(), c.pending);
                 reported.insert(event);

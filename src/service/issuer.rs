@@ -122,9 +122,14 @@ impl IssuerService {
         event: &EventId,
         user: &UserId,
     ) -> Result<IssuanceView, CouponError> {
+        let shards = self
+            .pg
+            .shards(event)
+            .await
+            .map_err(|e| CouponError::unavailable("reading the event's shard count", e))?;
         let rec = self
             .redis
-            .issuance(event, user)
+            .issuance(event, shards, user)
             .await
             .map_err(|e| CouponError::unavailable("reading the issuance from redis", e))?;
         if let Some(r) = rec {

@@ -28,6 +28,7 @@ use crate::domain::{
     CodeGenerator, CouponError, EventId, EventState, NewEvent, PolicyDeck, PreloadId,
     PreloadTimings, StoredEvent, DEFAULT_CODE_LENGTH,
 };
+use crate::store::keys::ShardZero;
 use crate::store::postgres::coupon_writer::{CouponWriter, WriteError};
 use crate::store::postgres::{Begun, PgStoreError};
 use crate::store::record::queue_entry;
@@ -338,6 +339,7 @@ impl Job {
         };
         let t = Instant::now();
         self.make_live(stop).await?;
+        self.spread(stop).await?;
         let timings = PreloadTimings {
             generate: spent.generate,
             database: spent.database,
@@ -361,7 +363,7 @@ impl Job {
             let reply = retry_step(stop, budget, "claiming the event in redis", || {
                 self.inner
                     .redis
-                    .claim_preload(&self.event.id, &self.id, replaced.as_ref())
+                    .claim_preload(self.shard_zero(), &self.id, replaced.as_ref())
             })
             .await?;
             match reply {
@@ -407,6 +409,7 @@ impl Job {
     /// complete (staging finished only after every chunk committed).
     async fn adopt(&self, live: PreloadId, started: Instant) -> Result<PreloadTimings, JobEnd> {
         tracing::warn!(event_id = %self.event.id, live_preload = %live, "event was live already; recording it");
+        self.spread(&self.inner.shutdown.child_token()).await?;
         let timings = PreloadTimings {
             total: started.elapsed(),
             ..Default::default()
@@ -434,7 +437,7 @@ impl Job {
         let reply = retry_step(stop, budget, "resetting the staging list", || {
             self.inner
                 .redis
-                .claim_preload(&self.event.id, &self.id, Some(&self.id))
+                .claim_preload(self.shard_zero(), &self.id, Some(&self.id))
         })
         .await?;
         match reply {
@@ -530,7 +533,7 @@ impl Job {
             len = retry_step(&never, budget, "staging coupons in redis", || {
                 self.inner
                     .redis
-                    .stage_chunk(&self.event.id, &self.id, before, &entries)
+                    .stage_chunk(self.shard_zero(), &self.id, before, &entries)
             })
             .await?;
             spent += t.elapsed();
@@ -550,7 +553,7 @@ impl Job {
             let r = self
                 .inner
                 .redis
-                .make_live(&self.event.id, &self.id, window, self.event.total_count)
+                .make_live(self.shard_zero(), &self.id, window, self.event.total_count)
                 .await;
             match r {
                 Ok(()) => return Ok(()),
@@ -558,6 +561,39 @@ impl Job {
                     tracing::warn!(event_id = %self.event.id, error = %e, "make-live got no answer; asking again");
                 }
                 Err(e) => return Err(e.into()),
+            }
+            pause(stop, &mut backoff).await?;
+        }
+    }
+
+    /// Where the job stages and makes the event live: its shard 0.
+    fn shard_zero(&self) -> ShardZero {
+        ShardZero::of(&self.event.id, self.event.shards)
+    }
+
+    /// Spreads a sharded event's codes from shard 0 over its shards, asking
+    /// again until it is done or the server stops (then the job's lease
+    /// goes, and whoever takes it over spreads again). Never fails the
+    /// job: the event is live in Redis already, and a shard short of codes
+    /// gets them by a transfer when it runs dry.
+    async fn spread(&self, stop: &CancellationToken) -> Result<(), JobEnd> {
+        let mut backoff = job_backoff();
+        loop {
+            match self
+                .inner
+                .redis
+                .spread(&self.event.id, self.event.shards)
+                .await
+            {
+                Ok(moved) => {
+                    if moved > 0 {
+                        tracing::info!(event_id = %self.event.id, shards = self.event.shards, moved, "codes spread over the event's shards");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(event_id = %self.event.id, error = %e, "spreading codes over the shards failed; retrying")
+                }
             }
             pause(stop, &mut backoff).await?;
         }
@@ -604,7 +640,7 @@ impl Job {
             match self
                 .inner
                 .redis
-                .abandon_preload(&self.event.id, &self.id, stale.as_ref())
+                .abandon_preload(self.shard_zero(), &self.id, stale.as_ref())
                 .await
             {
                 Ok(FenceReply::Live(p)) if p == self.id => {

@@ -85,9 +85,16 @@ impl Sweeper {
             if shutdown.is_cancelled() {
                 break;
             }
-            self.repair_controls(&event, &controls).await;
-            total += self.sweep(&event, shutdown).await?;
-            self.settle_if_done(&event).await;
+            let shards = match self.pg.shards(&event).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(event_id = %event, error = %e, "reading the shard count failed; next sweep");
+                    continue;
+                }
+            };
+            self.repair_controls(&event, shards, &controls).await;
+            total += self.sweep(&event, shards, shutdown).await?;
+            self.settle_if_done(&event, shards).await;
         }
         Ok(total)
     }
@@ -95,8 +102,8 @@ impl Sweeper {
     /// A control PostgreSQL recorded but Redis missed (its call failed half
     /// way, or a rebuild installed an older copy) is applied here; one that
     /// Redis holds already changes nothing.
-    async fn repair_controls(&self, event: &EventId, controls: &ControlState) {
-        match self.redis.sync_controls(event, controls).await {
+    async fn repair_controls(&self, event: &EventId, shards: u32, controls: &ControlState) {
+        match self.redis.sync_controls(event, shards, controls).await {
             Ok(Synced::Applied) => {
                 tracing::info!(event_id = %event, seq = controls.seq, "applied a control redis had missed")
             }
@@ -111,10 +118,10 @@ impl Sweeper {
     /// gives its keys the retention expiry (first, so a crash before the
     /// record only means doing it again), then PostgreSQL records it
     /// settled, if it records the same end, and the sweeper stops visiting.
-    async fn settle_if_done(&self, event: &EventId) {
+    async fn settle_if_done(&self, event: &EventId, shards: u32) {
         let retention = self.settings.retention;
         let done = async {
-            let Some(ends_ms) = self.redis.settle(event, retention).await? else {
+            let Some(ends_ms) = self.redis.settle(event, shards, retention).await? else {
                 return anyhow::Ok(false);
             };
             Ok(self.pg.settle(event, ends_ms).await?)
@@ -133,13 +140,24 @@ impl Sweeper {
         }
     }
 
-    async fn sweep(&self, event: &EventId, shutdown: &CancellationToken) -> anyhow::Result<usize> {
+    async fn sweep(
+        &self,
+        event: &EventId,
+        shards: u32,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<usize> {
         let mut republished = 0;
         let until = tokio::time::Instant::now() + self.settings.age;
         loop {
             let claimed = self
                 .redis
-                .claim_stale(event, self.settings.age, self.settings.max_age, CLAIM_BATCH)
+                .claim_stale(
+                    event,
+                    shards,
+                    self.settings.age,
+                    self.settings.max_age,
+                    CLAIM_BATCH,
+                )
                 .await?;
             let n = claimed.len();
             let records: Vec<IssuanceRecord> = claimed

@@ -4,6 +4,37 @@
 
 use crate::domain::{EventId, PreloadId};
 
+/// Where an event's preload works: its shard 0 (an event of one shard: its
+/// own keys), the shard that is live first and holds every code at first.
+#[derive(Debug, Clone)]
+pub struct ShardZero {
+    pub tag: String,
+}
+
+impl ShardZero {
+    pub fn of(event: &EventId, shards: u32) -> Self {
+        Self {
+            tag: crate::domain::shard::tag(event, 0, shards.max(1)),
+        }
+    }
+
+    pub fn keys(&self) -> EventKeys {
+        EventKeys::tagged(&self.tag)
+    }
+}
+
+impl From<&EventId> for ShardZero {
+    fn from(event: &EventId) -> Self {
+        Self::of(event, 1)
+    }
+}
+
+impl std::fmt::Display for ShardZero {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.tag)
+    }
+}
+
 /// The Redis keys of one event.
 pub struct EventKeys {
     /// List of "code\ttype\tvalue" entries still to hand out.
@@ -54,8 +85,9 @@ pub struct EventKeys {
 impl EventKeys {
     /// A preload job's own staging list, renamed to `queue` when the job
     /// makes the event live; no other job can ever write or rename it.
-    pub fn preload_staging(event: &EventId, preload: &PreloadId) -> String {
-        format!("couponStaging:{{{event}}}:{preload}")
+    pub fn preload_staging(event: impl Into<ShardZero>, preload: &PreloadId) -> String {
+        let tag = event.into().tag;
+        format!("couponStaging:{{{tag}}}:{preload}")
     }
 
     /// The keys that hold the event's live data (everything but the meta

@@ -177,7 +177,7 @@ async fn claim_and_finalize_take_more_users_than_a_slice_and_decide_in_order() {
 
     // u0 is final already but still pending; every issuance looks 2 h old.
     let first = [(&users[0], coupons[0].code.as_str())];
-    assert_eq!(app.redis.finalize(&id, &first).await.unwrap().done, 1);
+    assert_eq!(app.redis.finalize(&id, 1, &first).await.unwrap().done, 1);
     let old = chrono::Utc::now().timestamp_millis() - 7_200_000;
     let mut c = app.redis.conn().await.unwrap();
     let mut aging = redis::cmd("ZADD");
@@ -190,7 +190,7 @@ async fn claim_and_finalize_take_more_users_than_a_slice_and_decide_in_order() {
     let (age, max_age) = (Duration::from_secs(5), Duration::from_secs(60));
     let claimed = app
         .redis
-        .claim_stale(&id, age, max_age, N + 10)
+        .claim_stale(&id, 1, age, max_age, N + 10)
         .await
         .unwrap();
     let claimed: HashSet<&str> = claimed.iter().map(|(u, _)| u.as_str()).collect();
@@ -221,7 +221,7 @@ async fn claim_and_finalize_take_more_users_than_a_slice_and_decide_in_order() {
     items.push((&users[2], coupons[2].code.as_str()));
     let ghost = UserId::parse("ghost").unwrap();
     items.push((&ghost, coupons[0].code.as_str()));
-    let found = app.redis.finalize(&id, &items).await.unwrap();
+    let found = app.redis.finalize(&id, 1, &items).await.unwrap();
     assert_eq!(
         found.done as usize, N,
         "N - 1 finalized, the repeat counted, the stale one and the unknown user not"
@@ -257,7 +257,10 @@ async fn conflicts_in_one_call_are_decided_in_order() {
     let coupons = issue_all_at_once(&app, &id, &["late", "done", "x", "y"]).await;
     let done = UserId::parse("done").unwrap();
     let finalized = [(&done, coupons[1].code.as_str())];
-    assert_eq!(app.redis.finalize(&id, &finalized).await.unwrap().done, 1);
+    assert_eq!(
+        app.redis.finalize(&id, 1, &finalized).await.unwrap().done,
+        1
+    );
 
     let record = |user: &str, coupon: &IssuedCoupon| IssuanceRecord {
         event_id: id.clone(),
@@ -273,7 +276,11 @@ async fn conflicts_in_one_call_are_decided_in_order() {
     ];
     let items: Vec<&IssuanceRecord> = refused.iter().collect();
     let ttl = Duration::from_secs(3600);
-    let marked = app.redis.mark_conflicted(&id, &items, ttl).await.unwrap();
+    let marked = app
+        .redis
+        .mark_conflicted(&id, 1, &items, ttl)
+        .await
+        .unwrap();
     assert_eq!(marked, 2, "late and the ghost's first");
 
     let recs = records(&app, &event).await;

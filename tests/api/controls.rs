@@ -215,7 +215,7 @@ async fn a_control_recorded_but_missed_by_redis_is_applied_by_the_sweeper() {
         seq: stale.seq - 1,
         ..stale
     };
-    let synced = app.redis.sync_controls(&id, &stale).await.unwrap();
+    let synced = app.redis.sync_controls(&id, 1, &stale).await.unwrap();
     assert_eq!(synced, coupond::store::redis::Synced::Current);
     assert_eq!(result(&app.issue(&event, "u2").await), IssueResult::Paused);
 }

@@ -31,7 +31,7 @@ async fn dead_letters_are_listed_with_the_reason_and_replayed_once() {
         EventId::parse(event.clone()).unwrap(),
         UserId::parse("u1").unwrap(),
     );
-    let held = app.redis.issuance(&id, &user).await.unwrap().unwrap();
+    let held = app.redis.issuance(&id, 1, &user).await.unwrap().unwrap();
     let record = IssuanceRecord {
         event_id: id.clone(),
         user_id: user,

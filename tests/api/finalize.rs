@@ -443,7 +443,7 @@ async fn restore_from(
         })
         .collect();
     let refs: Vec<&IssuanceRecord> = records.iter().collect();
-    let done = app.redis.restore(&id, &refs).await.unwrap();
+    let done = app.redis.restore(&id, 1, &refs).await.unwrap();
     let found = lost.len() as u64;
     let missed = middle.iter().count() as u64;
     assert_eq!(

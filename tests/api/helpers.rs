@@ -173,6 +173,19 @@ impl TestApp {
         Ok(r.into_inner().event.expect("the event"))
     }
 
+    /// The user's issuance as GetIssuance shows it.
+    pub async fn get_issuance(&self, event: &str, user: &str) -> proto::GetIssuanceResponse {
+        self.issuer
+            .clone()
+            .get_issuance(proto::GetIssuanceRequest {
+                event_id: event.into(),
+                user_id: user.into(),
+            })
+            .await
+            .expect("get issuance")
+            .into_inner()
+    }
+
     /// The event as GetEvent shows it.
     pub async fn get_event(&self, event: &str) -> proto::Event {
         self.admin
@@ -205,8 +218,8 @@ impl TestApp {
     /// Raw Redis state of an event: (meta exists, queue len, issued len, pending len).
     pub async fn redis_state(&self, event: &str) -> (bool, u64, u64, u64) {
         let id = EventId::parse(event).unwrap();
-        let exists = self.redis.event_exists(&id).await.unwrap();
-        let c = self.redis.counts(&id).await.unwrap();
+        let exists = self.redis.event_exists(&id, 1).await.unwrap();
+        let c = self.redis.counts(&id, 1).await.unwrap();
         (exists, c.remaining, c.issued, c.pending)
     }
 
@@ -382,6 +395,31 @@ pub fn check_issued(
         );
     }
     issued
+}
+
+/// `check_issued` for a drop of 1,000 coupons of `preload_request`'s
+/// policies (334, 333 and 333 of them).
+pub fn check_thousand_issued(
+    responses: &[(String, proto::IssueResponse)],
+) -> HashSet<(String, String)> {
+    check_issued(
+        responses,
+        1000,
+        &[
+            (proto::DiscountType::Percent as i32, 10, 334),
+            (proto::DiscountType::Amount as i32, 5000, 333),
+            (proto::DiscountType::Percent as i32, 20, 333),
+        ],
+    )
+}
+
+/// An IssueRequest with request id `req-<user>`, as `TestApp::issue` sends.
+pub fn issue_request(event: &str, user: &str) -> proto::IssueRequest {
+    proto::IssueRequest {
+        event_id: event.into(),
+        user_id: user.into(),
+        request_id: format!("req-{user}"),
+    }
 }
 
 /// This test process's Prometheus text (the exporter is installed once, on

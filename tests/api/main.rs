@@ -25,6 +25,7 @@ mod reconcile;
 mod retention;
 mod server;
 mod settings;
+mod sharded;
 mod stream;
 mod sweeper;
 mod tls;

@@ -209,7 +209,7 @@ async fn a_user_postgres_holds_another_coupon_for_keeps_it_and_the_second_goes_b
     assert_eq!(queue.len(), queued_before + 1, "the second code went back");
     assert!(queue.iter().any(|e| e.starts_with(&format!("{second}\t"))));
     let id = EventId::parse(event.clone()).unwrap();
-    let counts = app.redis.counts(&id).await.unwrap();
+    let counts = app.redis.counts(&id, 1).await.unwrap();
     assert_eq!((counts.pending, counts.conflicted), (0, 0));
     assert_eq!(dead_letters(&app), 0);
     let (exit, report) = reconcile_cli(&app, &event, &[]);
@@ -259,7 +259,7 @@ async fn a_replayed_dead_letter_postgres_now_accepts_turns_a_conflict_into_final
     .await;
     assert!(finalized, "the replay turned u2's conflict into FINALIZED");
     let id = EventId::parse(event.clone()).unwrap();
-    assert_eq!(app.redis.counts(&id).await.unwrap().conflicted, 0);
+    assert_eq!(app.redis.counts(&id, 1).await.unwrap().conflicted, 0);
     let ev = app.get_event(&event).await;
     assert_eq!(ev.conflicted_count, 0);
 }
@@ -284,7 +284,7 @@ async fn a_message_for_an_event_redis_does_not_hold_leaves_only_expiring_keys() 
     }
     assert!(!app
         .redis
-        .event_exists(&EventId::parse(ghost.clone()).unwrap())
+        .event_exists(&EventId::parse(ghost.clone()).unwrap(), 1)
         .await
         .unwrap());
 }

@@ -267,6 +267,7 @@ async fn a_reply_lost_before_a_pause_is_still_answered_issued_on_the_retry() {
     let recorded = redis
         .issuance(
             &EventId::parse(event.clone()).unwrap(),
+            1,
             &coupond::domain::UserId::parse("u1").unwrap(),
         )
         .await

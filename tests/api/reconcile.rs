@@ -160,7 +160,12 @@ async fn a_conflict_ends_marked_counted_visible_and_reported() {
     // message again and marks it again: nothing changes.
     let id = EventId::parse(event.clone()).unwrap();
     let loser_id = coupond::domain::UserId::parse(loser).unwrap();
-    let held = app.redis.issuance(&id, &loser_id).await.unwrap().unwrap();
+    let held = app
+        .redis
+        .issuance(&id, 1, &loser_id)
+        .await
+        .unwrap()
+        .unwrap();
     let again = coupond::domain::IssuanceRecord {
         event_id: id.clone(),
         user_id: loser_id,
@@ -169,12 +174,12 @@ async fn a_conflict_ends_marked_counted_visible_and_reported() {
     };
     assert_eq!(
         app.redis
-            .mark_conflicted(&id, &[&again], std::time::Duration::from_secs(60))
+            .mark_conflicted(&id, 1, &[&again], std::time::Duration::from_secs(60))
             .await
             .unwrap(),
         1
     );
-    let c = app.redis.counts(&id).await.unwrap();
+    let c = app.redis.counts(&id, 1).await.unwrap();
     assert_eq!(
         (c.conflicted, c.pending),
         (1, 0),
@@ -188,7 +193,7 @@ async fn a_conflict_ends_marked_counted_visible_and_reported() {
     // from PostgreSQL when u1's message comes first).
     assert_eq!((ev.conflicted_count, ev.issued_count), (1, 1));
     let holder_id = coupond::domain::UserId::parse(holder.clone()).unwrap();
-    let held = app.redis.issuance(&id, &holder_id).await.unwrap();
+    let held = app.redis.issuance(&id, 1, &holder_id).await.unwrap();
     assert_eq!(held.expect("the holder's record").coupon.code, code);
 
     // A later issuance is finalized; the conflict was dead-lettered once.

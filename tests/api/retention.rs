@@ -43,7 +43,7 @@ async fn ending_event(retention_secs: u64) -> (TestApp, String, HashSet<(String,
 async fn await_expired(app: &TestApp, event: &str) {
     let id = EventId::parse(event).unwrap();
     let gone = eventually(Duration::from_secs(30), || async {
-        settled(app, event).await && !app.redis.event_exists(&id).await.unwrap()
+        settled(app, event).await && !app.redis.event_exists(&id, 1).await.unwrap()
     })
     .await;
     assert!(gone, "settled and expired from redis");
@@ -150,7 +150,7 @@ async fn controls_of_a_settled_event_keep_its_keys_expiring() {
         paused: false,
         settled: true,
     };
-    app.redis.sync_controls(&id, &ahead).await.unwrap();
+    app.redis.sync_controls(&id, 1, &ahead).await.unwrap();
     for key in [&k.meta, &k.issued, &k.queue] {
         assert!(pttl(&app, key).await > 0, "{key} still expires");
     }
@@ -215,5 +215,5 @@ async fn an_event_redis_still_issues_is_never_settled() {
     assert_eq!(pttl(&app, &app.keys(&event).queue).await, -1);
     let r = app.issue(&event, "u1").await;
     assert_eq!(r.result, proto::IssueResult::Issued as i32);
-    assert!(app.redis.event_exists(&id).await.unwrap());
+    assert!(app.redis.event_exists(&id, 1).await.unwrap());
 }

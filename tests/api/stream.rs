@@ -1,15 +1,7 @@
-use coupond::proto::{self, DiscountType, IssueResult};
+use coupond::proto::{self, IssueResult};
 use futures::future::join_all;
 
-use crate::helpers::{check_issued, preload_request, spawn_app};
-
-fn req(event: &str, user: &str) -> proto::IssueRequest {
-    proto::IssueRequest {
-        event_id: event.into(),
-        user_id: user.into(),
-        request_id: format!("req-{user}"),
-    }
-}
+use crate::helpers::{check_thousand_issued, issue_request, preload_request, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_users_over_streams_get_exactly_one_thousand_coupons() {
@@ -22,7 +14,7 @@ async fn two_thousand_users_over_streams_get_exactly_one_thousand_coupons() {
         .map(|s| (0..500).map(|i| format!("s{s}-user-{i}")).collect())
         .collect();
     let results = join_all(chunks.iter().map(|users| {
-        let reqs = users.iter().map(|u| req(&event, u)).collect();
+        let reqs = users.iter().map(|u| issue_request(&event, u)).collect();
         app.issue_stream(reqs)
     }))
     .await;
@@ -36,15 +28,7 @@ async fn two_thousand_users_over_streams_get_exactly_one_thousand_coupons() {
         }
         responses.extend(users.iter().cloned().zip(got));
     }
-    let issued = check_issued(
-        &responses,
-        1000,
-        &[
-            (DiscountType::Percent as i32, 10, 334),
-            (DiscountType::Amount as i32, 5000, 333),
-            (DiscountType::Percent as i32, 20, 333),
-        ],
-    );
+    let issued = check_thousand_issued(&responses);
     app.await_finalized(&event, &issued).await;
 }
 
@@ -54,21 +38,21 @@ async fn bad_items_get_invalid_and_the_stream_goes_on() {
     let event = app.event_id("mixed");
     app.preload(preload_request(&event, 10)).await.unwrap();
     let reqs = vec![
-        req(&event, "ok-1"),
-        req(&event, ""),
-        req("bad event id", "u"),
-        req(&event, &"x".repeat(129)),
-        req(&event, "ctl\u{1}"),
+        issue_request(&event, "ok-1"),
+        issue_request(&event, ""),
+        issue_request("bad event id", "u"),
+        issue_request(&event, &"x".repeat(129)),
+        issue_request(&event, "ctl\u{1}"),
         proto::IssueRequest {
             event_id: event.clone(),
             user_id: "ok-2".into(),
             request_id: "r\n".into(),
         },
-        req(&event, "ok-2"),
+        issue_request(&event, "ok-2"),
         // A new request of a user who holds a coupon.
         proto::IssueRequest {
             request_id: "again".into(),
-            ..req(&event, "ok-1")
+            ..issue_request(&event, "ok-1")
         },
     ];
     let got = app.issue_stream(reqs).await;

@@ -18,6 +18,7 @@ async fn claim(app: &TestApp, event: &EventId, max_age_ms: u64) -> Vec<String> {
     app.redis
         .claim_stale(
             event,
+            1,
             std::time::Duration::from_millis(AGE_MS),
             std::time::Duration::from_millis(max_age_ms),
             100,
@@ -56,7 +57,7 @@ async fn sweeper_holds_back_while_the_finalizer_progresses() {
     let early = UserId::parse("early".to_owned()).unwrap();
     let done = app
         .redis
-        .finalize(&id, &[(&early, first.as_str())])
+        .finalize(&id, 1, &[(&early, first.as_str())])
         .await
         .unwrap()
         .done;

@@ -171,7 +171,7 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
     let (first, second) = twice(&app, &event, &[], || async {
         let claimed = app
             .redis
-            .claim_stale(&id, Duration::from_secs(5), Duration::from_secs(60), 10)
+            .claim_stale(&id, 1, Duration::from_secs(5), Duration::from_secs(60), 10)
             .await
             .unwrap();
         claimed
@@ -185,7 +185,7 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
     // Finalize: the same count, nothing moves backwards.
     let fin = [(&users[0].0, coupons[0].code.as_str())];
     let (first, second) = twice(&app, &event, &[], || async {
-        app.redis.finalize(&id, &fin).await.unwrap().done
+        app.redis.finalize(&id, 1, &fin).await.unwrap().done
     })
     .await;
     assert_eq!((first, second), (1, 1));
@@ -195,7 +195,7 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
     let refused: Vec<&IssuanceRecord> = refused.iter().collect();
     let (first, second) = twice(&app, &event, &[], || async {
         app.redis
-            .mark_conflicted(&id, &refused, Duration::from_secs(60))
+            .mark_conflicted(&id, 1, &refused, Duration::from_secs(60))
             .await
             .unwrap()
     })
@@ -209,7 +209,7 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
     let items = [(&c_refused, &held, "req-a", true)];
     let (first, second) = twice(&app, &event, &[], || async {
         app.redis
-            .supersede(&id, &items, Duration::from_secs(60))
+            .supersede(&id, 1, &items, Duration::from_secs(60))
             .await
             .unwrap()
     })
@@ -232,7 +232,7 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
     let lost = [record(3)];
     let lost: Vec<&IssuanceRecord> = lost.iter().collect();
     let (first, second) = twice(&app, &event, &[], || async {
-        let r = app.redis.restore(&id, &lost).await.unwrap();
+        let r = app.redis.restore(&id, 1, &lost).await.unwrap();
         (r.users, r.dequeued, r.not_queued)
     })
     .await;
@@ -247,7 +247,10 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
         settled: false,
     };
     let (first, second) = twice(&app, &event, &[], || async {
-        format!("{:?}", app.redis.sync_controls(&id, &paused).await.unwrap())
+        format!(
+            "{:?}",
+            app.redis.sync_controls(&id, 1, &paused).await.unwrap()
+        )
     })
     .await;
     assert_eq!((first.as_str(), second.as_str()), ("Applied", "Current"));
@@ -260,15 +263,15 @@ async fn the_issue_finalizer_sweeper_and_control_scripts_run_twice_to_the_same_e
         paused: false,
         settled: false,
     };
-    app.redis.sync_controls(&id, &ended).await.unwrap();
+    app.redis.sync_controls(&id, 1, &ended).await.unwrap();
     let rest: Vec<(&UserId, &str)> = (0..5)
         .map(|i| (&users[i].0, coupons[i].code.as_str()))
         .collect();
-    app.redis.finalize(&id, &rest).await.unwrap();
+    app.redis.finalize(&id, 1, &rest).await.unwrap();
     assert_eq!(app.redis_state(&event).await.3, 0, "nothing pending");
     let (first, second) = twice(&app, &event, &[], || async {
         app.redis
-            .settle(&id, Duration::from_secs(600))
+            .settle(&id, 1, Duration::from_secs(600))
             .await
             .unwrap()
     })

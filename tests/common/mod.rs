@@ -117,6 +117,7 @@ pub fn preload_request(event_id: &str, total: u32) -> PreloadRequest {
         starts_at: Some(ts(now - chrono::Duration::hours(1))),
         ends_at: Some(ts(now + chrono::Duration::hours(1))),
         code_prefix: String::new(),
+        shards: 0,
     }
 }
 
@@ -313,8 +314,9 @@ pub async fn await_exactly_recorded(
             Ok(p) => p.into_iter().collect(),
             Err(_) => HashSet::new(),
         };
+        let shards = pg.shards(&id).await.unwrap_or(1);
         let pending = redis
-            .counts(&id)
+            .counts(&id, shards)
             .await
             .map(|c| c.pending)
             .unwrap_or(u64::MAX);

@@ -384,6 +384,7 @@ async fn an_issuance_no_replica_confirmed_is_not_told_issued() {
         .redis()
         .issuance(
             &coupond::domain::EventId::parse(event.clone()).unwrap(),
+            1,
             &coupond::domain::UserId::parse("u1").unwrap(),
         )
         .await

@@ -264,8 +264,8 @@ async fn a_make_live_whose_reply_was_lost_answers_ok_when_asked_again() {
     );
 
     for event in [&ran, &late] {
-        assert!(impatient.event_exists(event).await.unwrap());
-        assert_eq!(impatient.counts(event).await.unwrap().remaining, 1000);
+        assert!(impatient.event_exists(event, 1).await.unwrap());
+        assert_eq!(impatient.counts(event, 1).await.unwrap().remaining, 1000);
         assert_no_leftovers(&impatient, event.as_str()).await;
     }
 }

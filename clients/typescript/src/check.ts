@@ -39,6 +39,7 @@ export class CouponClient {
       startsAt: { seconds: Math.floor((now - 60_000) / 1000), nanos: 0 },
       endsAt: { seconds: Math.floor((now + 3_600_000) / 1000), nanos: 0 },
       codePrefix: "",
+      shards: 1,
     };
     return call<typeof req, { state: EventState }>((r, cb) =>
       this.admin.preload(r, this.auth, { deadline: Date.now() + 60_000 }, cb), req);

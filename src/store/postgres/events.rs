@@ -30,6 +30,8 @@ struct EventRow {
     control_seq: i64,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     settled_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Integer)]
+    shards: i32,
     #[diesel(sql_type = Nullable<BigInt>)]
     generate_ms: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -41,7 +43,7 @@ struct EventRow {
 }
 const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_prefix, state, \
     preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms, paused, \
-    control_seq, settled_at";
+    control_seq, settled_at, shards";
 /// An event's state as Issue needs it when Redis does not hold the event.
 #[derive(Debug, Clone)]
 pub struct IssueFacts {
@@ -140,10 +142,34 @@ fn stored_event(e: EventRow, policies: Vec<PolicyRow>) -> Result<StoredEvent, Pg
         paused: e.paused,
         control_seq: u64::try_from(e.control_seq).map_err(|_| corrupt("control_seq"))?,
         settled_at: e.settled_at,
+        shards: u32::try_from(e.shards).map_err(|_| corrupt("shards"))?,
     })
 }
 
 impl PgStore {
+    /// The event's shard count (1 for an event PostgreSQL does not hold;
+    /// see `ShardCounts`).
+    pub async fn shards(&self, id: &EventId) -> Result<u32, PgStoreError> {
+        if let Some(n) = self.shard_counts.known(id) {
+            return Ok(n);
+        }
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Integer)]
+            shards: i32,
+            #[diesel(sql_type = Bool)]
+            live: bool,
+        }
+        let mut c = self.pool.get().await?;
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT shards, state = 'LIVE' AS live FROM events WHERE id = $1")
+                .bind::<Text, _>(id.as_str())
+                .load(&mut c)
+                .await?;
+        let row = <[Row]>::first(&rows).map(|r| (r.shards.max(1) as u32, r.live));
+        Ok(self.shard_counts.read(id, row))
+    }
+
     pub async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, PgStoreError> {
         let mut c = self.pool.get().await?;
         let rows: Vec<EventRow> =

@@ -17,7 +17,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 use tracing::instrument;
 
-use crate::domain::{Discount, DiscountType, IssuanceRecord, IssuedCoupon};
+use crate::domain::{Discount, DiscountType, EventId, IssuanceRecord, IssuedCoupon};
 use crate::store::postgres::PgStoreError;
 use crate::store::record::millis_to_time;
 
@@ -55,6 +55,7 @@ pub enum FinalizeError {
 #[derive(Clone)]
 pub struct IssuanceWriter {
     pool: Pool,
+    shard_counts: crate::store::shard_counts::ShardCounts,
 }
 
 const UPDATE: &str = "UPDATE coupons c SET state = 'ISSUED', user_id = u.user_id, \
@@ -82,7 +83,26 @@ impl IssuanceWriter {
             .max_size(pool_size)
             .build()
             .map_err(|e| PgStoreError::Settings(format!("postgres pool: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            shard_counts: Default::default(),
+        })
+    }
+
+    /// The event's shard count (see `ShardCounts`).
+    pub async fn shards(&self, event: &EventId) -> Result<u32, FinalizeError> {
+        if let Some(n) = self.shard_counts.known(event) {
+            return Ok(n);
+        }
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT shards, state = 'LIVE' FROM events WHERE id = $1",
+                &[&event.as_str()],
+            )
+            .await?
+            .map(|r| (r.get::<_, i32>(0).max(1) as u32, r.get::<_, bool>(1)));
+        Ok(self.shard_counts.read(event, row))
     }
 
     /// Records a batch and tells, per record, what PostgreSQL made of it.

@@ -62,6 +62,7 @@ pub enum PgStoreError {
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
     target: std::sync::Arc<tls::PgTarget>,
+    shard_counts: crate::store::shard_counts::ShardCounts,
 }
 
 #[derive(QueryableByName)]
@@ -87,7 +88,11 @@ impl PgStore {
         });
         let mgr = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
         let pool = Pool::builder(mgr).max_size(pool_size).build()?;
-        Ok(Self { pool, target })
+        Ok(Self {
+            pool,
+            target,
+            shard_counts: Default::default(),
+        })
     }
 
     /// Runs pending migrations, one process at a time.

@@ -32,6 +32,7 @@ fn with_event<'a>(
         .bind::<Timestamptz, _>(event.window.starts_at())
         .bind::<Timestamptz, _>(event.window.ends_at())
         .bind::<Text, _>(event.prefix.as_str())
+        .bind::<Integer, _>(event.shards as i32)
 }
 
 /// `now() + lease`, in SQL, with the lease bound as milliseconds.
@@ -101,8 +102,8 @@ impl PgStore {
                 let n = with_event(
                     format!(
                         "INSERT INTO events (id, name, total_count, starts_at, ends_at, \
-                             code_prefix, state, preload_id, written_count, lease_until) \
-                         VALUES ($1, $4, $5, $6, $7, $8, 'PREPARING', $2, 0, {LEASE_UNTIL}) \
+                             code_prefix, state, preload_id, written_count, lease_until, shards) \
+                         VALUES ($1, $4, $5, $6, $7, $8, 'PREPARING', $2, 0, {LEASE_UNTIL}, $9) \
                          ON CONFLICT (id) DO NOTHING"
                     ),
                     event,
@@ -145,11 +146,11 @@ impl PgStore {
             let n = with_event(
                 format!(
                     "UPDATE events SET name = $4, total_count = $5, starts_at = $6, ends_at = $7, \
-                         code_prefix = $8, state = 'PREPARING', preload_id = $2, \
+                         code_prefix = $8, shards = $9, state = 'PREPARING', preload_id = $2, \
                          written_count = 0, failure = NULL, lease_until = {LEASE_UNTIL}, \
                          generate_ms = NULL, database_ms = NULL, redis_ms = NULL, \
                          total_ms = NULL, created_at = now() \
-                     WHERE id = $1 AND state = 'FAILED' AND preload_id = $9"
+                     WHERE id = $1 AND state = 'FAILED' AND preload_id = $10"
                 ),
                 event,
                 job,

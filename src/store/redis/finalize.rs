@@ -13,7 +13,7 @@ pub struct Finalized {
 }
 
 /// What `restore` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Restored {
     /// Users who had no record and got PostgreSQL's.
     pub users: u64,
@@ -25,15 +25,34 @@ pub struct Restored {
 }
 
 impl RedisStore {
-    /// Marks issuances of one event finalized (record state F, out of the
-    /// pending set).
+    /// Marks issuances of one event of `shards` shards finalized (record
+    /// state F, out of the pending set), each at its user's home shard.
     #[instrument(skip_all, fields(event_id = %event, n = items.len()), err)]
     pub async fn finalize(
         &self,
         event: &EventId,
+        shards: u32,
         items: &[(&UserId, &str)],
     ) -> Result<Finalized, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let mut out = Finalized {
+            done: 0,
+            unknown: Vec::new(),
+        };
+        for (k, at) in home_groups(event, shards, items.iter().map(|(u, _)| *u)) {
+            let part: Vec<(&UserId, &str)> = at.iter().map(|&i| items[i]).collect();
+            let found = self.finalize_in(&k, &part).await?;
+            out.done += found.done;
+            out.unknown.extend(found.unknown.into_iter().map(|j| at[j]));
+        }
+        out.unknown.sort_unstable();
+        Ok(out)
+    }
+
+    async fn finalize_in(
+        &self,
+        k: &EventKeys,
+        items: &[(&UserId, &str)],
+    ) -> Result<Finalized, RedisStoreError> {
         let mut inv = self.scripts.finalize.prepare_invoke();
         inv.key(&k.issued)
             .key(&k.pending)
@@ -57,9 +76,25 @@ impl RedisStore {
     pub async fn restore(
         &self,
         event: &EventId,
+        shards: u32,
         items: &[&IssuanceRecord],
     ) -> Result<Restored, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let mut sum = Restored::default();
+        for (k, at) in home_groups(event, shards, items.iter().map(|r| &r.user_id)) {
+            let part: Vec<&IssuanceRecord> = at.iter().map(|&i| items[i]).collect();
+            let r = self.restore_in(&k, &part).await?;
+            sum.users += r.users;
+            sum.dequeued += r.dequeued;
+            sum.not_queued += r.not_queued;
+        }
+        Ok(sum)
+    }
+
+    async fn restore_in(
+        &self,
+        k: &EventKeys,
+        items: &[&IssuanceRecord],
+    ) -> Result<Restored, RedisStoreError> {
         let mut inv = self.scripts.restore.prepare_invoke();
         inv.key(&k.issued).key(&k.queue).key(&k.meta);
         for r in items {
@@ -88,10 +123,24 @@ impl RedisStore {
     pub async fn mark_conflicted(
         &self,
         event: &EventId,
+        shards: u32,
         items: &[&IssuanceRecord],
         ttl: Duration,
     ) -> Result<u64, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let mut sum = 0;
+        for (k, at) in home_groups(event, shards, items.iter().map(|r| &r.user_id)) {
+            let part: Vec<&IssuanceRecord> = at.iter().map(|&i| items[i]).collect();
+            sum += self.mark_conflicted_in(&k, &part, ttl).await?;
+        }
+        Ok(sum)
+    }
+
+    async fn mark_conflicted_in(
+        &self,
+        k: &EventKeys,
+        items: &[&IssuanceRecord],
+        ttl: Duration,
+    ) -> Result<u64, RedisStoreError> {
         let mut inv = self.scripts.conflict.prepare_invoke();
         inv.key(&k.issued)
             .key(&k.pending)
@@ -121,10 +170,24 @@ impl RedisStore {
     pub async fn supersede(
         &self,
         event: &EventId,
+        shards: u32,
         items: &[(&IssuanceRecord, &IssuedCoupon, &str, bool)],
         ttl: Duration,
     ) -> Result<u64, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let mut sum = 0;
+        for (k, at) in home_groups(event, shards, items.iter().map(|i| &i.0.user_id)) {
+            let part: Vec<_> = at.iter().map(|&i| items[i]).collect();
+            sum += self.supersede_in(&k, &part, ttl).await?;
+        }
+        Ok(sum)
+    }
+
+    async fn supersede_in(
+        &self,
+        k: &EventKeys,
+        items: &[(&IssuanceRecord, &IssuedCoupon, &str, bool)],
+        ttl: Duration,
+    ) -> Result<u64, RedisStoreError> {
         let mut inv = self.scripts.supersede.prepare_invoke();
         inv.key(&k.issued)
             .key(&k.pending)

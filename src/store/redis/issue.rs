@@ -150,9 +150,11 @@ impl RedisStore {
     pub async fn issuance(
         &self,
         event: &EventId,
+        shards: u32,
         user: &UserId,
     ) -> Result<Option<HeldCoupon>, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let shards = shards.max(1);
+        let k = EventKeys::shard(event, crate::domain::shard::home(user, shards), shards);
         let mut c = self.conn().await?;
         let rec: Option<String> = redis::cmd("HGET")
             .arg(&k.issued)

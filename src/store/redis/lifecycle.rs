@@ -33,8 +33,13 @@ pub struct RedisCounts {
 
 impl RedisStore {
     /// Whether the event's meta hash exists (the event is live).
-    pub async fn event_exists(&self, event: &EventId) -> Result<bool, RedisStoreError> {
-        let k = EventKeys::new(event);
+    /// (Shard 0's: it is live first and goes last.)
+    pub async fn event_exists(
+        &self,
+        event: &EventId,
+        shards: u32,
+    ) -> Result<bool, RedisStoreError> {
+        let k = EventKeys::shard(event, 0, shards.max(1));
         let mut c = self.conn().await?;
         Ok(redis::cmd("EXISTS")
             .arg(&k.meta)
@@ -43,8 +48,12 @@ impl RedisStore {
     }
     /// Whether Redis holds the event's meta hash, live or parked offline by
     /// a forced rebuild.
-    pub async fn presence(&self, event: &EventId) -> Result<Presence, RedisStoreError> {
-        let k = EventKeys::new(event);
+    pub async fn presence(
+        &self,
+        event: &EventId,
+        shards: u32,
+    ) -> Result<Presence, RedisStoreError> {
+        let k = EventKeys::shard(event, 0, shards.max(1));
         let mut c = self.conn().await?;
         let (live, parked): (bool, bool) = redis::pipe()
             .exists(&k.meta)
@@ -57,9 +66,34 @@ impl RedisStore {
             (false, false) => Presence::Absent,
         })
     }
-    /// Queue length, issued count and pending count of an event.
-    pub async fn counts(&self, event: &EventId) -> Result<RedisCounts, RedisStoreError> {
-        let k = EventKeys::new(event);
+    /// Queue length, issued count and pending count of an event: the sums
+    /// over its `shards` shards, with the codes in open transfer records
+    /// counted as remaining (read one shard after another, so a sum taken
+    /// while codes move may be off by a transfer; the totals add up once
+    /// nothing moves).
+    pub async fn counts(
+        &self,
+        event: &EventId,
+        shards: u32,
+    ) -> Result<RedisCounts, RedisStoreError> {
+        let mut sum = RedisCounts::default();
+        for s in 0..shards.max(1) {
+            let k = EventKeys::shard(event, s, shards.max(1));
+            let c = self.counts_in(&k).await?;
+            sum.remaining += c.remaining;
+            sum.issued += c.issued;
+            sum.pending += c.pending;
+            sum.conflicted += c.conflicted;
+            if shards > 1 {
+                for t in self.open_transfers(&k).await? {
+                    sum.remaining += t.entries.len() as u64;
+                }
+            }
+        }
+        Ok(sum)
+    }
+
+    pub(super) async fn counts_in(&self, k: &EventKeys) -> Result<RedisCounts, RedisStoreError> {
         let mut c = self.conn().await?;
         let (remaining, issued, pending, conflicted): (u64, u64, u64, u64) = redis::pipe()
             .cmd("LLEN")
@@ -82,12 +116,67 @@ impl RedisStore {
     /// Brings the event's meta up to the controls PostgreSQL recorded (see
     /// `control.lua`): `Applied` or `Current` (it held them already, or
     /// newer ones), `NotLive` when Redis holds no meta of the event.
+    /// An event of several shards: shard 0 first, then every other shard
+    /// gets shard 0's meta (see `shard_metas`).
     pub async fn sync_controls(
         &self,
         event: &EventId,
+        shards: u32,
         state: &ControlState,
     ) -> Result<Synced, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let base = EventKeys::shard(event, 0, shards.max(1));
+        let synced = self.sync_controls_in(&base, state).await?;
+        if shards > 1 && synced != Synced::NotLive {
+            self.shard_metas(event, shards, state.settled).await?;
+        }
+        Ok(synced)
+    }
+
+    /// Gives shards 1 and up shard 0's meta (see `shard_meta.lua`): made
+    /// when missing, its controls brought up to shard 0's. Read after shard
+    /// 0 was written, so whichever of two callers writes a shard last,
+    /// the newest controls stand. False when shard 0 holds no meta.
+    pub async fn shard_metas(
+        &self,
+        event: &EventId,
+        shards: u32,
+        settled: bool,
+    ) -> Result<bool, RedisStoreError> {
+        let base = EventKeys::shard(event, 0, shards);
+        let mut c = self.conn().await?;
+        let m: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&base.meta)
+            .arg(&["starts_at", "ends_at", "total", "paused", "control_seq"])
+            .query_async(&mut c)
+            .await?;
+        drop(c);
+        let [Some(starts), Some(ends), Some(total), paused, seq] = &m[..] else {
+            return Ok(false);
+        };
+        for s in 1..shards {
+            let k = EventKeys::shard(event, s, shards);
+            let mut inv = self.scripts.shard_meta.prepare_invoke();
+            inv.key(&k.meta);
+            for key in k.data() {
+                inv.key(key);
+            }
+            inv.arg(starts)
+                .arg(ends)
+                .arg(total)
+                .arg(u8::from(paused.as_deref() == Some("1")))
+                .arg(seq.as_deref().unwrap_or("0"))
+                .arg(u8::from(settled));
+            let mut c = self.conn().await?;
+            let _: i64 = inv.invoke_async(&mut c).await?;
+        }
+        Ok(true)
+    }
+
+    async fn sync_controls_in(
+        &self,
+        k: &EventKeys,
+        state: &ControlState,
+    ) -> Result<Synced, RedisStoreError> {
         let mut inv = self.scripts.control.prepare_invoke();
         inv.key(&k.meta).key(&k.meta_offline);
         for key in k.data() {
@@ -108,12 +197,32 @@ impl RedisStore {
     /// Settles the event if its window has ended (Redis's clock, the meta's
     /// end) and nothing is pending: every key gets the expiry `ttl` (see
     /// `settle.lua`). Returns the window's end (unix ms) when it did.
+    /// An event of several shards settles shard by shard; it is settled
+    /// once every shard is (each shard's keys expire on their own).
     pub async fn settle(
         &self,
         event: &EventId,
+        shards: u32,
         ttl: Duration,
     ) -> Result<Option<i64>, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let mut settled = None;
+        for s in 0..shards.max(1) {
+            match self
+                .settle_in(&EventKeys::shard(event, s, shards.max(1)), ttl)
+                .await?
+            {
+                Some(ends) => settled = Some(ends),
+                None => return Ok(None),
+            }
+        }
+        Ok(settled)
+    }
+
+    async fn settle_in(
+        &self,
+        k: &EventKeys,
+        ttl: Duration,
+    ) -> Result<Option<i64>, RedisStoreError> {
         let mut inv = self.scripts.settle.prepare_invoke();
         inv.key(&k.meta).key(&k.pending);
         for key in k.data() {
@@ -127,14 +236,30 @@ impl RedisStore {
     /// Claims up to `max` issuances of `event` pending for longer than
     /// `age`, or than `max_age` while the finalizer is progressing
     /// (see `scripts/lua/claim_stale.lua`).
+    /// An event of several shards: up to `max` from each shard.
     pub async fn claim_stale(
         &self,
         event: &EventId,
+        shards: u32,
         age: Duration,
         max_age: Duration,
         max: usize,
     ) -> Result<Vec<(UserId, HeldCoupon)>, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let mut claimed = Vec::new();
+        for s in 0..shards.max(1) {
+            let k = EventKeys::shard(event, s, shards.max(1));
+            claimed.extend(self.claim_stale_in(&k, age, max_age, max).await?);
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_stale_in(
+        &self,
+        k: &EventKeys,
+        age: Duration,
+        max_age: Duration,
+        max: usize,
+    ) -> Result<Vec<(UserId, HeldCoupon)>, RedisStoreError> {
         let mut c = self.conn().await?;
         let flat: Vec<String> = self
             .scripts

@@ -38,8 +38,33 @@ use crate::domain::{
     RequestId, UserId,
 };
 use crate::domain::{HeldCoupon, LiveState};
-use crate::store::keys::EventKeys;
+use crate::store::keys::{EventKeys, ShardZero};
 use crate::store::record;
+
+/// Positions of `users` grouped by their home shard among `shards` (one
+/// group per shard, some maybe empty; one shard: every position).
+fn by_home<'a>(shards: u32, users: impl Iterator<Item = &'a UserId>) -> Vec<Vec<usize>> {
+    let mut groups = vec![Vec::new(); shards.max(1) as usize];
+    for (i, u) in users.enumerate() {
+        groups[crate::domain::shard::home(u, shards.max(1)) as usize].push(i);
+    }
+    groups
+}
+
+/// Each non-empty group of `by_home` with its shard's keys.
+fn home_groups<'a>(
+    event: &EventId,
+    shards: u32,
+    users: impl Iterator<Item = &'a UserId>,
+) -> Vec<(EventKeys, Vec<usize>)> {
+    let shards = shards.max(1);
+    by_home(shards, users)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, at)| !at.is_empty())
+        .map(|(s, at)| (EventKeys::shard(event, s as u32, shards), at))
+        .collect()
+}
 
 /// Errors of the Redis store.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +117,7 @@ struct Scripts {
     transfer_out: Script,
     transfer_in: Script,
     transfer_done: Script,
+    shard_meta: Script,
 }
 
 /// Handle to Redis; cheap to clone.
@@ -184,6 +210,7 @@ impl Scripts {
             transfer_out: Script::new(include_str!("../../../scripts/lua/transfer_out.lua")),
             transfer_in: Script::new(include_str!("../../../scripts/lua/transfer_in.lua")),
             transfer_done: Script::new(include_str!("../../../scripts/lua/transfer_done.lua")),
+            shard_meta: Script::new(include_str!("../../../scripts/lua/shard_meta.lua")),
             take_offline: Script::new(include_str!("../../../scripts/lua/take_offline.lua")),
             bring_online: Script::new(include_str!("../../../scripts/lua/bring_online.lua")),
             rebuild_lock: Script::new(include_str!("../../../scripts/lua/rebuild_lock.lua")),

@@ -57,17 +57,18 @@ fn fence_reply((verdict, id): (String, String)) -> Result<FenceReply, RedisStore
 impl RedisStore {
     /// Gives the event's Redis preload fence to `job`, replacing `replaced`
     /// (see `claim_preload.lua`).
-    #[instrument(skip_all, fields(event_id = %event, preload_id = %job), err)]
+    #[instrument(skip_all, fields(preload_id = %job), err)]
     pub async fn claim_preload(
         &self,
-        event: &EventId,
+        event: impl Into<ShardZero>,
         job: &PreloadId,
         replaced: Option<&PreloadId>,
     ) -> Result<FenceReply, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let event = event.into();
+        let k = event.keys();
         let replaced_staging = match replaced {
-            Some(r) => EventKeys::preload_staging(event, r),
-            None => EventKeys::preload_staging(event, job),
+            Some(r) => EventKeys::preload_staging(event.clone(), r),
+            None => EventKeys::preload_staging(event.clone(), job),
         };
         let mut c = self.conn().await?;
         let reply: (String, String) = self
@@ -76,7 +77,7 @@ impl RedisStore {
             .key(&k.meta)
             .key(&k.preload_owner)
             .key(replaced_staging)
-            .key(EventKeys::preload_staging(event, job))
+            .key(EventKeys::preload_staging(event.clone(), job))
             .arg(job.as_str())
             .arg(replaced.map(PreloadId::as_str).unwrap_or(""))
             .invoke_async(&mut c)
@@ -88,13 +89,14 @@ impl RedisStore {
     /// length.
     pub async fn stage_chunk(
         &self,
-        event: &EventId,
+        event: impl Into<ShardZero>,
         job: &PreloadId,
         before: u64,
         entries: &[String],
     ) -> Result<u64, PreloadStepError> {
-        let k = EventKeys::new(event);
-        let staging = EventKeys::preload_staging(event, job);
+        let event = event.into();
+        let k = event.keys();
+        let staging = EventKeys::preload_staging(event.clone(), job);
         let mut c = self.conn().await?;
         let mut len = before;
         for part in entries.chunks(STAGE_SCRIPT_ENTRIES) {
@@ -113,20 +115,21 @@ impl RedisStore {
     /// Atomically turns `job`'s staging list into the live queue and writes
     /// the event's meta hash (see `scripts/lua/make_live.lua`). Ok also when
     /// this job made it live before (a retry after a lost reply).
-    #[instrument(skip_all, fields(event_id = %event, preload_id = %job), err)]
+    #[instrument(skip_all, fields(preload_id = %job), err)]
     pub async fn make_live(
         &self,
-        event: &EventId,
+        event: impl Into<ShardZero>,
         job: &PreloadId,
         window_ms: (i64, i64),
         total: u32,
     ) -> Result<(), PreloadStepError> {
-        let k = EventKeys::new(event);
+        let event = event.into();
+        let k = event.keys();
         let mut c = self.conn().await?;
         let _: i64 = self
             .scripts
             .make_live
-            .key(EventKeys::preload_staging(event, job))
+            .key(EventKeys::preload_staging(event.clone(), job))
             .key(&k.queue)
             .key(&k.meta)
             .key(&k.issued)
@@ -144,22 +147,26 @@ impl RedisStore {
     /// list; says so instead when the event is live (see
     /// `abandon_preload.lua`). `Fenced(p)`: abandoned, and `p` holds the
     /// fence; `stale` names a holder to drop as well (a dead predecessor).
-    #[instrument(skip_all, fields(event_id = %event, preload_id = %job), err)]
+    #[instrument(skip_all, fields(preload_id = %job), err)]
     pub async fn abandon_preload(
         &self,
-        event: &EventId,
+        event: impl Into<ShardZero>,
         job: &PreloadId,
         stale: Option<&PreloadId>,
     ) -> Result<FenceReply, RedisStoreError> {
-        let k = EventKeys::new(event);
+        let event = event.into();
+        let k = event.keys();
         let mut c = self.conn().await?;
         let reply: (String, String) = self
             .scripts
             .abandon_preload
             .key(&k.meta)
             .key(&k.preload_owner)
-            .key(EventKeys::preload_staging(event, job))
-            .key(EventKeys::preload_staging(event, stale.unwrap_or(job)))
+            .key(EventKeys::preload_staging(event.clone(), job))
+            .key(EventKeys::preload_staging(
+                event.clone(),
+                stale.unwrap_or(job),
+            ))
             .arg(job.as_str())
             .arg(stale.map(PreloadId::as_str).unwrap_or(""))
             .invoke_async(&mut c)

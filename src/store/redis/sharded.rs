@@ -13,11 +13,61 @@ use crate::domain::shard;
 /// an error the caller may retry, never SOLD_OUT: codes are left
 /// elsewhere, and concurrent batches keep taking what moves).
 const MAX_REFILLS: usize = 16;
+/// Codes one transfer of a spread moves at most: a transfer record holds
+/// its codes in one hash field, written and read whole.
+const SPREAD_CHUNK: usize = 10_000;
 /// Codes one refill moves at least (when the donor holds twice as many):
 /// enough that a dry shard does not ask again for every batch.
 const REFILL_AHEAD: usize = 256;
 
 impl RedisStore {
+    /// Gives every shard but shard 0 its meta and its share of the codes,
+    /// moved from shard 0 by transfers (the preload makes shard 0 live
+    /// with every code). Safe to run again, by anyone, at any time: a
+    /// shard's share counts what it holds and what it issued, so a second
+    /// run moves what the first did not. Balancing only: a shard that got
+    /// less refills itself when it runs dry. Returns the codes moved.
+    pub async fn spread(&self, event: &EventId, shards: u32) -> Result<u64, RedisStoreError> {
+        if shards < 2 {
+            return Ok(0);
+        }
+        if !self.shard_metas(event, shards, false).await? {
+            return Err(RedisStoreError::Reply(format!(
+                "shard 0 of {event} is not live: nothing to spread"
+            )));
+        }
+        let base = EventKeys::shard(event, 0, shards);
+        self.finish_transfers(&base).await?;
+        let mut c = self.conn().await?;
+        let total: u64 = redis::cmd("HGET")
+            .arg(&base.meta)
+            .arg("total")
+            .query_async::<Option<u64>>(&mut c)
+            .await?
+            .unwrap_or(0);
+        drop(c);
+        let mut moved = 0;
+        for s in 1..shards {
+            let k = EventKeys::shard(event, s, shards);
+            let share =
+                total / u64::from(shards) + u64::from(u64::from(s) < total % u64::from(shards));
+            let held = self.counts_in(&k).await?;
+            let mut missing = share.saturating_sub(held.remaining + held.issued) as usize;
+            let target = shard::tag(event, s, shards);
+            while missing > 0 {
+                let n = self
+                    .transfer(&base, &target, missing.min(SPREAD_CHUNK))
+                    .await?;
+                if n == 0 {
+                    return Ok(moved); // shard 0 ran dry (issuing started)
+                }
+                moved += n as u64;
+                missing = missing.saturating_sub(n);
+            }
+        }
+        Ok(moved)
+    }
+
     /// The issue script for `items` of an event of `shards` shards, each
     /// item at its user's home shard; verdicts in the order of `items`.
     pub async fn issue_sharded(

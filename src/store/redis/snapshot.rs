@@ -126,8 +126,47 @@ impl RedisStore {
     /// `BULK_CHUNK`, each asked again a few times when it fails (reads
     /// change nothing), on a bulk connection. Not atomic: compare with care
     /// while the event is live.
-    pub async fn snapshot(&self, event: &EventId) -> Result<LiveState, RedisStoreError> {
-        let k = EventKeys::new(event);
+    ///
+    /// An event of several shards: every shard's, merged, with the codes in
+    /// open transfer records counted as queued (a user lives at one home
+    /// shard, so no user is in two shards' hashes; a code moving between
+    /// shards while they are read may be seen twice or not at all, which a
+    /// second look tells apart).
+    pub async fn snapshot(
+        &self,
+        event: &EventId,
+        shards: u32,
+    ) -> Result<LiveState, RedisStoreError> {
+        let shards = shards.max(1);
+        let mut all = self
+            .snapshot_in(&EventKeys::shard(event, 0, shards))
+            .await?;
+        for s in 1..shards {
+            let k = EventKeys::shard(event, s, shards);
+            let part = self.snapshot_in(&k).await?;
+            all.queue.extend(part.queue);
+            all.issued.extend(part.issued);
+            all.pending.extend(part.pending);
+            all.superseded.extend(part.superseded);
+        }
+        if shards > 1 {
+            for s in 0..shards {
+                for t in self
+                    .open_transfers(&EventKeys::shard(event, s, shards))
+                    .await?
+                {
+                    let codes = t
+                        .entries
+                        .iter()
+                        .map(|e| e.split('\t').next().unwrap_or_default());
+                    all.queue.extend(codes.map(str::to_owned));
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    async fn snapshot_in(&self, k: &EventKeys) -> Result<LiveState, RedisStoreError> {
         let mut c = self.link.bulk().await?;
         let mut snap = LiveState {
             live: read(&mut c, redis::cmd("EXISTS").arg(&k.meta)).await?,

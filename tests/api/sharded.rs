@@ -1,0 +1,201 @@
+//! Events split over several shards (`PreloadRequest.shards`): the codes
+//! spread over the shards at preload, each user decided at their home
+//! shard, codes moving to a shard that runs dry, and every count, control
+//! and answer as for an event of one shard. Runs on a single node and on
+//! the cluster, where the shards land on three different masters.
+
+use std::collections::HashSet;
+
+use coupond::domain::{shard, EventId, UserId};
+use coupond::proto::{self, IssueResult};
+use coupond::store::keys::EventKeys;
+use redis::AsyncCommands;
+
+use crate::helpers::{
+    check_issued, check_thousand_issued, issue_all, issue_request, preload_request, reconcile_cli,
+    spawn_app, TestApp,
+};
+
+const SHARDS: u32 = 3;
+
+/// Preloads `event` with `total` coupons over `SHARDS` shards.
+async fn preload_sharded(app: &TestApp, event: &str, total: u32) {
+    let mut req = preload_request(event, total);
+    req.shards = SHARDS;
+    let r = app.preload(req).await.expect("preload");
+    assert_eq!(r.state, proto::EventState::Live as i32);
+}
+
+/// Each shard's queue length, shard 0 first.
+async fn queue_lengths(app: &TestApp, event: &str) -> Vec<u64> {
+    let id = EventId::parse(event).unwrap();
+    let mut c = app.redis.conn().await.unwrap();
+    let mut out = Vec::new();
+    for s in 0..SHARDS {
+        let len: u64 = c
+            .llen(EventKeys::shard(&id, s, SHARDS).queue)
+            .await
+            .unwrap();
+        out.push(len);
+    }
+    out
+}
+
+/// On the cluster (`COUPOND_REDIS_CLUSTER`): the port of the master that
+/// serves each shard's meta (the only node that answers for the key
+/// rather than redirecting). None on a single node.
+fn masters_of_shards(event: &str) -> Option<Vec<u16>> {
+    std::env::var("COUPOND_REDIS_CLUSTER").ok()?;
+    let id = EventId::parse(event).unwrap();
+    let owner = |key: &str| {
+        (7001..=7006).find(|port: &u16| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "EXISTS", key])
+                .output()
+                .expect("redis-cli runs");
+            String::from_utf8_lossy(&out.stdout).trim() == "1"
+        })
+    };
+    let masters = (0..SHARDS)
+        .map(|s| owner(&EventKeys::shard(&id, s, SHARDS).meta).expect("a master holds the shard"))
+        .collect();
+    Some(masters)
+}
+
+/// `n` user ids whose home shard is `home`.
+fn users_at(home: u32, n: usize, prefix: &str) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|u| shard::home(&UserId::parse(u.clone()).unwrap(), SHARDS) == home)
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sharded_event_gives_two_thousand_users_exactly_its_thousand_coupons_all_finalized() {
+    let app = spawn_app().await;
+    let event = app.event_id("sharded");
+    preload_sharded(&app, &event, 1000).await;
+    // The preload spread the codes: each shard holds its share.
+    assert_eq!(queue_lengths(&app, &event).await, vec![334, 333, 333]);
+    if let Some(masters) = masters_of_shards(&event) {
+        let distinct: HashSet<u16> = masters.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "each shard on a master of its own: {masters:?}"
+        );
+    }
+    let e = app.get_event(&event).await;
+    assert_eq!((e.shards, e.remaining_count, e.issued_count), (3, 1000, 0));
+
+    let users: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+    let (unary, streamed) = users.split_at(1000);
+    let mut responses = issue_all(&app, &event, unary).await;
+    let reqs = streamed.iter().map(|u| issue_request(&event, u)).collect();
+    let answers = app.issue_stream(reqs).await;
+    responses.extend(streamed.iter().cloned().zip(answers));
+    let issued = check_thousand_issued(&responses);
+    app.await_finalized(&event, &issued).await;
+    let e = app.get_event(&event).await;
+    assert_eq!(
+        (e.remaining_count, e.issued_count, e.finalized_count),
+        (0, 1000, 1000)
+    );
+    // Each user's coupon is found at their home shard, and asking again
+    // gives the same one.
+    for (code, user) in issued.iter().take(50) {
+        let r = app.issue_as(&event, user, &format!("again-{user}")).await;
+        assert_eq!(r.result, IssueResult::AlreadyIssued as i32, "{user}");
+        assert_eq!(&r.coupon.unwrap().code, code, "{user}");
+        let held = app.get_issuance(&event, user).await;
+        assert_eq!(&held.coupon.unwrap().code, code, "{user}");
+    }
+    let (code, out) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(code, 0, "reconcile finds both stores agree:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn home_shards_that_run_dry_unevenly_sell_out_exactly_through_transfers() {
+    let app = spawn_app().await;
+    let event = app.event_id("uneven");
+    preload_sharded(&app, &event, 300).await;
+    // 400 users, all at shard 0, which holds 100 codes: 200 must move to
+    // it from the other shards, and nobody hears SOLD_OUT while they can.
+    let users = users_at(0, 400, "dry");
+    let responses = issue_all(&app, &event, &users).await;
+    let issued = check_issued(&responses, 300, &[]);
+    app.await_finalized(&event, &issued).await;
+    assert_eq!(queue_lengths(&app, &event).await, vec![0, 0, 0]);
+    let e = app.get_event(&event).await;
+    assert_eq!(
+        (e.remaining_count, e.issued_count, e.finalized_count),
+        (0, 300, 300)
+    );
+    // Users of the other shards are told SOLD_OUT too: the whole event is.
+    for home in 1..SHARDS {
+        for u in users_at(home, 3, "late") {
+            let r = app.issue(&event, &u).await;
+            assert_eq!(r.result, IssueResult::SoldOut as i32, "{u} at shard {home}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_at_every_shard_keep_their_coupon_through_pause_and_close() {
+    let app = spawn_app().await;
+    let event = app.event_id("shardctl");
+    preload_sharded(&app, &event, 30).await;
+    let holders: Vec<String> = (0..SHARDS).flat_map(|h| users_at(h, 2, "holder")).collect();
+    let mut held = HashSet::new();
+    for (u, r) in issue_all(&app, &event, &holders).await {
+        assert_eq!(r.result, IssueResult::Issued as i32, "{u}");
+        held.insert((u, r.coupon.unwrap().code));
+    }
+    let newcomers: Vec<String> = (0..SHARDS).flat_map(|h| users_at(h, 1, "new")).collect();
+    let answers = |want: IssueResult| {
+        let (app, event, held, newcomers) = (&app, &event, &held, &newcomers);
+        async move {
+            for (u, code) in held {
+                let r = app.issue_as(event, u, &format!("again-{u}")).await;
+                assert_eq!(r.result, IssueResult::AlreadyIssued as i32, "{u}");
+                assert_eq!(&r.coupon.unwrap().code, code, "{u}");
+            }
+            for u in newcomers {
+                let r = app.issue(event, u).await;
+                assert_eq!(r.result, want as i32, "{u}");
+            }
+        }
+    };
+    app.pause(&event, "check").await.unwrap();
+    answers(IssueResult::Paused).await;
+    let e = app.get_event(&event).await;
+    assert!(e.paused);
+    assert_eq!((e.issued_count, e.remaining_count), (6, 24));
+    app.close(&event, "done").await.unwrap();
+    answers(IssueResult::Ended).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shard_count_is_checked_and_kept() {
+    let app = spawn_app().await;
+    let event = app.event_id("shardcount");
+    let mut req = preload_request(&event, 10);
+    for (shards, why) in [(17, "must be 0..=16"), (11, "must not exceed total_count")] {
+        req.shards = shards;
+        let e = app.preload(req.clone()).await.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("shards"), "{}", e.message());
+        assert!(e.message().contains(why), "{}", e.message());
+    }
+    req.shards = 2;
+    app.preload(req.clone()).await.expect("preload");
+    req.shards = 3;
+    let e = app.preload(req).await.expect_err("another count");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    assert!(e.message().contains("shards is 2"), "{}", e.message());
+    // A rebuild of a sharded event is refused, naming why.
+    let (code, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("split over 2 shards"), "{out}");
+}
