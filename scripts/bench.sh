@@ -142,9 +142,10 @@ cost_runs() {
 
 # preloaded NAME COUPONS: an event preloaded outside any measurement (a
 # drop's coupons are made long before it starts); prints its id.
-preloaded() {
+preloaded() { # label coupons [shards]
   mkdir -p "$OUT/events"
-  "$BENCH" --addr "$ADDR" --mode preload --coupons "$2" --json "$OUT/events/$1.json" >/dev/null 2>&1
+  "$BENCH" --addr "$ADDR" --mode preload --coupons "$2" --shards "${3:-1}" \
+    --json "$OUT/events/$1.json" >/dev/null 2>&1
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/events/$1.json"
 }
 
@@ -157,9 +158,11 @@ redis_cpu() {
   done
 }
 
-# cluster_run LABEL SEEDS ACKS: the stream load against a server on SEEDS
-# (empty: the single node) asking ACKS replicas (empty: the default), with
-# each Redis node's CPU before and after.
+# cluster_run LABEL SEEDS ACKS [SHARDS [COUPONS]]: the stream load
+# against a server on SEEDS (empty: the single node) asking ACKS replicas
+# (empty: the default), on an event of SHARDS shards (1) and COUPONS
+# coupons (twice the load), with each Redis node's CPU before and after
+# and the server's shard transfers.
 cluster_run() {
   local label="$1"
   local -x COUPOND_DATABASE_URL COUPOND_REDIS_CLUSTER="$2" COUPOND_REDIS_REPLICA_ACKS="$3"
@@ -168,10 +171,11 @@ cluster_run() {
   COUPOND_KAFKA_TOPIC="coupon-issued-$label" COUPOND_KAFKA_GROUP="coupond-bench-$label" \
     start_server ack
   local event
-  event="$(preloaded "$label" "$((COST_REQUESTS * 2))")"
+  event="$(preloaded "$label" "${5:-$((COST_REQUESTS * 2))}" "${4:-1}")"
   redis_cpu >"$OUT/$label.redis-before"
   bench "$label-stream-s16" --mode stream --concurrency 16 --requests "$COST_REQUESTS" --event "$event"
   redis_cpu >"$OUT/$label.redis-after"
+  curl -s "http://127.0.0.1:9464/metrics" | grep '^coupond_shard_' >"$OUT/$label.transfers" || true
   stop_server
 }
 
@@ -292,7 +296,9 @@ PY
 # ONLY=cluster: the same stream load on the single node, on the stack's
 # Redis Cluster with the failover guard (WAIT 1 per batch), on the
 # cluster without it, and spread over three events on three masters, in
-# one run (CLUSTER_RUNS picks some: single guard noguard spread).
+# one run (CLUSTER_RUNS picks some: single guard noguard spread; and
+# sharded, soldout1, soldout3: one event of 3 shards, and a sold-out run
+# with 1 and 3 shards).
 if [ "${ONLY:-}" = cluster ]; then
   scripts/stack.sh redis-cluster-up
   SEEDS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
@@ -303,7 +309,15 @@ if [ "${ONLY:-}" = cluster ]; then
       guard) cluster_run cluster-guard "$SEEDS" ""; node_shares cluster-guard "$COST_REQUESTS" ;;
       noguard) cluster_run cluster-noguard "$SEEDS" 0; node_shares cluster-noguard "$COST_REQUESTS" ;;
       spread) spread_run cluster-spread "$SEEDS"; node_shares cluster-spread "$COST_REQUESTS" ;;
-      *) echo "CLUSTER_RUNS: unknown run $run (single guard noguard spread)" >&2; exit 2 ;;
+      # One event of three shards, on three masters.
+      sharded) cluster_run cluster-sharded "$SEEDS" "" 3; node_shares cluster-sharded "$COST_REQUESTS" ;;
+      # Sold out: half as many coupons as requests, so shards run dry
+      # unevenly and refill from each other before the end.
+      soldout1) cluster_run cluster-soldout-k1 "$SEEDS" "" 1 "$((COST_REQUESTS / 2))"
+        node_shares cluster-soldout-k1 "$COST_REQUESTS" ;;
+      soldout3) cluster_run cluster-soldout-k3 "$SEEDS" "" 3 "$((COST_REQUESTS / 2))"
+        node_shares cluster-soldout-k3 "$COST_REQUESTS" ;;
+      *) echo "CLUSTER_RUNS: unknown run $run (single guard noguard spread sharded soldout1 soldout3)" >&2; exit 2 ;;
     esac
   done
   python3 scripts/bench_report.py "$OUT" || true

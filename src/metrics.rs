@@ -29,6 +29,8 @@ pub const CONFLICTS: &str = "coupond_conflicts_total";
 pub const PRELOAD_WRITTEN: &str = "coupond_preload_written_coupons";
 pub const SERVING: &str = "coupond_serving";
 pub const REPLICA_UNCONFIRMED: &str = "coupond_redis_replica_unconfirmed_total";
+pub const SHARD_TRANSFERS: &str = "coupond_shard_transfers_total";
+pub const SHARD_CODES_MOVED: &str = "coupond_shard_codes_moved_total";
 
 /// Buckets for request-path latencies (seconds): 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -76,6 +78,8 @@ fn zeros() {
         REPUBLISHED,
         FINALIZER_BATCHES,
         REPLICA_UNCONFIRMED,
+        SHARD_TRANSFERS,
+        SHARD_CODES_MOVED,
     ] {
         counter!(name).increment(0);
     }
@@ -114,6 +118,11 @@ fn describe() {
         REPLICA_UNCONFIRMED,
         "Issue batch calls whose writes the replicas did not confirm within COUPOND_REDIS_REPLICA_TIMEOUT (their users were not told ISSUED; the batch is asked again)."
     );
+    describe_counter!(
+        SHARD_TRANSFERS,
+        "Transfers of codes between the shards of sharded events this process made, to refill a dry shard or to spread a preload."
+    );
+    describe_counter!(SHARD_CODES_MOVED, "Codes those transfers moved.");
     describe_gauge!(
         PENDING,
         "Issuances in Redis not yet recorded in PostgreSQL, per live event."
@@ -195,6 +204,11 @@ pub fn published(took: Duration, acknowledged: bool) {
 
 pub fn replica_unconfirmed() {
     counter!(REPLICA_UNCONFIRMED).increment(1);
+}
+
+pub fn shard_transfer(codes: usize) {
+    counter!(SHARD_TRANSFERS).increment(1);
+    counter!(SHARD_CODES_MOVED).increment(codes as u64);
 }
 
 pub fn answered_not_durable() {

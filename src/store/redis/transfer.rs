@@ -152,6 +152,7 @@ impl RedisStore {
         self.transfer_in(&EventKeys::tagged(target), &id, &entries)
             .await?;
         self.transfer_done(donor, &id).await?;
+        crate::metrics::shard_transfer(entries.len());
         Ok(entries.len())
     }
 
