@@ -10,9 +10,15 @@
 -- ARGV[1] starts_at  ARGV[2] ends_at (unix ms)  ARGV[3] total
 -- ARGV[4] 1 paused, 0 not  ARGV[5] control_seq
 -- ARGV[6] 1 when PostgreSQL records the event settled, else 0
--- Returns 1 applied, 0 already as new.
+-- ARGV[7] 1 while the preload makes the shards (shard 0's meta has no
+--   shards_made yet), else 0: a shard whose meta is missing after that
+--   was lost (its master lost its data) and is not made again, empty: its
+--   users' records are gone with it, and its users hear what PostgreSQL
+--   holds, as for an event Redis lost.
+-- Returns 1 applied, 0 already as new, -1 missing and not made (lost).
 local meta = KEYS[1]
 local fresh = redis.call('EXISTS', meta) == 0
+if fresh and ARGV[7] ~= '1' then return -1 end
 if not fresh and tonumber(redis.call('HGET', meta, 'control_seq') or '0') >= tonumber(ARGV[5]) then
   return 0
 end

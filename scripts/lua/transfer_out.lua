@@ -1,5 +1,5 @@
 -- A transfer's first step, on the donor shard: up to N codes leave the
--- donor's queue into a transfer record, in one atomic call. From here until
+-- donor's queue (its tail) into a transfer record, in one atomic call. From here until
 -- the target shard has them (transfer_in.lua) they are in the record and
 -- nowhere else; whoever finds the record (the server that started the
 -- transfer, another server, the sweeper) finishes it. Idempotent by the
@@ -29,7 +29,10 @@ if rec then
   end
   return {'MOVING', out}
 end
-local codes = redis.call('LPOP', KEYS[1], tonumber(ARGV[2]))
+-- From the tail: Issue pops from the head, and a pop a failover undid
+-- leaves its code at the head, where restore.lua looks for it at the
+-- user's home shard; a transfer must not carry it elsewhere first.
+local codes = redis.call('RPOP', KEYS[1], tonumber(ARGV[2]))
 if not codes then return {'DRY', {}} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. '\n' .. table.concat(codes, '\n'))
 return {'MOVING', codes}

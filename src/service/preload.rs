@@ -339,7 +339,7 @@ impl Job {
         };
         let t = Instant::now();
         self.make_live(stop).await?;
-        self.spread(stop).await?;
+        self.shard_metas(stop).await?;
         let timings = PreloadTimings {
             generate: spent.generate,
             database: spent.database,
@@ -347,6 +347,7 @@ impl Job {
             total: started.elapsed(),
         };
         self.record_live(&timings, stop).await?;
+        self.spread(stop).await;
         Ok(timings)
     }
 
@@ -409,13 +410,15 @@ impl Job {
     /// complete (staging finished only after every chunk committed).
     async fn adopt(&self, live: PreloadId, started: Instant) -> Result<PreloadTimings, JobEnd> {
         tracing::warn!(event_id = %self.event.id, live_preload = %live, "event was live already; recording it");
-        self.spread(&self.inner.shutdown.child_token()).await?;
+        let stop = self.inner.shutdown.child_token();
+        self.shard_metas(&stop).await?;
         let timings = PreloadTimings {
             total: started.elapsed(),
             ..Default::default()
         };
         self.record_live(&timings, &CancellationToken::new())
             .await?;
+        self.spread(&stop).await;
         Ok(timings)
     }
 
@@ -571,12 +574,41 @@ impl Job {
         ShardZero::of(&self.event.id, self.event.shards)
     }
 
-    /// Spreads a sharded event's codes from shard 0 over its shards, asking
-    /// again until it is done or the server stops (then the job's lease
-    /// goes, and whoever takes it over spreads again). Never fails the
-    /// job: the event is live in Redis already, and a shard short of codes
-    /// gets them by a transfer when it runs dry.
-    async fn spread(&self, stop: &CancellationToken) -> Result<(), JobEnd> {
+    /// Gives every shard of a sharded event its meta once shard 0 is live,
+    /// before PostgreSQL records the event LIVE: from then on a shard
+    /// without meta is a lost one (see `RedisStore::shard_metas`). Asked
+    /// again until done or the server stops (then whoever takes the job
+    /// over adopts the live event and does it).
+    async fn shard_metas(&self, stop: &CancellationToken) -> Result<(), JobEnd> {
+        if self.event.shards < 2 {
+            return Ok(());
+        }
+        let mut backoff = job_backoff();
+        loop {
+            let made = self
+                .inner
+                .redis
+                .shard_metas(&self.event.id, self.event.shards, false)
+                .await;
+            match made {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(JobEnd::Retry("shard 0 is not live in redis".into())),
+                Err(e) => {
+                    tracing::warn!(event_id = %self.event.id, error = %e, "making the shards' metas failed; retrying")
+                }
+            }
+            pause(stop, &mut backoff).await?;
+        }
+    }
+
+    /// Spreads a sharded event's codes from shard 0 over its shards once
+    /// the event is LIVE, asking again until done or the server stops. A
+    /// spread cut short costs only balance: a shard short of codes gets
+    /// them by a transfer when it runs dry.
+    async fn spread(&self, stop: &CancellationToken) {
+        if self.event.shards < 2 {
+            return;
+        }
         let mut backoff = job_backoff();
         loop {
             match self
@@ -586,16 +618,16 @@ impl Job {
                 .await
             {
                 Ok(moved) => {
-                    if moved > 0 {
-                        tracing::info!(event_id = %self.event.id, shards = self.event.shards, moved, "codes spread over the event's shards");
-                    }
-                    return Ok(());
+                    tracing::info!(event_id = %self.event.id, shards = self.event.shards, moved, "codes spread over the event's shards");
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(event_id = %self.event.id, error = %e, "spreading codes over the shards failed; retrying")
                 }
             }
-            pause(stop, &mut backoff).await?;
+            if pause(stop, &mut backoff).await.is_err() {
+                return;
+            }
         }
     }
 

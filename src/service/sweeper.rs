@@ -93,6 +93,7 @@ impl Sweeper {
                 }
             };
             self.repair_controls(&event, shards, &controls).await;
+            self.finish_transfers(&event, shards).await;
             total += self.sweep(&event, shards, shutdown).await?;
             self.settle_if_done(&event, shards).await;
         }
@@ -110,6 +111,23 @@ impl Sweeper {
             Ok(Synced::Current | Synced::NotLive) => {}
             Err(e) => {
                 tracing::debug!(event_id = %event, error = %e, "syncing controls failed; next sweep")
+            }
+        }
+    }
+
+    /// Transfers between a sharded event's shards whose starter died are
+    /// finished here, so their codes do not wait for the next refill.
+    async fn finish_transfers(&self, event: &EventId, shards: u32) {
+        if shards < 2 {
+            return;
+        }
+        match self.redis.finish_all_transfers(event, shards).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(event_id = %event, transfers = n, "finished transfers between shards")
+            }
+            Err(e) => {
+                tracing::debug!(event_id = %event, error = %e, "finishing transfers failed; next sweep")
             }
         }
     }

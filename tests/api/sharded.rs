@@ -6,14 +6,14 @@
 
 use std::collections::HashSet;
 
-use coupond::domain::{shard, EventId, UserId};
+use coupond::domain::{shard, EventId, IssuanceRecord, UserId};
 use coupond::proto::{self, IssueResult};
 use coupond::store::keys::EventKeys;
 use redis::AsyncCommands;
 
 use crate::helpers::{
     check_issued, check_thousand_issued, issue_all, issue_request, preload_request, reconcile_cli,
-    spawn_app, TestApp,
+    spawn_app, spawn_unswept, TestApp,
 };
 
 const SHARDS: u32 = 3;
@@ -198,4 +198,107 @@ async fn the_shard_count_is_checked_and_kept() {
     let (code, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("split over 2 shards"), "{out}");
+}
+
+/// Redis lost `user`'s issuance at their home shard as a failover does (no
+/// record, not pending, the code back at the head of the queue); returns
+/// the record PostgreSQL will hold.
+async fn lose_at_home(app: &TestApp, event: &str, user: &str) -> IssuanceRecord {
+    let id = EventId::parse(event).unwrap();
+    let u = UserId::parse(user).unwrap();
+    let k = EventKeys::shard(&id, shard::home(&u, SHARDS), SHARDS);
+    let mut c = app.redis.conn().await.unwrap();
+    let rec: String = c.hget(&k.issued, user).await.unwrap();
+    let held = coupond::store::record::parse_issued(&rec).unwrap();
+    let entry = coupond::store::record::queue_entry(&held.coupon.code, &held.coupon.discount);
+    let _: () = c.hdel(&k.issued, user).await.unwrap();
+    let _: () = c.zrem(&k.pending, user).await.unwrap();
+    let _: () = c.lpush(&k.queue, entry).await.unwrap();
+    IssuanceRecord {
+        event_id: id,
+        user_id: u,
+        coupon: held.coupon,
+        request_id: held.request_id,
+    }
+}
+
+/// A refill takes codes from the donor's tail: a code a failover put back
+/// at the head of the user's home shard stays there, where the finalizer's
+/// restore finds it and takes it out, so nobody is handed it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_redis_lost_stays_at_its_home_shard_for_the_restore() {
+    let app = spawn_unswept().await;
+    let event = app.event_id("shardlost");
+    preload_sharded(&app, &event, 30).await;
+    let user = users_at(1, 1, "lost").remove(0);
+    assert_eq!(
+        app.issue(&event, &user).await.result,
+        IssueResult::Issued as i32
+    );
+    let record = lose_at_home(&app, &event, &user).await;
+    let id = EventId::parse(event.clone()).unwrap();
+    let home = EventKeys::shard(&id, 1, SHARDS);
+    let moved = app
+        .redis
+        .transfer(&home, &shard::tag(&id, 2, SHARDS), 5)
+        .await
+        .unwrap();
+    assert_eq!(moved, 5);
+    let found = app
+        .redis
+        .finalize(
+            &id,
+            SHARDS,
+            &[(&record.user_id, record.coupon.code.as_str())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.unknown, vec![0], "redis forgot the user");
+    let restored = app.redis.restore(&id, SHARDS, &[&record]).await.unwrap();
+    assert_eq!((restored.users, restored.dequeued), (1, 1), "{restored:?}");
+    let queued: Vec<String> = futures::future::join_all((0..SHARDS).map(|s| {
+        let app = &app;
+        let q = EventKeys::shard(&id, s, SHARDS).queue;
+        async move {
+            let mut c = app.redis.conn().await.unwrap();
+            c.lrange::<_, Vec<String>>(q, 0, -1).await.unwrap()
+        }
+    }))
+    .await
+    .concat();
+    assert!(
+        !queued.iter().any(|e| e.starts_with(&record.coupon.code)),
+        "the code is in no queue"
+    );
+}
+
+/// A shard whose data was lost is not made again, empty, by the sweeper's
+/// control repair: its holders hear their coupon from PostgreSQL, never a
+/// second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_shard_is_not_made_again_empty() {
+    let app = spawn_app().await;
+    let event = app.event_id("shardgone");
+    preload_sharded(&app, &event, 30).await;
+    let user = users_at(2, 1, "gone").remove(0);
+    let r = app.issue(&event, &user).await;
+    let code = r.coupon.unwrap().code;
+    let pairs = HashSet::from([(code.clone(), user.clone())]);
+    app.await_finalized(&event, &pairs).await;
+    let id = EventId::parse(event.clone()).unwrap();
+    let lost = EventKeys::shard(&id, 2, SHARDS);
+    let mut c = app.redis.conn().await.unwrap();
+    for key in lost.data().into_iter().chain([lost.meta.as_str()]) {
+        let _: () = c.del(key).await.unwrap();
+    }
+    let stored = app.pg.event(&id).await.unwrap().unwrap();
+    app.redis
+        .sync_controls(&id, SHARDS, &stored.controls())
+        .await
+        .unwrap();
+    let exists: bool = c.exists(&lost.meta).await.unwrap();
+    assert!(!exists, "the lost shard stays without meta");
+    let again = app.issue_as(&event, &user, "again").await;
+    assert_eq!(again.result, IssueResult::AlreadyIssued as i32);
+    assert_eq!(again.coupon.unwrap().code, code);
 }

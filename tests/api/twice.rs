@@ -433,3 +433,94 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     );
     assert_eq!(app.redis_state(&event).await, (true, 3, 0, 0));
 }
+
+/// Every key of each of an event's `shards` shards.
+fn shard_keys(id: &EventId, shards: u32) -> Vec<String> {
+    (0..shards)
+        .flat_map(|s| {
+            let k = coupond::store::keys::EventKeys::shard(id, s, shards);
+            // The progress mark holds the time of the call (see `dump`).
+            let mut keys: Vec<String> = k.data().iter().map(|k| k.to_string()).collect();
+            keys.retain(|key| *key != k.progress);
+            keys.push(k.meta.clone());
+            keys
+        })
+        .collect()
+}
+
+/// A sharded event's scripts: issue at the home shards, the shards' metas
+/// and controls, finalize, settle (transfers: see `transfer.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shard_scripts_run_twice_to_the_same_end() {
+    const SHARDS: u32 = 3;
+    let app = spawn_unswept().await;
+    let event = app.event_id("twiceshard");
+    let mut req = preload_request(&event, 30);
+    req.shards = SHARDS;
+    app.preload(req).await.unwrap();
+    let id = EventId::parse(event.clone()).unwrap();
+    let keys = shard_keys(&id, SHARDS);
+    let users: Vec<(UserId, RequestId)> = (0..9)
+        .map(|i| {
+            (
+                user(&format!("s{i}")),
+                RequestId::parse(format!("r{i}")).unwrap(),
+            )
+        })
+        .collect();
+    let items: Vec<_> = users.iter().map(|(u, r)| (u, r)).collect();
+    let (first, second) = twice(&app, &event, &keys, || async {
+        app.redis.issue_sharded(&id, SHARDS, &items).await.unwrap()
+    })
+    .await;
+    assert_eq!(first, second);
+    let coupons: Vec<IssuedCoupon> = first.iter().map(code_of).collect();
+
+    // A control reaches every shard; the re-sent one is current everywhere.
+    let paused = ControlState {
+        seq: 3,
+        ends_at: Utc::now() + chrono::Duration::hours(1),
+        paused: true,
+        settled: false,
+    };
+    let (first, second) = twice(&app, &event, &keys, || async {
+        format!(
+            "{:?}",
+            app.redis.sync_controls(&id, SHARDS, &paused).await.unwrap()
+        )
+    })
+    .await;
+    assert_eq!((first.as_str(), second.as_str()), ("Applied", "Current"));
+    let (first, _) = twice(&app, &event, &keys, || async {
+        app.redis.shard_metas(&id, SHARDS, false).await.unwrap()
+    })
+    .await;
+    assert!(first);
+
+    // Finalize at the home shards, then settle every shard.
+    let ended = ControlState {
+        seq: 4,
+        ends_at: Utc::now() - chrono::Duration::seconds(1),
+        paused: false,
+        settled: false,
+    };
+    app.redis.sync_controls(&id, SHARDS, &ended).await.unwrap();
+    let done: Vec<(&UserId, &str)> = users
+        .iter()
+        .zip(&coupons)
+        .map(|((u, _), c)| (u, c.code.as_str()))
+        .collect();
+    let (first, second) = twice(&app, &event, &keys, || async {
+        app.redis.finalize(&id, SHARDS, &done).await.unwrap().done
+    })
+    .await;
+    assert_eq!((first, second), (9, 9));
+    let (first, second) = twice(&app, &event, &keys, || async {
+        app.redis
+            .settle(&id, SHARDS, Duration::from_secs(600))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(first.is_some() && first == second, "{first:?} {second:?}");
+}

@@ -256,6 +256,53 @@ async fn a_master_killed_mid_load_fails_over_without_a_lost_or_doubled_coupon() 
     server.terminate().await;
 }
 
+/// One event over three shards on three masters: the master of shard 1
+/// SIGKILLed mid-load while users of every shard ask, shards running dry
+/// and refilling from each other through transfers before and after the
+/// failover. Every coupon goes to someone, each told ISSUED is recorded
+/// with that code, and reconcile finds the shards and PostgreSQL agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_killed_under_a_sharded_event_loses_and_doubles_nothing() {
+    let _serial = SERIAL.lock().await;
+    let _restore = RestoreCluster;
+    let env = cluster_env().await;
+    let mut server = env.serve(&[]).await;
+    let event = format!("shardfail-{}", env.tag);
+    let coupons = 2000;
+    let mut req = preload_request(&event, coupons);
+    req.shards = 3;
+    env.admin().await.preload(req).await.expect("preload");
+    let id = coupond::domain::EventId::parse(event.clone()).unwrap();
+    let tags: Vec<String> = (0..3)
+        .map(|s| coupond::domain::shard::tag(&id, s, 3))
+        .collect();
+    let masters: HashSet<u16> = tags.iter().filter_map(|t| master_of(t)).collect();
+    assert_eq!(masters.len(), 3, "the shards on three masters: {tags:?}");
+    let load = Load::start(&env, &event, 3000, 24).await;
+    load.until_answered(400).await;
+
+    let victim = master_of(&tags[1]).expect("shard 1's master");
+    let killed = std::time::Instant::now();
+    kill_node(victim);
+    let promoted = eventually(Duration::from_secs(60), || async {
+        master_of(&tags[1]).is_some_and(|m| m != victim)
+    })
+    .await;
+    assert!(promoted, "a replica took over shard 1's slot");
+    stack("redis-cluster-up");
+    let (told, errors) = load.finish().await;
+    eprintln!(
+        "sharded failover: told {} ISSUED, {errors} retried errors; load done {:?} after the kill",
+        told.len(),
+        killed.elapsed()
+    );
+    assert_eq!(told.len() as u32, coupons, "every coupon went to someone");
+    env.assert_exactly_recorded(&event, &told).await;
+    let (code, report) = env.reconcile(&event, &[]);
+    assert_eq!(code, 0, "reconcile finds nothing wrong:\n{report}");
+    server.terminate().await;
+}
+
 /// SIGKILLs the cluster node on `port`.
 fn kill_node(port: u16) {
     stack(&format!("redis-cluster-kill {port}"));

@@ -85,7 +85,7 @@ impl RedisStore {
             sum.pending += c.pending;
             sum.conflicted += c.conflicted;
             if shards > 1 {
-                for t in self.open_transfers(&k).await? {
+                for t in self.unspent_transfers(&k).await? {
                     sum.remaining += t.entries.len() as u64;
                 }
             }
@@ -132,10 +132,14 @@ impl RedisStore {
         Ok(synced)
     }
 
-    /// Gives shards 1 and up shard 0's meta (see `shard_meta.lua`): made
-    /// when missing, its controls brought up to shard 0's. Read after shard
-    /// 0 was written, so whichever of two callers writes a shard last,
-    /// the newest controls stand. False when shard 0 holds no meta.
+    /// Gives shards 1 and up shard 0's meta (see `shard_meta.lua`), their
+    /// controls brought up to shard 0's. Read after shard 0 was written, so
+    /// whichever of two callers writes a shard last, the newest controls
+    /// stand. A missing meta is made only until every shard has had one
+    /// (shard 0's `shards_made`): later, a shard without meta was lost, and
+    /// making it again, empty, would tell its holders they hold nothing.
+    /// Returns false when shard 0 holds no meta; shards found lost are
+    /// logged.
     pub async fn shard_metas(
         &self,
         event: &EventId,
@@ -146,11 +150,18 @@ impl RedisStore {
         let mut c = self.conn().await?;
         let m: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&base.meta)
-            .arg(&["starts_at", "ends_at", "total", "paused", "control_seq"])
+            .arg(&[
+                "starts_at",
+                "ends_at",
+                "total",
+                "paused",
+                "control_seq",
+                "shards_made",
+            ])
             .query_async(&mut c)
             .await?;
         drop(c);
-        let [Some(starts), Some(ends), Some(total), paused, seq] = &m[..] else {
+        let [Some(starts), Some(ends), Some(total), paused, seq, made] = &m[..] else {
             return Ok(false);
         };
         for s in 1..shards {
@@ -165,9 +176,21 @@ impl RedisStore {
                 .arg(total)
                 .arg(u8::from(paused.as_deref() == Some("1")))
                 .arg(seq.as_deref().unwrap_or("0"))
-                .arg(u8::from(settled));
+                .arg(u8::from(settled))
+                .arg(u8::from(made.is_none()));
             let mut c = self.conn().await?;
-            let _: i64 = inv.invoke_async(&mut c).await?;
+            if inv.invoke_async::<i64>(&mut c).await? < 0 {
+                tracing::error!(event_id = %event, shard = s, "a shard of the event has no meta in redis: its data was lost (reconcile the event)");
+            }
+        }
+        if made.is_none() {
+            let mut c = self.conn().await?;
+            let _: i64 = redis::cmd("HSET")
+                .arg(&base.meta)
+                .arg("shards_made")
+                .arg(1)
+                .query_async(&mut c)
+                .await?;
         }
         Ok(true)
     }
@@ -197,22 +220,30 @@ impl RedisStore {
     /// Settles the event if its window has ended (Redis's clock, the meta's
     /// end) and nothing is pending: every key gets the expiry `ttl` (see
     /// `settle.lua`). Returns the window's end (unix ms) when it did.
-    /// An event of several shards settles shard by shard; it is settled
-    /// once every shard is (each shard's keys expire on their own).
+    /// An event of several shards is checked on every shard first, then
+    /// settled shard by shard (see `settle.lua`).
     pub async fn settle(
         &self,
         event: &EventId,
         shards: u32,
         ttl: Duration,
     ) -> Result<Option<i64>, RedisStoreError> {
+        let shards = shards.max(1);
+        let keys: Vec<EventKeys> = (0..shards)
+            .map(|s| EventKeys::shard(event, s, shards))
+            .collect();
+        if shards > 1 {
+            for k in &keys {
+                if self.settle_in(k, ttl, true).await?.is_none() {
+                    return Ok(None);
+                }
+            }
+        }
         let mut settled = None;
-        for s in 0..shards.max(1) {
-            match self
-                .settle_in(&EventKeys::shard(event, s, shards.max(1)), ttl)
-                .await?
-            {
-                Some(ends) => settled = Some(ends),
-                None => return Ok(None),
+        for k in &keys {
+            settled = self.settle_in(k, ttl, false).await?;
+            if settled.is_none() {
+                return Ok(None);
             }
         }
         Ok(settled)
@@ -222,17 +253,20 @@ impl RedisStore {
         &self,
         k: &EventKeys,
         ttl: Duration,
+        check: bool,
     ) -> Result<Option<i64>, RedisStoreError> {
         let mut inv = self.scripts.settle.prepare_invoke();
-        inv.key(&k.meta).key(&k.pending);
+        inv.key(&k.meta).key(&k.pending).key(&k.transfers);
         for key in k.data() {
             inv.key(key);
         }
-        inv.arg(ttl.as_millis() as u64);
+        inv.arg(ttl.as_millis() as u64)
+            .arg(if check { "check" } else { "" });
         let mut c = self.conn().await?;
         let ends: i64 = inv.invoke_async(&mut c).await?;
         Ok((ends > 0).then_some(ends))
     }
+
     /// Claims up to `max` issuances of `event` pending for longer than
     /// `age`, or than `max_age` while the finalizer is progressing
     /// (see `scripts/lua/claim_stale.lua`).

@@ -21,20 +21,16 @@ const SPREAD_CHUNK: usize = 10_000;
 const REFILL_AHEAD: usize = 256;
 
 impl RedisStore {
-    /// Gives every shard but shard 0 its meta and its share of the codes,
-    /// moved from shard 0 by transfers (the preload makes shard 0 live
-    /// with every code). Safe to run again, by anyone, at any time: a
+    /// Gives every shard but shard 0 its share of the codes, moved from
+    /// shard 0 by transfers (the preload makes shard 0 live with every
+    /// code, then the shards' metas: `shard_metas`). Safe to run again, by
+    /// anyone, at any time: a
     /// shard's share counts what it holds and what it issued, so a second
     /// run moves what the first did not. Balancing only: a shard that got
     /// less refills itself when it runs dry. Returns the codes moved.
     pub async fn spread(&self, event: &EventId, shards: u32) -> Result<u64, RedisStoreError> {
         if shards < 2 {
             return Ok(0);
-        }
-        if !self.shard_metas(event, shards, false).await? {
-            return Err(RedisStoreError::Reply(format!(
-                "shard 0 of {event} is not live: nothing to spread"
-            )));
         }
         let base = EventKeys::shard(event, 0, shards);
         self.finish_transfers(&base).await?;
@@ -123,6 +119,14 @@ impl RedisStore {
             }
             if refills == MAX_REFILLS {
                 break;
+            }
+            if refills > 0 {
+                // Codes this batch moved here went elsewhere before it
+                // asked again: another dry shard took them back. A random
+                // pause, longer each time, lets one of the two win.
+                let ceiling = 1u64 << refills.min(6);
+                let pause = rand::random_range(0..ceiling * 1000);
+                tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
             }
             if self.refill(event, keys, home, dry.len()).await? == 0 {
                 for i in dry {

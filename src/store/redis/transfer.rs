@@ -136,6 +136,44 @@ impl RedisStore {
             .collect()
     }
 
+    /// The open records on `donor` whose codes have not reached their
+    /// target yet: a spent record (its target received it, step 3 not yet
+    /// done) holds nothing, its codes being in the target's queue.
+    pub async fn unspent_transfers(
+        &self,
+        donor: &EventKeys,
+    ) -> Result<Vec<OpenTransfer>, RedisStoreError> {
+        let mut out = Vec::new();
+        for t in self.open_transfers(donor).await? {
+            let mut c = self.conn().await?;
+            let spent: bool = redis::cmd("SISMEMBER")
+                .arg(&EventKeys::tagged(&t.target).received)
+                .arg(&t.id)
+                .query_async(&mut c)
+                .await?;
+            if !spent {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finishes the open transfers of every shard of `event` (the sweeper:
+    /// a record whose starter died on a quiet event would wait otherwise).
+    pub async fn finish_all_transfers(
+        &self,
+        event: &EventId,
+        shards: u32,
+    ) -> Result<usize, RedisStoreError> {
+        let mut finished = 0;
+        for s in 0..shards {
+            finished += self
+                .finish_transfers(&EventKeys::shard(event, s, shards))
+                .await?;
+        }
+        Ok(finished)
+    }
+
     /// Moves up to `n` codes from `donor` to the shard tagged `target`, all
     /// three steps. Returns how many moved (0: the donor is dry; a transfer
     /// a finisher completed meanwhile moved what its record held).
