@@ -135,6 +135,9 @@ pub fn shown_state(e: &proto::Event, now: DateTime<Utc>) -> String {
     if e.offline {
         s.push_str(" (OFFLINE: rebuild it again)");
     }
+    if e.shards > 1 {
+        s.push_str(&format!(" ({} SHARDS)", e.shards));
+    }
     s
 }
 
@@ -234,6 +237,11 @@ mod tests {
             ..live.clone()
         };
         assert_eq!(shown_state(&paused, now), "LIVE (PAUSED)");
+        let sharded = proto::Event {
+            shards: 3,
+            ..paused.clone()
+        };
+        assert_eq!(shown_state(&sharded, now), "LIVE (PAUSED) (3 SHARDS)");
         let closed = proto::Event {
             ends_at: at(-1),
             ..live.clone()

@@ -75,16 +75,19 @@ impl RedisStore {
         let keys: Vec<EventKeys> = (0..shards)
             .map(|s| EventKeys::shard(event, s, shards))
             .collect();
-        let mut by_home: Vec<Vec<usize>> = vec![Vec::new(); shards as usize];
-        for (i, (user, _)) in items.iter().enumerate() {
-            by_home[shard::home(user, shards) as usize].push(i);
-        }
+        let by_home = by_home(shards, items.iter().map(|(u, _)| *u));
+        // The home shards at once: each is one master's script call.
+        let decided = futures::future::try_join_all(
+            by_home
+                .into_iter()
+                .enumerate()
+                .filter(|(_, waiting)| !waiting.is_empty())
+                .map(|(home, waiting)| self.issue_at_home(event, &keys, home, waiting, items)),
+        )
+        .await?;
         let mut out: Vec<Option<Verdict>> = vec![None; items.len()];
-        for (home, waiting) in by_home.into_iter().enumerate() {
-            if !waiting.is_empty() {
-                self.issue_at_home(event, &keys, home, waiting, items, &mut out)
-                    .await?;
-            }
+        for (i, v) in decided.into_iter().flatten() {
+            out[i] = Some(v);
         }
         Ok(out
             .into_iter()
@@ -92,8 +95,9 @@ impl RedisStore {
             .collect())
     }
 
-    /// Decides the `waiting` items at shard `home`, refilling it while they
-    /// hear SOLD_OUT and another shard holds codes.
+    /// Decides the `waiting` items (positions in `items`) at shard `home`,
+    /// refilling it while they hear SOLD_OUT and another shard holds codes;
+    /// returns each position with its verdict.
     async fn issue_at_home(
         &self,
         event: &EventId,
@@ -101,9 +105,9 @@ impl RedisStore {
         home: usize,
         mut waiting: Vec<usize>,
         items: &[(&UserId, &RequestId)],
-        out: &mut [Option<Verdict>],
-    ) -> Result<(), RedisStoreError> {
+    ) -> Result<Vec<(usize, Verdict)>, RedisStoreError> {
         let sold_out = Verdict::Decided(IssueOutcome::SoldOut);
+        let mut out = Vec::with_capacity(waiting.len());
         for refills in 0.. {
             let part: Vec<(&UserId, &RequestId)> = waiting.iter().map(|&i| items[i]).collect();
             let verdicts = self.issue_in(&keys[home], &part).await?;
@@ -111,11 +115,11 @@ impl RedisStore {
             for (&i, v) in waiting.iter().zip(verdicts) {
                 match v == sold_out {
                     true => dry.push(i),
-                    false => out[i] = Some(v),
+                    false => out.push((i, v)),
                 }
             }
             if dry.is_empty() {
-                return Ok(());
+                return Ok(out);
             }
             if refills == MAX_REFILLS {
                 break;
@@ -129,10 +133,8 @@ impl RedisStore {
                 tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
             }
             if self.refill(event, keys, home, dry.len()).await? == 0 {
-                for i in dry {
-                    out[i] = Some(sold_out.clone());
-                }
-                return Ok(());
+                out.extend(dry.into_iter().map(|i| (i, sold_out.clone())));
+                return Ok(out);
             }
             waiting = dry;
         }
