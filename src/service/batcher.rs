@@ -138,70 +138,102 @@ async fn run_batch(redis: &RedisStore, pg: &PgStore, jobs: &mut Vec<Job>, retry:
         let started = Instant::now();
         let answered = issue_asking_again(redis, &event, shards, &items, retry).await;
         crate::metrics::script_called(items.len(), started.elapsed());
-        match answered {
-            Ok(outcomes) => {
-                for (j, o) in group.into_iter().zip(outcomes) {
-                    // The caller may have gone (deadline, disconnect); the
-                    // coupon stands and a retry returns it.
-                    let _ = j.reply.send(Ok((j.cmd, o)));
-                }
-            }
-            Err(e) => {
-                let ran = e.may_have_run();
-                let context = match ran {
-                    true => "redis did not answer the issue script in time",
-                    false => "redis issue script failed; nothing was issued",
-                };
-                // The cause, once for the batch; each caller hears the context.
-                tracing::warn!(event_id = %event, users = group.len(), error = %e, "{context}");
-                let e = Arc::new(e);
-                for j in group {
-                    let source = anyhow::anyhow!(e.clone());
-                    let _ = j.reply.send(Err(match ran {
+        let mut logged = false;
+        for (j, answer) in group.into_iter().zip(answered) {
+            let reply = match answer {
+                // The caller may have gone (deadline, disconnect); the
+                // coupon stands and a retry returns it.
+                Ok(o) => Ok((j.cmd, o)),
+                Err((e, ran)) => {
+                    let context = match ran {
+                        true => "redis did not answer the issue script in time",
+                        false => "redis issue script failed; nothing was issued",
+                    };
+                    // The cause, once for the batch; each caller hears the context.
+                    if !std::mem::replace(&mut logged, true) {
+                        tracing::warn!(event_id = %event, error = %e, "{context}");
+                    }
+                    let source = anyhow::anyhow!(e);
+                    Err(match ran {
                         true => CouponError::OutcomeUnknown { context, source },
                         false => CouponError::Unavailable { context, source },
-                    }));
+                    })
                 }
-            }
+            };
+            let _ = j.reply.send(reply);
         }
     }
 }
 
-/// Runs the batch's script, asking again for up to `retry` when it failed:
-/// the script is idempotent per user and recognises each item's own
-/// request id, so a repeat answers what the lost reply would have.
+/// An item's verdict, or the error its last attempt failed with and
+/// whether any attempt may have run (then its outcome is unknown).
+type Answer = Result<Verdict, (Arc<RedisStoreError>, bool)>;
+
+/// Runs the batch's script, asking again for up to `retry` for the items
+/// whose call failed: the script is idempotent per user and recognises each
+/// item's own request id, so a repeat answers what the lost reply would
+/// have. An event of several shards fails per shard, so only the failed
+/// shard's users are asked again.
 async fn issue_asking_again(
     redis: &RedisStore,
     event: &EventId,
     shards: u32,
     items: &[(&crate::domain::UserId, &crate::domain::RequestId)],
     retry: Duration,
-) -> Result<Vec<Verdict>, RedisStoreError> {
+) -> Vec<Answer> {
     let give_up = Instant::now() + retry;
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-    let mut may_have_run = false;
+    let mut out: Vec<Option<Answer>> = vec![None; items.len()];
+    // Once a call may have run, an item's outcome stays unknown whatever
+    // later attempts fail with.
+    let mut ran = vec![false; items.len()];
+    let mut todo: Vec<usize> = (0..items.len()).collect();
     loop {
-        let issued = match shards {
-            1 => redis.issue_batch(event, items).await,
-            _ => redis.issue_sharded(event, shards, items).await,
-        };
-        match issued {
-            Ok(outcomes) => return Ok(outcomes),
-            Err(e) => {
-                // Once a call may have run, the batch's outcome stays
-                // unknown whatever later attempts fail with.
-                may_have_run |= e.may_have_run();
-                let pause = backoff.next_pause();
-                if Instant::now() + pause >= give_up {
-                    return Err(if may_have_run && !e.may_have_run() {
-                        RedisStoreError::Reply(format!("an earlier attempt may have run: {e}"))
-                    } else {
-                        e
-                    });
+        let part: Vec<_> = todo.iter().map(|&i| items[i]).collect();
+        let answers = attempt(redis, event, shards, &part).await;
+        let mut failed = Vec::new();
+        for (&i, a) in todo.iter().zip(answers) {
+            match a {
+                Ok(v) => out[i] = Some(Ok(v)),
+                Err(e) => {
+                    ran[i] |= e.may_have_run();
+                    failed.push((i, e));
                 }
-                tracing::warn!(event_id = %event, error = %e, users = items.len(), "issue batch failed; asking again");
-                tokio::time::sleep(pause).await;
             }
+        }
+        let Some((_, e)) = failed.first() else { break };
+        let pause = backoff.next_pause();
+        if Instant::now() + pause >= give_up {
+            for (i, e) in failed {
+                out[i] = Some(Err((e, ran[i])));
+            }
+            break;
+        }
+        tracing::warn!(event_id = %event, error = %e, users = failed.len(), "issue batch failed; asking again");
+        tokio::time::sleep(pause).await;
+        todo = failed.into_iter().map(|(i, _)| i).collect();
+    }
+    out.into_iter()
+        .map(|a| a.expect("every item answered"))
+        .collect()
+}
+
+/// One attempt at `items`: the event's one script call, or one per home
+/// shard.
+async fn attempt(
+    redis: &RedisStore,
+    event: &EventId,
+    shards: u32,
+    items: &[(&crate::domain::UserId, &crate::domain::RequestId)],
+) -> Vec<Result<Verdict, Arc<RedisStoreError>>> {
+    if shards > 1 {
+        return redis.issue_each(event, shards, items).await;
+    }
+    match redis.issue_batch(event, items).await {
+        Ok(verdicts) => verdicts.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let e = Arc::new(e);
+            items.iter().map(|_| Err(e.clone())).collect()
         }
     }
 }

@@ -588,7 +588,7 @@ impl Job {
             let made = self
                 .inner
                 .redis
-                .shard_metas(&self.event.id, self.event.shards, false)
+                .shard_metas(&self.event.id, self.event.shards, false, true)
                 .await;
             match made {
                 Ok(true) => return Ok(()),

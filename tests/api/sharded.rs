@@ -302,3 +302,30 @@ async fn a_lost_shard_is_not_made_again_empty() {
     assert_eq!(again.result, IssueResult::AlreadyIssued as i32);
     assert_eq!(again.coupon.unwrap().code, code);
 }
+
+/// One shard failing (here its queue is not a list, as a script error;
+/// on a cluster: its master failing over) is the answer of its own users
+/// only: the users of the other shards in the same batch get their
+/// verdicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shards_failure_is_the_answer_of_its_own_users_only() {
+    let app = spawn_unswept().await;
+    let event = app.event_id("shardfails");
+    preload_sharded(&app, &event, 30).await;
+    let id = EventId::parse(event.clone()).unwrap();
+    let broken = EventKeys::shard(&id, 2, SHARDS).queue;
+    let mut c = app.redis.conn().await.unwrap();
+    let _: () = c.del(&broken).await.unwrap();
+    let _: () = c.set(&broken, "not a list").await.unwrap();
+    let users: Vec<(UserId, coupond::domain::RequestId)> = (0..SHARDS)
+        .map(|h| {
+            let u = users_at(h, 1, "each").remove(0);
+            let r = coupond::domain::RequestId::parse(format!("r-{u}")).unwrap();
+            (UserId::parse(u).unwrap(), r)
+        })
+        .collect();
+    let items: Vec<_> = users.iter().map(|(u, r)| (u, r)).collect();
+    let answers = app.redis.issue_each(&id, SHARDS, &items).await;
+    assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+    assert!(answers[2].is_err(), "{answers:?}");
+}

@@ -492,7 +492,10 @@ async fn the_shard_scripts_run_twice_to_the_same_end() {
     .await;
     assert_eq!((first.as_str(), second.as_str()), ("Applied", "Current"));
     let (first, _) = twice(&app, &event, &keys, || async {
-        app.redis.shard_metas(&id, SHARDS, false).await.unwrap()
+        app.redis
+            .shard_metas(&id, SHARDS, false, false)
+            .await
+            .unwrap()
     })
     .await;
     assert!(first);

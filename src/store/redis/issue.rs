@@ -146,6 +146,32 @@ impl RedisStore {
         Ok(script)
     }
 
+    /// `cmd` (a write of one key), with the failover guard's WAIT behind it
+    /// in the same pipeline, like `run_guarded` (on a cluster a WAIT sent
+    /// on its own may reach another node and confirm nothing).
+    pub(super) async fn write_guarded(
+        &self,
+        c: &mut Conn,
+        cmd: &redis::Cmd,
+    ) -> Result<(), RedisStoreError> {
+        let ReplicaGuard { replicas, timeout } = self.guard;
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone());
+        if replicas > 0 {
+            pipe.cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64);
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(c).await?;
+        if let Some(acked) = replies.get(1) {
+            let acked: i64 = redis::from_redis_value(acked.clone())?;
+            if acked < i64::from(replicas) {
+                return Err(RedisStoreError::Unconfirmed { acked, replicas });
+            }
+        }
+        Ok(())
+    }
+
     /// The user's issuance record, if Redis holds one.
     pub async fn issuance(
         &self,

@@ -127,7 +127,8 @@ impl RedisStore {
         let base = EventKeys::shard(event, 0, shards.max(1));
         let synced = self.sync_controls_in(&base, state).await?;
         if shards > 1 && synced != Synced::NotLive {
-            self.shard_metas(event, shards, state.settled).await?;
+            self.shard_metas(event, shards, state.settled, false)
+                .await?;
         }
         Ok(synced)
     }
@@ -140,11 +141,17 @@ impl RedisStore {
     /// making it again, empty, would tell its holders they hold nothing.
     /// Returns false when shard 0 holds no meta; shards found lost are
     /// logged.
+    ///
+    /// Only the preload makes metas (`make`); a control or the sweeper's
+    /// repair brings existing ones up to date. Each call waits for the
+    /// failover guard's replicas, so a failover does not lose a meta (the
+    /// shard would count as lost) nor shard 0's `shards_made`.
     pub async fn shard_metas(
         &self,
         event: &EventId,
         shards: u32,
         settled: bool,
+        make: bool,
     ) -> Result<bool, RedisStoreError> {
         let base = EventKeys::shard(event, 0, shards);
         let mut c = self.conn().await?;
@@ -166,31 +173,32 @@ impl RedisStore {
         };
         for s in 1..shards {
             let k = EventKeys::shard(event, s, shards);
-            let mut inv = self.scripts.shard_meta.prepare_invoke();
-            inv.key(&k.meta);
-            for key in k.data() {
-                inv.key(key);
-            }
-            inv.arg(starts)
+            let mut keys = vec![k.meta.as_str()];
+            keys.extend(k.data());
+            let mut eval = redis::cmd("EVALSHA");
+            eval.arg(self.scripts.shard_meta.get_hash())
+                .arg(keys.len())
+                .arg(&keys[..])
+                .arg(starts)
                 .arg(ends)
                 .arg(total)
                 .arg(u8::from(paused.as_deref() == Some("1")))
                 .arg(seq.as_deref().unwrap_or("0"))
                 .arg(u8::from(settled))
-                .arg(u8::from(made.is_none()));
+                .arg(u8::from(make && made.is_none()));
             let mut c = self.conn().await?;
-            if inv.invoke_async::<i64>(&mut c).await? < 0 {
+            let found: i64 = self
+                .run_guarded(&mut c, &self.scripts.shard_meta, &eval, &k.meta)
+                .await?;
+            if found < 0 {
                 tracing::error!(event_id = %event, shard = s, "a shard of the event has no meta in redis: its data was lost (reconcile the event)");
             }
         }
-        if made.is_none() {
+        if make && made.is_none() {
             let mut c = self.conn().await?;
-            let _: i64 = redis::cmd("HSET")
-                .arg(&base.meta)
-                .arg("shards_made")
-                .arg(1)
-                .query_async(&mut c)
-                .await?;
+            let mut mark = redis::cmd("HSET");
+            mark.arg(&base.meta).arg("shards_made").arg(1);
+            self.write_guarded(&mut c, &mark).await?;
         }
         Ok(true)
     }

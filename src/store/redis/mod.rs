@@ -81,6 +81,9 @@ pub enum RedisStoreError {
     Reply(String),
     #[error("{acked} of {replicas} replicas confirmed the issue batch in time")]
     Unconfirmed { acked: i64, replicas: u32 },
+    /// A shard of a sharded event has no meta: its data was lost.
+    #[error("{0}")]
+    ShardLost(String),
 }
 
 impl RedisStoreError {
@@ -90,7 +93,7 @@ impl RedisStoreError {
     /// connection could be had, nor when Redis answered with an error.
     pub fn may_have_run(&self) -> bool {
         match self {
-            Self::Pool(_) => false,
+            Self::Pool(_) | Self::ShardLost(_) => false,
             Self::Redis(e) => e.code().is_none(),
             Self::Malformed(_) | Self::Parse(_) | Self::Reply(_) | Self::Unconfirmed { .. } => true,
         }

@@ -6,6 +6,8 @@
 //! shard holds a code, in a queue or an open transfer record, read so that
 //! codes moving between shards meanwhile are not missed (`anything_left`).
 
+use std::sync::Arc;
+
 use super::*;
 use crate::domain::shard;
 
@@ -65,34 +67,73 @@ impl RedisStore {
     }
 
     /// The issue script for `items` of an event of `shards` shards, each
-    /// item at its user's home shard; verdicts in the order of `items`.
+    /// item at its user's home shard; verdicts in the order of `items`, or
+    /// the first error (tests and tools; the batcher uses `issue_each`).
     pub async fn issue_sharded(
         &self,
         event: &EventId,
         shards: u32,
         items: &[(&UserId, &RequestId)],
     ) -> Result<Vec<Verdict>, RedisStoreError> {
+        self.issue_each(event, shards, items)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match Arc::try_unwrap(e) {
+                    Ok(e) => e,
+                    Err(e) => RedisStoreError::Reply(e.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// Like `issue_sharded`, with a result per item: the home shards are
+    /// asked at once, and one shard's failure (its master failing over) is
+    /// the answer of its own users only; the others' verdicts stand.
+    pub async fn issue_each(
+        &self,
+        event: &EventId,
+        shards: u32,
+        items: &[(&UserId, &RequestId)],
+    ) -> Vec<Result<Verdict, Arc<RedisStoreError>>> {
         let keys: Vec<EventKeys> = (0..shards)
             .map(|s| EventKeys::shard(event, s, shards))
             .collect();
-        let by_home = by_home(shards, items.iter().map(|(u, _)| *u));
-        // The home shards at once: each is one master's script call.
-        let decided = futures::future::try_join_all(
-            by_home
+        let homes = by_home(shards, items.iter().map(|(u, _)| *u));
+        let decided = futures::future::join_all(
+            homes
                 .into_iter()
                 .enumerate()
                 .filter(|(_, waiting)| !waiting.is_empty())
-                .map(|(home, waiting)| self.issue_at_home(event, &keys, home, waiting, items)),
+                .map(|(home, waiting)| {
+                    let keys = &keys;
+                    async move {
+                        let at = waiting.clone();
+                        let result = self.issue_at_home(event, keys, home, waiting, items);
+                        (at, result.await)
+                    }
+                }),
         )
-        .await?;
-        let mut out: Vec<Option<Verdict>> = vec![None; items.len()];
-        for (i, v) in decided.into_iter().flatten() {
-            out[i] = Some(v);
+        .await;
+        let mut out: Vec<Option<Result<Verdict, Arc<RedisStoreError>>>> = vec![None; items.len()];
+        for (at, result) in decided {
+            match result {
+                Ok(verdicts) => {
+                    for (i, v) in verdicts {
+                        out[i] = Some(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for i in at {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
         }
-        Ok(out
-            .into_iter()
+        out.into_iter()
             .map(|v| v.expect("every item decided"))
-            .collect())
+            .collect()
     }
 
     /// Decides the `waiting` items (positions in `items`) at shard `home`,
@@ -165,7 +206,11 @@ impl RedisStore {
         let (donor, len) = fullest;
         if len == 0 {
             // Nothing to move: ask again (1) if anything is left anywhere.
-            return Ok(usize::from(self.anything_left(keys).await?));
+            if self.anything_left(keys).await? {
+                return Ok(1);
+            }
+            self.none_lost(event, keys).await?;
+            return Ok(0);
         }
         // What the waiting users need (or a few more), never more than half
         // of what the donor holds (rounded up, so a last code can move).
@@ -195,6 +240,9 @@ impl RedisStore {
                     return Ok(true);
                 }
             }
+            // Given back before asking for more: a pool shared by many
+            // batches must never wait on connections their holders wait on.
+            drop(c);
             let open_after = self.open_anywhere(keys).await?;
             if open || open_after {
                 clean = 0;
@@ -210,6 +258,25 @@ impl RedisStore {
             }
         }
         Ok(true)
+    }
+
+    /// SOLD_OUT stands only if every shard is there: a lost shard's codes
+    /// are still AVAILABLE in PostgreSQL (the users hear UNAVAILABLE, and
+    /// reconcile reports the event).
+    async fn none_lost(&self, event: &EventId, keys: &[EventKeys]) -> Result<(), RedisStoreError> {
+        let mut c = self.conn().await?;
+        for (s, k) in keys.iter().enumerate() {
+            let live: bool = redis::cmd("EXISTS")
+                .arg(&k.meta)
+                .query_async(&mut c)
+                .await?;
+            if !live {
+                return Err(RedisStoreError::ShardLost(format!(
+                    "shard {s} of {event} has no meta in redis (lost): reconcile the event"
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn open_anywhere(&self, keys: &[EventKeys]) -> Result<bool, RedisStoreError> {

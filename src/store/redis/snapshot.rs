@@ -152,7 +152,7 @@ impl RedisStore {
         if shards > 1 {
             for s in 0..shards {
                 for t in self
-                    .open_transfers(&EventKeys::shard(event, s, shards))
+                    .unspent_transfers(&EventKeys::shard(event, s, shards))
                     .await?
                 {
                     let codes = t
