@@ -3,7 +3,7 @@
 // running server against what the proto promises and exits non-zero on any
 // difference:  node dist/src/check.js HOST:PORT ADMIN_TOKEN
 import * as grpc from "@grpc/grpc-js";
-import { CouponAdminClient, EventState } from "../gen/coupon/v1/admin";
+import { CouponAdminClient, EventState, PreloadRequest } from "../gen/coupon/v1/admin";
 import { DiscountType } from "../gen/coupon/v1/common";
 import {
   CouponIssuerClient,
@@ -31,16 +31,15 @@ export class CouponClient {
 
   preload(eventId: string, total: number) {
     const now = Date.now();
-    const req = {
+    // fromPartial: fields the proto gains later (as `shards` did) default.
+    const req = PreloadRequest.fromPartial({
       eventId,
       name: "typescript client check",
       totalCount: total,
       policies: [{ discountType: DiscountType.DISCOUNT_TYPE_PERCENT, discountValue: 15, weight: 1 }],
       startsAt: { seconds: Math.floor((now - 60_000) / 1000), nanos: 0 },
       endsAt: { seconds: Math.floor((now + 3_600_000) / 1000), nanos: 0 },
-      codePrefix: "",
-      shards: 1,
-    };
+    });
     return call<typeof req, { state: EventState }>((r, cb) =>
       this.admin.preload(r, this.auth, { deadline: Date.now() + 60_000 }, cb), req);
   }
