@@ -22,8 +22,12 @@
 -- is being rebuilt. A settled event's expiry carries over to the keys this
 -- writes. Idempotent: a second run finds the records, and the codes gone.
 --
+-- A sharded event's other shards are searched for the codes as well (a
+-- transfer may have carried a lost code there): with every record given
+-- empty, the call only takes the codes out of that shard's queue.
+--
 -- KEYS[1] couponIssued:{E}  KEYS[2] couponQueue:{E}  KEYS[3] couponMeta:{E}
--- ARGV: user_1, record_1 (finalized), queue entry_1, user_2, ...
+-- ARGV: user_1, record_1 (finalized, or empty), queue entry_1, user_2, ...
 -- Returns {users restored, codes taken out of the queue, codes not found
 -- at its head}.
 local HEAD = 10000
@@ -32,7 +36,7 @@ local MARK = '\0'
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0, 0, 0} end
 local restored, wanted, codes = 0, {}, 0
 for i = 1, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+  if ARGV[i + 1] ~= '' and redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
     restored = restored + 1
   end
   if not wanted[ARGV[i + 2]] then

@@ -222,21 +222,25 @@ async fn lose_at_home(app: &TestApp, event: &str, user: &str) -> IssuanceRecord 
     }
 }
 
+/// A sharded event of 30 coupons whose user at shard 1 was issued a
+/// coupon Redis then lost: the event and PostgreSQL's record of it.
+async fn lost_at_shard_one(app: &TestApp, name: &str) -> (EventId, IssuanceRecord) {
+    let event = app.event_id(name);
+    preload_sharded(app, &event, 30).await;
+    let user = users_at(1, 1, name).remove(0);
+    let r = app.issue(&event, &user).await;
+    assert_eq!(r.result, IssueResult::Issued as i32);
+    let record = lose_at_home(app, &event, &user).await;
+    (EventId::parse(event).unwrap(), record)
+}
+
 /// A refill takes codes from the donor's tail: a code a failover put back
 /// at the head of the user's home shard stays there, where the finalizer's
 /// restore finds it and takes it out, so nobody is handed it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_redis_lost_stays_at_its_home_shard_for_the_restore() {
     let app = spawn_unswept().await;
-    let event = app.event_id("shardlost");
-    preload_sharded(&app, &event, 30).await;
-    let user = users_at(1, 1, "lost").remove(0);
-    assert_eq!(
-        app.issue(&event, &user).await.result,
-        IssueResult::Issued as i32
-    );
-    let record = lose_at_home(&app, &event, &user).await;
-    let id = EventId::parse(event.clone()).unwrap();
+    let (id, record) = lost_at_shard_one(&app, "shardlost").await;
     let home = EventKeys::shard(&id, 1, SHARDS);
     let moved = app
         .redis
@@ -328,4 +332,32 @@ async fn one_shards_failure_is_the_answer_of_its_own_users_only() {
     let answers = app.redis.issue_each(&id, SHARDS, &items).await;
     assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
     assert!(answers[2].is_err(), "{answers:?}");
+}
+
+/// When a transfer did carry a lost code to another shard (the last code
+/// of a queue moves whole), the restore finds it there and takes it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_code_a_transfer_carried_away_is_found_on_the_other_shard() {
+    let app = spawn_unswept().await;
+    let (id, record) = lost_at_shard_one(&app, "shardcarried").await;
+    let home = EventKeys::shard(&id, 1, SHARDS);
+    let mut c = app.redis.conn().await.unwrap();
+    let len: usize = c.llen(&home.queue).await.unwrap();
+    let moved = app
+        .redis
+        .transfer(&home, &shard::tag(&id, 2, SHARDS), len)
+        .await
+        .unwrap();
+    assert_eq!(moved, len, "the whole queue, the lost code with it");
+    let restored = app.redis.restore(&id, SHARDS, &[&record]).await.unwrap();
+    assert_eq!(
+        (restored.users, restored.dequeued, restored.not_queued),
+        (1, 1, 0),
+        "{restored:?}"
+    );
+    let there: Vec<String> = c
+        .lrange(EventKeys::shard(&id, 2, SHARDS).queue, 0, -1)
+        .await
+        .unwrap();
+    assert!(!there.iter().any(|e| e.starts_with(&record.coupon.code)));
 }

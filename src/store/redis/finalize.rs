@@ -82,28 +82,42 @@ impl RedisStore {
         let mut sum = Restored::default();
         for (k, at) in home_groups(event, shards, items.iter().map(|r| &r.user_id)) {
             let part: Vec<&IssuanceRecord> = at.iter().map(|&i| items[i]).collect();
-            let r = self.restore_in(&k, &part).await?;
+            let r = self.restore_in(&k, &part, true).await?;
             sum.users += r.users;
             sum.dequeued += r.dequeued;
             sum.not_queued += r.not_queued;
         }
+        if shards > 1 && sum.not_queued > 0 {
+            // A transfer may have carried a lost code to another shard, or
+            // hold it in a record: finish the records, then search every
+            // shard (a code is in one place, so none is taken out twice).
+            self.finish_all_transfers(event, shards).await?;
+            for s in 0..shards {
+                let k = EventKeys::shard(event, s, shards);
+                let found = self.restore_in(&k, items, false).await?.dequeued;
+                sum.dequeued += found;
+                sum.not_queued = sum.not_queued.saturating_sub(found);
+            }
+        }
         Ok(sum)
     }
 
+    /// `with_records` false: the codes only (see `restore.lua`).
     async fn restore_in(
         &self,
         k: &EventKeys,
         items: &[&IssuanceRecord],
+        with_records: bool,
     ) -> Result<Restored, RedisStoreError> {
         let mut inv = self.scripts.restore.prepare_invoke();
         inv.key(&k.issued).key(&k.queue).key(&k.meta);
         for r in items {
+            let finalized = match with_records {
+                true => record::issued_record(&r.coupon, &r.request_id, IssuanceState::Finalized),
+                false => String::new(),
+            };
             inv.arg(r.user_id.as_str())
-                .arg(record::issued_record(
-                    &r.coupon,
-                    &r.request_id,
-                    IssuanceState::Finalized,
-                ))
+                .arg(finalized)
                 .arg(record::queue_entry(&r.coupon.code, &r.coupon.discount));
         }
         let mut c = self.conn().await?;
