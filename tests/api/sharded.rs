@@ -76,8 +76,13 @@ async fn a_sharded_event_gives_two_thousand_users_exactly_its_thousand_coupons_a
     let app = spawn_app().await;
     let event = app.event_id("sharded");
     preload_sharded(&app, &event, 1000).await;
-    // The preload spread the codes: each shard holds its share.
-    assert_eq!(queue_lengths(&app, &event).await, vec![334, 333, 333]);
+    // The preload spreads the codes once the event is LIVE: each shard
+    // soon holds its share.
+    let spread = crate::common::eventually(std::time::Duration::from_secs(30), || async {
+        queue_lengths(&app, &event).await == vec![334, 333, 333]
+    })
+    .await;
+    assert!(spread, "{:?}", queue_lengths(&app, &event).await);
     if let Some(masters) = masters_of_shards(&event) {
         let distinct: HashSet<u16> = masters.iter().copied().collect();
         assert_eq!(
