@@ -60,8 +60,13 @@ pub fn tag(event: &EventId, shard: u32, shards: u32) -> String {
 /// Fixed by the id alone, on every server and in every version (never a
 /// randomly keyed hasher).
 pub fn home(user: &UserId, shards: u32) -> u32 {
+    home_of(user.as_str(), shards)
+}
+
+/// `home` of a user id as Redis and PostgreSQL hold it.
+pub fn home_of(user: &str, shards: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in user.as_str().as_bytes() {
+    for &b in user.as_bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

@@ -3,15 +3,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use rand::seq::SliceRandom;
 
 use crate::config::KafkaSettings;
+use crate::domain::shard;
 use crate::domain::{
     EventId, EventState, IssuanceState, IssuedCoupon, RecordedCoupon, StoredEvent,
 };
 use crate::kafka::backlog::Backlog;
 use crate::ops::reconcile::Conflict;
+use crate::store::keys::EventKeys;
 use crate::store::record::{issued_record, queue_entry};
 use crate::store::redis::{LockAction, Presence, RebuiltState};
 use crate::store::{PgStore, RedisStore};
@@ -48,10 +52,11 @@ pub enum RebuildError {
     )]
     Busy(std::time::Duration),
     #[error(
-        "event {0} is split over {1} shards: rebuilding a sharded event's Redis state is not \
-         supported yet (reconcile reports on it; see the README's \"Sharding one hot event\")"
+        "rebuild failed: {0:#}; the event stays offline (its shards hold the states of two \
+         rebuilds, or of a rebuild and of before it: putting them back as they were could \
+         hand a code out twice): run the rebuild again to finish it"
     )]
-    Sharded(EventId, u32),
+    Unfinished(anyhow::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -180,18 +185,62 @@ pub async fn rebuild(
             }
         }
     };
+    let offline = Offline::default();
     let result = tokio::select! {
-        r = rebuild_locked(pg, redis, kafka, event, force) => r,
+        r = rebuild_locked(pg, redis, kafka, event, force, &offline) => r,
         _ = renewing => unreachable!("renews until the rebuild ends"),
         _ = stop.cancelled() => {
             let stopped = anyhow::anyhow!("stopped by a signal");
-            Err(undo_offline(redis, event, stopped).await)
+            Err(offline.undo(redis, stopped).await)
         }
     };
     let _ = redis
         .rebuild_lock(event, LockAction::Release, &holder, LOCK_LIFETIME)
         .await;
     result
+}
+
+/// The shards a rebuild may have taken offline, and whether putting them
+/// back as they were is still right (for a failure, and for the signal
+/// that stops a rebuild midway).
+#[derive(Default)]
+struct Offline {
+    shards: Mutex<Vec<EventKeys>>,
+    /// Set before the first shard of a sharded event gets rebuilt state,
+    /// or when a rebuild finds one left so: the old state of one shard
+    /// beside the new state of another could queue a code twice.
+    mixed: AtomicBool,
+}
+
+impl Offline {
+    fn set_shards(&self, keys: &[EventKeys]) {
+        *self.shards.lock().expect("not poisoned") = keys.to_vec();
+    }
+
+    fn set_mixed(&self) {
+        self.mixed.store(true, Ordering::SeqCst);
+    }
+
+    /// After a rebuild failed with the event (maybe) offline: puts every
+    /// shard back online as it was, unless that would mix states, and says
+    /// which happened.
+    async fn undo(&self, redis: &RedisStore, failure: anyhow::Error) -> RebuildError {
+        if self.mixed.load(Ordering::SeqCst) {
+            return RebuildError::Unfinished(failure);
+        }
+        let shards = self.shards.lock().expect("not poisoned").clone();
+        let mut restored = false;
+        for k in shards {
+            match redis.bring_online(&k).await {
+                Ok(back) => restored |= back == Some(true),
+                Err(again) => return RebuildError::LeftOffline(failure, again.into()),
+            }
+        }
+        match restored {
+            true => RebuildError::Restored(failure),
+            false => failure.into(),
+        }
+    }
 }
 
 /// How long a rebuild's lock outlives a rebuild that died (renewed every
@@ -209,6 +258,7 @@ async fn rebuild_locked(
     kafka: &KafkaSettings,
     event: &EventId,
     force: bool,
+    offline: &Offline,
 ) -> Result<RebuildReport, RebuildError> {
     let stored = pg
         .event(event)
@@ -221,51 +271,45 @@ async fn rebuild_locked(
             stored.preload.state.as_str(),
         ));
     }
-    if stored.shards > 1 {
-        return Err(RebuildError::Sharded(event.clone(), stored.shards));
+    let shards = stored.shards.max(1);
+    let keys: Vec<EventKeys> = (0..shards)
+        .map(|s| EventKeys::shard(event, s, shards))
+        .collect();
+    offline.set_shards(&keys);
+    let mut presence = Vec::with_capacity(keys.len());
+    for k in &keys {
+        presence.push(redis.presence_in(k).await.map_err(anyhow::Error::from)?);
     }
-    let presence = redis
-        .presence(event, 1)
-        .await
-        .map_err(anyhow::Error::from)?;
-    // An earlier forced rebuild took the event offline and did not finish.
-    let resumed = presence == Presence::Offline;
+    // An earlier forced rebuild took the event offline and did not finish
+    // (of a sharded event, it may have rebuilt some shards, live again).
+    let resumed = presence.contains(&Presence::Offline);
+    if resumed && shards > 1 {
+        offline.set_mixed();
+    }
     let lag = read_backlog(kafka).await?.lag();
     if lag > 0 && !force && !resumed {
         return Err(RebuildError::Lagging { lag });
     }
-    if presence == Presence::Live {
-        if !force {
+    if presence.contains(&Presence::Live) {
+        if !force && !resumed {
             return Err(RebuildError::Live(event.clone()));
         }
-        if let Err(e) = redis.take_offline(event).await {
-            // Its reply may be what got lost: never leave it parked unsaid.
-            return Err(undo_offline(redis, event, e.into()).await);
+        for k in &keys {
+            if let Err(e) = redis.take_offline(k).await {
+                // Its reply may be what got lost: never leave it parked unsaid.
+                return Err(offline.undo(redis, e.into()).await);
+            }
         }
     }
-    match rebuild_from_sources(pg, redis, kafka, &stored).await {
+    match rebuild_from_sources(pg, redis, kafka, &stored, &keys, offline).await {
         Ok(mut report) => {
             report.lag = lag;
             report.resumed = resumed;
             tracing::info!(event_id = %event, ?report, "rebuilt redis state from postgres");
             Ok(report)
         }
-        Err(e) if presence == Presence::Absent => Err(e.into()),
-        Err(e) => Err(undo_offline(redis, event, e).await),
-    }
-}
-
-/// After a rebuild failed with the event (maybe) offline: puts it back
-/// online as it was, and says which happened.
-pub async fn undo_offline(
-    redis: &RedisStore,
-    event: &EventId,
-    failure: anyhow::Error,
-) -> RebuildError {
-    match redis.bring_online(event).await {
-        Ok(Some(true)) => RebuildError::Restored(failure),
-        Ok(_) => failure.into(),
-        Err(again) => RebuildError::LeftOffline(failure, again.into()),
+        // Nothing was parked when every shard was absent: nothing goes back.
+        Err(e) => Err(offline.undo(redis, e).await),
     }
 }
 
@@ -279,34 +323,49 @@ async fn rebuild_from_sources(
     redis: &RedisStore,
     kafka: &KafkaSettings,
     stored: &StoredEvent,
+    keys: &[EventKeys],
+    offline: &Offline,
 ) -> anyhow::Result<RebuildReport> {
     let event = &stored.id;
-    let candidates = candidates(redis, kafka, event).await?;
+    let shards = keys.len() as u32;
+    let candidates = candidates(redis, kafka, event, shards).await?;
     let rows = pg.coupons(event).await?;
     let (state, report) = plan(&rows, candidates);
     // Unsettled first: the keys installed next carry no expiry, and a
     // settled event is one the sweeper no longer visits (a rebuild that
     // dies after this only makes the sweeper settle it again).
     pg.unsettle(event).await?;
-    redis
-        .install_rebuilt(
-            event,
-            RebuiltState {
-                queue: &state.queue,
-                issued: &state.issued,
-                pending: &state.pending,
-                starts_ms: stored.window.starts_at().timestamp_millis(),
-                total: stored.total_count,
-                preload_id: &stored.preload.preload_id,
-                conflicted: &state.conflicted,
-                controls: stored.controls(),
-            },
-        )
-        .await?;
+    let gen = uuid_like();
+    if shards > 1 {
+        offline.set_mixed();
+    }
+    // A sharded event's shards are installed offline, then brought online
+    // (shard 0 last: the event reads as offline till every shard is in).
+    for (s, part) in state.split(shards).iter().enumerate() {
+        let rebuilt = RebuiltState {
+            queue: &part.queue,
+            issued: &part.issued,
+            pending: &part.pending,
+            starts_ms: stored.window.starts_at().timestamp_millis(),
+            total: stored.total_count,
+            preload_id: &stored.preload.preload_id,
+            conflicted: &part.conflicted,
+            controls: stored.controls(),
+            gen: &gen,
+            shards_made: s == 0 && shards > 1,
+            parked: shards > 1,
+        };
+        redis.install_rebuilt(&keys[s], rebuilt).await?;
+    }
+    if shards > 1 {
+        for k in keys.iter().rev() {
+            redis.bring_online(k).await?;
+        }
+    }
     // Controls recorded while the rebuild ran, whose own Redis step found
     // no meta (newer ones win in Redis; older ones change nothing).
     if let Some(now) = pg.event(event).await? {
-        redis.sync_controls(event, 1, &now.controls()).await?;
+        redis.sync_controls(event, shards, &now.controls()).await?;
     }
     Ok(report)
 }
@@ -318,13 +377,14 @@ async fn candidates(
     redis: &RedisStore,
     kafka: &KafkaSettings,
     event: &EventId,
+    shards: u32,
 ) -> anyhow::Result<Vec<Candidate>> {
     let backlog = read_backlog(kafka).await?;
     let from_kafka = {
         let (kafka, event) = (kafka.clone(), event.clone());
         tokio::task::spawn_blocking(move || backlog.issuances_of(&kafka, &event)).await??
     };
-    let leftover = redis.snapshot(event, 1).await?;
+    let leftover = redis.snapshot(event, shards).await?;
     let mut out: Vec<Candidate> = leftover
         .issued
         .into_iter()
@@ -358,6 +418,28 @@ struct Planned {
     issued: Vec<(String, String)>,
     pending: Vec<(String, i64)>,
     conflicted: Vec<String>,
+}
+
+impl Planned {
+    /// The state of each of `shards` shards: each user's records at their
+    /// home shard, the queue dealt out in turn. Pure.
+    fn split(self, shards: u32) -> Vec<Planned> {
+        let mut parts: Vec<Planned> = (0..shards).map(|_| Planned::default()).collect();
+        let home = |user: &str| shard::home_of(user, shards) as usize;
+        for (i, entry) in self.queue.into_iter().enumerate() {
+            parts[i % shards as usize].queue.push(entry);
+        }
+        for (user, record) in self.issued {
+            parts[home(&user)].issued.push((user, record));
+        }
+        for (user, at) in self.pending {
+            parts[home(&user)].pending.push((user, at));
+        }
+        for user in self.conflicted {
+            parts[home(&user)].conflicted.push(user);
+        }
+        parts
+    }
 }
 
 /// Decides the rebuilt state: PostgreSQL's records win; then each candidate
@@ -597,5 +679,33 @@ mod tests {
         assert_eq!(queued, ["C"], "neither of u's codes is queued");
         assert_eq!(report.held_out, vec![("u".to_string(), "A".to_string())]);
         assert_eq!(planned.issued.len(), 1);
+    }
+
+    #[test]
+    fn a_split_puts_each_users_records_at_their_home_and_deals_the_queue_out() {
+        let planned = Planned {
+            queue: (0..7).map(|i| format!("Q{i}")).collect(),
+            issued: (0..20)
+                .map(|i| (format!("u{i}"), format!("r{i}")))
+                .collect(),
+            pending: (0..20).map(|i| (format!("u{i}"), i)).collect(),
+            conflicted: vec!["u3".into(), "u4".into()],
+        };
+        let parts = planned.split(3);
+        let lens: Vec<usize> = parts.iter().map(|p| p.queue.len()).collect();
+        assert_eq!(lens, [3, 2, 2]);
+        for (s, p) in parts.iter().enumerate() {
+            let users = p.issued.iter().map(|(u, _)| u);
+            let users = users.chain(p.pending.iter().map(|(u, _)| u));
+            for u in users.chain(&p.conflicted) {
+                assert_eq!(shard::home_of(u, 3) as usize, s, "{u}");
+            }
+        }
+        let issued: usize = parts.iter().map(|p| p.issued.len()).sum();
+        assert_eq!(issued, 20);
+        assert!(
+            parts.iter().all(|p| !p.issued.is_empty()),
+            "20 users over 3 homes"
+        );
     }
 }

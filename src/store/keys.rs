@@ -36,6 +36,7 @@ impl std::fmt::Display for ShardZero {
 }
 
 /// The Redis keys of one event.
+#[derive(Debug, Clone)]
 pub struct EventKeys {
     /// List of "code\ttype\tvalue" entries still to hand out.
     pub queue: String,

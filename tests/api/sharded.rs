@@ -199,10 +199,6 @@ async fn the_shard_count_is_checked_and_kept() {
     let e = app.preload(req).await.expect_err("another count");
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     assert!(e.message().contains("shards is 2"), "{}", e.message());
-    // A rebuild of a sharded event is refused, naming why.
-    let (code, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
-    assert_ne!(code, 0, "{out}");
-    assert!(out.contains("split over 2 shards"), "{out}");
 }
 
 /// Redis lost `user`'s issuance at their home shard as a failover does (no
@@ -365,4 +361,136 @@ async fn a_lost_code_a_transfer_carried_away_is_found_on_the_other_shard() {
         .await
         .unwrap();
     assert!(!there.iter().any(|e| e.starts_with(&record.coupon.code)));
+}
+
+/// Deletes every key of shard `s` of `event`, its meta too: its master
+/// lost its data.
+async fn lose_shard(app: &TestApp, event: &str, s: u32) {
+    let id = EventId::parse(event).unwrap();
+    let lost = EventKeys::shard(&id, s, SHARDS);
+    let mut c = app.redis.conn().await.unwrap();
+    for key in lost.data().into_iter().chain([lost.meta.as_str()]) {
+        let _: () = c.del(key).await.unwrap();
+    }
+}
+
+/// Every code queued at any shard, checked to be in one place only.
+async fn queued_codes(app: &TestApp, event: &str) -> HashSet<String> {
+    let id = EventId::parse(event).unwrap();
+    let mut c = app.redis.conn().await.unwrap();
+    let mut all = HashSet::new();
+    for s in 0..SHARDS {
+        let q: Vec<String> = c
+            .lrange(EventKeys::shard(&id, s, SHARDS).queue, 0, -1)
+            .await
+            .unwrap();
+        for e in q {
+            let code = e.split('\t').next().unwrap().to_owned();
+            assert!(all.insert(code.clone()), "{code} queued twice");
+        }
+    }
+    all
+}
+
+/// A shard lost with its master's data is rebuilt from PostgreSQL (a
+/// forced rebuild, the other shards live): every holder, at every shard,
+/// keeps their coupon; the codes nobody holds are queued once over the
+/// shards; the event then sells out exactly, and reconcile finds the
+/// stores agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_shard_is_rebuilt_and_every_holder_keeps_their_coupon() {
+    let app = spawn_app().await;
+    let event = app.event_id("shardrebuilt");
+    preload_sharded(&app, &event, 30).await;
+    let holders: Vec<String> = (0..SHARDS).flat_map(|h| users_at(h, 2, "kept")).collect();
+    let held: HashSet<(String, String)> = issue_all(&app, &event, &holders)
+        .await
+        .into_iter()
+        .map(|(u, r)| (r.coupon.expect("issued").code, u))
+        .collect();
+    app.await_finalized(&event, &held).await;
+    lose_shard(&app, &event, 2).await;
+
+    let (code, out) = reconcile_cli(&app, &event, &["--rebuild-redis"]);
+    assert_ne!(code, 0, "live shards need --force:\n{out}");
+    assert!(out.contains("--force"), "{out}");
+    let (code, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("24 queued, 6 finalized"), "{out}");
+
+    for (code, user) in &held {
+        let r = app.issue_as(&event, user, &format!("again-{user}")).await;
+        assert_eq!(r.result, IssueResult::AlreadyIssued as i32, "{user}");
+        assert_eq!(&r.coupon.unwrap().code, code, "{user}");
+    }
+    let queued = queued_codes(&app, &event).await;
+    assert_eq!(queued.len(), 24);
+    assert!(
+        held.iter().all(|(c, _)| !queued.contains(c)),
+        "no held code queued"
+    );
+    let e = app.get_event(&event).await;
+    assert_eq!((e.issued_count, e.remaining_count), (6, 24));
+
+    let newcomers: Vec<String> = (0..40).map(|i| format!("after-{i}")).collect();
+    let responses = issue_all(&app, &event, &newcomers).await;
+    let issued = check_issued(&responses, 24, &[]);
+    assert!(
+        issued.iter().all(|(c, _)| queued.contains(c)),
+        "each newcomer got a queued code"
+    );
+    app.await_finalized(&event, &issued.union(&held).cloned().collect())
+        .await;
+    let (code, out) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(code, 0, "reconcile finds both stores agree:\n{out}");
+}
+
+/// A transfer whose server stopped after step 1 (its codes in the donor's
+/// record) and whose step 2 comes only after a rebuild: the rebuild put
+/// those codes back in a queue and dropped the record, so the late step
+/// adds nothing (another generation), and the event sells out exactly.
+/// A shard taken offline lets no code leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_step_that_comes_after_a_rebuild_adds_nothing() {
+    let app = spawn_app().await;
+    let event = app.event_id("shardlate");
+    preload_sharded(&app, &event, 30).await;
+    let spread = crate::common::eventually(std::time::Duration::from_secs(30), || async {
+        queue_lengths(&app, &event).await == vec![10, 10, 10]
+    })
+    .await;
+    assert!(spread, "{:?}", queue_lengths(&app, &event).await);
+    let id = EventId::parse(event.clone()).unwrap();
+    let (donor, target) = (EventKeys::shard(&id, 0, SHARDS), shard::tag(&id, 1, SHARDS));
+    let tid = coupond::store::redis::transfer_id();
+    let out = app.redis.transfer_out(&donor, &tid, 4, &target).await;
+    let Ok(coupond::store::redis::TransferOut::Moving(codes, gen)) = out else {
+        panic!("{out:?}")
+    };
+
+    let (code, out) = reconcile_cli(&app, &event, &["--rebuild-redis", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("30 queued"), "{out}");
+    let to = EventKeys::tagged(&target);
+    let late = app.redis.transfer_in(&to, &tid, &gen, &codes).await;
+    assert_eq!(late.unwrap(), None, "a late step 2 lands nothing");
+    assert_eq!(
+        app.redis.finish_all_transfers(&id, SHARDS).await.unwrap(),
+        0
+    );
+    assert_eq!(queued_codes(&app, &event).await.len(), 30);
+
+    let offline = EventKeys::shard(&id, 2, SHARDS);
+    assert!(app.redis.take_offline(&offline).await.unwrap());
+    let moved = app.redis.transfer(&offline, &target, 5).await;
+    assert!(moved.is_err(), "nothing leaves an offline shard: {moved:?}");
+    assert_eq!(queue_lengths(&app, &event).await[2], 10);
+    assert_eq!(app.redis.bring_online(&offline).await.unwrap(), Some(true));
+
+    let users: Vec<String> = (0..40).map(|i| format!("late-{i}")).collect();
+    let responses = issue_all(&app, &event, &users).await;
+    let issued = check_issued(&responses, 30, &[]);
+    app.await_finalized(&event, &issued).await;
+    let (code, out) = reconcile_cli(&app, &event, &[]);
+    assert_eq!(code, 0, "reconcile finds both stores agree:\n{out}");
 }

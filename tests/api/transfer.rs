@@ -18,16 +18,10 @@ use crate::helpers::{spawn_unswept, TestApp};
 
 const SHARDS: u32 = 3;
 
-/// The event's shards (keys and tags), the donor's queue filled with `n`
-/// entries; returns them and the entries.
+/// The event's shards (keys and tags), each with a meta, the donor's
+/// queue filled with `n` entries; returns them and the entries.
 async fn sharded(app: &TestApp, name: &str, n: usize) -> (Vec<(EventKeys, String)>, Vec<String>) {
-    let id = EventId::parse(app.event_id(name)).unwrap();
-    let shards: Vec<(EventKeys, String)> = (0..SHARDS)
-        .map(|s| (EventKeys::shard(&id, s, SHARDS), shard::tag(&id, s, SHARDS)))
-        .collect();
-    let entries: Vec<String> = (0..n).map(|i| format!("T{i:011}\tPERCENT\t10")).collect();
-    let mut c = app.redis.conn().await.unwrap();
-    let _: () = c.rpush(&shards[0].0.queue, &entries).await.unwrap();
+    let (_, shards, entries) = sharded_live(app, name, [n, 0, 0]).await;
     (shards, entries)
 }
 
@@ -159,7 +153,7 @@ async fn a_transfer_cut_short_at_any_step_is_finished_by_another_process() {
     let id = transfer_id();
     let step1 = || app.redis.transfer_out(donor, &id, 10, &target.1);
     let out = step1().await.unwrap();
-    let TransferOut::Moving(moving) = &out else {
+    let TransferOut::Moving(moving, _) = &out else {
         panic!("{out:?}")
     };
     assert_eq!(moving.len(), 10);
@@ -178,13 +172,13 @@ async fn a_transfer_cut_short_at_any_step_is_finished_by_another_process() {
     // Cut after step 2: the record is spent, the codes in the target.
     let id = transfer_id();
     let out = app.redis.transfer_out(donor, &id, 10, &target.1).await;
-    let Ok(TransferOut::Moving(moving)) = out else {
+    let Ok(TransferOut::Moving(moving, gen)) = out else {
         panic!("{out:?}")
     };
-    let joined = app.redis.transfer_in(&target.0, &id, &moving).await;
-    assert_eq!(joined.unwrap(), 10);
-    let again = app.redis.transfer_in(&target.0, &id, &moving).await;
-    assert_eq!(again.unwrap(), 0, "step 2 re-sent adds nothing");
+    let joined = app.redis.transfer_in(&target.0, &id, &gen, &moving).await;
+    assert_eq!(joined.unwrap(), Some(10));
+    let again = app.redis.transfer_in(&target.0, &id, &gen, &moving).await;
+    assert_eq!(again.unwrap(), Some(0), "step 2 re-sent adds nothing");
     assert_eq!(queued(&app, &shards, &entries).await, vec![20, 20, 0]);
     assert_eq!(other.finish_transfers(donor).await.unwrap(), 1);
     assert_eq!(queued(&app, &shards, &entries).await, vec![20, 20, 0]);

@@ -347,7 +347,7 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     let id = EventId::parse(event.clone()).unwrap();
 
     let (first, second) = twice(&app, &event, &[], || async {
-        app.redis.take_offline(&id).await.unwrap()
+        app.redis.take_offline(&app.keys(&event)).await.unwrap()
     })
     .await;
     assert_eq!((first, second), (true, false), "moved once");
@@ -364,7 +364,7 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     assert_eq!((first, second), (None, None), "taken, and still mine");
 
     let (first, second) = twice(&app, &event, &[], || async {
-        app.redis.bring_online(&id).await.unwrap()
+        app.redis.bring_online(&app.keys(&event)).await.unwrap()
     })
     .await;
     assert_eq!(
@@ -376,7 +376,7 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     // The install: rebuild.lua re-sent after it made the event live finds
     // it live and refuses, writing nothing (the rebuild reports failure:
     // run reconcile again).
-    app.redis.take_offline(&id).await.unwrap();
+    app.redis.take_offline(&app.keys(&event)).await.unwrap();
     let queue: Vec<String> = (0..3).map(|i| format!("RB{i:08}\tPERCENT\t10")).collect();
     let preload = PreloadId::random(&mut rand::rng());
     let state = RebuiltState {
@@ -393,9 +393,15 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
             paused: false,
             settled: false,
         },
+        gen: "gen-1",
+        shards_made: false,
+        parked: false,
     };
     let (starts, ends) = (state.starts_ms, state.controls.ends_at.timestamp_millis());
-    app.redis.install_rebuilt(&id, state).await.unwrap();
+    app.redis
+        .install_rebuilt(&app.keys(&event), state)
+        .await
+        .unwrap();
     let before = dump(&app, &event, &[]).await;
     // The script call install_rebuilt made, as the client would re-send it.
     let k = app.keys(&event);
@@ -411,6 +417,9 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
         &k.meta,
         &k.meta_offline,
         &k.conflicts,
+        &k.transfers,
+        &k.sent,
+        &k.received,
     ] {
         inv.key(key);
     }
@@ -421,7 +430,10 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
         .arg(0)
         .arg(preload.as_str())
         .arg(0)
-        .arg(1);
+        .arg(1)
+        .arg("gen-1")
+        .arg(0)
+        .arg(0);
     let mut c = app.redis.conn().await.unwrap();
     let again: Result<i64, redis::RedisError> = inv.invoke_async(&mut c).await;
     let err = again.expect_err("a live event is not installed over");

@@ -53,7 +53,12 @@ impl RedisStore {
         event: &EventId,
         shards: u32,
     ) -> Result<Presence, RedisStoreError> {
-        let k = EventKeys::shard(event, 0, shards.max(1));
+        self.presence_in(&EventKeys::shard(event, 0, shards.max(1)))
+            .await
+    }
+
+    /// Whether the shard `k` holds its meta hash, live or parked offline.
+    pub async fn presence_in(&self, k: &EventKeys) -> Result<Presence, RedisStoreError> {
         let mut c = self.conn().await?;
         let (live, parked): (bool, bool) = redis::pipe()
             .exists(&k.meta)

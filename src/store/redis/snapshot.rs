@@ -119,6 +119,13 @@ pub struct RebuiltState<'a> {
     /// The event's controls as PostgreSQL recorded them when the rebuild
     /// started (newer ones the parked meta took since are kept).
     pub controls: ControlState,
+    /// The rebuild's generation, the same on every shard (see
+    /// `transfer_in.lua`).
+    pub gen: &'a str,
+    /// Shard 0 of a sharded event: every shard is made (`shards_made`).
+    pub shards_made: bool,
+    /// Installed offline (`bring_online` makes it live).
+    pub parked: bool,
 }
 
 impl RedisStore {
@@ -194,9 +201,9 @@ impl RedisStore {
             .collect();
         Ok(snap)
     }
-    /// Moves the meta hash aside so Issue stops changing the event.
-    pub async fn take_offline(&self, event: &EventId) -> Result<bool, RedisStoreError> {
-        let k = EventKeys::new(event);
+    /// Moves the meta hash of a shard (an event's one shard: `EventKeys::new`)
+    /// aside so Issue stops changing it.
+    pub async fn take_offline(&self, k: &EventKeys) -> Result<bool, RedisStoreError> {
         let mut c = self.conn().await?;
         let moved: i64 = self
             .scripts
@@ -210,8 +217,7 @@ impl RedisStore {
     /// Puts back the meta a failed forced rebuild parked (see
     /// `bring_online.lua`): `Some(true)` back online, `Some(false)` live
     /// already, `None` nothing was parked.
-    pub async fn bring_online(&self, event: &EventId) -> Result<Option<bool>, RedisStoreError> {
-        let k = EventKeys::new(event);
+    pub async fn bring_online(&self, k: &EventKeys) -> Result<Option<bool>, RedisStoreError> {
         let mut c = self.conn().await?;
         let r: i64 = self
             .scripts
@@ -256,13 +262,13 @@ impl RedisStore {
             .await?;
         Ok((r <= 0).then(|| Duration::from_millis(r.unsigned_abs())))
     }
-    /// Stages `state` and installs it atomically (see `rebuild.lua`).
+    /// Stages `state` in the shard `k` and installs it atomically (see
+    /// `rebuild.lua`).
     pub async fn install_rebuilt(
         &self,
-        event: &EventId,
+        k: &EventKeys,
         state: RebuiltState<'_>,
     ) -> Result<(), RedisStoreError> {
-        let k = EventKeys::new(event);
         let mut c = self.link.bulk().await?;
         let _: () = redis::cmd("DEL")
             .arg(&k.staging)
@@ -293,6 +299,9 @@ impl RedisStore {
             .key(&k.meta)
             .key(&k.meta_offline)
             .key(&k.conflicts)
+            .key(&k.transfers)
+            .key(&k.sent)
+            .key(&k.received)
             .arg(state.starts_ms)
             .arg(state.controls.ends_at.timestamp_millis())
             .arg(state.total)
@@ -301,6 +310,9 @@ impl RedisStore {
             .arg(state.preload_id.as_str())
             .arg(u8::from(state.controls.paused))
             .arg(state.controls.seq)
+            .arg(state.gen)
+            .arg(u8::from(state.shards_made))
+            .arg(u8::from(state.parked))
             .arg(state.conflicted)
             .invoke_async(&mut c)
             .await?;

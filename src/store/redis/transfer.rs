@@ -16,6 +16,12 @@
 //! nothing twice), then step 3. With the failover guard on, steps 1 and 2
 //! return only once a replica holds their writes, so a failover cannot
 //! undo a step the next one builds on.
+//!
+//! Nothing leaves a shard without meta (offline for a rebuild, or lost),
+//! and step 2 lands only at a target of the donor's generation (changed by
+//! every rebuild, which drops every record): a step that comes late, after
+//! a rebuild put the record's codes back in the rebuilt queues, adds
+//! nothing.
 
 use super::*;
 
@@ -45,12 +51,15 @@ impl OpenTransfer {
 /// What step 1 found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferOut {
-    /// The transfer's codes, in its record (made now, or found).
-    Moving(Vec<String>),
+    /// The transfer's codes, in its record (made now, or found), and the
+    /// donor's generation (step 2's `gen`).
+    Moving(Vec<String>, String),
     /// The transfer was finished (by whoever found its record).
     Done,
     /// The donor's queue is empty: nothing moved.
     Dry,
+    /// The donor has no meta (offline for a rebuild, or lost): nothing moved.
+    Offline,
 }
 
 /// A new transfer id: 128 random bits, hex.
@@ -70,39 +79,45 @@ impl RedisStore {
         n: usize,
         target: &str,
     ) -> Result<TransferOut, RedisStoreError> {
-        let keys = [&donor.queue, &donor.transfers, &donor.sent];
+        let keys = [&donor.queue, &donor.transfers, &donor.sent, &donor.meta];
         let mut eval = self.guarded_eval(&self.scripts.transfer_out, &keys, donor);
         eval.arg(id).arg(n.max(1)).arg(target);
         let mut c = self.conn().await?;
-        let (state, entries): (String, Vec<String>) = self
+        let (state, entries, gen): (String, Vec<String>, String) = self
             .run_guarded(&mut c, &self.scripts.transfer_out, &eval, &donor.queue)
             .await?;
         match state.as_str() {
-            "MOVING" => Ok(TransferOut::Moving(entries)),
+            "MOVING" => Ok(TransferOut::Moving(entries, gen)),
             "DONE" => Ok(TransferOut::Done),
             "DRY" => Ok(TransferOut::Dry),
+            "OFFLINE" => Ok(TransferOut::Offline),
             other => Err(RedisStoreError::Reply(format!("transfer_out: {other}"))),
         }
     }
 
-    /// Step 2: the entries of transfer `id` join `target`'s queue once.
-    /// Returns how many joined now (0: received before).
+    /// Step 2: the entries of transfer `id` join `target`'s queue once,
+    /// if `target` is live in the donor's generation `gen`. Returns how
+    /// many joined now (0: received before), or `None` when the target is
+    /// offline, lost or rebuilt since step 1 (the record stays).
     #[instrument(skip_all, fields(transfer_id = id, n = entries.len()), err)]
     pub async fn transfer_in(
         &self,
         target: &EventKeys,
         id: &str,
+        gen: &str,
         entries: &[String],
-    ) -> Result<u64, RedisStoreError> {
+    ) -> Result<Option<u64>, RedisStoreError> {
         let mut eval = self.guarded_eval(
             &self.scripts.transfer_in,
-            &[&target.queue, &target.received],
+            &[&target.queue, &target.received, &target.meta],
             target,
         );
-        eval.arg(id).arg(entries);
+        eval.arg(id).arg(gen).arg(entries);
         let mut c = self.conn().await?;
-        self.run_guarded(&mut c, &self.scripts.transfer_in, &eval, &target.queue)
-            .await
+        let joined: i64 = self
+            .run_guarded(&mut c, &self.scripts.transfer_in, &eval, &target.queue)
+            .await?;
+        Ok(u64::try_from(joined).ok())
     }
 
     /// Step 3: the spent record `id` on `donor` is dropped and the id
@@ -184,11 +199,19 @@ impl RedisStore {
         n: usize,
     ) -> Result<usize, RedisStoreError> {
         let id = transfer_id();
-        let TransferOut::Moving(entries) = self.transfer_out(donor, &id, n, target).await? else {
-            return Ok(0);
+        let (entries, gen) = match self.transfer_out(donor, &id, n, target).await? {
+            TransferOut::Moving(entries, gen) => (entries, gen),
+            TransferOut::Offline => return Err(offline(&donor.meta, "donor")),
+            TransferOut::Done | TransferOut::Dry => return Ok(0),
         };
-        self.transfer_in(&EventKeys::tagged(target), &id, &entries)
-            .await?;
+        let target_keys = EventKeys::tagged(target);
+        if self
+            .transfer_in(&target_keys, &id, &gen, &entries)
+            .await?
+            .is_none()
+        {
+            return Err(offline(&target_keys.meta, "target"));
+        }
         self.transfer_done(donor, &id).await?;
         crate::metrics::shard_transfer(entries.len());
         Ok(entries.len())
@@ -205,13 +228,21 @@ impl RedisStore {
         let mut finished = 0;
         for t in self.open_transfers(donor).await? {
             let n = t.entries.len();
-            let TransferOut::Moving(entries) =
+            let TransferOut::Moving(entries, gen) =
                 self.transfer_out(donor, &t.id, n, &t.target).await?
             else {
-                continue; // finished meanwhile
+                continue; // finished meanwhile, or the donor is offline
             };
-            self.transfer_in(&EventKeys::tagged(&t.target), &t.id, &entries)
-                .await?;
+            let target = EventKeys::tagged(&t.target);
+            if self
+                .transfer_in(&target, &t.id, &gen, &entries)
+                .await?
+                .is_none()
+            {
+                // Offline for a rebuild, which drops the record; or lost.
+                tracing::warn!(transfer_id = %t.id, target = %t.target, "a transfer's target shard is not live: its codes stay in the record");
+                continue;
+            }
             self.transfer_done(donor, &t.id).await?;
             finished += 1;
         }
@@ -230,4 +261,12 @@ impl RedisStore {
         eval.arg(script.get_hash()).arg(keys.len()).arg(&keys[..]);
         eval
     }
+}
+
+/// A shard a transfer needs is offline for a rebuild or lost: its users
+/// hear UNAVAILABLE (try again), never SOLD_OUT.
+fn offline(meta: &str, role: &str) -> RedisStoreError {
+    RedisStoreError::ShardLost(format!(
+        "the transfer's {role} shard has no live meta ({meta}): offline for a rebuild, or lost"
+    ))
 }
