@@ -13,6 +13,7 @@ mod otlp;
 mod preload;
 mod redis;
 mod support;
+mod transfer;
 
 use std::time::Duration;
 

@@ -204,6 +204,7 @@ impl RedisStore {
             TransferOut::Offline => return Err(offline(&donor.meta, "donor")),
             TransferOut::Done | TransferOut::Dry => return Ok(0),
         };
+        failpoint("transfer_after_out").await;
         let target_keys = EventKeys::tagged(target);
         if self
             .transfer_in(&target_keys, &id, &gen, &entries)
@@ -212,6 +213,7 @@ impl RedisStore {
         {
             return Err(offline(&target_keys.meta, "target"));
         }
+        failpoint("transfer_after_in").await;
         self.transfer_done(donor, &id).await?;
         crate::metrics::shard_transfer(entries.len());
         Ok(entries.len())
@@ -269,4 +271,20 @@ fn offline(meta: &str, role: &str) -> RedisStoreError {
     RedisStoreError::ShardLost(format!(
         "the transfer's {role} shard has no live meta ({meta}): offline for a rebuild, or lost"
     ))
+}
+
+/// For the fault tests only: with `COUPOND_TEST_FAILPOINT` naming `step`,
+/// the transfer stops there for good, as if its process died at that
+/// moment (the test then SIGKILLs it and another process must finish the
+/// transfer). Read once; unset, it costs a load per transfer.
+async fn failpoint(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("COUPOND_TEST_FAILPOINT").ok());
+    if at.as_deref() == Some(step) {
+        tracing::warn!(
+            step,
+            "COUPOND_TEST_FAILPOINT: the transfer stops here for good"
+        );
+        std::future::pending::<()>().await;
+    }
 }
