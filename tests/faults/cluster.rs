@@ -300,6 +300,20 @@ async fn a_master_killed_under_a_sharded_event_loses_and_doubles_nothing() {
     env.assert_exactly_recorded(&event, &told).await;
     let (code, report) = env.reconcile(&event, &[]);
     assert_eq!(code, 0, "reconcile finds nothing wrong:\n{report}");
+    // Shards ran dry unevenly around the failover: transfers beyond the
+    // preload's spread (one to each other shard) moved codes meanwhile.
+    let mut c = env.redis().conn().await.unwrap();
+    let mut done = 0u64;
+    for s in 0..3 {
+        let k = coupond::store::keys::EventKeys::shard(&id, s, 3);
+        done += redis::cmd("SCARD")
+            .arg(&k.sent)
+            .query_async::<u64>(&mut c)
+            .await
+            .unwrap();
+    }
+    eprintln!("sharded failover: {done} transfers done");
+    assert!(done > 2, "refills moved codes: {done} transfers");
     server.terminate().await;
 }
 

@@ -225,14 +225,22 @@ impl RedisStore {
 
     /// Whether any shard holds a code, in its queue or in an open transfer
     /// record. Codes move while the shards are read one by one (other
-    /// servers' transfers), so the answer is "nothing" only after two
-    /// passes in a row read every queue empty between two reads that found
-    /// no open record: a code missed by one pass was in a record that pass
-    /// did not see open, and reached a queue the next pass reads. Open
-    /// records are finished, and the passes start over.
+    /// servers' transfers), so "nothing" stands only for a pass that read
+    /// every queue empty between two reads of every shard's transfer
+    /// count (records open plus done, `started`) that found no record open
+    /// and no count changed. A code the pass missed was moved out of a
+    /// queue after that queue's first count was read and before its second
+    /// (a new record: the count changed), or sat in a record at the first
+    /// count (open). Open records are finished, and the pass starts over.
     async fn anything_left(&self, keys: &[EventKeys]) -> Result<bool, RedisStoreError> {
-        let (mut clean, mut open) = (0, self.open_anywhere(keys).await?);
         for _ in 0..=MAX_REFILLS {
+            let before = self.transfers_started(keys).await?;
+            if before.iter().any(|&(_, open)| open > 0) {
+                for k in keys {
+                    self.finish_transfers(k).await?;
+                }
+                continue;
+            }
             let mut c = self.conn().await?;
             for k in keys {
                 let len: usize = redis::cmd("LLEN").arg(&k.queue).query_async(&mut c).await?;
@@ -243,21 +251,32 @@ impl RedisStore {
             // Given back before asking for more: a pool shared by many
             // batches must never wait on connections their holders wait on.
             drop(c);
-            let open_after = self.open_anywhere(keys).await?;
-            if open || open_after {
-                clean = 0;
-                for k in keys {
-                    self.finish_transfers(k).await?;
-                }
-                open = self.open_anywhere(keys).await?;
-                continue;
-            }
-            clean += 1;
-            if clean == 2 {
+            if self.transfers_started(keys).await? == before {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// Each shard's transfers started (records open plus ids done: step 1
+    /// adds a record, step 3 trades it for an id at once) and records open.
+    async fn transfers_started(
+        &self,
+        keys: &[EventKeys],
+    ) -> Result<Vec<(u64, u64)>, RedisStoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let mut c = self.conn().await?;
+            let (done, open): (u64, u64) = redis::pipe()
+                .cmd("SCARD")
+                .arg(&k.sent)
+                .cmd("HLEN")
+                .arg(&k.transfers)
+                .query_async(&mut c)
+                .await?;
+            out.push((done + open, open));
+        }
+        Ok(out)
     }
 
     /// SOLD_OUT stands only if every shard is there: a lost shard's codes
@@ -277,14 +296,5 @@ impl RedisStore {
             }
         }
         Ok(())
-    }
-
-    async fn open_anywhere(&self, keys: &[EventKeys]) -> Result<bool, RedisStoreError> {
-        for k in keys {
-            if !self.open_transfers(k).await?.is_empty() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 }
