@@ -470,6 +470,59 @@ pub struct ServeSettings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub tls: TlsSettings,
+    /// Browser origins allowed to call the server cross-origin (gRPC-Web
+    /// with CORS); empty: none.
+    pub cors: CorsOrigins,
+}
+
+/// The origins a browser may call the server from (CORS). gRPC-Web itself
+/// is always accepted; only cross-origin calls from a browser need this.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No cross-origin call (the default): no CORS headers are sent.
+    #[default]
+    None,
+    /// Any origin (`*`).
+    Any,
+    /// These origins exactly (`scheme://host[:port]`).
+    List(Vec<String>),
+}
+
+impl std::str::FromStr for CorsOrigins {
+    type Err = String;
+
+    /// A comma-separated list of origins, `*` for any, empty for none.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let items: Vec<&str> = s.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+        match items[..] {
+            [] => Ok(Self::None),
+            ["*"] => Ok(Self::Any),
+            _ => items
+                .iter()
+                .map(|o| origin(o).map(str::to_owned))
+                .collect::<Result<_, _>>()
+                .map(Self::List),
+        }
+    }
+}
+
+/// `o` if it is an origin: http or https, a host, an optional port, no
+/// path (what a browser sends in `Origin`).
+fn origin(o: &str) -> Result<&str, String> {
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+        .ok_or_else(|| format!("{o:?} is not an origin: expected http(s)://host[:port], or * for any"))?;
+    let host_ok = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    match host_ok {
+        true => Ok(o),
+        false => Err(format!(
+            "{o:?} is not an origin: expected http(s)://host[:port] with no path, or * for any"
+        )),
+    }
 }
 
 /// Transport security: TLS with a certificate, mTLS with a client CA.
@@ -524,6 +577,23 @@ impl Default for LimitSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_are_a_list_any_or_none_and_bad_ones_are_named() {
+        assert_eq!("".parse(), Ok(CorsOrigins::None));
+        assert_eq!(" * ".parse(), Ok(CorsOrigins::Any));
+        assert_eq!(
+            "https://a.example, http://localhost:3000".parse(),
+            Ok(CorsOrigins::List(vec![
+                "https://a.example".into(),
+                "http://localhost:3000".into()
+            ]))
+        );
+        let bad = "https://a.example/app".parse::<CorsOrigins>().unwrap_err();
+        assert!(bad.contains("\"https://a.example/app\" is not an origin"), "{bad}");
+        let bad = "a.example".parse::<CorsOrigins>().unwrap_err();
+        assert!(bad.contains("http(s)://host"), "{bad}");
+    }
 
     #[test]
     fn the_linger_is_the_one_set_or_the_durability_modes_own() {

@@ -10,7 +10,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::config::{redacted_url, ServeSettings, Settings};
+use crate::config::{redacted_url, CorsOrigins, ServeSettings, Settings};
 use crate::consumer::Finalizer;
 use crate::grpc::auth::{Access, RequireToken};
 use crate::grpc::health::{self, DrainingHealth, Reports};
@@ -31,6 +31,7 @@ use crate::supervisor::{Kind, Spawner, Supervisor};
 use tonic::transport::server::Router;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tower::layer::util::{Identity, Stack};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// HTTP/2 flow-control windows (see `grpc_server`).
 const CONNECTION_WINDOW: u32 = 16 << 20;
@@ -274,7 +275,7 @@ fn grpc_server(
     services: &Services,
     health: HealthServer<impl Health>,
     spawner: Spawner,
-) -> anyhow::Result<Router<Stack<ObserveLayer, Identity>>> {
+) -> anyhow::Result<Router<Layers>> {
     let limits = &serve.limits;
     let request_cap = limits.request_timeout;
     let admin_svc = CouponAdminServer::new(AdminApi::new(services.admin.clone(), request_cap))
@@ -292,6 +293,12 @@ fn grpc_server(
         builder = builder.tls_config(tls)?;
     }
     Ok(builder
+        // gRPC-Web (browsers) comes over HTTP/1.1 too; the layer turns it
+        // into gRPC before anything else sees it, and CORS answers a
+        // browser's preflight before that.
+        .accept_http1(true)
+        .layer(cors(&serve.cors))
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(ObserveLayer)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         // Client deadlines (grpc-timeout) are honoured below this cap.
@@ -319,6 +326,40 @@ fn grpc_server(
             issuer_svc,
             RequireToken::new(issuer_access),
         )))
+}
+
+/// The server's layers, outermost first.
+type Layers = Stack<ObserveLayer, Stack<tonic_web::GrpcWebLayer, Stack<CorsLayer, Identity>>>;
+
+/// CORS for gRPC-Web from the configured origins: the headers a gRPC-Web
+/// call sends, and the trailers-as-headers its client must read. No origin
+/// configured: no CORS header at all, so browsers refuse cross-origin calls.
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
+    let allow = match origins {
+        CorsOrigins::None => return CorsLayer::new(),
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok()))
+        }
+    };
+    let h = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            h("x-grpc-web"),
+            h("x-user-agent"),
+            h("grpc-timeout"),
+        ])
+        .expose_headers([
+            h("grpc-status"),
+            h("grpc-message"),
+            h("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// Who may call CouponAdmin and CouponIssuer.

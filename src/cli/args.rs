@@ -665,6 +665,12 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Browser origins allowed to call cross-origin through gRPC-Web
+    /// (CORS): comma-separated `https://host[:port]`, or `*` for any.
+    /// Unset: none (gRPC-Web from the same origin, or from a non-browser
+    /// client, needs nothing).
+    #[arg(long = "grpc-web-origins", env = "COUPOND_GRPC_WEB_ORIGINS", default_value = "")]
+    pub grpc_web_origins: crate::config::CorsOrigins,
 }
 
 impl From<ServeArgs> for ServeSettings {
@@ -689,6 +695,7 @@ impl From<ServeArgs> for ServeSettings {
                 key: a.tls.key,
                 client_ca: a.tls.client_ca,
             },
+            cors: a.grpc_web_origins,
         }
     }
 }

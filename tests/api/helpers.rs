@@ -47,6 +47,7 @@ pub fn serve_settings() -> ServeSettings {
         },
         limits: Default::default(),
         tls: Default::default(),
+        cors: Default::default(),
     }
 }
 
