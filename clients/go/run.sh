@@ -8,7 +8,7 @@ source ../../scripts/tools.sh
 GEN_GO="$(ensure_go_tool google.golang.org/protobuf/cmd/protoc-gen-go v1.36.12)"
 GEN_GRPC="$(ensure_go_tool google.golang.org/grpc/cmd/protoc-gen-go-grpc v1.6.0)"
 rm -rf gen
-PATH="$(dirname "$GEN_GO"):$(dirname "$GEN_GRPC"):$PATH" "$(buf_path)" generate ../../proto --template buf.gen.yaml
+PATH="$(dirname "$GEN_GO"):$(dirname "$GEN_GRPC"):$PATH" "$(buf_path)" generate ../../proto --path ../../proto/coupon --template buf.gen.yaml
 mkdir -p "$CACHE/go-client"
 go build -o "$CACHE/go-client/couponclient" .
 "$CACHE/go-client/couponclient" "$@"
