@@ -493,7 +493,11 @@ impl std::str::FromStr for CorsOrigins {
 
     /// A comma-separated list of origins, `*` for any, empty for none.
     fn from_str(s: &str) -> Result<Self, String> {
-        let items: Vec<&str> = s.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+        let items: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
         match items[..] {
             [] => Ok(Self::None),
             ["*"] => Ok(Self::Any),
@@ -512,7 +516,9 @@ fn origin(o: &str) -> Result<&str, String> {
     let rest = o
         .strip_prefix("https://")
         .or_else(|| o.strip_prefix("http://"))
-        .ok_or_else(|| format!("{o:?} is not an origin: expected http(s)://host[:port], or * for any"))?;
+        .ok_or_else(|| {
+            format!("{o:?} is not an origin: expected http(s)://host[:port], or * for any")
+        })?;
     let host_ok = !rest.is_empty()
         && rest
             .chars()
@@ -590,7 +596,10 @@ mod tests {
             ]))
         );
         let bad = "https://a.example/app".parse::<CorsOrigins>().unwrap_err();
-        assert!(bad.contains("\"https://a.example/app\" is not an origin"), "{bad}");
+        assert!(
+            bad.contains("\"https://a.example/app\" is not an origin"),
+            "{bad}"
+        );
         let bad = "a.example".parse::<CorsOrigins>().unwrap_err();
         assert!(bad.contains("http(s)://host"), "{bad}");
     }

@@ -14,6 +14,7 @@ use crate::config::{redacted_url, CorsOrigins, ServeSettings, Settings};
 use crate::consumer::Finalizer;
 use crate::grpc::auth::{Access, RequireToken};
 use crate::grpc::health::{self, DrainingHealth, Reports};
+use crate::grpc::http1::ReadWholeLayer;
 use crate::grpc::observe::ObserveLayer;
 use crate::grpc::{AdminApi, IssuerApi};
 use crate::kafka::{topics, Publisher};
@@ -298,6 +299,9 @@ fn grpc_server(
         // browser's preflight before that.
         .accept_http1(true)
         .layer(cors(&serve.cors))
+        .layer(ReadWholeLayer {
+            limit: limits.max_message_bytes + 5,
+        })
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(ObserveLayer)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
@@ -329,7 +333,10 @@ fn grpc_server(
 }
 
 /// The server's layers, outermost first.
-type Layers = Stack<ObserveLayer, Stack<tonic_web::GrpcWebLayer, Stack<CorsLayer, Identity>>>;
+type Layers = Stack<
+    ObserveLayer,
+    Stack<tonic_web::GrpcWebLayer, Stack<ReadWholeLayer, Stack<CorsLayer, Identity>>>,
+>;
 
 /// CORS for gRPC-Web from the configured origins: the headers a gRPC-Web
 /// call sends, and the trailers-as-headers its client must read. No origin
@@ -339,9 +346,7 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
     let allow = match origins {
         CorsOrigins::None => return CorsLayer::new(),
         CorsOrigins::Any => AllowOrigin::any(),
-        CorsOrigins::List(list) => {
-            AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok()))
-        }
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok())),
     };
     let h = HeaderName::from_static;
     CorsLayer::new()

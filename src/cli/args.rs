@@ -669,7 +669,11 @@ pub struct ServeArgs {
     /// (CORS): comma-separated `https://host[:port]`, or `*` for any.
     /// Unset: none (gRPC-Web from the same origin, or from a non-browser
     /// client, needs nothing).
-    #[arg(long = "grpc-web-origins", env = "COUPOND_GRPC_WEB_ORIGINS", default_value = "")]
+    #[arg(
+        long = "grpc-web-origins",
+        env = "COUPOND_GRPC_WEB_ORIGINS",
+        default_value = ""
+    )]
     pub grpc_web_origins: crate::config::CorsOrigins,
 }
 

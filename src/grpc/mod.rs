@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod health;
+pub mod http1;
 pub mod issuer;
 pub mod observe;
 pub mod outcome;

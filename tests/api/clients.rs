@@ -3,7 +3,8 @@
 //! admin token, unary and streamed issues, ALREADY_ISSUED on a repeat,
 //! ISSUED on a retry under the same request id, the BadRequest detail of an
 //! INVALID_ARGUMENT, and GetIssuance (FINALIZED, NOT_FOUND). A client exits
-//! non-zero on any difference from what the proto promises.
+//! non-zero on any difference from what the proto promises. The gRPC-Web
+//! client speaks what a browser speaks, over HTTP/1.1 and HTTP/2.
 
 use std::process::Command;
 use std::time::Instant;
@@ -59,4 +60,9 @@ async fn the_typescript_client_works_as_the_proto_promises() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_works_as_the_proto_promises() {
     client_passes("python").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_web_client_works_as_the_proto_promises() {
+    client_passes("grpc-web").await;
 }

@@ -33,3 +33,4 @@ mod transfer;
 mod truths;
 mod twice;
 mod validation;
+mod web;
