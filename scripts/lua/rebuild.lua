@@ -25,9 +25,16 @@
 -- ARGV[11] 1 to install the state parked offline (a shard of a sharded
 --   event: the rebuild brings the shards online once every one is in,
 --   so no shard's new state ever issues beside another's old), else 0
--- ARGV[12..] users whose staged record is conflicted (state C)
+-- ARGV[12] the rebuild's id: a parked meta another rebuild names (see
+--   take_offline.lua) is refused (FENCED), and a state installed parked
+--   names this rebuild
+-- ARGV[13..] users whose staged record is conflicted (state C)
 if redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('EVENT_LIVE event is live; take it offline first')
+end
+local owner = redis.call('HGET', KEYS[8], 'rebuilder')
+if owner and owner ~= ARGV[12] then
+  return redis.error_reply('FENCED another rebuild of the event took it offline since')
 end
 if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[4]) or redis.call('HLEN', KEYS[2]) ~= tonumber(ARGV[5]) then
   return redis.error_reply('STAGING_INCOMPLETE staged state does not match')
@@ -39,7 +46,7 @@ if parked[3] and tonumber(parked[3]) > tonumber(seq) then
   paused = parked[2] == '1' and '1' or '0'
 end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12])
-for i = 12, #ARGV do redis.call('SADD', KEYS[9], ARGV[i]) end
+for i = 13, #ARGV do redis.call('SADD', KEYS[9], ARGV[i]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]) end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[6]) end
@@ -52,4 +59,5 @@ redis.call('HSET', meta, 'starts_at', ARGV[1], 'ends_at', ends, 'total', ARGV[3]
   'preload_id', ARGV[6], 'control_seq', seq, 'gen', ARGV[9])
 if paused == '1' then redis.call('HSET', meta, 'paused', '1') end
 if ARGV[10] == '1' then redis.call('HSET', meta, 'shards_made', '1') end
+if ARGV[11] == '1' then redis.call('HSET', meta, 'rebuilder', ARGV[12]) end
 return 1

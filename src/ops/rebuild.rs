@@ -52,11 +52,16 @@ pub enum RebuildError {
     )]
     Busy(std::time::Duration),
     #[error(
-        "rebuild failed: {0:#}; the event stays offline (its shards hold the states of two \
-         rebuilds, or of a rebuild and of before it: putting them back as they were could \
-         hand a code out twice): run the rebuild again to finish it"
+        "rebuild failed: {0:#}; the event stays offline, or partly online (its shards hold \
+         the states of two rebuilds, or of a rebuild and of before it: putting them back as \
+         they were could hand a code out twice): run the rebuild again to finish it"
     )]
     Unfinished(anyhow::Error),
+    #[error(
+        "another rebuild of the event took its lock over (this one's lapsed): this one \
+         stopped; the other finishes the event"
+    )]
+    LockLost,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -174,21 +179,30 @@ pub async fn rebuild(
         None => {}
         Some(left) => return Err(RebuildError::Busy(left)),
     }
+    // A renewal that fails is only logged: should the lock lapse and
+    // another rebuild start, the fence in each parked meta (the rebuild's
+    // id, see take_offline.lua) refuses this one's later steps. One that
+    // finds another rebuild holding the lock ends this one at once.
     let renewing = async {
         loop {
             tokio::time::sleep(LOCK_LIFETIME / 3).await;
-            let renewed = redis
+            match redis
                 .rebuild_lock(event, LockAction::Renew, &holder, LOCK_LIFETIME)
-                .await;
-            if let Err(e) = renewed {
-                tracing::warn!(error = %e, "renewing the rebuild lock failed");
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(_)) => return,
+                Err(e) => tracing::warn!(error = %e, "renewing the rebuild lock failed"),
             }
         }
     };
-    let offline = Offline::default();
+    let offline = Offline {
+        holder: holder.clone(),
+        ..Default::default()
+    };
     let result = tokio::select! {
         r = rebuild_locked(pg, redis, kafka, event, force, &offline) => r,
-        _ = renewing => unreachable!("renews until the rebuild ends"),
+        _ = renewing => Err(RebuildError::LockLost),
         _ = stop.cancelled() => {
             let stopped = anyhow::anyhow!("stopped by a signal");
             Err(offline.undo(redis, stopped).await)
@@ -205,6 +219,8 @@ pub async fn rebuild(
 /// that stops a rebuild midway).
 #[derive(Default)]
 struct Offline {
+    /// The rebuild's id (its lock's holder), named in what it parks.
+    holder: String,
     shards: Mutex<Vec<EventKeys>>,
     /// Set before the first shard of a sharded event gets rebuilt state,
     /// or when a rebuild finds one left so: the old state of one shard
@@ -231,7 +247,7 @@ impl Offline {
         let shards = self.shards.lock().expect("not poisoned").clone();
         let mut restored = false;
         for k in shards {
-            match redis.bring_online(&k).await {
+            match redis.bring_online(&k, &self.holder, "").await {
                 Ok(back) => restored |= back == Some(true),
                 Err(again) => return RebuildError::LeftOffline(failure, again.into()),
             }
@@ -290,15 +306,15 @@ async fn rebuild_locked(
     if lag > 0 && !force && !resumed {
         return Err(RebuildError::Lagging { lag });
     }
-    if presence.contains(&Presence::Live) {
-        if !force && !resumed {
-            return Err(RebuildError::Live(event.clone()));
-        }
-        for k in &keys {
-            if let Err(e) = redis.take_offline(k).await {
-                // Its reply may be what got lost: never leave it parked unsaid.
-                return Err(offline.undo(redis, e.into()).await);
-            }
+    if presence.contains(&Presence::Live) && !force && !resumed {
+        return Err(RebuildError::Live(event.clone()));
+    }
+    // Live shards are parked; parked ones (a rebuild before this one died)
+    // now name this rebuild, which fences that one off.
+    for k in &keys {
+        if let Err(e) = redis.take_offline(k, &offline.holder).await {
+            // Its reply may be what got lost: never leave it parked unsaid.
+            return Err(offline.undo(redis, e.into()).await);
         }
     }
     match rebuild_from_sources(pg, redis, kafka, &stored, &keys, offline).await {
@@ -354,18 +370,38 @@ async fn rebuild_from_sources(
             gen: &gen,
             shards_made: s == 0 && shards > 1,
             parked: shards > 1,
+            holder: &offline.holder,
         };
         redis.install_rebuilt(&keys[s], rebuilt).await?;
     }
     if shards > 1 {
-        for k in keys.iter().rev() {
-            redis.bring_online(k).await?;
+        // A control recorded while the rebuild ran reached shard 0's parked
+        // meta only: every shard gets PostgreSQL's latest before going live.
+        if let Some(now) = pg.event(event).await? {
+            redis.sync_controls_each(keys, &now.controls()).await?;
+        }
+        for (s, k) in keys.iter().enumerate().rev() {
+            if redis.bring_online(k, &offline.holder, &gen).await? != Some(true) {
+                anyhow::bail!(
+                    "shard {s} was not parked with the rebuilt state when brought online"
+                );
+            }
         }
     }
     // Controls recorded while the rebuild ran, whose own Redis step found
-    // no meta (newer ones win in Redis; older ones change nothing).
-    if let Some(now) = pg.event(event).await? {
-        redis.sync_controls(event, shards, &now.controls()).await?;
+    // no meta (newer ones win in Redis; older ones change nothing). The
+    // event is live by now: a failure here is the sweeper's to repair.
+    let synced = match pg.event(event).await {
+        Ok(Some(now)) => redis
+            .sync_controls(event, shards, &now.controls())
+            .await
+            .map(drop)
+            .map_err(anyhow::Error::from),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = synced {
+        tracing::warn!(event_id = %event, error = %e, "the rebuilt event is live; bringing its controls up to date failed (the sweeper repairs them)");
     }
     Ok(report)
 }

@@ -176,7 +176,11 @@ async fn a_holder_keeps_their_coupon_whatever_happened_to_the_event() {
 
     let offline = app.event_id("offline");
     let code = held(&app, &offline, preload_request(&offline, 10)).await;
-    assert!(app.redis.take_offline(&app.keys(&offline)).await.unwrap());
+    assert!(app
+        .redis
+        .take_offline(&app.keys(&offline), "test")
+        .await
+        .unwrap());
     check(
         &app,
         &offline,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use coupond::domain::EventId;
 use coupond::proto::{self, IssueResult};
+use coupond::store::keys::EventKeys;
 use coupond::store::redis::Presence;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -42,8 +43,15 @@ impl CouponsLocked {
 
 /// A live event of 50 coupons, 10 of them issued and finalized.
 async fn event_with_holders(app: &TestApp, name: &str) -> (String, EventId) {
+    event_with_holders_over(app, name, 1).await
+}
+
+/// `event_with_holders` split over `shards` shards.
+async fn event_with_holders_over(app: &TestApp, name: &str, shards: u32) -> (String, EventId) {
     let event = app.event_id(name);
-    app.preload(preload_request(&event, 50)).await.unwrap();
+    let mut req = preload_request(&event, 50);
+    req.shards = shards;
+    app.preload(req).await.unwrap();
     let users: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
     let pairs: HashSet<(String, String)> = issue_all(app, &event, &users)
         .await
@@ -75,8 +83,9 @@ async fn start_forced_rebuild(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let shards = app.pg.shards(id).await.unwrap();
     let offline = eventually(Duration::from_secs(30), || async {
-        app.redis.presence(id, 1).await.unwrap() == Presence::Offline
+        app.redis.presence(id, shards).await.unwrap() == Presence::Offline
     })
     .await;
     assert!(offline, "the rebuild took the event offline");
@@ -101,8 +110,19 @@ async fn result(app: &TestApp, event: &str, user: &str) -> IssueResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_made_while_a_rebuild_runs_is_kept() {
+    control_during_rebuild(1).await;
+}
+
+/// Of a sharded event, the pause reaches shard 0's parked meta only while
+/// the rebuild runs; every shard has it before any goes live again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_made_while_a_sharded_rebuild_runs_reaches_every_shard() {
+    control_during_rebuild(3).await;
+}
+
+async fn control_during_rebuild(shards: u32) {
     let app = spawn_app().await;
-    let (event, id) = event_with_holders(&app, "ctlrebuild").await;
+    let (event, id) = event_with_holders_over(&app, "ctlrebuild", shards).await;
     let lock = lock_coupons(&app).await;
     let rebuild = start_forced_rebuild(&app, &event, &id, None).await;
     // The rebuild read the event (not paused) before the pause.
@@ -121,7 +141,7 @@ async fn a_control_made_while_a_rebuild_runs_is_kept() {
     let parked_paused = eventually(Duration::from_secs(10), || async {
         let mut c = app.redis.conn().await.unwrap();
         let p: Option<String> = redis::cmd("HGET")
-            .arg(&app.keys(&event).meta_offline)
+            .arg(&EventKeys::shard(&id, 0, shards).meta_offline)
             .arg("paused")
             .query_async(&mut c)
             .await
@@ -143,7 +163,84 @@ async fn a_control_made_while_a_rebuild_runs_is_kept() {
             .unwrap()
             .paused
     );
-    assert_eq!(result(&app, &event, "newcomer").await, IssueResult::Paused);
+    for i in 0..12 {
+        let newcomer = format!("newcomer-{i}");
+        assert_eq!(
+            result(&app, &event, &newcomer).await,
+            IssueResult::Paused,
+            "{newcomer}"
+        );
+    }
+    for i in 0..10 {
+        let holder = format!("h{i}");
+        assert_eq!(
+            result(&app, &event, &holder).await,
+            IssueResult::Issued,
+            "{holder}"
+        );
+    }
+}
+
+/// A rebuild whose lock lapsed while it went on is fenced off by the one
+/// that took over: its install and its bringing online are refused, the
+/// newer rebuild's go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_lost_its_lock_is_fenced_off_by_the_next() {
+    let app = spawn_app().await;
+    let (event, _) = event_with_holders(&app, "fenced").await;
+    let k = app.keys(&event);
+    assert!(app.redis.take_offline(&k, "first").await.unwrap());
+    assert!(!app.redis.take_offline(&k, "second").await.unwrap());
+    let mut c = app.redis.conn().await.unwrap();
+    let owner: String = redis::cmd("HGET")
+        .arg(&k.meta_offline)
+        .arg("rebuilder")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(owner, "second");
+    let late = app.redis.bring_online(&k, "first", "").await;
+    assert!(late.is_err(), "{late:?}");
+    assert_eq!(
+        app.redis
+            .presence(&EventId::parse(event.clone()).unwrap(), 1)
+            .await
+            .unwrap(),
+        Presence::Offline
+    );
+    let stored = app
+        .pg
+        .event(&EventId::parse(event.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let install = |holder: &'static str| {
+        let (k, stored) = (app.keys(&event), stored.clone());
+        let app = &app;
+        async move {
+            let state = coupond::store::redis::RebuiltState {
+                queue: &[],
+                issued: &[],
+                pending: &[],
+                starts_ms: 0,
+                total: 50,
+                preload_id: &stored.preload.preload_id,
+                conflicted: &[],
+                controls: stored.controls(),
+                gen: "g",
+                shards_made: false,
+                parked: false,
+                holder,
+            };
+            app.redis.install_rebuilt(&k, state).await
+        }
+    };
+    let refused = install("first").await.expect_err("fenced");
+    assert!(refused.to_string().contains("FENCED"), "{refused}");
+    assert_eq!(
+        app.redis.bring_online(&k, "second", "").await.unwrap(),
+        Some(true)
+    );
     assert_eq!(result(&app, &event, "h0").await, IssueResult::Issued);
 }
 

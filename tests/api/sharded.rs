@@ -481,11 +481,14 @@ async fn a_transfer_step_that_comes_after_a_rebuild_adds_nothing() {
     assert_eq!(queued_codes(&app, &event).await.len(), 30);
 
     let offline = EventKeys::shard(&id, 2, SHARDS);
-    assert!(app.redis.take_offline(&offline).await.unwrap());
+    assert!(app.redis.take_offline(&offline, "test").await.unwrap());
     let moved = app.redis.transfer(&offline, &target, 5).await;
     assert!(moved.is_err(), "nothing leaves an offline shard: {moved:?}");
     assert_eq!(queue_lengths(&app, &event).await[2], 10);
-    assert_eq!(app.redis.bring_online(&offline).await.unwrap(), Some(true));
+    assert_eq!(
+        app.redis.bring_online(&offline, "test", "").await.unwrap(),
+        Some(true)
+    );
 
     let users: Vec<String> = (0..40).map(|i| format!("late-{i}")).collect();
     let responses = issue_all(&app, &event, &users).await;

@@ -347,7 +347,10 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     let id = EventId::parse(event.clone()).unwrap();
 
     let (first, second) = twice(&app, &event, &[], || async {
-        app.redis.take_offline(&app.keys(&event)).await.unwrap()
+        app.redis
+            .take_offline(&app.keys(&event), "me")
+            .await
+            .unwrap()
     })
     .await;
     assert_eq!((first, second), (true, false), "moved once");
@@ -364,7 +367,10 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     assert_eq!((first, second), (None, None), "taken, and still mine");
 
     let (first, second) = twice(&app, &event, &[], || async {
-        app.redis.bring_online(&app.keys(&event)).await.unwrap()
+        app.redis
+            .bring_online(&app.keys(&event), "me", "")
+            .await
+            .unwrap()
     })
     .await;
     assert_eq!(
@@ -376,7 +382,10 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
     // The install: rebuild.lua re-sent after it made the event live finds
     // it live and refuses, writing nothing (the rebuild reports failure:
     // run reconcile again).
-    app.redis.take_offline(&app.keys(&event)).await.unwrap();
+    app.redis
+        .take_offline(&app.keys(&event), "me")
+        .await
+        .unwrap();
     let queue: Vec<String> = (0..3).map(|i| format!("RB{i:08}\tPERCENT\t10")).collect();
     let preload = PreloadId::random(&mut rand::rng());
     let state = RebuiltState {
@@ -396,6 +405,7 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
         gen: "gen-1",
         shards_made: false,
         parked: false,
+        holder: "me",
     };
     let (starts, ends) = (state.starts_ms, state.controls.ends_at.timestamp_millis());
     app.redis
@@ -433,7 +443,8 @@ async fn the_rebuild_scripts_run_twice_to_the_same_end() {
         .arg(1)
         .arg("gen-1")
         .arg(0)
-        .arg(0);
+        .arg(0)
+        .arg("me");
     let mut c = app.redis.conn().await.unwrap();
     let again: Result<i64, redis::RedisError> = inv.invoke_async(&mut c).await;
     let err = again.expect_err("a live event is not installed over");

@@ -138,6 +138,20 @@ impl RedisStore {
         Ok(synced)
     }
 
+    /// Brings each of the shards `keys` (live or parked) up to the
+    /// controls PostgreSQL recorded, one by one (see `control.lua`): a
+    /// sharded rebuild's parked shards, before they go live.
+    pub async fn sync_controls_each(
+        &self,
+        keys: &[EventKeys],
+        state: &ControlState,
+    ) -> Result<(), RedisStoreError> {
+        for k in keys {
+            self.sync_controls_in(k, state).await?;
+        }
+        Ok(())
+    }
+
     /// Gives shards 1 and up shard 0's meta (see `shard_meta.lua`), their
     /// controls brought up to shard 0's. Read after shard 0 was written, so
     /// whichever of two callers writes a shard last, the newest controls

@@ -205,12 +205,7 @@ impl RedisStore {
         }
         let (donor, len) = fullest;
         if len == 0 {
-            // Nothing to move: ask again (1) if anything is left anywhere.
-            if self.anything_left(keys).await? {
-                return Ok(1);
-            }
-            self.none_lost(event, keys).await?;
-            return Ok(0);
+            return self.left_or_sold_out(event, keys).await;
         }
         // What the waiting users need (or a few more), never more than half
         // of what the donor holds (rounded up, so a last code can move).
@@ -218,9 +213,23 @@ impl RedisStore {
         let target = shard::tag(event, home as u32, keys.len() as u32);
         match self.transfer(&keys[donor], &target, n).await? {
             // Another batch emptied the donor since it was read.
-            0 => Ok(usize::from(self.anything_left(keys).await?)),
+            0 => self.left_or_sold_out(event, keys).await,
             moved => Ok(moved),
         }
+    }
+
+    /// Nothing could be moved: 1 (ask again) if a code is left anywhere;
+    /// 0 (SOLD_OUT) only if none is and no shard is lost.
+    async fn left_or_sold_out(
+        &self,
+        event: &EventId,
+        keys: &[EventKeys],
+    ) -> Result<usize, RedisStoreError> {
+        if self.anything_left(keys).await? {
+            return Ok(1);
+        }
+        self.none_lost(event, keys).await?;
+        Ok(0)
     }
 
     /// Whether any shard holds a code, in its queue or in an open transfer

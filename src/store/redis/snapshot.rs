@@ -126,6 +126,8 @@ pub struct RebuiltState<'a> {
     pub shards_made: bool,
     /// Installed offline (`bring_online` makes it live).
     pub parked: bool,
+    /// The rebuild's id (its lock's holder), for the fence.
+    pub holder: &'a str,
 }
 
 impl RedisStore {
@@ -202,22 +204,31 @@ impl RedisStore {
         Ok(snap)
     }
     /// Moves the meta hash of a shard (an event's one shard: `EventKeys::new`)
-    /// aside so Issue stops changing it.
-    pub async fn take_offline(&self, k: &EventKeys) -> Result<bool, RedisStoreError> {
+    /// aside so Issue stops changing it, naming the rebuild `holder` in it
+    /// (see `take_offline.lua`).
+    pub async fn take_offline(&self, k: &EventKeys, holder: &str) -> Result<bool, RedisStoreError> {
         let mut c = self.conn().await?;
         let moved: i64 = self
             .scripts
             .take_offline
             .key(&k.meta)
             .key(&k.meta_offline)
+            .arg(holder)
             .invoke_async(&mut c)
             .await?;
         Ok(moved == 1)
     }
-    /// Puts back the meta a failed forced rebuild parked (see
-    /// `bring_online.lua`): `Some(true)` back online, `Some(false)` live
-    /// already, `None` nothing was parked.
-    pub async fn bring_online(&self, k: &EventKeys) -> Result<Option<bool>, RedisStoreError> {
+    /// Puts back the meta the rebuild `holder` parked (see
+    /// `bring_online.lua`; `gen`: the generation it must hold, "" for any):
+    /// `Some(true)` back online, `Some(false)` live already, `None` nothing
+    /// was parked; an error when another rebuild's, or another generation,
+    /// is parked.
+    pub async fn bring_online(
+        &self,
+        k: &EventKeys,
+        holder: &str,
+        gen: &str,
+    ) -> Result<Option<bool>, RedisStoreError> {
         let mut c = self.conn().await?;
         let r: i64 = self
             .scripts
@@ -227,13 +238,19 @@ impl RedisStore {
             .key(&k.staging)
             .key(&k.issued_staging)
             .key(&k.pending_staging)
+            .arg(holder)
+            .arg(gen)
             .invoke_async(&mut c)
             .await?;
-        Ok(match r {
-            1 => Some(true),
-            0 => Some(false),
-            _ => None,
-        })
+        match r {
+            1 => Ok(Some(true)),
+            0 => Ok(Some(false)),
+            -1 => Ok(None),
+            _ => Err(RedisStoreError::Reply(format!(
+                "{} is parked by another rebuild, or holds another generation than {gen:?}: left as it is",
+                k.meta_offline
+            ))),
+        }
     }
     /// Takes, renews or releases the event's rebuild lock for `holder`
     /// (see `rebuild_lock.lua`): `Ok(None)` done, `Ok(Some(left))` another
@@ -287,21 +304,24 @@ impl RedisStore {
             let args = chunk.iter().flat_map(|(u, at)| [at.to_string(), u.clone()]);
             stage(&mut c, &k.pending_staging, "ZADD", args).await?;
         }
-        let _: i64 = self
-            .scripts
-            .rebuild
-            .key(&k.staging)
-            .key(&k.issued_staging)
-            .key(&k.pending_staging)
-            .key(&k.queue)
-            .key(&k.issued)
-            .key(&k.pending)
-            .key(&k.meta)
-            .key(&k.meta_offline)
-            .key(&k.conflicts)
-            .key(&k.transfers)
-            .key(&k.sent)
-            .key(&k.received)
+        let keys = [
+            &k.staging,
+            &k.issued_staging,
+            &k.pending_staging,
+            &k.queue,
+            &k.issued,
+            &k.pending,
+            &k.meta,
+            &k.meta_offline,
+            &k.conflicts,
+            &k.transfers,
+            &k.sent,
+            &k.received,
+        ];
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.scripts.rebuild.get_hash())
+            .arg(keys.len())
+            .arg(&keys[..])
             .arg(state.starts_ms)
             .arg(state.controls.ends_at.timestamp_millis())
             .arg(state.total)
@@ -313,8 +333,13 @@ impl RedisStore {
             .arg(state.gen)
             .arg(u8::from(state.shards_made))
             .arg(u8::from(state.parked))
-            .arg(state.conflicted)
-            .invoke_async(&mut c)
+            .arg(state.holder)
+            .arg(state.conflicted);
+        // With the failover guard on, a replica holds the install before
+        // it counts: a failover must not bring back the state before it
+        // beside other shards' rebuilt state.
+        let _: i64 = self
+            .run_guarded(&mut c, &self.scripts.rebuild, &eval, &k.meta)
             .await?;
         Ok(())
     }
