@@ -10,6 +10,7 @@ mod clients;
 mod common;
 mod controls;
 mod dlq;
+mod examples;
 mod finalize;
 mod ghz;
 mod helpers;
