@@ -22,6 +22,8 @@
 # <= total) and waits for PostgreSQL to catch up.
 # ONLY=linger compares the producer's linger settings per durability mode.
 # ONLY=sizing measures what a drop holds in Redis and PostgreSQL.
+# ONLY=gateway runs unary Issue through the HTTP/JSON gateway (vegeta)
+# beside the direct gRPC unary run (GATEWAY_REQUESTS, GATEWAY_CONCURRENCY).
 # ONLY=record measures PostgreSQL's CPU per row for each way of recording
 # issuances (scripts/bench-record.sh).
 # ONLY=grown runs a preload and a stream drop on a fresh database and on one
@@ -397,6 +399,123 @@ if [ "${ONLY:-}" = sizing ]; then
     --event "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_id"])' "$OUT/sizing-preload.json")"
   held issued | tee -a "$OUT/sizing.txt"
   stop_server
+  exit 0
+fi
+
+# ONLY=gateway: unary Issue through the HTTP/JSON gateway (gateway/,
+# scripts/gateway.sh) beside the direct gRPC unary run of the same size and
+# concurrency, against one server (ack): GATEWAY_REQUESTS (default 20,000)
+# requests at GATEWAY_CONCURRENCY (default 100) clients, each request a
+# distinct user on an event of its own. The HTTP load is vegeta (pinned,
+# go install), fed one target per user; every answer is read back (all must
+# be 200 ISSUE_RESULT_ISSUED). Reports requests/s, p50/p99, and the CPU per
+# request of the gateway (its /proc before and after) and of the server.
+if [ "${ONLY:-}" = gateway ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  GW_N="${GATEWAY_REQUESTS:-20000}"
+  GW_C="${GATEWAY_CONCURRENCY:-100}"
+  GW_PORT=8091
+  GW_BIN="$(scripts/gateway.sh --build | head -1)"
+  VEGETA="$(source scripts/tools.sh
+    # Not ensure_go_tool: the package's last element (v12) is not the binary's name.
+    dir="$TOOLS_DIR/go-bin/vegeta-v12.13.0"
+    [ -x "$dir/vegeta" ] || GOBIN="$dir" go install github.com/tsenart/vegeta/v12@v12.13.0 >&2
+    echo "$dir/vegeta")"
+  ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+  start_server ack
+  "$GW_BIN" -listen "127.0.0.1:$GW_PORT" -grpc "127.0.0.1:$PORT" >>"$OUT/gateway.log" 2>&1 &
+  GW_PID=$!
+  trap 'kill "$GW_PID" 2>/dev/null || true; stop_server' EXIT
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$GW_PORT/healthz" >/dev/null && break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$GW_PORT/healthz" >/dev/null || { echo "gateway did not start" >&2; exit 1; }
+
+  # Direct gRPC, the harness of every other run.
+  # (Each event is preloaded outside the CPU window; each window ends when
+  # PostgreSQL has recorded every issuance, as coupond-bench waits for it.)
+  event="$(preloaded gateway-direct "$((GW_N * 2))")"
+  s0="$(ticks "$SERVER_PID")"
+  bench "gateway-direct-unary-c$GW_C" --mode unary --concurrency "$GW_C" --requests "$GW_N" \
+    --event "$event"
+  s1="$(ticks "$SERVER_PID")"
+
+  # The same through the gateway.
+  event="$(preloaded gateway-http "$((GW_N * 2))")"
+  python3 - "$event" "$GW_N" "http://127.0.0.1:$GW_PORT" >"$OUT/gateway-targets.jsonl" <<'PY'
+import base64, json, sys
+event, n, base = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for i in range(n):
+    body = json.dumps({"userId": f"http-{i}", "requestId": f"h-{i}"}).encode()
+    print(json.dumps({"method": "POST", "url": f"{base}/v1/events/{event}/issuances",
+                      "header": {"Content-Type": ["application/json"]},
+                      "body": base64.b64encode(body).decode()}))
+PY
+  echo "== gateway-http-unary-c$GW_C (vegeta)" >&2
+  g0="$(ticks "$GW_PID")" s2="$(ticks "$SERVER_PID")"
+  python3 scripts/cpu-seconds.py "$OUT/gateway-http-unary-c$GW_C.vegeta-cpu" \
+    "$VEGETA" attack -format=json -lazy -targets="$OUT/gateway-targets.jsonl" -rate=0 \
+    -workers="$GW_C" -max-workers="$GW_C" -timeout=30s -output="$OUT/gateway-http-unary-c$GW_C.bin"
+  g1="$(ticks "$GW_PID")"
+  for _ in $(seq 1 600); do
+    finalized="$(curl -sf "http://127.0.0.1:$GW_PORT/v1/events/$event" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["finalizedCount"])')"
+    [ "$finalized" -ge "$GW_N" ] && break
+    sleep 0.1
+  done
+  s3="$(ticks "$SERVER_PID")"
+  "$VEGETA" encode --to json "$OUT/gateway-http-unary-c$GW_C.bin" >"$OUT/gateway-http-unary-c$GW_C.results.jsonl"
+
+  python3 - "$OUT" "$GW_C" "$GW_N" "$(getconf CLK_TCK)" "$g0" "$g1" "$s0" "$s1" "$s2" "$s3" <<'PY' | tee "$OUT/gateway.md"
+import base64, json, sys
+out, c, n, tck = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+g0, g1, s0, s1, s2, s3 = (int(x) for x in sys.argv[5:11])
+direct = json.load(open(f"{out}/gateway-direct-unary-c{c}.json"))
+rows, issued, bad = [], 0, {}
+for line in open(f"{out}/gateway-http-unary-c{c}.results.jsonl"):
+    r = json.loads(line)
+    if r.get("error") == "no targets to attack":
+        continue  # a worker finding the targets exhausted: no request was sent
+    rows.append(r)
+    body = base64.b64decode(r.get("body") or "").decode(errors="replace")
+    try:
+        ok = r["code"] == 200 and json.loads(body).get("result") == "ISSUE_RESULT_ISSUED"
+    except ValueError:
+        ok = False
+    if ok:
+        issued += 1
+    else:
+        key = f"{r['code']} {r.get('error') or body[:80]}"
+        bad[key] = bad.get(key, 0) + 1
+lat = sorted(r["latency"] / 1000 for r in rows)  # µs
+def ts(s):  # RFC 3339 with nanoseconds -> seconds (same day, same zone)
+    hms = s[11:].rstrip("Z").split("+")[0].split("-")[0]
+    h, m, sec = hms.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+start = min(ts(r["timestamp"]) for r in rows)
+end = max(ts(r["timestamp"]) + r["latency"] / 1e9 for r in rows)
+pct = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))]
+vcpu = float(open(f"{out}/gateway-http-unary-c{c}.vegeta-cpu").read().split()[0])
+d = direct
+print(f"| unary Issue, {c} clients | requests | requests/s | p50 | p99 | server CPU µs/req | gateway CPU µs/req | load generator CPU µs/req |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| gRPC direct (coupond-bench) | {d['requests']} ({d['issued']} ISSUED) | {d['requests_per_s']:.0f} | "
+      f"{d['latency_us']['p50'] / 1000:.1f} ms | {d['latency_us']['p99'] / 1000:.1f} ms | "
+      f"{(s1 - s0) / tck / d['requests'] * 1e6:.0f} | – | "
+      f"{json.load(open(f'{out}/gateway-direct-unary-c{c}.parts.json'))['cpu_s']['load_generator'] / d['requests'] * 1e6:.0f} |")
+print(f"| HTTP/JSON via gateway (vegeta) | {len(rows)} ({issued} ISSUED) | {len(rows) / (end - start):.0f} | "
+      f"{pct(50) / 1000:.1f} ms | {pct(99) / 1000:.1f} ms | {(s3 - s2) / tck / len(rows) * 1e6:.0f} | "
+      f"{(g1 - g0) / tck / len(rows) * 1e6:.0f} | {vcpu / len(rows) * 1e6:.0f} |")
+if bad or len(rows) != n or issued != n:
+    print(f"gateway run: {n} targets, {len(rows)} sent, {issued} ISSUED; others: {bad}", file=sys.stderr)
+    sys.exit(1)
+PY
+  # The raw results (.bin) stay; the decoded ones and the targets are big.
+  rm -f "$OUT/gateway-targets.jsonl" "$OUT/gateway-http-unary-c$GW_C.results.jsonl"
+  kill "$GW_PID" 2>/dev/null || true
+  stop_server
+  echo "results in $OUT" >&2
   exit 0
 fi
 

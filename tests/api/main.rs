@@ -12,6 +12,7 @@ mod controls;
 mod dlq;
 mod examples;
 mod finalize;
+mod gateway;
 mod ghz;
 mod helpers;
 mod hostile;

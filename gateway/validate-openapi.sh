@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Validates an OpenAPI (Swagger 2.0) document with an independent validator,
+# the pinned @apidevtools/swagger-parser from npm (installed once into
+# ~/.cache/coupond/tools, like buf): schema and $ref checks.
+#   gateway/validate-openapi.sh FILE
+# Prints "openapi: valid, N paths, M operations" or the validator's error,
+# and exits non-zero on an invalid document.
+# (swagger-parser 12.1.0: 13.x needs Node.js >= 22.19; this machine has 20.)
+set -euo pipefail
+[ $# -eq 1 ] || { echo "usage: $0 FILE" >&2; exit 2; }
+FILE="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+source "$(dirname "$0")/../scripts/tools.sh"
+VERSION=12.1.0
+dir="$TOOLS_DIR/swagger-parser-$VERSION"
+if [ ! -f "$dir/node_modules/@apidevtools/swagger-parser/package.json" ]; then
+  mkdir -p "$dir"
+  npm install --silent --no-audit --no-fund --prefix "$dir" "@apidevtools/swagger-parser@$VERSION" >&2
+fi
+NODE_PATH="$dir/node_modules" node - "$FILE" <<'JS'
+const SwaggerParser = require("@apidevtools/swagger-parser");
+const file = process.argv[2];
+SwaggerParser.validate(file).then(
+  (api) => {
+    const paths = Object.keys(api.paths || {});
+    const ops = paths.reduce((n, p) => n + Object.keys(api.paths[p]).filter(
+      (m) => ["get", "put", "post", "delete", "patch", "head", "options"].includes(m)).length, 0);
+    const version = api.swagger ? `Swagger ${api.swagger}` : `OpenAPI ${api.openapi}`;
+    console.log(`openapi: valid ${version}, ${paths.length} paths, ${ops} operations (${file})`);
+  },
+  (err) => {
+    console.error(`openapi: INVALID ${file}: ${err.message}`);
+    process.exit(1);
+  },
+);
+JS

@@ -1,0 +1,163 @@
+//! The HTTP/JSON gateway of `gateway/` (grpc-gateway v2, generated from
+//! proto/'s google.api.http annotations by scripts/gateway.sh), run for real
+//! in front of a server: `gateway/check.py` preloads, issues to 200 users
+//! over both issue routes, checks ALREADY_ISSUED, the 400 + BadRequest of a
+//! bad field, 401s, GetIssuance FINALIZED, GetEvent's counts and /healthz;
+//! and the generated OpenAPI document passes an independent validator
+//! (gateway/validate-openapi.sh, @apidevtools/swagger-parser).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{spawn_app, ADMIN_TOKEN};
+
+/// Builds with several cores' worth of tools, like the clients: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The gateway process, killed when the test ends (passing or not).
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> &'static str {
+    env!("CARGO_MANIFEST_DIR")
+}
+
+/// Runs a command to its end (off the async runtime); panics with its
+/// output when it fails. Returns its stdout.
+async fn run(what: &'static str, mut command: Command) -> String {
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "gateway: {what} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// One `GET /healthz` over a plain socket: the status line's code.
+fn healthz(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_gateway_works_as_the_proto_promises() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+
+    // Installs the pinned plugins, generates and builds (a first `go install`
+    // on a new machine downloads modules: minutes, not seconds).
+    let mut build = Command::new("bash");
+    build
+        .arg(format!("{}/scripts/gateway.sh", root()))
+        .arg("--build");
+    let started = Instant::now();
+    let built = tokio::time::timeout(
+        Duration::from_secs(600),
+        run("installed the tools, generated and built", build),
+    )
+    .await
+    .expect("scripts/gateway.sh --build within 10 minutes");
+    let mut lines = built.lines();
+    let (binary, openapi) = (lines.next().unwrap(), lines.next().unwrap());
+    let build_secs = started.elapsed().as_secs_f64();
+
+    // Port 0: the gateway prints the address it got ("listening on http://...").
+    let mut child = Command::new(binary)
+        .args(["-listen", "127.0.0.1:0", "-grpc", &app.addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the gateway");
+    let stderr = child.stderr.take().unwrap();
+    let gateway = Gateway(child);
+    let (found, rest) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stderr);
+        let mut seen = String::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            seen.push_str(&line);
+            if let Some(addr) = line
+                .split("listening on http://")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+            {
+                let addr: SocketAddr = addr.trim().parse().expect("the gateway's address");
+                // Keep draining its log so that it never blocks on a full pipe.
+                std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+                return (Some(addr), seen);
+            }
+            line.clear();
+        }
+        (None, seen)
+    })
+    .await
+    .unwrap();
+    let addr = found.unwrap_or_else(|| panic!("the gateway did not start:\n{rest}"));
+
+    // /healthz (grpc.health.v1 behind it) answers 200 once both are up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = tokio::task::spawn_blocking(move || healthz(addr))
+            .await
+            .unwrap();
+        match answer {
+            Ok(a) if a.starts_with("HTTP/1.1 200") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "/healthz did not answer 200 within 30 s: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut check = Command::new("python3");
+    check.arg(format!("{}/gateway/check.py", root())).args([
+        format!("http://{addr}"),
+        ADMIN_TOKEN.to_owned(),
+        app.event_id("gw"),
+    ]);
+    let checked = run("check.py ran", check).await;
+    eprintln!("{checked}");
+    assert!(
+        checked.contains("gateway check: OK"),
+        "check.py did not say OK:\n{checked}"
+    );
+
+    let mut validate = Command::new("bash");
+    validate
+        .arg(format!("{}/gateway/validate-openapi.sh", root()))
+        .arg(openapi);
+    let validated = run("validated the OpenAPI document", validate).await;
+    eprintln!("{}", validated.trim());
+    assert!(validated.contains("openapi: valid"), "{validated}");
+
+    eprintln!(
+        "gateway: built in {build_secs:.1} s, whole test {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(gateway);
+}
