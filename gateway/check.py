@@ -27,10 +27,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 
 TOTAL = 300
 USERS = 200
 FINALIZE_DEADLINE_S = 60
+# More than the 256 KiB Go's HTTP/1.1 server keeps of an unread body.
+STREAM_LINES = 5000
 
 
 class Failed(Exception):
@@ -177,13 +180,31 @@ def check(base, token, event):
     expect(answers[2]["coupon"]["code"] == codes["user-002"], f"IssueStream repeat: {answers[2]}")
     codes["stream-1"] = answers[0]["coupon"]["code"]
     expect(len(set(codes.values())) == len(codes), "the streamed coupon's code is another user's")
+    # A long stream (more than Go's server keeps of an unread body once the
+    # answer starts): every request answered, in order.
+    many = [{"eventId": event, "userId": f"user-{i % USERS:03d}", "requestId": f"long-{i:05d}"}
+            for i in range(STREAM_LINES)]
+    raw = "".join(json.dumps(x) + "\n" for x in many).encode()
+    status, text = call(base, "POST", "/v1/issuances:stream", raw=raw)
+    answers = [json.loads(x).get("result", {}) for x in text.splitlines() if x.strip()]
+    expect(status == 200 and len(answers) == STREAM_LINES
+           and [a.get("requestId") for a in answers] == [m["requestId"] for m in many]
+           and all(a.get("result") == "ISSUE_RESULT_ALREADY_ISSUED" for a in answers),
+           f"IssueStream of {STREAM_LINES} requests ({len(raw)} bytes): {status}, {len(answers)} answers")
+    print(f"IssueStream: {STREAM_LINES} requests ({len(raw) // 1024} KiB), {len(answers)} answers in order")
+
+    # A user id with '/', ':' and '?': issued by body, looked up by path.
+    odd = "a/b:c?d"
+    status, body = call(base, "POST", "/coupons/issue", {"eventId": event, "userId": odd, "requestId": "odd"})
+    expect(status == 200 and body.get("result") == "ISSUE_RESULT_ISSUED", f"issue {odd!r}: {status} {body}")
+    codes[odd] = body["coupon"]["code"]
 
     # GetIssuance: every user's coupon turns FINALIZED (recorded in PostgreSQL).
     started = time.monotonic()
     pending = dict(codes)
     while pending:
         for user, code in list(pending.items()):
-            status, body = call(base, "GET", f"/v1/events/{event}/issuances/{user}")
+            status, body = call(base, "GET", f"/v1/events/{event}/issuances/{quote(user, safe='')}")
             expect(status == 200 and body["coupon"]["code"] == code and body.get("userId") == user,
                    f"GetIssuance {user}: {status} {body}")
             if body.get("state") == "ISSUANCE_STATE_FINALIZED":
@@ -217,6 +238,30 @@ def check(base, token, event):
         if found or not token_page:
             break
     expect(found, f"ListEvents does not list {event}")
+
+    # Controls: pause (holders keep their coupon, newcomers hear PAUSED),
+    # resume, extend, close (newcomers hear ENDED); none without a token.
+    status, body = call(base, "POST", f"/v1/events/{event}:pause", {"reason": "check"})
+    expect(status == 401, f"pause without a token: want 401, got {status} {body}")
+    def answer(user):
+        status, body = call(base, "POST", f"/v1/events/{event}/issuances", {"userId": user, "requestId": "ctl"})
+        expect(status == 200, f"issue {user}: {status} {body}")
+        return body.get("result"), (body.get("coupon") or {}).get("code")
+    for action, body, newcomer in [
+        ("pause", {"reason": "check"}, "ISSUE_RESULT_PAUSED"),
+        ("resume", {"reason": "check"}, "ISSUE_RESULT_ISSUED"),
+        ("extend", {"reason": "check", "endsAt": rfc3339(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2))},
+         "ISSUE_RESULT_ISSUED"),
+        ("close", {"reason": "check"}, "ISSUE_RESULT_ENDED"),
+    ]:
+        status, reply = call(base, "POST", f"/v1/events/{event}:{action}", body, token=token)
+        expect(status == 200, f"{action}: {status} {reply}")
+        result, _ = answer(f"newcomer-{action}")
+        expect(result == newcomer, f"after {action}, a newcomer: want {newcomer}, got {result}")
+        result, code = answer("user-000")
+        expect(result == "ISSUE_RESULT_ALREADY_ISSUED" and code == codes["user-000"],
+               f"after {action}, a holder: {result} {code}")
+    print("controls: pause, resume, extend, close over HTTP; holders kept their coupon")
 
     print("gateway check: OK")
 

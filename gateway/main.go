@@ -37,6 +37,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -108,7 +109,11 @@ func main() {
 	if err != nil {
 		log.Fatalf("gateway: listen %s: %v", *listen, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           bounded(mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
 	// One line that scripts and tests can wait for.
 	fmt.Fprintf(os.Stderr, "gateway: listening on http://%s, coupond gRPC at %s\n", ln.Addr(), *backend)
 
@@ -143,4 +148,25 @@ func transportCredentials(useTLS bool, caFile, serverName string) (credentials.T
 		cfg.RootCAs = pool
 	}
 	return credentials.NewTLS(cfg), nil
+}
+
+// maxBody bounds a unary call's request body (coupond takes messages of up
+// to 1 MiB by default): the JSON decoder reads a body whole.
+const maxBody = 4 << 20
+
+// bounded limits unary bodies, and lets IssueStream answer while its body
+// still comes: without full duplex, Go's HTTP/1.1 server drops the unread
+// rest of a request body at the first byte of the answer, and the stream
+// would end early with fewer answers than requests.
+func bounded(mux http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ":stream") {
+			if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+				log.Printf("gateway: IssueStream without full duplex: %v", err)
+			}
+		} else {
+			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		}
+		mux.ServeHTTP(w, r)
+	})
 }

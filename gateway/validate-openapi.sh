@@ -5,16 +5,19 @@
 #   gateway/validate-openapi.sh FILE
 # Prints "openapi: valid, N paths, M operations" or the validator's error,
 # and exits non-zero on an invalid document.
-# (swagger-parser 12.1.0: 13.x needs Node.js >= 22.19; this machine has 20.)
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 FILE" >&2; exit 2; }
 FILE="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 source "$(dirname "$0")/../scripts/tools.sh"
-VERSION=12.1.0
-dir="$TOOLS_DIR/swagger-parser-$VERSION"
+# Installed from gateway/openapi-validator's lockfile (every transitive
+# package pinned), into a directory named after the lockfile's hash.
+LOCK="$(dirname "$0")/openapi-validator"
+dir="$TOOLS_DIR/openapi-validator-$(sha256sum "$LOCK/package-lock.json" | cut -c1-12)"
 if [ ! -f "$dir/node_modules/@apidevtools/swagger-parser/package.json" ]; then
-  mkdir -p "$dir"
-  npm install --silent --no-audit --no-fund --prefix "$dir" "@apidevtools/swagger-parser@$VERSION" >&2
+  tmp="$(mktemp -d "$TOOLS_DIR/openapi-validator.XXXXXX")"
+  cp "$LOCK/package.json" "$LOCK/package-lock.json" "$tmp/"
+  npm ci --silent --no-audit --no-fund --prefix "$tmp" --cache "$CACHE/npm" >&2
+  rm -rf "$dir" && mv "$tmp" "$dir"
 fi
 NODE_PATH="$dir/node_modules" node - "$FILE" <<'JS'
 const SwaggerParser = require("@apidevtools/swagger-parser");
@@ -26,6 +29,9 @@ SwaggerParser.validate(file).then(
       (m) => ["get", "put", "post", "delete", "patch", "head", "options"].includes(m)).length, 0);
     const version = api.swagger ? `Swagger ${api.swagger}` : `OpenAPI ${api.openapi}`;
     console.log(`openapi: valid ${version}, ${paths.length} paths, ${ops} operations (${file})`);
+    for (const p of paths.sort()) {
+      for (const m of Object.keys(api.paths[p]).sort()) console.log(`operation: ${m.toUpperCase()} ${p}`);
+    }
   },
   (err) => {
     console.error(`openapi: INVALID ${file}: ${err.message}`);

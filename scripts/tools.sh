@@ -8,8 +8,11 @@ BUF_VERSION=1.75.0
 buf_path() {
   local dir="$TOOLS_DIR/buf-$BUF_VERSION"
   if [ ! -x "$dir/node_modules/.bin/buf" ]; then
-    mkdir -p "$dir"
-    npm install --silent --no-audit --no-fund --prefix "$dir" "@bufbuild/buf@$BUF_VERSION" >&2
+    local tmp
+    mkdir -p "$TOOLS_DIR"
+    tmp="$(mktemp -d "$dir.XXXXXX")"
+    npm install --silent --no-audit --no-fund --prefix "$tmp" "@bufbuild/buf@$BUF_VERSION" >&2
+    rm -rf "$dir" && mv "$tmp" "$dir"
   fi
   echo "$dir/node_modules/.bin/buf"
 }
@@ -21,8 +24,14 @@ ensure_go_tool() {
   name="$(basename "$pkg")"
   dir="$TOOLS_DIR/go-bin/$name-$version"
   if [ ! -x "$dir/$name" ]; then
+    # Built aside and moved in whole: a script running beside this one
+    # never finds a binary still being written.
     mkdir -p "$dir"
-    GOBIN="$dir" go install "$pkg@$version" >&2
+    local tmp
+    tmp="$(mktemp -d "$dir.XXXXXX")"
+    GOBIN="$tmp" go install "$pkg@$version" >&2
+    mv -f "$tmp/$name" "$dir/$name"
+    rmdir "$tmp"
   fi
   echo "$dir/$name"
 }

@@ -300,7 +300,7 @@ fn grpc_server(
         .accept_http1(true)
         .layer(cors(&serve.cors))
         .layer(ReadWholeLayer {
-            limit: limits.max_message_bytes + 5,
+            max_message: limits.max_message_bytes,
         })
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(ObserveLayer)
@@ -332,7 +332,7 @@ fn grpc_server(
         )))
 }
 
-/// The server's layers, outermost first.
+/// The server's layers, innermost first (CORS is the outermost).
 type Layers = Stack<
     ObserveLayer,
     Stack<tonic_web::GrpcWebLayer, Stack<ReadWholeLayer, Stack<CorsLayer, Identity>>>,

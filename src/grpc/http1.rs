@@ -9,15 +9,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReadWholeLayer {
-    /// Largest body read (the largest message and its frame header); a
-    /// longer one is passed on cut off, and the call fails decoding it.
-    pub limit: usize,
+    /// Largest message accepted (`max_message_bytes`): a body is read up
+    /// to it and its frame header; a longer one is passed on cut there,
+    /// and the call is refused by its declared length (OUT_OF_RANGE).
+    pub max_message: usize,
 }
 
 impl<S> Layer<S> for ReadWholeLayer {
@@ -26,7 +28,7 @@ impl<S> Layer<S> for ReadWholeLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ReadWhole {
             inner,
-            limit: self.limit,
+            max_message: self.max_message,
         }
     }
 }
@@ -34,7 +36,30 @@ impl<S> Layer<S> for ReadWholeLayer {
 #[derive(Debug, Clone)]
 pub struct ReadWhole<S> {
     inner: S,
-    limit: usize,
+    max_message: usize,
+}
+
+impl<S> ReadWhole<S> {
+    /// How much of `req`'s body to read first: gRPC-Web over HTTP/1.1
+    /// only (base64 text takes 4 bytes for 3); None for anything else.
+    fn limit<B>(&self, req: &http::Request<B>) -> Option<usize> {
+        if req.version() >= http::Version::HTTP_2 {
+            return None;
+        }
+        let kind = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)?
+            .to_str()
+            .ok()?;
+        let framed = self.max_message + 5;
+        if kind.starts_with("application/grpc-web-text") {
+            Some(framed.div_ceil(3) * 4)
+        } else if kind.starts_with("application/grpc-web") {
+            Some(framed)
+        } else {
+            None
+        }
+    }
 }
 
 impl<S> Service<http::Request<Body>> for ReadWhole<S>
@@ -51,21 +76,31 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.version() >= http::Version::HTTP_2 {
+        let Some(limit) = self.limit(&req) else {
             return Box::pin(self.inner.call(req));
-        }
+        };
         // The clone that was made ready serves this call (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limit = self.limit;
         Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(all) => all.to_bytes(),
-                Err(_) => bytes::Bytes::new(),
-            };
-            let req = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
-            inner.call(req).await
+            let (parts, mut body) = req.into_parts();
+            let mut read = BytesMut::new();
+            while read.len() < limit {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            read.extend_from_slice(&data);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if read.len() > limit {
+                // Whole base64 quads, so the frame header decodes.
+                read.truncate(limit - limit % 4);
+            }
+            let body = Body::new(Full::new(read.freeze()));
+            inner.call(http::Request::from_parts(parts, body)).await
         })
     }
 }

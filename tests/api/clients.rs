@@ -11,11 +11,8 @@ use std::time::Instant;
 
 use crate::helpers::{spawn_app, ADMIN_TOKEN};
 
-/// The clients build with several cores' worth of tools: one at a time.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn client_passes(language: &str) {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::TOOL_BUILDS.lock().await;
     let app = spawn_app().await;
     let script = format!("{}/clients/{language}/run.sh", env!("CARGO_MANIFEST_DIR"));
     let addr = app.addr.to_string();

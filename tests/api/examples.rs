@@ -43,6 +43,7 @@ async fn every_grpcurl_example_in_the_readme_runs() {
     let app = spawn_app().await;
     let event = app.event_id("drop-1");
     app.preload(preload_request(&event, 10)).await.unwrap();
+    let tools = crate::helpers::TOOL_BUILDS.lock().await;
     let grpcurl = tokio::task::spawn_blocking(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/grpcurl.sh");
         let out = Command::new("bash")
@@ -58,6 +59,7 @@ async fn every_grpcurl_example_in_the_readme_runs() {
     })
     .await
     .unwrap();
+    drop(tools);
     for example in &examples {
         let line = example
             .replace("127.0.0.1:50051", &app.addr.to_string())

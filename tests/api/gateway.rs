@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{spawn_app, ADMIN_TOKEN};
 
-/// Builds with several cores' worth of tools, like the clients: one at a time.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// The gateway process, killed when the test ends (passing or not).
 struct Gateway(Child);
 
@@ -64,7 +61,7 @@ fn healthz(addr: SocketAddr) -> std::io::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_gateway_works_as_the_proto_promises() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::TOOL_BUILDS.lock().await;
     let app = spawn_app().await;
 
     // Installs the pinned plugins, generates and builds (a first `go install`
@@ -154,6 +151,29 @@ async fn the_http_gateway_works_as_the_proto_promises() {
     let validated = run("validated the OpenAPI document", validate).await;
     eprintln!("{}", validated.trim());
     assert!(validated.contains("openapi: valid"), "{validated}");
+    let mut operations: Vec<&str> = validated
+        .lines()
+        .filter_map(|l| l.strip_prefix("operation: "))
+        .collect();
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "GET /v1/events",
+            "GET /v1/events/{eventId}",
+            "GET /v1/events/{eventId}/issuances/{userId}",
+            "POST /coupons/issue",
+            "POST /coupons/preload",
+            "POST /v1/events",
+            "POST /v1/events/{eventId}/issuances",
+            "POST /v1/events/{eventId}:close",
+            "POST /v1/events/{eventId}:extend",
+            "POST /v1/events/{eventId}:pause",
+            "POST /v1/events/{eventId}:resume",
+            "POST /v1/issuances:stream",
+        ],
+        "every RPC's HTTP binding in the OpenAPI document"
+    );
 
     eprintln!(
         "gateway: built in {build_secs:.1} s, whole test {:.1} s",

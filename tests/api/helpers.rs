@@ -37,6 +37,11 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(settings, tag).await
 }
 
+/// The tests that install tools and build with them (the clients, the
+/// gateway, grpcurl): one at a time. They share installs (buf, the Go
+/// plugins) and several cores' worth of work.
+pub static TOOL_BUILDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub fn serve_settings() -> ServeSettings {
     ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),

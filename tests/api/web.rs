@@ -55,3 +55,31 @@ async fn allowed_origins_get_cors_headers_and_others_none() {
     let head = preflight(&app, "https://elsewhere.example").await;
     assert!(!head.contains("access-control-allow-origin"), "{head}");
 }
+
+/// A gRPC-Web request over HTTP/1.1 whose message is larger than the
+/// server takes is refused as OUT_OF_RANGE by its declared length, as a
+/// gRPC one is (the body is read only up to the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_grpc_web_message_is_out_of_range() {
+    let app = spawn_app().await;
+    let declared: u32 = 2 << 20;
+    let sent = (1 << 20) + 100_000;
+    let mut body = vec![0u8];
+    body.extend_from_slice(&declared.to_be_bytes());
+    body.resize(5 + sent, b'x');
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /coupon.v1.CouponIssuer/Issue HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         Content-Length: {}\r\n\r\n",
+        app.addr,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer and close before it read everything.
+    let _ = s.write_all(&body).await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.contains("grpc-status: 11"), "{answer}");
+}

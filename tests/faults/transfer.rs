@@ -77,7 +77,16 @@ async fn killed_mid_transfer(step: &str) {
             event.clone(),
             user.clone(),
         );
-        tokio::spawn(async move { issue(&issuer, &event, &user).await })
+        // Never answered: server A stops for good inside the refill and is
+        // killed there.
+        tokio::spawn(async move {
+            let req = proto::IssueRequest {
+                event_id: event,
+                user_id: user.clone(),
+                request_id: format!("req-{user}"),
+            };
+            issuer.clone().issue(req).await
+        })
     };
     let held = eventually(Duration::from_secs(60), || async {
         stopped_at(&redis, &id, step).await
