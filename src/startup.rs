@@ -298,7 +298,7 @@ fn grpc_server(
         // into gRPC before anything else sees it, and CORS answers a
         // browser's preflight before that.
         .accept_http1(true)
-        .layer(cors(&serve.cors))
+        .layer(tower::util::option_layer(cors(&serve.cors)))
         .layer(ReadWholeLayer {
             max_message: limits.max_message_bytes,
         })
@@ -335,21 +335,25 @@ fn grpc_server(
 /// The server's layers, innermost first (CORS is the outermost).
 type Layers = Stack<
     ObserveLayer,
-    Stack<tonic_web::GrpcWebLayer, Stack<ReadWholeLayer, Stack<CorsLayer, Identity>>>,
+    Stack<
+        tonic_web::GrpcWebLayer,
+        Stack<ReadWholeLayer, Stack<tower::util::Either<CorsLayer, Identity>, Identity>>,
+    >,
 >;
 
 /// CORS for gRPC-Web from the configured origins: the headers a gRPC-Web
 /// call sends, and the trailers-as-headers its client must read. No origin
-/// configured: no CORS header at all, so browsers refuse cross-origin calls.
-fn cors(origins: &CorsOrigins) -> CorsLayer {
+/// configured: no layer (every call skips it), no CORS header at all, so
+/// browsers refuse cross-origin calls.
+fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
     use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
     let allow = match origins {
-        CorsOrigins::None => return CorsLayer::new(),
+        CorsOrigins::None => return None,
         CorsOrigins::Any => AllowOrigin::any(),
         CorsOrigins::List(list) => AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok())),
     };
     let h = HeaderName::from_static;
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([http::Method::POST, http::Method::OPTIONS])
         .allow_headers([
@@ -364,7 +368,8 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
             h("grpc-message"),
             h("grpc-status-details-bin"),
         ])
-        .max_age(Duration::from_secs(24 * 3600))
+        .max_age(Duration::from_secs(24 * 3600));
+    Some(layer)
 }
 
 /// Who may call CouponAdmin and CouponIssuer.

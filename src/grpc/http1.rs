@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use futures::future::Either;
 use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tower::{Layer, Service};
@@ -69,7 +70,11 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    /// gRPC over HTTP/2 (every call but gRPC-Web's) goes straight through.
+    type Future = Either<
+        S::Future,
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -77,12 +82,12 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let Some(limit) = self.limit(&req) else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         // The clone that was made ready serves this call (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let mut read = BytesMut::new();
             while read.len() < limit {
@@ -101,6 +106,6 @@ where
             }
             let body = Body::new(Full::new(read.freeze()));
             inner.call(http::Request::from_parts(parts, body)).await
-        })
+        }))
     }
 }
