@@ -223,8 +223,9 @@ struct Offline {
     holder: String,
     shards: Mutex<Vec<EventKeys>>,
     /// Set before the first shard of a sharded event gets rebuilt state,
-    /// or when a rebuild finds one left so: the old state of one shard
-    /// beside the new state of another could queue a code twice.
+    /// or when a rebuild finds shards of two generations left so: the old
+    /// state of one shard beside the new state of another could queue a
+    /// code twice.
     mixed: AtomicBool,
 }
 
@@ -299,7 +300,7 @@ async fn rebuild_locked(
     // An earlier forced rebuild took the event offline and did not finish
     // (of a sharded event, it may have rebuilt some shards, live again).
     let resumed = presence.contains(&Presence::Offline);
-    if resumed && shards > 1 {
+    if resumed && shards > 1 && generations(redis, &keys).await? > 1 {
         offline.set_mixed();
     }
     let lag = read_backlog(kafka).await?.lag();
@@ -327,6 +328,18 @@ async fn rebuild_locked(
         // Nothing was parked when every shard was absent: nothing goes back.
         Err(e) => Err(offline.undo(redis, e).await),
     }
+}
+
+/// How many generations the shards that hold a meta are of: more than one
+/// when a rebuild stopped with some shards installed and others not.
+async fn generations(redis: &RedisStore, keys: &[EventKeys]) -> anyhow::Result<usize> {
+    let mut gens = HashSet::new();
+    for k in keys {
+        if let Some(gen) = redis.gen_in(k).await? {
+            gens.insert(gen);
+        }
+    }
+    Ok(gens.len())
 }
 
 /// Reads the three sources and installs what they add up to. The order

@@ -265,6 +265,48 @@ async fn a_rebuild_that_fails_after_taking_the_event_offline_puts_it_back() {
     assert_eq!(exit, 0, "{report}");
 }
 
+/// A sharded event left offline by a rebuild that died before installing
+/// anything (its shards all of one generation): a rebuild after it that
+/// fails puts every shard back online as it was, as for one shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rebuild_after_one_that_installed_nothing_puts_a_sharded_event_back() {
+    let app = spawn_app().await;
+    let (event, id) = event_with_holders_over(&app, "failsharded", 3).await;
+    for s in 0..3 {
+        let parked = app
+            .redis
+            .take_offline(&EventKeys::shard(&id, s, 3), "died")
+            .await;
+        assert!(parked.unwrap(), "shard {s} parked");
+    }
+    let lock = lock_coupons(&app).await;
+    let impatient = format!(
+        "{}?options=-c%20lock_timeout%3D1000",
+        app.settings.database.url
+    );
+    let rebuild = start_forced_rebuild(&app, &event, &id, Some(&impatient)).await;
+    let (exit, out) = output(rebuild);
+    lock.release().await;
+    assert_ne!(exit, 0, "{out}");
+    assert!(out.contains("back online as it was"), "{out}");
+    for s in 0..3 {
+        let k = EventKeys::shard(&id, s, 3);
+        assert_eq!(
+            app.redis.presence_in(&k).await.unwrap(),
+            Presence::Live,
+            "shard {s}"
+        );
+    }
+    for i in 0..6 {
+        let newcomer = format!("newcomer-{i}");
+        assert_eq!(
+            result(&app, &event, &newcomer).await,
+            IssueResult::Issued,
+            "{newcomer}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_rebuild_is_finished_by_the_next_one() {
     let app = spawn_app().await;

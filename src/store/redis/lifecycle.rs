@@ -57,6 +57,26 @@ impl RedisStore {
             .await
     }
 
+    /// The generation (`gen`, see `transfer_out.lua`) of the shard `k`'s
+    /// meta, live or parked: "" until a rebuild installs one; None when
+    /// the shard holds no meta.
+    pub async fn gen_in(&self, k: &EventKeys) -> Result<Option<String>, RedisStoreError> {
+        let mut c = self.conn().await?;
+        let (live, parked, live_gen, parked_gen): (bool, bool, Option<String>, Option<String>) =
+            redis::pipe()
+                .exists(&k.meta)
+                .exists(&k.meta_offline)
+                .hget(&k.meta, "gen")
+                .hget(&k.meta_offline, "gen")
+                .query_async(&mut c)
+                .await?;
+        Ok(match (live, parked) {
+            (true, _) => Some(live_gen.unwrap_or_default()),
+            (false, true) => Some(parked_gen.unwrap_or_default()),
+            (false, false) => None,
+        })
+    }
+
     /// Whether the shard `k` holds its meta hash, live or parked offline.
     pub async fn presence_in(&self, k: &EventKeys) -> Result<Presence, RedisStoreError> {
         let mut c = self.conn().await?;
