@@ -108,6 +108,33 @@ async fn result(app: &TestApp, event: &str, user: &str) -> IssueResult {
     IssueResult::try_from(app.issue(event, user).await.result).unwrap()
 }
 
+/// Asserts that each of `users` (request id `req-<user>`) is answered `want`.
+async fn answered(
+    app: &TestApp,
+    event: &str,
+    users: impl Iterator<Item = String>,
+    want: IssueResult,
+) {
+    for user in users {
+        assert_eq!(result(app, event, &user).await, want, "{user}");
+    }
+}
+
+/// A forced rebuild that fails after taking the event offline: the
+/// coupons' rows are locked, and its rows query gives up after a second
+/// of waiting for them. Its exit code and output.
+async fn failing_rebuild(app: &TestApp, event: &str, id: &EventId) -> (i32, String) {
+    let lock = lock_coupons(app).await;
+    let impatient = format!(
+        "{}?options=-c%20lock_timeout%3D1000",
+        app.settings.database.url
+    );
+    let rebuild = start_forced_rebuild(app, event, id, Some(&impatient)).await;
+    let out = output(rebuild);
+    lock.release().await;
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_made_while_a_rebuild_runs_is_kept() {
     control_during_rebuild(1).await;
@@ -163,22 +190,20 @@ async fn control_during_rebuild(shards: u32) {
             .unwrap()
             .paused
     );
-    for i in 0..12 {
-        let newcomer = format!("newcomer-{i}");
-        assert_eq!(
-            result(&app, &event, &newcomer).await,
-            IssueResult::Paused,
-            "{newcomer}"
-        );
-    }
-    for i in 0..10 {
-        let holder = format!("h{i}");
-        assert_eq!(
-            result(&app, &event, &holder).await,
-            IssueResult::Issued,
-            "{holder}"
-        );
-    }
+    answered(
+        &app,
+        &event,
+        (0..12).map(|i| format!("newcomer-{i}")),
+        IssueResult::Paused,
+    )
+    .await;
+    answered(
+        &app,
+        &event,
+        (0..10).map(|i| format!("h{i}")),
+        IssueResult::Issued,
+    )
+    .await;
 }
 
 /// A rebuild whose lock lapsed while it went on is fenced off by the one
@@ -248,15 +273,7 @@ async fn a_rebuild_that_lost_its_lock_is_fenced_off_by_the_next() {
 async fn a_rebuild_that_fails_after_taking_the_event_offline_puts_it_back() {
     let app = spawn_app().await;
     let (event, id) = event_with_holders(&app, "failrebuild").await;
-    let lock = lock_coupons(&app).await;
-    // Its rows query gives up after a second of waiting for the lock.
-    let impatient = format!(
-        "{}?options=-c%20lock_timeout%3D1000",
-        app.settings.database.url
-    );
-    let rebuild = start_forced_rebuild(&app, &event, &id, Some(&impatient)).await;
-    let (exit, out) = output(rebuild);
-    lock.release().await;
+    let (exit, out) = failing_rebuild(&app, &event, &id).await;
     assert_ne!(exit, 0, "{out}");
     assert!(out.contains("back online as it was"), "{out}");
     assert_eq!(app.redis.presence(&id, 1).await.unwrap(), Presence::Live);
@@ -279,14 +296,7 @@ async fn a_failed_rebuild_after_one_that_installed_nothing_puts_a_sharded_event_
             .await;
         assert!(parked.unwrap(), "shard {s} parked");
     }
-    let lock = lock_coupons(&app).await;
-    let impatient = format!(
-        "{}?options=-c%20lock_timeout%3D1000",
-        app.settings.database.url
-    );
-    let rebuild = start_forced_rebuild(&app, &event, &id, Some(&impatient)).await;
-    let (exit, out) = output(rebuild);
-    lock.release().await;
+    let (exit, out) = failing_rebuild(&app, &event, &id).await;
     assert_ne!(exit, 0, "{out}");
     assert!(out.contains("back online as it was"), "{out}");
     for s in 0..3 {
@@ -297,14 +307,13 @@ async fn a_failed_rebuild_after_one_that_installed_nothing_puts_a_sharded_event_
             "shard {s}"
         );
     }
-    for i in 0..6 {
-        let newcomer = format!("newcomer-{i}");
-        assert_eq!(
-            result(&app, &event, &newcomer).await,
-            IssueResult::Issued,
-            "{newcomer}"
-        );
-    }
+    answered(
+        &app,
+        &event,
+        (0..6).map(|i| format!("newcomer-{i}")),
+        IssueResult::Issued,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
