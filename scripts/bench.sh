@@ -27,7 +27,9 @@
 # ONLY=record measures PostgreSQL's CPU per row for each way of recording
 # issuances (scripts/bench-record.sh).
 # ONLY=grown runs a preload and a stream drop on a fresh database and on one
-# holding GROWN_COUPONS (30,000,000) earlier coupons.
+# holding GROWN_COUPONS (30,000,000) earlier coupons, then again once those
+# earlier events were archived (GROWN_ARCHIVE=0: not), then with cold
+# caches (GROWN_COLD=0: not).
 # ONLY=cluster runs the stream cost load on the single node, on the
 # stack's Redis Cluster with the failover guard and on it without, and
 # spread over three events on three masters, and records each Redis node's
@@ -210,6 +212,30 @@ SQL
     'shared_buffers', current_setting('shared_buffers') FROM coupons"
 }
 
+# archive_all DATABASE: every earlier event of grow_db archived with
+# `coupond archive`, as an operator would once their drops are over, then
+# vacuumed and analyzed as autovacuum would. Prints the time and sizes.
+archive_all() {
+  local e started ids
+  started="$(date +%s.%N)"
+  ids="$(psql -h 127.0.0.1 -U postgres -d "$1" -qtA -c \
+    "SELECT id FROM events WHERE id LIKE 'earlier-%' AND archived_at IS NULL ORDER BY id")"
+  for e in $ids; do
+    COUPOND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$1" RUST_LOG=warn \
+      "$BIN" archive --event "$e" >/dev/null
+  done
+  echo "archive: $(wc -w <<<"$ids") events in $(echo "$(date +%s.%N) - $started" | bc) s"
+  started="$(date +%s.%N)"
+  psql -h 127.0.0.1 -U postgres -d "$1" -qc "VACUUM ANALYZE" -c CHECKPOINT
+  echo "vacuum: $(echo "$(date +%s.%N) - $started" | bc) s"
+  psql -h 127.0.0.1 -U postgres -d "$1" -qtA -F ' ' -c "SELECT
+    'coupons', (SELECT count(*) FROM coupons), 'table MB', pg_table_size('coupons') / 1048576,
+    'indexes MB', pg_indexes_size('coupons') / 1048576,
+    'archived', (SELECT count(*) FROM archived_coupons),
+    'table MB', pg_table_size('archived_coupons') / 1048576,
+    'indexes MB', pg_indexes_size('archived_coupons') / 1048576"
+}
+
 # grown_phase LABEL DATABASE [ROUND]: the preload and the stream drop on it,
 # each inside cpu_parts.py, against a server of its own.
 grown_phase() {
@@ -366,10 +392,20 @@ if [ "${ONLY:-}" = grown ]; then
     grown_phase fresh coupond_bench_fresh "$n"
     grown_phase grown coupond_bench_grown "$n"
   done
+  # Then the earlier events archived, and the rounds again beside fresh
+  # ones (GROWN_ARCHIVE=0 skips it).
+  if [ "${GROWN_ARCHIVE:-1}" != 0 ]; then
+    archive_all coupond_bench_grown 2>&1 | tee "$OUT/grown-archive.txt" >&2
+    for round in $(seq 1 "${ROUNDS:-1}"); do
+      fresh_db coupond_bench_fresh >/dev/null
+      grown_phase fresh coupond_bench_fresh "$((${ROUNDS:-1} + round))"
+      grown_phase archived coupond_bench_grown "$((${ROUNDS:-1} + round))"
+    done
+  fi
   # Once more on cold caches, as the first drop after the database server
   # restarted: nothing of the grown indexes in memory (where this machine
   # lets the page cache be dropped).
-  if [ -w /proc/sys/vm/drop_caches ]; then
+  if [ "${GROWN_COLD:-1}" != 0 ] && [ -w /proc/sys/vm/drop_caches ]; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main stop -m fast
     sync && echo 3 >/proc/sys/vm/drop_caches
     scripts/stack.sh up >/dev/null

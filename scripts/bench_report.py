@@ -127,10 +127,11 @@ def grown_table():
     the cold-cache run when there is one."""
     if not rounds("grown-grown-preload"):
         return []
-    phases = ["fresh", "grown"] + (["cold"] if rounds("grown-cold-preload") else [])
+    phases = ["fresh", "grown"] + [p for p in ("archived", "cold") if rounds(f"grown-{p}-preload")]
     growth = os.path.join(run, "grown-growth.txt")
     size = open(growth).read().strip().splitlines()[-1] if os.path.exists(growth) else "?"
-    heads = {"fresh": "fresh database", "grown": "grown database", "cold": "grown, cold caches"}
+    heads = {"fresh": "fresh database", "grown": "grown database",
+             "archived": "grown, earlier events archived", "cold": "grown, cold caches"}
     out = [f"Cost as the database grows (ONLY=grown; the grown database: {size}):", "",
            "| | " + " | ".join(heads[p] + (" | / fresh" if p != "fresh" else "") for p in phases) + " |",
            "|---" * (2 * len(phases)) + "|"]

@@ -1,4 +1,4 @@
-//! Command line: `coupond serve | consume | migrate | reconcile | preload |
+//! Command line: `coupond serve | consume | migrate | reconcile | archive | preload |
 //! events | watch | dlq | config`. It only parses and dispatches: each
 //! subcommand takes the settings it uses (after its name), turns them into
 //! values (`config`) and calls the code that does the work. The load
@@ -81,6 +81,17 @@ enum Command {
         database: DatabaseArgs,
         #[command(flatten)]
         kafka: KafkaArgs,
+    },
+    /// Archive an ended, settled event: its issued coupons move out of the
+    /// table every drop writes (holders are still answered from the
+    /// archive), the codes nobody was given are dropped.
+    Archive {
+        #[command(flatten)]
+        args: crate::ops::archive::ArchiveArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Preload an event on a running server and show its progress until it
     /// is LIVE (admin token from COUPOND_ADMIN_TOKEN).
@@ -231,6 +242,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let stores = (redis.into(), database.into(), kafka.into());
             crate::ops::reconcile::run(&stores.0, &stores.1, &stores.2, &args).await
         }
+        Command::Archive {
+            args,
+            redis,
+            database,
+        } => crate::ops::archive::run(&redis.into(), &database.into(), &args).await,
         Command::Preload { server, event } => crate::ops::preload::preload(&server, &event).await,
         Command::Watch { server, args } => crate::ops::watch::watch(&server, &args).await,
         Command::Dlq {

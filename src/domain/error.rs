@@ -56,6 +56,10 @@ pub enum CouponError {
          (coupond reconcile --event {0} --rebuild-redis), then control it"
     )]
     Expired(EventId),
+    /// A control of an event whose coupons were archived (`coupond
+    /// archive`): it is over for good.
+    #[error("event {0} is archived: it cannot be controlled, rebuilt or reopened")]
+    Archived(EventId),
     #[error("user {user_id} holds no coupon of event {event_id}")]
     IssuanceNotFound { event_id: String, user_id: String },
     /// The request may or may not have taken effect: a store took it but

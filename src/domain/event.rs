@@ -335,6 +335,9 @@ pub struct StoredEvent {
     pub settled_at: Option<DateTime<Utc>>,
     /// Shards its codes are split over (1: one set of keys, as ever).
     pub shards: u32,
+    /// When its coupons were archived (`coupond archive`): the issued ones
+    /// moved to the archive table, the rest dropped; nothing reopens it.
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 impl StoredEvent {
@@ -474,6 +477,7 @@ mod tests {
             paused: false,
             control_seq: 0,
             settled_at: None,
+            archived_at: None,
             shards: e.shards,
         }
     }

@@ -173,5 +173,6 @@ pub fn event(v: &EventView) -> proto::Event {
         settled_at: e.settled_at.map(timestamp),
         offline: v.offline,
         shards: e.shards,
+        archived_at: e.archived_at.map(timestamp),
     }
 }

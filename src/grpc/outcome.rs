@@ -32,7 +32,7 @@ pub fn failure(e: &CouponError) -> Failure {
         CouponError::EventNotFound(_) | CouponError::IssuanceNotFound { .. } => {
             (Code::NotFound, R::EventNotFound)
         }
-        CouponError::NotLive { .. } | CouponError::Expired(_) => {
+        CouponError::NotLive { .. } | CouponError::Expired(_) | CouponError::Archived(_) => {
             (Code::FailedPrecondition, R::Unavailable)
         }
     };

@@ -23,9 +23,9 @@ impl From<CouponError> for Status {
                 details.add_bad_request_violation(f.field.clone(), f.reason.clone());
                 Status::with_error_details(code, format!("{}: {}", f.field, f.reason), details)
             }
-            e @ (CouponError::EventExists { .. } | CouponError::Expired(_)) => {
-                Status::new(code, format!("{e}; nothing changed"))
-            }
+            e @ (CouponError::EventExists { .. }
+            | CouponError::Expired(_)
+            | CouponError::Archived(_)) => Status::new(code, format!("{e}; nothing changed")),
             e @ CouponError::PreloadFailed { .. } => Status::new(
                 code,
                 format!("{e}; nothing was left behind: call Preload again to start over"),

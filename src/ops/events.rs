@@ -126,7 +126,9 @@ pub fn shown_state(e: &proto::Event, now: DateTime<Utc>) -> String {
         (true, true) => "ENDED".to_owned(),
         _ => state_name(e.state).to_owned(),
     };
-    if e.state == EventState::Live as i32 && e.settled_at.is_some() {
+    if e.archived_at.is_some() {
+        s.push_str(" (ARCHIVED)");
+    } else if e.state == EventState::Live as i32 && e.settled_at.is_some() {
         s.push_str(" (SETTLED)");
     }
     if e.paused {
@@ -252,6 +254,11 @@ mod tests {
             ..closed
         };
         assert_eq!(shown_state(&settled, now), "ENDED (SETTLED)");
+        let archived = proto::Event {
+            archived_at: at(0),
+            ..settled.clone()
+        };
+        assert_eq!(shown_state(&archived, now), "ENDED (ARCHIVED)");
         let preparing = proto::Event {
             state: EventState::Preparing as i32,
             ..live

@@ -1,8 +1,10 @@
 //! The operators' wing: what coupond's commands do besides serving.
-//! `reconcile` and `rebuild` read and repair the stores; `dead_letters`
+//! `reconcile` and `rebuild` read and repair the stores, `archive` moves an
+//! ended event's coupons out of the way; `dead_letters`
 //! lists and replays the DLQ; `preload`, `events` and `watch` are gRPC
 //! clients of a running server (`client`), as any admin tool would be.
 
+pub mod archive;
 pub mod dead_letters;
 pub mod events;
 pub mod preload;

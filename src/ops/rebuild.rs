@@ -25,6 +25,11 @@ use crate::store::{PgStore, RedisStore};
 pub enum RebuildError {
     #[error("event {0} is not in postgres")]
     UnknownEvent(EventId),
+    #[error(
+        "event {0} is archived: PostgreSQL answers its holders from the archive, and its \
+         unissued codes are gone, so there is no Redis state to rebuild"
+    )]
+    Archived(EventId),
     #[error("event {0} is live in redis; rebuild with --force to take it offline first")]
     Live(EventId),
     #[error("event {0} is {1} (not LIVE): its preload job owns its Redis state")]
@@ -282,6 +287,9 @@ async fn rebuild_locked(
         .await
         .map_err(anyhow::Error::from)?
         .ok_or_else(|| RebuildError::UnknownEvent(event.clone()))?;
+    if stored.archived_at.is_some() {
+        return Err(RebuildError::Archived(event.clone()));
+    }
     if stored.preload.state != EventState::Live {
         return Err(RebuildError::NotLive(
             event.clone(),

@@ -303,6 +303,10 @@ pub async fn reconcile(
     event: &EventId,
 ) -> anyhow::Result<Report> {
     let (state, shards) = match pg.event(event).await? {
+        Some(e) if e.archived_at.is_some() => anyhow::bail!(
+            "event {event} is archived: its issued coupons are in archived_coupons and Redis \
+             holds nothing of it to compare"
+        ),
         Some(e) => (e.preload.state, e.shards),
         None => anyhow::bail!("event {event} is not in postgres"),
     };

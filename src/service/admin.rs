@@ -93,6 +93,9 @@ impl AdminService {
         if event.preload.state != EventState::Live {
             return Err(not_live(&event));
         }
+        if event.archived_at.is_some() {
+            return Err(CouponError::Archived(id.clone()));
+        }
         control.check_window(event.window.starts_at())?;
         if self.expired(&event).await? {
             return Err(CouponError::Expired(id.clone()));

@@ -3,6 +3,7 @@
 //! port-0 listener with its own database, topics, consumer group and event
 //! ids, so tests run in parallel without seeing each other's state.
 
+mod archive;
 mod auth;
 mod batch;
 mod clients;

@@ -18,7 +18,9 @@ use crate::helpers::{
 
 /// A server sweeping every 200 ms with `retention_secs`, and a live event
 /// of 10 coupons ending in 3 s to which u1 and u2 hold finalized coupons.
-async fn ending_event(retention_secs: u64) -> (TestApp, String, HashSet<(String, String)>) {
+pub(crate) async fn ending_event(
+    retention_secs: u64,
+) -> (TestApp, String, HashSet<(String, String)>) {
     let tag = unique_tag();
     let mut settings = isolated_settings(&tag).await;
     settings.sweep.interval = std::time::Duration::from_millis(200);
@@ -40,7 +42,7 @@ async fn ending_event(retention_secs: u64) -> (TestApp, String, HashSet<(String,
 }
 
 /// Waits until the event is settled in PostgreSQL and gone from Redis.
-async fn await_expired(app: &TestApp, event: &str) {
+pub(crate) async fn await_expired(app: &TestApp, event: &str) {
     let id = EventId::parse(event).unwrap();
     let gone = eventually(Duration::from_secs(30), || async {
         settled(app, event).await && !app.redis.event_exists(&id, 1).await.unwrap()
@@ -49,7 +51,31 @@ async fn await_expired(app: &TestApp, event: &str) {
     assert!(gone, "settled and expired from redis");
 }
 
-async fn settled(app: &TestApp, event: &str) -> bool {
+/// An extension of the event is refused, saying `says`, and nothing is
+/// recorded.
+pub(crate) async fn extension_refused(app: &TestApp, id: &EventId, says: &str) {
+    let e = app
+        .extend(id.as_str(), chrono::Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(says), "{e:?}");
+    assert!(
+        app.pg.controls(id).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+}
+
+/// Waits until the sweeper settled the event.
+pub(crate) async fn await_settled(app: &TestApp, event: &str) {
+    let done = eventually(Duration::from_secs(30), || async {
+        settled(app, event).await
+    })
+    .await;
+    assert!(done, "the sweeper settles the ended event");
+}
+
+pub(crate) async fn settled(app: &TestApp, event: &str) -> bool {
     let id = EventId::parse(event).unwrap();
     app.pg.settled(&id).await.unwrap()
 }
@@ -161,16 +187,7 @@ async fn a_control_of_an_expired_event_is_refused_naming_the_rebuild_and_changes
     let (app, event, _) = ending_event(1).await;
     let id = EventId::parse(event.clone()).unwrap();
     await_expired(&app, &event).await;
-    let e = app
-        .extend(&event, chrono::Utc::now() + chrono::Duration::hours(1))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("--rebuild-redis"), "{e:?}");
-    assert!(
-        app.pg.controls(&id).await.unwrap().is_empty(),
-        "nothing recorded"
-    );
+    extension_refused(&app, &id, "--rebuild-redis").await;
     assert!(settled(&app, &event).await);
     let k = app.keys(&event);
     assert_eq!(pttl(&app, &k.meta).await, -2, "nothing written to redis");

@@ -52,8 +52,9 @@ impl CouponWriter {
     /// Writes one chunk of (code, policy position) rows and adds it to the
     /// job's progress, in one transaction that also renews the job's lease
     /// and commits only while `job` holds the event. A code that is taken
-    /// already (by another event, or by this event's earlier chunks) is
-    /// replaced in `chunk` with `redraw()`; returns how many were.
+    /// already (by another event, this event's earlier chunks, or an
+    /// archived event) is replaced in `chunk` with `redraw()`; returns how
+    /// many were.
     pub async fn write_chunk(
         &mut self,
         event: &EventId,
@@ -64,20 +65,19 @@ impl CouponWriter {
         redraw: &mut (dyn FnMut() -> String + Send),
     ) -> Result<usize, WriteError> {
         let tx = self.client.transaction().await?;
-        let replaced = match copy_rows(&tx, event, policies, chunk).await {
+        match copy_rows(&tx, event, policies, chunk).await {
             Ok(()) => {
+                let replaced = clear_of_archive(&tx, event, chunk, redraw).await?;
                 commit_fenced(tx, event, job, lease, chunk.len()).await?;
-                return Ok(0);
+                return Ok(replaced);
             }
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                // Rare (59-bit codes): redo this chunk row by row of conflict.
-                drop(tx);
-                0
-            }
+            // Rare (59-bit codes): redo this chunk row by row of conflict.
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => drop(tx),
             Err(e) => return Err(e.into()),
         };
         let tx = self.client.transaction().await?;
-        let replaced = replaced + insert_redrawing(&tx, event, chunk, redraw).await?;
+        let mut replaced = insert_redrawing(&tx, event, chunk, redraw).await?;
+        replaced += clear_of_archive(&tx, event, chunk, redraw).await?;
         commit_fenced(tx, event, job, lease, chunk.len()).await?;
         Ok(replaced)
     }
@@ -140,6 +140,48 @@ async fn copy_rows(
     sink.send(Bytes::from(buf)).await?;
     sink.finish().await?;
     Ok(())
+}
+
+/// Replaces the codes of `chunk` that an archived event holds: the
+/// archive keeps its codes out of `coupons`' unique index, so uniqueness
+/// across the database is checked here, once the rows are in, in
+/// statements of their own. An archive moving a code out of `coupons`
+/// while the chunk went in has committed by then (the insert waited for it
+/// on the unique index), so the check sees the code in the archive.
+async fn clear_of_archive(
+    tx: &Transaction<'_>,
+    event: &EventId,
+    chunk: &mut [(String, i16)],
+    redraw: &mut (dyn FnMut() -> String + Send),
+) -> Result<usize, WriteError> {
+    let mut check: Vec<usize> = (0..chunk.len()).collect();
+    let mut replaced = 0;
+    loop {
+        let codes: Vec<&str> = check.iter().map(|&i| chunk[i].0.as_str()).collect();
+        let taken: Vec<String> = tx
+            .query(
+                "SELECT code FROM archived_coupons WHERE code = ANY($1)",
+                &[&codes],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if taken.is_empty() {
+            return Ok(replaced);
+        }
+        tx.execute(
+            "DELETE FROM coupons WHERE event_id = $1 AND code = ANY($2)",
+            &[&event.as_str(), &taken],
+        )
+        .await?;
+        check.retain(|&i| taken.contains(&chunk[i].0));
+        let mut again: Vec<(String, i16)> = check.iter().map(|&i| (redraw(), chunk[i].1)).collect();
+        replaced += check.len() + insert_redrawing(tx, event, &mut again, redraw).await?;
+        for (&i, row) in check.iter().zip(again) {
+            chunk[i] = row;
+        }
+    }
 }
 
 /// INSERT … ON CONFLICT DO NOTHING, drawing new codes for the rows that did

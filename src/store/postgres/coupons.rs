@@ -17,18 +17,20 @@ struct IssuedRow {
 }
 
 impl PgStore {
-    /// Coupons of the event recorded as ISSUED.
+    /// Coupons of the event recorded as ISSUED (archived ones included).
     pub async fn finalized_count(&self, id: &EventId) -> Result<u64, PgStoreError> {
         let mut c = self.pool.get().await?;
         let r: Count = diesel::sql_query(
-            "SELECT count(*) AS n FROM coupons WHERE event_id = $1 AND state = 'ISSUED'",
+            "SELECT (SELECT count(*) FROM coupons WHERE event_id = $1 AND state = 'ISSUED') \
+                  + (SELECT count(*) FROM archived_coupons WHERE event_id = $1) AS n",
         )
         .bind::<Text, _>(id.as_str())
         .get_result(&mut c)
         .await?;
         Ok(r.n as u64)
     }
-    /// Every (code, user) recorded as ISSUED for the event.
+    /// Every (code, user) recorded as ISSUED for the event (archived ones
+    /// included).
     pub async fn issued_pairs(&self, id: &EventId) -> Result<Vec<(String, String)>, PgStoreError> {
         #[derive(QueryableByName)]
         struct Pair {
@@ -39,7 +41,8 @@ impl PgStore {
         }
         let mut c = self.pool.get().await?;
         let rows: Vec<Pair> = diesel::sql_query(
-            "SELECT code, user_id FROM coupons WHERE event_id = $1 AND state = 'ISSUED'",
+            "SELECT code, user_id FROM coupons WHERE event_id = $1 AND state = 'ISSUED' \
+             UNION ALL SELECT code, user_id FROM archived_coupons WHERE event_id = $1",
         )
         .bind::<Text, _>(id.as_str())
         .load(&mut c)
@@ -55,7 +58,9 @@ impl PgStore {
             .await?;
         Ok(r.n as u64)
     }
-    /// The coupon recorded as ISSUED to `user`, if any, with its request id.
+    /// The coupon recorded as ISSUED to `user`, if any, with its request id,
+    /// archived or not (one statement: an archive moving the row between
+    /// two reads cannot hide it).
     pub async fn issuance(
         &self,
         event: &EventId,
@@ -64,7 +69,9 @@ impl PgStore {
         let mut c = self.pool.get().await?;
         let rows: Vec<IssuedRow> = diesel::sql_query(
             "SELECT code, discount_type, discount_value, issued_at, request_id FROM coupons \
-             WHERE event_id = $1 AND user_id = $2 AND state = 'ISSUED'",
+             WHERE event_id = $1 AND user_id = $2 AND state = 'ISSUED' \
+             UNION ALL SELECT code, discount_type, discount_value, issued_at, request_id \
+             FROM archived_coupons WHERE event_id = $1 AND user_id = $2",
         )
         .bind::<Text, _>(event.as_str())
         .bind::<Text, _>(user.as_str())

@@ -32,6 +32,8 @@ struct EventRow {
     settled_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Integer)]
     shards: i32,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    archived_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<BigInt>)]
     generate_ms: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -43,7 +45,7 @@ struct EventRow {
 }
 const EVENT_COLUMNS: &str = "id, name, total_count, starts_at, ends_at, code_prefix, state, \
     preload_id, written_count, failure, generate_ms, database_ms, redis_ms, total_ms, paused, \
-    control_seq, settled_at, shards";
+    control_seq, settled_at, shards, archived_at";
 /// An event's state as Issue needs it when Redis does not hold the event.
 #[derive(Debug, Clone)]
 pub struct IssueFacts {
@@ -143,6 +145,7 @@ fn stored_event(e: EventRow, policies: Vec<PolicyRow>) -> Result<StoredEvent, Pg
         control_seq: u64::try_from(e.control_seq).map_err(|_| corrupt("control_seq"))?,
         settled_at: e.settled_at,
         shards: u32::try_from(e.shards).map_err(|_| corrupt("shards"))?,
+        archived_at: e.archived_at,
     })
 }
 
@@ -216,7 +219,8 @@ impl PgStore {
                 // $2 is bound either way (NULL for pause and resume).
                 let n = diesel::sql_query(format!(
                     "UPDATE events SET {set}, control_seq = control_seq + 1 \
-                     WHERE id = $1 AND state = 'LIVE' AND ($2::timestamptz IS NULL OR TRUE)"
+                     WHERE id = $1 AND state = 'LIVE' AND archived_at IS NULL \
+                       AND ($2::timestamptz IS NULL OR TRUE)"
                 ))
                 .bind::<Text, _>(id.as_str())
                 .bind::<Nullable<Timestamptz>, _>(control.ends_at())

@@ -67,12 +67,19 @@ const UPDATE: &str = "UPDATE coupons c SET state = 'ISSUED', user_id = u.user_id
      RETURNING u.idx::int4";
 
 /// The coupon each (event, user) holds, through the one-coupon-per-user
-/// index: what tells a redelivery from a user holding another coupon.
-const HELD: &str = "SELECT u.idx::int4, c.code, c.discount_type, c.discount_value, \
+/// indexes: what tells a redelivery from a user holding another coupon.
+/// An archived event's holders are in the archive, where a redelivery of
+/// their issuance (a consumer re-reading old offsets) finds them.
+const HELD: &str = "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[]) \
+         WITH ORDINALITY AS u(event_id, user_id, idx)) \
+     SELECT u.idx::int4, c.code, c.discount_type, c.discount_value, \
          (extract(epoch FROM c.issued_at) * 1000)::int8, coalesce(c.request_id, '') \
-     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(event_id, user_id, idx) \
-     JOIN coupons c ON c.event_id = u.event_id AND c.user_id = u.user_id \
-         AND c.state = 'ISSUED'";
+     FROM u JOIN coupons c ON c.event_id = u.event_id AND c.user_id = u.user_id \
+         AND c.state = 'ISSUED' \
+     UNION ALL \
+     SELECT u.idx::int4, a.code, a.discount_type, a.discount_value, \
+         (extract(epoch FROM a.issued_at) * 1000)::int8, coalesce(a.request_id, '') \
+     FROM u JOIN archived_coupons a ON a.event_id = u.event_id AND a.user_id = u.user_id";
 
 /// Which of the given codes nobody holds.
 const FREE: &str = "SELECT code FROM coupons WHERE code = ANY($1) AND state = 'AVAILABLE'";

@@ -2,11 +2,13 @@
 //! file per aggregate, each with its own `impl PgStore`: events and their
 //! controls (`events`), preload jobs (`preload`), coupons and issuances
 //! (`coupons`), sweeping and retention (`sweeping`), an event's every
-//! coupon for reconcile and rebuild (`snapshot`). Bulk statements bind
+//! coupon for reconcile and rebuild (`snapshot`), moving an ended event's
+//! coupons to the archive (`archive`). Bulk statements bind
 //! whole arrays and `unnest` them. Two writers have connections of their
 //! own (tokio-postgres): a preload's COPY (`coupon_writer`) and the
 //! finalizer's records (`finalization`, which needs SQLSTATEs).
 
+mod archive;
 pub mod coupon_writer;
 mod coupons;
 mod events;
@@ -16,6 +18,7 @@ mod snapshot;
 mod sweeping;
 pub mod tls;
 
+pub use archive::{Archived, NotArchived};
 pub use events::IssueFacts;
 pub use preload::Begun;
 
@@ -55,6 +58,8 @@ pub enum PgStoreError {
     Corrupt(String),
     #[error("postgres settings: {0}")]
     Settings(String),
+    #[error("event {0} is archived: its issued coupons are in archived_coupons, the rest dropped")]
+    Archived(EventId),
 }
 
 /// Handle to PostgreSQL; cheap to clone.

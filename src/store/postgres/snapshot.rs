@@ -5,6 +5,9 @@ use crate::domain::RecordedCoupon;
 
 impl PgStore {
     /// Every coupon of the event with its state (for reconciliation).
+    /// `Archived` when its coupons were archived, read in the same snapshot
+    /// as the coupons: an archive committing meanwhile cannot leave a
+    /// rebuild with an event of no holders.
     pub async fn coupons(&self, id: &EventId) -> Result<Vec<RecordedCoupon>, PgStoreError> {
         #[derive(QueryableByName)]
         struct Row {
@@ -24,13 +27,29 @@ impl PgStore {
             request_id: Option<String>,
         }
         let mut c = self.pool.get().await?;
-        let rows: Vec<Row> = diesel::sql_query(
-            "SELECT code, state, discount_type, discount_value, user_id, issued_at, request_id \
-             FROM coupons WHERE event_id = $1",
-        )
-        .bind::<Text, _>(id.as_str())
-        .load(&mut c)
-        .await?;
+        let rows: Vec<Row> = c
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(async |tx| {
+                let archived: Count = diesel::sql_query(
+                    "SELECT count(*) AS n FROM events WHERE id = $1 AND archived_at IS NOT NULL",
+                )
+                .bind::<Text, _>(id.as_str())
+                .get_result(tx)
+                .await?;
+                if archived.n > 0 {
+                    return Err(PgStoreError::Archived(id.clone()));
+                }
+                Ok(diesel::sql_query(
+                    "SELECT code, state, discount_type, discount_value, user_id, issued_at, \
+                     request_id FROM coupons WHERE event_id = $1",
+                )
+                .bind::<Text, _>(id.as_str())
+                .load(tx)
+                .await?)
+            })
+            .await?;
         rows.into_iter()
             .map(|r| {
                 let discount = discount_of(&r.discount_type, r.discount_value)?;
