@@ -92,6 +92,8 @@ enum Command {
         redis: RedisArgs,
         #[command(flatten)]
         database: DatabaseArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// Preload an event on a running server and show its progress until it
     /// is LIVE (admin token from COUPOND_ADMIN_TOKEN).
@@ -246,7 +248,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             args,
             redis,
             database,
-        } => crate::ops::archive::run(&redis.into(), &database.into(), &args).await,
+            kafka,
+        } => crate::ops::archive::run(&redis.into(), &database.into(), &kafka.into(), &args).await,
         Command::Preload { server, event } => crate::ops::preload::preload(&server, &event).await,
         Command::Watch { server, args } => crate::ops::watch::watch(&server, &args).await,
         Command::Dlq {

@@ -25,7 +25,7 @@ pub async fn list(kafka: &KafkaSettings, json: bool) -> anyhow::Result<()> {
 /// records how far it got; returns how many it replayed.
 pub async fn replay(kafka: &KafkaSettings) -> anyhow::Result<usize> {
     let k = kafka.clone();
-    let group = format!("{}-dlq-replay", kafka.group);
+    let group = replay_group(kafka);
     let (letters, consumer, ends) =
         tokio::task::spawn_blocking(move || dlq::read(&k, Some(&group))).await??;
     // Nobody waits on a replay's acknowledgements one by one.
@@ -43,6 +43,16 @@ pub async fn replay(kafka: &KafkaSettings) -> anyhow::Result<usize> {
         kafka.topic
     );
     Ok(letters.len())
+}
+
+/// The consumer group whose offsets say how far replays got.
+fn replay_group(kafka: &KafkaSettings) -> String {
+    format!("{}-dlq-replay", kafka.group)
+}
+
+/// The dead letters no replay took yet (blocking; commits nothing).
+pub fn unreplayed(kafka: &KafkaSettings) -> anyhow::Result<Vec<DeadLetter>> {
+    Ok(dlq::read(kafka, Some(&replay_group(kafka)))?.0)
 }
 
 fn line(l: &DeadLetter) -> String {

@@ -176,46 +176,70 @@ pub async fn rebuild(
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<RebuildReport, RebuildError> {
     let holder = uuid_like();
-    match redis
-        .rebuild_lock(event, LockAction::Take, &holder, LOCK_LIFETIME)
-        .await
-        .map_err(anyhow::Error::from)?
-    {
-        None => {}
-        Some(left) => return Err(RebuildError::Busy(left)),
+    let offline = Offline {
+        holder: holder.clone(),
+        ..Default::default()
+    };
+    let work = async {
+        tokio::select! {
+            r = rebuild_locked(pg, redis, kafka, event, force, &offline) => r,
+            _ = stop.cancelled() => {
+                let stopped = anyhow::anyhow!("stopped by a signal");
+                Err(offline.undo(redis, stopped).await)
+            }
+        }
+    };
+    match under_lock(redis, event, &holder, work).await {
+        Ok(result) => result,
+        Err(LockError::Busy(left)) => Err(RebuildError::Busy(left)),
+        Err(LockError::Lost) => Err(RebuildError::LockLost),
+        Err(LockError::Store(e)) => Err(e.into()),
     }
-    // A renewal that fails is only logged: should the lock lapse and
-    // another rebuild start, the fence in each parked meta (the rebuild's
-    // id, see take_offline.lua) refuses this one's later steps. One that
-    // finds another rebuild holding the lock ends this one at once.
+}
+
+/// Why `under_lock` did not run its work to the end.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another holds the lock, for at most this long.
+    Busy(std::time::Duration),
+    /// Another took the lock while the work ran (it was stopped).
+    Lost,
+    Store(anyhow::Error),
+}
+
+/// Runs `work` holding the event's rebuild lock, renewed while it runs:
+/// what keeps a rebuild from running beside another, or beside an archive.
+/// A renewal that fails is only logged: should the lock lapse and another
+/// rebuild start, the fence in each parked meta (the rebuild's id, see
+/// take_offline.lua) refuses this one's later steps. One that finds
+/// another holding the lock ends the work at once.
+pub async fn under_lock<T>(
+    redis: &RedisStore,
+    event: &EventId,
+    holder: &str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, LockError> {
+    let lock = |action| redis.rebuild_lock(event, action, holder, LOCK_LIFETIME);
+    match lock(LockAction::Take).await {
+        Ok(None) => {}
+        Ok(Some(left)) => return Err(LockError::Busy(left)),
+        Err(e) => return Err(LockError::Store(e.into())),
+    }
     let renewing = async {
         loop {
             tokio::time::sleep(LOCK_LIFETIME / 3).await;
-            match redis
-                .rebuild_lock(event, LockAction::Renew, &holder, LOCK_LIFETIME)
-                .await
-            {
+            match lock(LockAction::Renew).await {
                 Ok(None) => {}
                 Ok(Some(_)) => return,
                 Err(e) => tracing::warn!(error = %e, "renewing the rebuild lock failed"),
             }
         }
     };
-    let offline = Offline {
-        holder: holder.clone(),
-        ..Default::default()
-    };
     let result = tokio::select! {
-        r = rebuild_locked(pg, redis, kafka, event, force, &offline) => r,
-        _ = renewing => Err(RebuildError::LockLost),
-        _ = stop.cancelled() => {
-            let stopped = anyhow::anyhow!("stopped by a signal");
-            Err(offline.undo(redis, stopped).await)
-        }
+        r = work => Ok(r),
+        _ = renewing => Err(LockError::Lost),
     };
-    let _ = redis
-        .rebuild_lock(event, LockAction::Release, &holder, LOCK_LIFETIME)
-        .await;
+    let _ = lock(LockAction::Release).await;
     result
 }
 
@@ -269,7 +293,7 @@ impl Offline {
 /// third of it while one runs).
 const LOCK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn uuid_like() -> String {
+pub fn uuid_like() -> String {
     use rand::Rng;
     format!("{:032x}", rand::rng().random::<u128>())
 }
@@ -371,7 +395,9 @@ async fn rebuild_from_sources(
     // Unsettled first: the keys installed next carry no expiry, and a
     // settled event is one the sweeper no longer visits (a rebuild that
     // dies after this only makes the sweeper settle it again).
-    pg.unsettle(event).await?;
+    if !pg.unsettle(event).await? {
+        anyhow::bail!("event {event} was archived while it was being rebuilt; nothing installed");
+    }
     let gen = uuid_like();
     if shards > 1 {
         offline.set_mixed();

@@ -304,8 +304,8 @@ pub async fn reconcile(
 ) -> anyhow::Result<Report> {
     let (state, shards) = match pg.event(event).await? {
         Some(e) if e.archived_at.is_some() => anyhow::bail!(
-            "event {event} is archived: its issued coupons are in archived_coupons and Redis \
-             holds nothing of it to compare"
+            "event {event} is archived: its issued coupons are in archived_coupons, its other \
+             codes are gone, and what Redis holds of it until its keys expire is not compared"
         ),
         Some(e) => (e.preload.state, e.shards),
         None => anyhow::bail!("event {event} is not in postgres"),

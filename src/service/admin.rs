@@ -100,12 +100,18 @@ impl AdminService {
         if self.expired(&event).await? {
             return Err(CouponError::Expired(id.clone()));
         }
-        let event = self
+        let applied = self
             .pg
             .apply_control(id, &control, reason)
             .await
-            .map_err(pg_unavailable("recording the control"))?
-            .ok_or_else(|| not_live(&event))?;
+            .map_err(pg_unavailable("recording the control"))?;
+        let Some(event) = applied else {
+            // Archived since it was read (the archive held its row).
+            return Err(match self.stored(id).await?.archived_at {
+                Some(_) => CouponError::Archived(id.clone()),
+                None => not_live(&event),
+            });
+        };
         let synced = self
             .redis
             .sync_controls(id, event.shards, &event.controls())
@@ -177,6 +183,10 @@ impl AdminService {
                 issued: finalized,
                 ..Default::default()
             };
+        }
+        if event.archived_at.is_some() {
+            // Its free codes were dropped; any left in Redis's queue are dead.
+            redis.remaining = 0;
         }
         Ok(EventView {
             event,

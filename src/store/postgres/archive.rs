@@ -39,6 +39,22 @@ fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&t.to_rfc3339())
 }
 
+/// Whether an event of preload state `state`, window end `ends_at`
+/// (`ended`: passed) and settled or not may be archived.
+pub fn archivable(
+    state: &str,
+    ends_at: DateTime<Utc>,
+    ended: bool,
+    settled: bool,
+) -> Result<(), NotArchived> {
+    match (state, ended, settled) {
+        ("LIVE", true, true) => Ok(()),
+        ("LIVE", false, _) => Err(NotArchived::NotEnded(ends_at)),
+        ("LIVE", true, false) => Err(NotArchived::NotSettled),
+        (state, _, _) => Err(NotArchived::NotLive(state.to_owned())),
+    }
+}
+
 #[derive(QueryableByName)]
 struct Facts {
     #[diesel(sql_type = Text)]
@@ -88,13 +104,7 @@ impl PgStore {
                 let (archived, dropped, before) = (n.n as u64, 0, true);
                 return Ok(Ok(Archived { archived, dropped, at, before }));
             }
-            let refusal = match (f.state.as_str(), f.ended, f.settled) {
-                ("LIVE", true, true) => None,
-                ("LIVE", false, _) => Some(NotArchived::NotEnded(f.ends_at)),
-                ("LIVE", true, false) => Some(NotArchived::NotSettled),
-                (state, _, _) => Some(NotArchived::NotLive(state.to_owned())),
-            };
-            if let Some(r) = refusal {
+            if let Err(r) = archivable(&f.state, f.ends_at, f.ended, f.settled) {
                 return Ok(Err(r));
             }
             Ok(Ok(move_coupons(tx, id).await?))

@@ -81,8 +81,10 @@ const HELD: &str = "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[]) \
          (extract(epoch FROM a.issued_at) * 1000)::int8, coalesce(a.request_id, '') \
      FROM u JOIN archived_coupons a ON a.event_id = u.event_id AND a.user_id = u.user_id";
 
-/// Which of the given codes nobody holds.
-const FREE: &str = "SELECT code FROM coupons WHERE code = ANY($1) AND state = 'AVAILABLE'";
+/// Which of the given (code, event) nobody holds: the event's own codes
+/// only (an archived event's dropped codes may be another event's now).
+const FREE: &str = "SELECT c.code FROM unnest($1::text[], $2::text[]) AS u(code, event_id) \
+     JOIN coupons c ON c.code = u.code AND c.event_id = u.event_id AND c.state = 'AVAILABLE'";
 
 impl IssuanceWriter {
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, PgStoreError> {
@@ -221,16 +223,24 @@ async fn settle_the_rest(
             held_coupon(&row, code)
         });
     }
-    let refused: Vec<&str> = rest
+    let refused: Vec<usize> = rest
         .iter()
-        .filter(|&&i| matches!(verdicts[i], Some(Recorded::UserHolds { .. })))
-        .map(|&i| records[i].coupon.code.as_str())
+        .copied()
+        .filter(|&i| matches!(verdicts[i], Some(Recorded::UserHolds { .. })))
         .collect();
     if refused.is_empty() {
         return Ok(());
     }
+    let codes: Vec<&str> = refused
+        .iter()
+        .map(|&i| records[i].coupon.code.as_str())
+        .collect();
+    let events: Vec<&str> = refused
+        .iter()
+        .map(|&i| records[i].event_id.as_str())
+        .collect();
     let free: std::collections::HashSet<String> = c
-        .query(FREE, &[&refused])
+        .query(FREE, &[&codes, &events])
         .await?
         .iter()
         .map(|r| r.get(0))

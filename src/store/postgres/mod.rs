@@ -18,7 +18,7 @@ mod snapshot;
 mod sweeping;
 pub mod tls;
 
-pub use archive::{Archived, NotArchived};
+pub use archive::{archivable, Archived, NotArchived};
 pub use events::IssueFacts;
 pub use preload::Begun;
 

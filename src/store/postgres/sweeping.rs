@@ -70,13 +70,16 @@ impl PgStore {
         Ok(rows.iter().any(|r| r.settled))
     }
     /// Clears `settled` (a rebuilt event's keys carry no expiry: the
-    /// sweeper visits it again and settles it anew).
-    pub async fn unsettle(&self, id: &EventId) -> Result<(), PgStoreError> {
+    /// sweeper visits it again and settles it anew); false, changing
+    /// nothing, when the event is archived (nothing may be rebuilt then).
+    pub async fn unsettle(&self, id: &EventId) -> Result<bool, PgStoreError> {
         let mut c = self.pool.get().await?;
-        diesel::sql_query("UPDATE events SET settled_at = NULL WHERE id = $1")
-            .bind::<Text, _>(id.as_str())
-            .execute(&mut c)
-            .await?;
-        Ok(())
+        let n = diesel::sql_query(
+            "UPDATE events SET settled_at = NULL WHERE id = $1 AND archived_at IS NULL",
+        )
+        .bind::<Text, _>(id.as_str())
+        .execute(&mut c)
+        .await?;
+        Ok(n == 1)
     }
 }
