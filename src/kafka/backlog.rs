@@ -32,6 +32,12 @@ impl Backlog {
             .iter()
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
+        // A topic that is not there (a wrong name, no access) is no empty
+        // backlog: whoever asks is deciding that nothing is on its way.
+        anyhow::ensure!(
+            !partitions.is_empty(),
+            "topic {topic} has no partitions the broker shows (missing, or not readable)"
+        );
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition(topic, *p);

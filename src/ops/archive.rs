@@ -26,7 +26,8 @@ pub struct ArchiveArgs {
     event: String,
     /// Archive even though dead letters of the event were not replayed
     /// (`coupond dlq list`): users told ISSUED whose issuance PostgreSQL
-    /// refused keep nothing.
+    /// refused keep nothing, and a code of theirs nobody held is dropped
+    /// like the others (a later preload may draw it again).
     #[arg(long)]
     ignore_dead_letters: bool,
     /// Print the result as JSON.
@@ -146,6 +147,29 @@ async fn all_recorded(
     if presence == Presence::Offline {
         return Err(ArchiveError::Offline(event.clone()));
     }
+    // Dead letters first, then the backlog, then Redis's marks: a replay
+    // publishes a letter onto the topic before it records it replayed, and
+    // the finalizer marks a refusal in Redis before it dead-letters it, so
+    // a letter on its way is seen at one of the three.
+    if !ignore_dead_letters {
+        let letters = blocking(kafka, event, |k, e| {
+            Ok(crate::ops::dead_letters::unreplayed(k)?
+                .iter()
+                .filter(|l| l.record.as_ref().is_some_and(|r| r.event_id == *e))
+                .count())
+        })
+        .await?;
+        if letters > 0 {
+            return Err(ArchiveError::DeadLetters(event.clone(), letters));
+        }
+    }
+    let in_backlog = blocking(kafka, event, |k, e| {
+        Ok(Backlog::read(k)?.issuances_of(k, e)?.len())
+    })
+    .await?;
+    if in_backlog > 0 {
+        return Err(ArchiveError::InBacklog(event.clone(), in_backlog));
+    }
     let counts = redis
         .counts(event, stored.shards)
         .await
@@ -156,27 +180,18 @@ async fn all_recorded(
     if counts.conflicted > 0 {
         return Err(ArchiveError::Conflicted(event.clone(), counts.conflicted));
     }
-    let (k, e) = (kafka.clone(), event.clone());
-    let (in_backlog, letters) = tokio::task::spawn_blocking(move || {
-        let in_backlog = Backlog::read(&k)?.issuances_of(&k, &e)?.len();
-        let letters = match ignore_dead_letters {
-            true => 0,
-            false => crate::ops::dead_letters::unreplayed(&k)?
-                .iter()
-                .filter(|l| l.record.as_ref().is_some_and(|r| r.event_id == e))
-                .count(),
-        };
-        anyhow::Ok((in_backlog, letters))
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
-    if in_backlog > 0 {
-        return Err(ArchiveError::InBacklog(event.clone(), in_backlog));
-    }
-    if letters > 0 {
-        return Err(ArchiveError::DeadLetters(event.clone(), letters));
-    }
     Ok(())
+}
+
+/// Runs a blocking Kafka read off the runtime.
+async fn blocking<T: Send + 'static>(
+    kafka: &KafkaSettings,
+    event: &EventId,
+    read: impl FnOnce(&KafkaSettings, &EventId) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ArchiveError> {
+    let (k, e) = (kafka.clone(), event.clone());
+    let r = tokio::task::spawn_blocking(move || read(&k, &e)).await;
+    Ok(r.map_err(anyhow::Error::from)??)
 }
 
 /// `coupond archive --event E`.

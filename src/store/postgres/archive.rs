@@ -113,23 +113,30 @@ impl PgStore {
     }
 }
 
-/// The move itself. The rows go into the archive in code order, so that
-/// its code index is written page after page rather than at random.
+/// The move itself, one statement (one snapshot): a finalizer's UPDATE
+/// committing meanwhile is waited for and its row archived, never deleted
+/// unarchived. The rows go into the archive in code order, so that its
+/// code index is written page after page rather than at random.
 async fn move_coupons(tx: &mut AsyncPgConnection, id: &EventId) -> Result<Archived, PgStoreError> {
-    let archived = diesel::sql_query(
-        "INSERT INTO archived_coupons (code, event_id, policy_position, discount_type, \
-             discount_value, user_id, issued_at, request_id, finalized_at) \
-         SELECT code, event_id, policy_position, discount_type, discount_value, user_id, \
-             issued_at, request_id, finalized_at \
-         FROM coupons WHERE event_id = $1 AND state = 'ISSUED' ORDER BY code",
+    #[derive(QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = BigInt)]
+        deleted: i64,
+        #[diesel(sql_type = BigInt)]
+        archived: i64,
+    }
+    let moved: Moved = diesel::sql_query(
+        "WITH d AS (DELETE FROM coupons WHERE event_id = $1 RETURNING *), \
+         a AS (INSERT INTO archived_coupons (code, event_id, policy_position, discount_type, \
+                 discount_value, user_id, issued_at, request_id, finalized_at) \
+             SELECT code, event_id, policy_position, discount_type, discount_value, user_id, \
+                 issued_at, request_id, finalized_at \
+             FROM d WHERE state = 'ISSUED' ORDER BY code RETURNING 1) \
+         SELECT (SELECT count(*) FROM d) AS deleted, (SELECT count(*) FROM a) AS archived",
     )
     .bind::<Text, _>(id.as_str())
-    .execute(tx)
-    .await? as u64;
-    let deleted = diesel::sql_query("DELETE FROM coupons WHERE event_id = $1")
-        .bind::<Text, _>(id.as_str())
-        .execute(tx)
-        .await? as u64;
+    .get_result(tx)
+    .await?;
     let at: At = diesel::sql_query(
         "UPDATE events SET archived_at = now() WHERE id = $1 RETURNING archived_at AS at",
     )
@@ -137,8 +144,8 @@ async fn move_coupons(tx: &mut AsyncPgConnection, id: &EventId) -> Result<Archiv
     .get_result(tx)
     .await?;
     Ok(Archived {
-        archived,
-        dropped: deleted - archived,
+        archived: moved.archived as u64,
+        dropped: (moved.deleted - moved.archived) as u64,
         at: at.at,
         before: false,
     })

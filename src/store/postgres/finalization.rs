@@ -83,7 +83,8 @@ const HELD: &str = "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[]) \
 
 /// Which of the given (code, event) nobody holds: the event's own codes
 /// only (an archived event's dropped codes may be another event's now).
-const FREE: &str = "SELECT c.code FROM unnest($1::text[], $2::text[]) AS u(code, event_id) \
+const FREE: &str = "SELECT c.code, c.event_id FROM unnest($1::text[], $2::text[]) \
+         AS u(code, event_id) \
      JOIN coupons c ON c.code = u.code AND c.event_id = u.event_id AND c.state = 'AVAILABLE'";
 
 impl IssuanceWriter {
@@ -239,15 +240,16 @@ async fn settle_the_rest(
         .iter()
         .map(|&i| records[i].event_id.as_str())
         .collect();
-    let free: std::collections::HashSet<String> = c
+    let free: std::collections::HashSet<(String, String)> = c
         .query(FREE, &[&codes, &events])
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     for &i in &rest {
         if let Some(Recorded::UserHolds { free: f, .. }) = &mut verdicts[i] {
-            *f = free.contains(&records[i].coupon.code);
+            let r = &records[i];
+            *f = free.contains(&(r.coupon.code.clone(), r.event_id.to_string()));
         }
     }
     Ok(())
