@@ -29,7 +29,8 @@
 # ONLY=grown runs a preload and a stream drop on a fresh database and on one
 # holding GROWN_COUPONS (30,000,000) earlier coupons, then again once those
 # earlier events were archived (GROWN_ARCHIVE=0: not), then with cold
-# caches (GROWN_COLD=0: not).
+# caches (GROWN_COLD=0: not). ONLY=grown-reindex then rebuilds the grown
+# database's coupons indexes and runs the phases again beside fresh ones.
 # ONLY=cluster runs the stream cost load on the single node, on the
 # stack's Redis Cluster with the failover guard and on it without, and
 # spread over three events on three masters, and records each Redis node's
@@ -411,6 +412,33 @@ if [ "${ONLY:-}" = grown ]; then
     scripts/stack.sh up >/dev/null
     grown_phase cold coupond_bench_grown
   fi
+  python3 scripts/bench_report.py "$OUT"
+  echo "results in $OUT" >&2
+  exit 0
+fi
+
+# ONLY=grown-reindex: on the grown database ONLY=grown left (its earlier
+# events archived), the coupons table's indexes rebuilt (REINDEX TABLE
+# CONCURRENTLY: what is left of them after the archive is mostly empty
+# pages, where random codes still land) and the phases again, in turn with
+# fresh ones, ROUNDS times.
+if [ "${ONLY:-}" = grown-reindex ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  started="$(date +%s.%N)"
+  psql -h 127.0.0.1 -U postgres -d coupond_bench_grown -qc "REINDEX TABLE CONCURRENTLY coupons"
+  {
+    echo "reindex: $(echo "$(date +%s.%N) - $started" | bc) s"
+    psql -h 127.0.0.1 -U postgres -d coupond_bench_grown -qtA -F ' ' -c "SELECT
+      'coupons', (SELECT count(*) FROM coupons), 'table MB', pg_table_size('coupons') / 1048576,
+      'indexes MB', pg_indexes_size('coupons') / 1048576,
+      'archived', (SELECT count(*) FROM archived_coupons)"
+  } | tee "$OUT/grown-reindex.txt" >&2
+  for round in $(seq 1 "${ROUNDS:-1}"); do
+    n="$([ "$round" = 1 ] || echo "$round")"
+    fresh_db coupond_bench_fresh >/dev/null
+    grown_phase fresh coupond_bench_fresh "$n"
+    grown_phase reindexed coupond_bench_grown "$n"
+  done
   python3 scripts/bench_report.py "$OUT"
   echo "results in $OUT" >&2
   exit 0

@@ -125,13 +125,14 @@ def grown_table():
     """The preload and the stream drop on a database holding earlier drops'
     coupons beside a fresh one (ONLY=grown): medians over the rounds, and
     the cold-cache run when there is one."""
-    if not rounds("grown-grown-preload"):
+    phases = [p for p in ("fresh", "grown", "archived", "reindexed", "cold") if rounds(f"grown-{p}-preload")]
+    if len(phases) < 2 or phases[0] != "fresh":
         return []
-    phases = ["fresh", "grown"] + [p for p in ("archived", "cold") if rounds(f"grown-{p}-preload")]
     growth = os.path.join(run, "grown-growth.txt")
     size = open(growth).read().strip().splitlines()[-1] if os.path.exists(growth) else "?"
     heads = {"fresh": "fresh database", "grown": "grown database",
-             "archived": "grown, earlier events archived", "cold": "grown, cold caches"}
+             "archived": "grown, earlier events archived",
+             "reindexed": "archived, indexes rebuilt", "cold": "grown, cold caches"}
     out = [f"Cost as the database grows (ONLY=grown; the grown database: {size}):", "",
            "| | " + " | ".join(heads[p] + (" | / fresh" if p != "fresh" else "") for p in phases) + " |",
            "|---" * (2 * len(phases)) + "|"]

@@ -5,8 +5,11 @@
 -- never written at random by a drop, and holders are answered from it.
 -- The codes nobody was given are dropped: never handed out, they may be
 -- drawn again.
+-- The code compares bytewise (COLLATE "C"): a preload looks every code it
+-- writes up here, and the database's locale (often C.UTF-8, which
+-- PostgreSQL compares with strcoll) made those lookups a fifth slower.
 CREATE TABLE archived_coupons (
-    code            TEXT PRIMARY KEY,
+    code            TEXT COLLATE "C" PRIMARY KEY,
     event_id        TEXT NOT NULL,
     policy_position SMALLINT NOT NULL,
     discount_type   TEXT NOT NULL,

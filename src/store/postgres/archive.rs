@@ -131,7 +131,7 @@ async fn move_coupons(tx: &mut AsyncPgConnection, id: &EventId) -> Result<Archiv
                  discount_value, user_id, issued_at, request_id, finalized_at) \
              SELECT code, event_id, policy_position, discount_type, discount_value, user_id, \
                  issued_at, request_id, finalized_at \
-             FROM d WHERE state = 'ISSUED' ORDER BY code RETURNING 1) \
+             FROM d WHERE state = 'ISSUED' ORDER BY code COLLATE \"C\" RETURNING 1) \
          SELECT (SELECT count(*) FROM d) AS deleted, (SELECT count(*) FROM a) AS archived",
     )
     .bind::<Text, _>(id.as_str())
