@@ -256,6 +256,19 @@ grown_phase() {
   stop_server
 }
 
+# beside_fresh LABEL FIRST: ROUNDS rounds, numbered from FIRST (1 is
+# unnumbered), of a phase on a fresh database, made anew each round so no
+# earlier round's preload is kept, then the phase LABEL on the grown one.
+beside_fresh() {
+  local round n
+  for round in $(seq "$2" "$(($2 + ${ROUNDS:-1} - 1))"); do
+    n="$([ "$round" = 1 ] || echo "$round")"
+    fresh_db coupond_bench_fresh >/dev/null
+    grown_phase fresh coupond_bench_fresh "$n"
+    grown_phase "$1" coupond_bench_grown "$n"
+  done
+}
+
 # ONLY=record: PostgreSQL's CPU per row for each way of recording
 # issuances (today's UPDATE, an append-only table, COPY), in one run.
 if [ "${ONLY:-}" = record ]; then
@@ -386,22 +399,12 @@ if [ "${ONLY:-}" = grown ]; then
   GROWN_URL="$(fresh_db coupond_bench_grown)"
   COUPOND_DATABASE_URL="$GROWN_URL" RUST_LOG=warn "$BIN" migrate >/dev/null
   grow_db coupond_bench_grown "${GROWN_COUPONS:-30000000}" 2>&1 | tee "$OUT/grown-growth.txt" >&2
-  for round in $(seq 1 "${ROUNDS:-1}"); do
-    n="$([ "$round" = 1 ] || echo "$round")"
-    # Fresh every round: the last round's preload and drop are not kept.
-    fresh_db coupond_bench_fresh >/dev/null
-    grown_phase fresh coupond_bench_fresh "$n"
-    grown_phase grown coupond_bench_grown "$n"
-  done
+  beside_fresh grown 1
   # Then the earlier events archived, and the rounds again beside fresh
   # ones (GROWN_ARCHIVE=0 skips it).
   if [ "${GROWN_ARCHIVE:-1}" != 0 ]; then
     archive_all coupond_bench_grown 2>&1 | tee "$OUT/grown-archive.txt" >&2
-    for round in $(seq 1 "${ROUNDS:-1}"); do
-      fresh_db coupond_bench_fresh >/dev/null
-      grown_phase fresh coupond_bench_fresh "$((${ROUNDS:-1} + round))"
-      grown_phase archived coupond_bench_grown "$((${ROUNDS:-1} + round))"
-    done
+    beside_fresh archived "$((${ROUNDS:-1} + 1))"
   fi
   # Once more on cold caches, as the first drop after the database server
   # restarted: nothing of the grown indexes in memory (where this machine
@@ -433,12 +436,7 @@ if [ "${ONLY:-}" = grown-reindex ]; then
       'indexes MB', pg_indexes_size('coupons') / 1048576,
       'archived', (SELECT count(*) FROM archived_coupons)"
   } | tee "$OUT/grown-reindex.txt" >&2
-  for round in $(seq 1 "${ROUNDS:-1}"); do
-    n="$([ "$round" = 1 ] || echo "$round")"
-    fresh_db coupond_bench_fresh >/dev/null
-    grown_phase fresh coupond_bench_fresh "$n"
-    grown_phase reindexed coupond_bench_grown "$n"
-  done
+  beside_fresh reindexed 1
   python3 scripts/bench_report.py "$OUT"
   echo "results in $OUT" >&2
   exit 0
