@@ -94,7 +94,11 @@ pub async fn archive(
             event: event.clone(),
             left,
         }),
-        Err(LockError::Lost) => Err(anyhow::anyhow!("a rebuild took the event's lock").into()),
+        Err(LockError::Lost) => Err(anyhow::anyhow!(
+            "another took the event's rebuild lock (this one's Redis was unreachable for \
+             10 s); the archive may have been made or not: run it again to see"
+        )
+        .into()),
         Err(LockError::Store(e)) => Err(e.into()),
     }
 }

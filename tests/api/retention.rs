@@ -161,7 +161,16 @@ async fn controls_of_a_settled_event_keep_its_keys_expiring() {
     })
     .await;
     assert!(expiring, "settled, with the retention expiry on its keys");
-    app.close(&event, "again").await.unwrap();
+    let ended = app.get_event(&event).await.ends_at;
+    let closed = app.close(&event, "again").await.unwrap();
+    assert_eq!(
+        closed.ends_at, ended,
+        "closing an ended event keeps its end"
+    );
+    let id = EventId::parse(event.clone()).unwrap();
+    let recorded = app.pg.controls(&id).await.unwrap();
+    let end = recorded.last().and_then(|(_, _, end, _)| *end).map(ts);
+    assert_eq!(end, ended, "and records the end it kept");
     app.pause(&event, "late pause").await.unwrap();
     for key in [&k.meta, &k.issued, &k.queue] {
         assert!(pttl(&app, key).await > 0, "{key} still expires");
@@ -169,7 +178,6 @@ async fn controls_of_a_settled_event_keep_its_keys_expiring() {
     assert!(settled(&app, &event).await);
     // A close whose time came from a server clock ahead of Redis's: an end
     // "in the future" of a settled event still takes no expiry off.
-    let id = EventId::parse(event.clone()).unwrap();
     let ahead = coupond::domain::ControlState {
         seq: 1_000,
         ends_at: chrono::Utc::now() + chrono::Duration::seconds(5),

@@ -210,7 +210,9 @@ impl PgStore {
         let set = match control {
             Control::Pause => "paused = true",
             Control::Resume => "paused = false",
-            Control::Close(_) => "ends_at = $2",
+            // An event that ended already keeps its end: moved later (a
+            // server clock ahead of Redis's), it would reopen for a moment.
+            Control::Close(_) => "ends_at = least(ends_at, $2)",
             // Reopens a settled event: the sweeper visits it again.
             Control::Extend(_) => "ends_at = $2, settled_at = NULL",
         };
@@ -229,9 +231,11 @@ impl PgStore {
                 if n == 0 {
                     return Ok::<_, PgStoreError>(false);
                 }
+                // The end the control left (a close keeps an earlier one).
                 diesel::sql_query(
                     "INSERT INTO event_controls (event_id, action, reason, ends_at) \
-                     VALUES ($1, $2, $3, $4)",
+                     SELECT $1, $2, $3, CASE WHEN $4::timestamptz IS NULL THEN NULL \
+                         ELSE (SELECT ends_at FROM events WHERE id = $1) END",
                 )
                 .bind::<Text, _>(id.as_str())
                 .bind::<Text, _>(control.action())
