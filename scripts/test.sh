@@ -37,5 +37,5 @@ cargo test --workspace --all-targets "$@" -- --show-output
 # single-node proxy.)
 COUPOND_REDIS_CLUSTER=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \
   cargo test --test api "$@" -- --show-output \
-  issue:: stream:: batch:: preload:: controls:: retention:: reconcile:: rebuild:: \
+  issue:: stream:: batch:: preload:: controls:: retention:: archive:: reconcile:: rebuild:: \
   finalize:: sweeper:: twice:: transfer:: sharded:: poison:: dlq:: operator:: validation:: truths:: precedence::a_holder

@@ -232,3 +232,32 @@ async fn a_preload_never_draws_a_code_an_archived_event_holds() {
     assert_eq!(app.pg.coupon_count(&job_id).await.unwrap(), 2);
     holders_keep_their_coupons(&app, &event, &pairs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_running_or_left_unfinished_keeps_an_event_from_being_archived() {
+    use coupond::store::redis::LockAction;
+    let (app, event, pairs) = ending_event(3600).await;
+    let id = EventId::parse(event.clone()).unwrap();
+    await_settled(&app, &event).await;
+    let lock = |action| {
+        app.redis
+            .rebuild_lock(&id, action, "another-rebuild", Duration::from_secs(30))
+    };
+    assert_eq!(lock(LockAction::Take).await.unwrap(), None);
+    archive_refused(&app, &id, "a rebuild of it is running").await;
+    assert_eq!(lock(LockAction::Release).await.unwrap(), None);
+
+    // A rebuild that died after taking the event offline.
+    assert!(app
+        .redis
+        .take_offline(&app.keys(&event), "a-dead-rebuild")
+        .await
+        .unwrap());
+    archive_refused(&app, &id, "a rebuild left it offline").await;
+    let (code, out) = reconcile_cli(&app, &event, &["--rebuild-redis"]);
+    assert_eq!(code, 0, "{out}");
+    await_settled(&app, &event).await;
+    let (code, out) = archive_cli(&app, &event);
+    assert_eq!(code, 0, "{out}");
+    holders_keep_their_coupons(&app, &event, &pairs).await;
+}
