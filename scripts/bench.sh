@@ -13,7 +13,7 @@
 #     idempotent), the service's producer's acknowledged rate and a
 #     consumer's rate, the ceiling of ack durability and of the finalizer.
 #   - first, the cost of a coupon: a stream run (COST_REQUESTS, 16 streams)
-#     and a unary run at 1,000 clients, each wrapped in cpu_parts.py, which
+#     and unary runs at 1,000 and 100 clients, each wrapped in cpu_parts.py, which
 #     samples /proc and Redis around the load and its finalization: CPU
 #     seconds of the server, Redis (and inside its scripts), PostgreSQL, the
 #     broker, the load generator (apart) and the whole machine; each on an
@@ -142,6 +142,8 @@ cost_runs() {
     --event "$(preloaded "cost-$label-stream$r" "$((COST_REQUESTS * 2))")"
   bench "cost-$label-unary-c1000$r" --mode unary --concurrency 1000 --requests "$REQUESTS" \
     --event "$(preloaded "cost-$label-unary$r" "$((REQUESTS * 2))")"
+  bench "cost-$label-unary-c100$r" --mode unary --concurrency 100 --requests "$REQUESTS" \
+    --event "$(preloaded "cost-$label-unary-c100$r" "$((REQUESTS * 2))")"
   stop_server
 }
 

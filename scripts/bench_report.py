@@ -69,10 +69,10 @@ def cost_table():
     if not labels:
         return []
     heads = [f"{l} {rev(l)}".strip() for l in labels]
-    n = max(len(rounds(f"cost-{l}-{load}")) for l in labels for load in ("stream-s16", "unary-c1000"))
+    n = max(len(rounds(f"cost-{l}-{load}")) for l in labels for load in ("stream-s16", "unary-c1000", "unary-c100"))
     each = f"; the median of {n} rounds, baseline and current in turn" if n > 1 else ""
     out = [f"CPU µs per coupon issued and finalized, per part (cpu_parts.py around each run; same stack, same run{each}):", ""]
-    for load in ("stream-s16", "unary-c1000"):
+    for load in ("stream-s16", "unary-c1000", "unary-c100"):
         cols = [rounds(f"cost-{l}-{load}") for l in labels]
         if not all(cols):
             continue
@@ -88,6 +88,7 @@ def cost_table():
             line(title, lambda p, r, key=key: p["cpu_s"][key] * 1e6 / max(r["issued"], 1), lambda v: f"{v:.1f}")
         line("Redis commands per coupon", lambda p, r: p["redis_commands"] / max(r["issued"], 1), lambda v: f"{v:.2f}")
         line("requests/s", lambda p, r: r["requests_per_s"], lambda v: f"{v:.0f}")
+        line("p50 latency ms", lambda p, r: r["latency_us"]["p50"] / 1000, lambda v: f"{v:.1f}")
         line("p99 latency ms", lambda p, r: r["latency_us"]["p99"] / 1000, lambda v: f"{v:.1f}")
         line("load + finalization wall s", lambda p, r: p["wall_s"], lambda v: f"{v:.1f}")
         copy = parts.get("copy-1000000")

@@ -329,6 +329,8 @@ pub struct ConsumerSettings {
     pub in_flight: usize,
     /// Longest time the broker may hold a fetch open waiting for data.
     pub fetch_wait: Duration,
+    /// Bytes the broker gathers before it answers a fetch early.
+    pub fetch_min_bytes: u32,
 }
 
 /// Issuance settings.

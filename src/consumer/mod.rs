@@ -110,6 +110,7 @@ impl Finalizer {
                 "fetch.wait.max.ms",
                 settings.fetch_wait.as_millis().to_string(),
             )
+            .set("fetch.min.bytes", settings.fetch_min_bytes.to_string())
             // The group leader reassigns when it sees a subscribed topic
             // appear or grow; librdkafka's default look every 5 minutes
             // would leave a topic re-created after a broker lost its data
