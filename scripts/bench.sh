@@ -40,7 +40,8 @@
 # many times, baseline and current in turn; BASELINE=<git rev> builds that revision's
 # server too (cached under ~/.cache/coupond/baseline/) and runs the cost
 # runs against it first, on the same stack, so a change is judged against
-# the code before it in one run; ONLY=cost stops after the cost runs and
+# the code before it in one run (BEFORE=<git rev> adds a third, such as the
+# commit before the last change); ONLY=cost stops after the cost runs and
 # the physical references (broker, Kafka's perf test, the 1,000,000-coupon
 # preload beside COPY, redis-benchmark of the one-user script).
 set -euo pipefail
@@ -85,7 +86,9 @@ build_baseline() {
   git archive "$sha" | tar -x -m -C "$dir"
   CARGO_TARGET_DIR="$cache/target" cargo build --release --manifest-path "$dir/Cargo.toml" \
     --bin coupond >&2
-  echo "$cache/target/release/coupond"
+  # Copied out: the next revision's build writes the same path.
+  cp "$cache/target/release/coupond" "$dir/coupond"
+  echo "$dir/coupond"
 }
 
 stop_server() {
@@ -587,6 +590,13 @@ if [ -n "${BASELINE:-}" ]; then
   BASE_BIN="$(build_baseline "$BASELINE")"
   git rev-parse --short "$BASELINE^{commit}" >"$OUT/baseline.rev"
 fi
+# BEFORE=<git rev>: a second revision beside the baseline, such as the
+# commit before the change being judged, when BASELINE is where a longer
+# piece of work started.
+if [ -n "${BEFORE:-}" ]; then
+  BEFORE_BIN="$(build_baseline "$BEFORE")"
+  git rev-parse --short "$BEFORE^{commit}" >"$OUT/before.rev"
+fi
 git rev-parse --short HEAD >"$OUT/current.rev"
 git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$OUT/current.rev"
 # Baseline and current take turns, ROUNDS times: the machine's speed drifts
@@ -594,6 +604,7 @@ git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$OUT/current.rev"
 for round in $(seq 1 "${ROUNDS:-1}"); do
   n="$([ "$round" = 1 ] || echo "$round")"
   [ -z "${BASELINE:-}" ] || cost_runs baseline "$BASE_BIN" coupond_bench_baseline "$n"
+  [ -z "${BEFORE:-}" ] || cost_runs before "$BEFORE_BIN" coupond_bench_before "$n"
   cost_runs current "$BIN" coupond_bench_current "$n"
 done
 bench broker --mode broker --requests "$REQUESTS"

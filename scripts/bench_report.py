@@ -63,26 +63,31 @@ def median(values):
 
 
 def cost_table():
-    """CPU µs per coupon of each part, baseline beside current, per load;
-    with several rounds, each figure is its median over the rounds."""
-    labels = [l for l in ("baseline", "current") if any(k.startswith(f"cost-{l}-") for k in parts)]
+    """CPU µs per coupon of each part, baseline (and before) beside current,
+    per load, with current's ratio to each; with several rounds, each figure
+    is its median over the rounds."""
+    labels = [l for l in ("baseline", "before", "current") if any(k.startswith(f"cost-{l}-") for k in parts)]
     if not labels:
         return []
+    loads = ("stream-s16", "unary-c1000", "unary-c100")
     heads = [f"{l} {rev(l)}".strip() for l in labels]
-    n = max(len(rounds(f"cost-{l}-{load}")) for l in labels for load in ("stream-s16", "unary-c1000", "unary-c100"))
-    each = f"; the median of {n} rounds, baseline and current in turn" if n > 1 else ""
+    others = [(i, l) for i, l in enumerate(labels) if l != "current"] if "current" in labels else []
+    heads += [f"current / {l}" for _, l in others]
+    n = max(len(rounds(f"cost-{l}-{load}")) for l in labels for load in loads)
+    each = f"; the median of {n} rounds, {', '.join(labels)} in turn" if n > 1 else ""
     out = [f"CPU µs per coupon issued and finalized, per part (cpu_parts.py around each run; same stack, same run{each}):", ""]
-    for load in ("stream-s16", "unary-c1000", "unary-c100"):
+    for load in loads:
         cols = [rounds(f"cost-{l}-{load}") for l in labels]
         if not all(cols):
             continue
-        out.append(f"| {load} | " + " | ".join(heads) + (" | current / baseline |" if len(labels) == 2 else " |"))
-        out.append("|---" * (len(labels) + 1 + (len(labels) == 2)) + "|")
+        out.append(f"| {load} | " + " | ".join(heads) + " |")
+        out.append("|---" * (len(heads) + 1) + "|")
 
         def line(title, of, fmt):
             values = [median([of(p, r) for p, r in col]) for col in cols]
-            ratio = f" {values[1] / values[0]:.2f} |" if len(values) == 2 and values[0] else (" - |" if len(values) == 2 else "")
-            out.append(f"| {title} | " + " | ".join(fmt(v) for v in values) + " |" + ratio)
+            cur = values[labels.index("current")] if others else None
+            ratios = [f"{cur / values[i]:.2f}" if values[i] else "-" for i, _ in others]
+            out.append(f"| {title} | " + " | ".join([fmt(v) for v in values] + ratios) + " |")
 
         for key, title in PARTS:
             line(title, lambda p, r, key=key: p["cpu_s"][key] * 1e6 / max(r["issued"], 1), lambda v: f"{v:.1f}")
@@ -97,8 +102,8 @@ def cost_table():
             line("PostgreSQL per coupon / per row of COPY (1,000,000 rows)",
                  lambda p, r: p["cpu_s"]["postgres"] * 1e6 / max(r["issued"], 1) / per_row,
                  lambda v: f"{v:.2f}x")
-        out.append(f"| invariants, every round | " + " | ".join(
-            "OK" if all(r["invariants_ok"] for _, r in col) else "VIOLATED" for col in cols) + " |" + (" |" if len(labels) == 2 else ""))
+        out.append("| invariants, every round | " + " | ".join(
+            ["OK" if all(r["invariants_ok"] for _, r in col) else "VIOLATED" for col in cols] + [""] * len(others)) + " |")
         out.append("")
     return out
 
