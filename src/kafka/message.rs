@@ -9,6 +9,17 @@ use crate::proto::wire::{
     discount_type_from_proto, discount_type_to_proto, timestamp, to_datetime,
 };
 
+/// The message key: per user, so one hot event spreads over every partition
+/// while each user's messages stay ordered.
+pub fn key(record: &IssuanceRecord) -> String {
+    let (e, u) = (record.event_id.as_str(), record.user_id.as_str());
+    let mut k = String::with_capacity(e.len() + 1 + u.len());
+    k.push_str(e);
+    k.push('/');
+    k.push_str(u);
+    k
+}
+
 /// The same bytes as `proto::CouponIssued { .. }.encode_to_vec()`, written
 /// from the record's borrowed fields: building the message would copy every
 /// string of every coupon once more (a test holds the two equal).
@@ -101,6 +112,7 @@ mod tests {
             request_id: "r".into(),
         };
         assert_eq!(decode(&encode(&r)).unwrap(), r);
+        assert_eq!(key(&r), "e/u/1");
     }
 
     #[test]

@@ -68,13 +68,6 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", linger.as_millis().to_string())
-            // How long the sticky partitioner keeps one partition (see
-            // `publish`): librdkafka's default of twice the linger, written
-            // out because 0 would turn it off.
-            .set(
-                "sticky.partitioning.linger.ms",
-                (linger.as_millis() * 2).max(1).to_string(),
-            )
             .set("compression.type", &s.compression)
             .set(
                 "message.timeout.ms",
@@ -141,23 +134,16 @@ impl Publisher {
 
     /// Publishes one issuance and waits for the broker's acknowledgement.
     /// Many calls may wait at once; librdkafka batches them.
-    ///
-    /// Without a key: librdkafka's sticky partitioner then puts every
-    /// message of a few milliseconds (twice the linger) on one partition and
-    /// moves on to the next, so a hot event still spreads over every
-    /// partition, but each produce request carries one batch instead of one
-    /// small batch per partition. Per-user keys cost the broker 2 to 3 times
-    /// as much CPU per coupon at 100 unary clients (BENCHMARKS.md). Nothing
-    /// reads a user's messages in order: the finalizer applies batches
-    /// concurrently, and each record is decided by what PostgreSQL holds.
     pub async fn publish(&self, record: &IssuanceRecord) -> Result<(), PublishError> {
+        let key = message::key(record);
         let payload = message::encode(record);
-        self.send(&self.inner.topic, None, &payload, None).await
+        self.send(&self.inner.topic, &key, &payload, None).await
     }
 
     /// Puts a dead-lettered message back on `coupon-issued`, as it was.
     pub async fn replay(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), PublishError> {
-        self.send(&self.inner.topic, key, payload, None).await
+        self.send(&self.inner.topic, key.unwrap_or_default(), payload, None)
+            .await
     }
 
     /// Sends an undecodable or conflicting message to the dead-letter topic
@@ -172,21 +158,19 @@ impl Publisher {
             key: "coupond-dlq-reason",
             value: Some(reason),
         });
+        let key = key.unwrap_or_default();
         self.send(&self.inner.dlq_topic, key, payload, Some(headers))
             .await
     }
 
-    async fn send(
+    async fn send<K: rdkafka::message::ToBytes + ?Sized>(
         &self,
         topic: &str,
-        key: Option<&[u8]>,
+        key: &K,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), PublishError> {
-        let mut rec = FutureRecord::to(topic).payload(payload);
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
+        let mut rec = FutureRecord::to(topic).key(key).payload(payload);
         if let Some(h) = headers {
             rec = rec.headers(h);
         }

@@ -42,8 +42,9 @@ async fn dead_letters_are_listed_with_the_reason_and_replayed_once() {
     // message nobody can decode (the finalizer dead-letters it).
     let publisher = app.publisher();
     let payload = coupond::kafka::message::encode(&record);
+    let key = coupond::kafka::message::key(&record);
     publisher
-        .dead_letter(None, &payload, "lost before the fix")
+        .dead_letter(Some(key.as_bytes()), &payload, "lost before the fix")
         .await
         .unwrap();
     publisher
