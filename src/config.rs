@@ -248,6 +248,16 @@ impl KafkaProperty {
         })
     }
 
+    /// One entry of a ';'-separated list (`COUPOND_KAFKA_PROPERTIES`): a
+    /// blank one is none, so an empty variable or a trailing ';' sets
+    /// nothing rather than refusing to start.
+    pub fn parse_listed(s: &str) -> Result<Option<Self>, String> {
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        Self::parse(s).map(Some)
+    }
+
     /// Passwords, secrets, private keys, JAAS and OAuth configurations.
     pub fn is_secret(&self) -> bool {
         let k = self.key.to_ascii_lowercase();

@@ -263,8 +263,8 @@ pub struct KafkaArgs {
     /// security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,
     /// sasl.username=..., sasl.password=..., ssl.ca.location=/etc/ca.pem.
     /// Values of secret properties never reach a log.
-    #[arg(id = "kafka-property", long = "kafka-property", env = "COUPOND_KAFKA_PROPERTIES", value_delimiter = ';', value_parser = KafkaProperty::parse, hide_env_values = true, global = true)]
-    pub properties: Vec<KafkaProperty>,
+    #[arg(id = "kafka-property", long = "kafka-property", env = "COUPOND_KAFKA_PROPERTIES", value_delimiter = ';', value_parser = KafkaProperty::parse_listed, hide_env_values = true, global = true)]
+    pub properties: Vec<Option<KafkaProperty>>,
     /// A file of librdkafka properties, KEY=VALUE a line ('#' starts a
     /// comment), read at start; --kafka-property entries come after it.
     #[arg(
@@ -288,7 +288,7 @@ impl From<KafkaArgs> for KafkaSettings {
             delivery_timeout: a.delivery_timeout,
             linger: a.linger,
             compression: a.compression,
-            properties: a.properties,
+            properties: a.properties.into_iter().flatten().collect(),
             properties_file: a.properties_file,
         }
     }

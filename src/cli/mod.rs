@@ -356,4 +356,21 @@ mod tests {
             "the old flag"
         );
     }
+
+    #[test]
+    fn blank_kafka_properties_set_nothing_and_bad_ones_are_named() {
+        let kafka = |list: &str| {
+            let cli = Cli::try_parse_from(["coupond", "serve", "--kafka-property", list])?;
+            let Command::Serve { settings, .. } = cli.command else {
+                panic!("serve")
+            };
+            Ok::<_, clap::Error>(Settings::from(settings).kafka.properties)
+        };
+        assert!(kafka("").unwrap().is_empty(), "an empty list");
+        let set = kafka("a.b=1; ;c.d=2;").unwrap();
+        let keys: Vec<&str> = set.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["a.b", "c.d"], "blank entries skipped");
+        let e = kafka("a.b=1;oops").unwrap_err().to_string();
+        assert!(e.contains("\"oops\" is not KEY=VALUE"), "{e}");
+    }
 }
