@@ -26,6 +26,9 @@
 # beside the direct gRPC unary run (GATEWAY_REQUESTS, GATEWAY_CONCURRENCY).
 # ONLY=record measures PostgreSQL's CPU per row for each way of recording
 # issuances (scripts/bench-record.sh).
+# ONLY=redis-floor measures Redis's CPU per coupon for the issue and
+# finalize scripts beside the same data model without them
+# (scripts/bench-redis-floor.py).
 # ONLY=grown runs a preload and a stream drop on a fresh database and on one
 # holding GROWN_COUPONS (30,000,000) earlier coupons, then again once those
 # earlier events were archived (GROWN_ARCHIVE=0: not), then with cold
@@ -279,6 +282,22 @@ beside_fresh() {
 if [ "${ONLY:-}" = record ]; then
   git rev-parse --short HEAD >"$OUT/current.rev"
   OUT="$OUT" BIN="$BIN" scripts/bench-record.sh
+  echo "results in $OUT" >&2
+  exit 0
+fi
+
+# ONLY=redis-floor: Redis's CPU per coupon for coupond's scripts beside the
+# same data model worked by a minimal script and by plain commands
+# (scripts/bench-redis-floor.py), ROUNDS rounds (default 5) in turn;
+# BASELINE=<rev> adds that revision's issue and finalize scripts.
+if [ "${ONLY:-}" = redis-floor ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  if [ -n "${BASELINE:-}" ]; then
+    mkdir -p "$OUT/baseline-lua"
+    for f in issue finalize; do git show "$BASELINE:scripts/lua/$f.lua" >"$OUT/baseline-lua/$f.lua"; done
+    export FLOOR_BASELINE_LUA="$OUT/baseline-lua" FLOOR_BASELINE_REV="$BASELINE"
+  fi
+  python3 scripts/bench-redis-floor.py "$OUT/redis-floor.md" "${ROUNDS:-5}"
   echo "results in $OUT" >&2
   exit 0
 fi
