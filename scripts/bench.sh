@@ -21,6 +21,8 @@
 # Every coupond run verifies the invariants (no code or user twice, issued
 # <= total) and waits for PostgreSQL to catch up.
 # ONLY=linger compares the producer's linger settings per durability mode.
+# ONLY=latency runs unary Issue at 100 clients (ack, then async) as an open
+# loop at each of RATES requests/s, then as a closed loop.
 # ONLY=sizing measures what a drop holds in Redis and PostgreSQL.
 # ONLY=gateway runs unary Issue through the HTTP/JSON gateway (vegeta)
 # beside the direct gRPC unary run (GATEWAY_REQUESTS, GATEWAY_CONCURRENCY).
@@ -387,6 +389,30 @@ if [ "${ONLY:-}" = cluster ]; then
     esac
   done
   python3 scripts/bench_report.py "$OUT" || true
+  echo "results in $OUT" >&2
+  exit 0
+fi
+
+# ONLY=latency: unary Issue at 100 clients in each durability mode, as an
+# open loop at each rate of RATES (requests/s, default "1000 2000 3000 4000
+# 6000"), LATENCY_S seconds each (default 10), then as a closed loop (each
+# client calls again as soon as it is answered, the cost runs' load): the
+# latency a client sees at a load the machine carries, beside the latency
+# of a saturated machine; async mode shows what the wait for Kafka adds.
+if [ "${ONLY:-}" = latency ]; then
+  git rev-parse --short HEAD >"$OUT/current.rev"
+  for d in ack async; do
+    start_server "$d"
+    for rate in ${RATES:-1000 2000 3000 4000 6000}; do
+      n=$((rate * ${LATENCY_S:-10}))
+      bench "latency-$d-rate$rate-unary-c100" --mode unary --concurrency 100 --rate "$rate" \
+        --requests "$n" --event "$(preloaded "latency-$d-rate$rate" "$((n * 2))")"
+    done
+    bench "latency-$d-closed-unary-c100" --mode unary --concurrency 100 --requests "$REQUESTS" \
+      --event "$(preloaded "latency-$d-closed" "$((REQUESTS * 2))")"
+    stop_server
+  done
+  python3 scripts/bench_report.py "$OUT"
   echo "results in $OUT" >&2
   exit 0
 fi

@@ -132,15 +132,19 @@ async fn drive(
     run_id: &str,
 ) -> anyhow::Result<(Tally, Duration)> {
     let issuer_auth = BearerToken::new(args.issuer_token.as_deref())?;
+    if args.rate > 0 && args.mode != Mode::Unary {
+        anyhow::bail!("--rate paces unary calls only");
+    }
     let tally = Arc::new(Mutex::new(Tally::new()));
+    let started = Instant::now();
     let work = Arc::new(Work {
         next: AtomicU64::new(0),
         requests: args.requests,
-        deadline: Instant::now() + Duration::from_secs(args.duration_s),
+        deadline: started + Duration::from_secs(args.duration_s),
         event: event.to_owned(),
         run_id: run_id.to_owned(),
+        pace: (args.rate > 0).then(|| (started, Duration::from_secs(1) / args.rate)),
     });
-    let started = Instant::now();
     if args.mode != Mode::Preload {
         let mut tasks = Vec::with_capacity(args.concurrency);
         for i in 0..args.concurrency.max(1) {
@@ -200,6 +204,8 @@ struct Work {
     deadline: Instant,
     event: String,
     run_id: String,
+    /// An open loop: the start and the interval between requests.
+    pace: Option<(Instant, Duration)>,
 }
 
 impl Work {
@@ -210,6 +216,12 @@ impl Work {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         (n < self.requests).then_some(n)
+    }
+
+    /// When request `n` is due in an open loop.
+    fn due(&self, n: u64) -> Option<Instant> {
+        self.pace
+            .map(|(start, every)| start + every.saturating_mul(n as u32))
     }
 
     /// Request `n`: a distinct user per request, the number as request id.
@@ -230,6 +242,11 @@ async fn unary_client(mut client: IssuerClient, tally: Arc<Mutex<Tally>>, work: 
     while let Some(n) = work.take() {
         let req = work.request(n);
         let user = req.user_id.clone();
+        if let Some(due) = work.due(n) {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        // From the send, not the due time: Tokio's timer wakes up to a
+        // millisecond late, which is the generator's, not the server's.
         let t = Instant::now();
         let r = client.issue(req).await.map(|r| r.into_inner());
         tally.lock().await.record(user, t.elapsed(), r);
@@ -294,4 +311,31 @@ async fn stream_client(mut client: IssuerClient, tally: Arc<Mutex<Tally>>, work:
         t.record(u, d, r);
     }
     let _ = feeder.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(pace: Option<(Instant, Duration)>) -> Work {
+        Work {
+            next: AtomicU64::new(0),
+            requests: 10,
+            deadline: Instant::now() + Duration::from_secs(60),
+            event: "e".into(),
+            run_id: "r".into(),
+            pace,
+        }
+    }
+
+    #[test]
+    fn an_open_loop_spaces_the_requests_by_the_rate_and_a_closed_one_never_waits() {
+        let start = Instant::now();
+        let every = Duration::from_secs(1) / 4000;
+        let open = work(Some((start, every)));
+        assert_eq!(open.due(0), Some(start));
+        assert_eq!(open.due(4000), Some(start + Duration::from_secs(1)));
+        assert_eq!(open.due(6000), Some(start + Duration::from_millis(1500)));
+        assert_eq!(work(None).due(7), None);
+    }
 }

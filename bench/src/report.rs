@@ -11,6 +11,8 @@ use crate::run::{BenchArgs, Event, Finalization, Measured, Mode};
 pub struct Report {
     pub mode: Mode,
     pub concurrency: usize,
+    /// Requests per second of an open loop (`--rate`); 0: a closed loop.
+    pub rate: u32,
     pub event_id: String,
     pub total_coupons: u32,
     pub preload_ms: Option<u64>,
@@ -52,6 +54,7 @@ impl Report {
         Self {
             mode: args.mode,
             concurrency: args.concurrency,
+            rate: args.rate,
             event_id: event.id.clone(),
             total_coupons,
             preload_ms: event.preload_ms,
@@ -78,9 +81,13 @@ impl Report {
         let mut results: Vec<_> = self.results.iter().collect();
         results.sort();
         format!(
-            "mode={:?} concurrency={} requests={} in {:.2}s => {:.0} req/s | latency p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms | results {:?} | grpc errors {:?} | issued {} of {} | invariants {} | finalized {} (caught up after {:?} ms){}",
+            "mode={:?} concurrency={}{} requests={} in {:.2}s => {:.0} req/s | latency p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms | results {:?} | grpc errors {:?} | issued {} of {} | invariants {} | finalized {} (caught up after {:?} ms){}",
             self.mode,
             self.concurrency,
+            match self.rate {
+                0 => String::new(),
+                r => format!(" rate={r}/s"),
+            },
             self.requests,
             self.elapsed_s,
             self.requests_per_s,

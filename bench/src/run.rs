@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// Stop after this many seconds even if requests remain.
     #[arg(long, default_value_t = 60)]
     pub duration_s: u64,
+    /// Unary only: an open loop at this many requests per second in all.
+    /// Request n is sent at n / rate seconds by the next free client (late
+    /// when every client is waiting for an answer; --concurrency must be
+    /// well above rate × latency), and its latency counts from its send.
+    /// 0: each client sends as soon as its last answer came (a closed loop).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
     /// Coupons to preload (ignored with --event).
     #[arg(long, default_value_t = 1_000_000)]
     pub coupons: u32,
