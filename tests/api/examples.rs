@@ -43,23 +43,7 @@ async fn every_grpcurl_example_in_the_readme_runs() {
     let app = spawn_app().await;
     let event = app.event_id("drop-1");
     app.preload(preload_request(&event, 10)).await.unwrap();
-    let tools = crate::helpers::TOOL_BUILDS.lock().await;
-    let grpcurl = tokio::task::spawn_blocking(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/grpcurl.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .expect("scripts/grpcurl.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-    .await
-    .unwrap();
-    drop(tools);
+    let grpcurl = crate::helpers::installed("grpcurl.sh").await;
     for example in &examples {
         let line = example
             .replace("127.0.0.1:50051", &app.addr.to_string())

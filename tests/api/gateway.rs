@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{spawn_app, ADMIN_TOKEN};
+use crate::helpers::{run_tool, spawn_app, ADMIN_TOKEN};
 
 /// The gateway process, killed when the test ends (passing or not).
 struct Gateway(Child);
@@ -29,12 +29,9 @@ fn root() -> &'static str {
 
 /// Runs a command to its end (off the async runtime); panics with its
 /// output when it fails. Returns its stdout.
-async fn run(what: &'static str, mut command: Command) -> String {
+async fn run(what: &'static str, command: Command) -> String {
     let started = Instant::now();
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = run_tool(what, command).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!(
@@ -71,12 +68,7 @@ async fn the_http_gateway_works_as_the_proto_promises() {
         .arg(format!("{}/scripts/gateway.sh", root()))
         .arg("--build");
     let started = Instant::now();
-    let built = tokio::time::timeout(
-        Duration::from_secs(600),
-        run("installed the tools, generated and built", build),
-    )
-    .await
-    .expect("scripts/gateway.sh --build within 10 minutes");
+    let built = run("installed the tools, generated and built", build).await;
     let mut lines = built.lines();
     let (binary, openapi) = (lines.next().unwrap(), lines.next().unwrap());
     let build_secs = started.elapsed().as_secs_f64();

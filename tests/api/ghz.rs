@@ -140,8 +140,8 @@ fn ghz_configurations_match_the_proto() {
 
 /// Runs `ghz/<name>` against `app` with `changes` applied to its JSON (the
 /// event id, smaller counts, the server's address) and returns ghz's JSON
-/// report. ghz is a pinned `go install` (scripts/ghz.sh).
-fn run_ghz(app: &TestApp, name: &str, changes: Value) -> Value {
+/// report; `bin` is ghz, a pinned `go install` (scripts/ghz.sh).
+fn run_ghz(bin: &str, app: &TestApp, name: &str, changes: Value) -> Value {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut config: Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("ghz").join(name)).unwrap())
@@ -151,16 +151,6 @@ fn run_ghz(app: &TestApp, name: &str, changes: Value) -> Value {
     config["metadata"] = serde_json::json!({ "authorization": format!("Bearer {ADMIN_TOKEN}") });
     let path = std::env::temp_dir().join(format!("ghz-{}-{name}", app.tag));
     std::fs::write(&path, config.to_string()).unwrap();
-    let ghz = Command::new("bash")
-        .arg(root.join("scripts/ghz.sh"))
-        .output()
-        .expect("install ghz");
-    assert!(
-        ghz.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ghz.stderr)
-    );
-    let bin = String::from_utf8(ghz.stdout).unwrap().trim().to_owned();
     let out = Command::new(bin)
         .args(["--config", path.to_str().unwrap(), "--format", "json"])
         .output()
@@ -197,9 +187,11 @@ fn calls(report: &Value, code: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ghz_configuration_runs_against_a_server() {
+    let ghz = crate::helpers::installed("ghz.sh").await;
     let app = spawn_app().await;
     let event = app.event_id("ghz");
     let preload = run_ghz(
+        &ghz,
         &app,
         "preload.json",
         serde_json::json!({ "data": { "event_id": event, "total_count": 2000 } }),
@@ -207,6 +199,7 @@ async fn every_ghz_configuration_runs_against_a_server() {
     assert_eq!(calls(&preload, "OK"), (1, 0), "preload: {preload}");
 
     let unary = run_ghz(
+        &ghz,
         &app,
         "issue.json",
         serde_json::json!({ "total": 300, "concurrency": 10, "connections": 2,
@@ -214,6 +207,7 @@ async fn every_ghz_configuration_runs_against_a_server() {
     );
     assert_eq!(calls(&unary, "OK"), (300, 0), "issue: {unary}");
     let stream = run_ghz(
+        &ghz,
         &app,
         "issue_stream.json",
         serde_json::json!({ "total": 4, "concurrency": 2, "connections": 1,

@@ -42,6 +42,65 @@ pub async fn spawn_app() -> TestApp {
 /// plugins) and several cores' worth of work.
 pub static TOOL_BUILDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The longest a tool script may take: on a new machine the first run
+/// downloads modules and packages (minutes); a hung download must fail its
+/// test, not hold the suite until CI's own limit.
+pub const TOOL_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// Runs one of scripts/ that installs a pinned tool (grpcurl, ghz) and
+/// prints its path, one tool build at a time; the path.
+pub async fn installed(script: &str) -> String {
+    let _one = TOOL_BUILDS.lock().await;
+    let mut install = std::process::Command::new("bash");
+    install.arg(format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR")));
+    let out = run_tool(script, install).await;
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs a tool script (an install, a generator, a build, a client) to its
+/// end and returns what it printed; past `TOOL_LIMIT` it fails the test.
+pub async fn run_tool(what: &str, command: std::process::Command) -> std::process::Output {
+    run_tool_within(command, TOOL_LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Runs `command` in a process group of its own, so that past `limit` it
+/// is killed together with every process it started (go, npm, mvn), not
+/// left running beside the next tests.
+pub async fn run_tool_within(
+    mut command: std::process::Command,
+    limit: Duration,
+) -> Result<std::process::Output, String> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run: {e}"))?;
+    let group = child.id();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(limit, waiting).await {
+        Ok(out) => out.unwrap().map_err(|e| format!("waiting for it: {e}")),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+            Err(format!(
+                "not done within {limit:?}; killed with every process it started"
+            ))
+        }
+    }
+}
+
 pub fn serve_settings() -> ServeSettings {
     ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
