@@ -166,6 +166,24 @@ async fn the_http_gateway_works_as_the_proto_promises() {
         ],
         "every RPC's HTTP binding in the OpenAPI document"
     );
+    // A client generated from the document knows to send the bearer token.
+    let document: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(openapi).unwrap()).unwrap();
+    let bearer = &document["securityDefinitions"]["bearer"];
+    assert_eq!(
+        (&bearer["type"], &bearer["in"], &bearer["name"]),
+        (
+            &serde_json::json!("apiKey"),
+            &serde_json::json!("header"),
+            &serde_json::json!("Authorization")
+        ),
+        "the bearer header in securityDefinitions: {bearer}"
+    );
+    assert_eq!(
+        document["security"],
+        serde_json::json!([{ "bearer": [] }]),
+        "every operation asks for it"
+    );
 
     eprintln!(
         "gateway: built in {build_secs:.1} s, whole test {:.1} s",
