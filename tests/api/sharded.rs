@@ -19,11 +19,23 @@ use crate::helpers::{
 const SHARDS: u32 = 3;
 
 /// Preloads `event` with `total` coupons over `SHARDS` shards.
+/// Preloads a sharded event and waits until its codes are spread: the
+/// preload spreads them once the event is LIVE, so a test that touched a
+/// shard before would race the spread.
 async fn preload_sharded(app: &TestApp, event: &str, total: u32) {
     let mut req = preload_request(event, total);
     req.shards = SHARDS;
     let r = app.preload(req).await.expect("preload");
     assert_eq!(r.state, proto::EventState::Live as i32);
+    // Each shard's share, the first ones taking the remainder.
+    let shares: Vec<u64> = (0..SHARDS)
+        .map(|s| u64::from(total / SHARDS + u32::from(s < total % SHARDS)))
+        .collect();
+    let spread = crate::common::eventually(std::time::Duration::from_secs(30), || async {
+        queue_lengths(app, event).await == shares
+    })
+    .await;
+    assert!(spread, "{:?}", queue_lengths(app, event).await);
 }
 
 /// Each shard's queue length, shard 0 first.
@@ -76,13 +88,7 @@ async fn a_sharded_event_gives_two_thousand_users_exactly_its_thousand_coupons_a
     let app = spawn_app().await;
     let event = app.event_id("sharded");
     preload_sharded(&app, &event, 1000).await;
-    // The preload spreads the codes once the event is LIVE: each shard
-    // soon holds its share.
-    let spread = crate::common::eventually(std::time::Duration::from_secs(30), || async {
-        queue_lengths(&app, &event).await == vec![334, 333, 333]
-    })
-    .await;
-    assert!(spread, "{:?}", queue_lengths(&app, &event).await);
+    assert_eq!(queue_lengths(&app, &event).await, vec![334, 333, 333]);
     if let Some(masters) = masters_of_shards(&event) {
         let distinct: HashSet<u16> = masters.iter().copied().collect();
         assert_eq!(
@@ -455,11 +461,6 @@ async fn a_transfer_step_that_comes_after_a_rebuild_adds_nothing() {
     let app = spawn_app().await;
     let event = app.event_id("shardlate");
     preload_sharded(&app, &event, 30).await;
-    let spread = crate::common::eventually(std::time::Duration::from_secs(30), || async {
-        queue_lengths(&app, &event).await == vec![10, 10, 10]
-    })
-    .await;
-    assert!(spread, "{:?}", queue_lengths(&app, &event).await);
     let id = EventId::parse(event.clone()).unwrap();
     let (donor, target) = (EventKeys::shard(&id, 0, SHARDS), shard::tag(&id, 1, SHARDS));
     let tid = coupond::store::redis::transfer_id();
