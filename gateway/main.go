@@ -5,6 +5,7 @@
 //
 //	coupond-gateway [-listen 127.0.0.1:8080] [-grpc 127.0.0.1:50051]
 //	                [-grpc-tls] [-grpc-ca FILE] [-grpc-server-name NAME]
+//	                [-grpc-cert FILE -grpc-key FILE]
 //
 // Conventions (see clients/README.md, "HTTP/JSON"):
 //   - JSON field names are the proto's JSON names (lowerCamelCase, e.g.
@@ -73,9 +74,14 @@ func main() {
 		"PEM CA bundle to verify coupond's certificate; implies -grpc-tls (env COUPOND_GATEWAY_GRPC_CA)")
 	serverName := flag.String("grpc-server-name", env("COUPOND_GATEWAY_GRPC_SERVER_NAME", ""),
 		"TLS server name to verify, when it differs from the -grpc host")
+	certFile := flag.String("grpc-cert", env("COUPOND_GATEWAY_GRPC_CERT", ""),
+		"PEM client certificate chain for a coupond that requires one (mTLS); with -grpc-key, implies -grpc-tls (env COUPOND_GATEWAY_GRPC_CERT)")
+	keyFile := flag.String("grpc-key", env("COUPOND_GATEWAY_GRPC_KEY", ""),
+		"PEM key of -grpc-cert (env COUPOND_GATEWAY_GRPC_KEY)")
 	flag.Parse()
 
-	creds, err := transportCredentials(*useTLS || *caFile != "", *caFile, *serverName)
+	tlsOn := *useTLS || *caFile != "" || *certFile != "" || *keyFile != ""
+	creds, err := transportCredentials(tlsOn, *caFile, *serverName, *certFile, *keyFile)
 	if err != nil {
 		log.Fatalf("gateway: %v", err)
 	}
@@ -131,19 +137,29 @@ func main() {
 	}
 }
 
-func transportCredentials(useTLS bool, caFile, serverName string) (credentials.TransportCredentials, error) {
+func transportCredentials(useTLS bool, caFile, serverName, certFile, keyFile string) (credentials.TransportCredentials, error) {
 	if !useTLS {
 		return insecure.NewCredentials(), nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("-grpc-cert and -grpc-key go together (env COUPOND_GATEWAY_GRPC_CERT, COUPOND_GATEWAY_GRPC_KEY)")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("-grpc-cert %s, -grpc-key %s: %w", certFile, keyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("-grpc-ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no PEM certificate", caFile)
+			return nil, fmt.Errorf("-grpc-ca %s: no PEM certificate", caFile)
 		}
 		cfg.RootCAs = pool
 	}

@@ -4,6 +4,7 @@
 # builds, and runs it in the foreground:
 #
 #   scripts/gateway.sh [--grpc HOST:PORT] [--listen ADDR] [--grpc-tls] [--grpc-ca FILE]
+#       [--grpc-server-name NAME] [--grpc-cert FILE --grpc-key FILE]
 #       (defaults: --grpc 127.0.0.1:50051, --listen 127.0.0.1:8080)
 #   scripts/gateway.sh --build
 #       only builds; prints the binary's path, then the OpenAPI document's

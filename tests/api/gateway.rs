@@ -56,26 +56,27 @@ fn healthz(addr: SocketAddr) -> std::io::Result<String> {
     Ok(answer)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_http_gateway_works_as_the_proto_promises() {
-    let _one = crate::helpers::TOOL_BUILDS.lock().await;
-    let app = spawn_app().await;
-
-    // Installs the pinned plugins, generates and builds (a first `go install`
-    // on a new machine downloads modules: minutes, not seconds).
+/// Installs the pinned plugins, generates and builds (a first `go install`
+/// on a new machine downloads modules: minutes, not seconds). Returns the
+/// binary's and the OpenAPI document's paths. The caller holds
+/// `TOOL_BUILDS`: the build regenerates `gateway/gen/`.
+async fn build() -> (String, String) {
     let mut build = Command::new("bash");
     build
         .arg(format!("{}/scripts/gateway.sh", root()))
         .arg("--build");
-    let started = Instant::now();
     let built = run("installed the tools, generated and built", build).await;
     let mut lines = built.lines();
     let (binary, openapi) = (lines.next().unwrap(), lines.next().unwrap());
-    let build_secs = started.elapsed().as_secs_f64();
+    (binary.to_owned(), openapi.to_owned())
+}
 
-    // Port 0: the gateway prints the address it got ("listening on http://...").
+/// Starts the gateway on port 0 with `args`: the process and the address it
+/// printed ("listening on http://..."), or what it printed before it ended.
+async fn start(binary: &str, args: &[&str]) -> Result<(Gateway, SocketAddr), String> {
     let mut child = Command::new(binary)
-        .args(["-listen", "127.0.0.1:0", "-grpc", &app.addr.to_string()])
+        .args(["-listen", "127.0.0.1:0"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -105,23 +106,40 @@ async fn the_http_gateway_works_as_the_proto_promises() {
     })
     .await
     .unwrap();
-    let addr = found.unwrap_or_else(|| panic!("the gateway did not start:\n{rest}"));
+    found.map(|addr| (gateway, addr)).ok_or(rest)
+}
 
-    // /healthz (grpc.health.v1 behind it) answers 200 once both are up.
+/// Polls `/healthz` (grpc.health.v1 behind it) until it answers `status`
+/// or 30 s passed; returns the last answer.
+async fn healthz_until(addr: SocketAddr, status: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = tokio::task::spawn_blocking(move || healthz(addr))
             .await
             .unwrap();
-        match answer {
-            Ok(a) if a.starts_with("HTTP/1.1 200") => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "/healthz did not answer 200 within 30 s: {other:?}"
-            ),
+        let last = format!("{answer:?}");
+        if matches!(&answer, Ok(a) if a.starts_with(&format!("HTTP/1.1 {status}")))
+            || Instant::now() >= deadline
+        {
+            return last;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_gateway_works_as_the_proto_promises() {
+    let _one = crate::helpers::TOOL_BUILDS.lock().await;
+    let app = spawn_app().await;
+    let started = Instant::now();
+    let (binary, openapi) = build().await;
+    let build_secs = started.elapsed().as_secs_f64();
+    let backend = app.addr.to_string();
+    let (gateway, addr) = start(&binary, &["-grpc", &backend])
+        .await
+        .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
+    let health = healthz_until(addr, "200").await;
+    assert!(health.contains("HTTP/1.1 200"), "/healthz: {health}");
 
     let mut check = Command::new("python3");
     check.arg(format!("{}/gateway/check.py", root())).args([
@@ -139,7 +157,7 @@ async fn the_http_gateway_works_as_the_proto_promises() {
     let mut validate = Command::new("bash");
     validate
         .arg(format!("{}/gateway/validate-openapi.sh", root()))
-        .arg(openapi);
+        .arg(&openapi);
     let validated = run("validated the OpenAPI document", validate).await;
     eprintln!("{}", validated.trim());
     assert!(validated.contains("openapi: valid"), "{validated}");
@@ -168,7 +186,7 @@ async fn the_http_gateway_works_as_the_proto_promises() {
     );
     // A client generated from the document knows to send the bearer token.
     let document: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(openapi).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&openapi).unwrap()).unwrap();
     let bearer = &document["securityDefinitions"]["bearer"];
     assert_eq!(
         (&bearer["type"], &bearer["in"], &bearer["name"]),
@@ -190,4 +208,58 @@ async fn the_http_gateway_works_as_the_proto_promises() {
         started.elapsed().as_secs_f64()
     );
     drop(gateway);
+}
+
+/// In front of a coupond that requires client certificates (mTLS), the
+/// gateway presents the one it is given; without it, the handshake fails
+/// and /healthz says so; a certificate without its key is refused at start
+/// with both flags named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_presents_its_client_certificate_to_an_mtls_server() {
+    let _one = crate::helpers::TOOL_BUILDS.lock().await;
+    let (binary, _) = build().await;
+    let tls = crate::tls::MtlsServer::start().await;
+    let backend = format!("127.0.0.1:{}", tls.port);
+    let ca = tls.ca.display().to_string();
+    let (cert, key) = (
+        tls.client_cert.display().to_string(),
+        tls.client_key.display().to_string(),
+    );
+    let common = [
+        "-grpc",
+        &backend,
+        "-grpc-ca",
+        &ca,
+        "-grpc-server-name",
+        "localhost",
+    ];
+
+    let with_cert = [&common[..], &["-grpc-cert", &cert, "-grpc-key", &key]].concat();
+    let (gateway, addr) = start(&binary, &with_cert)
+        .await
+        .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
+    let health = healthz_until(addr, "200").await;
+    assert!(
+        health.contains("HTTP/1.1 200"),
+        "with its certificate: {health}"
+    );
+    drop(gateway);
+
+    let (gateway, addr) = start(&binary, &common)
+        .await
+        .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
+    let health = healthz_until(addr, "503").await;
+    assert!(
+        health.contains("HTTP/1.1 503"),
+        "without a certificate: {health}"
+    );
+    drop(gateway);
+
+    let half = [&common[..], &["-grpc-cert", &cert]].concat();
+    let refused = start(&binary, &half).await.map(|(_, addr)| addr);
+    assert!(
+        matches!(&refused, Err(out) if out.contains("-grpc-cert and -grpc-key go together")),
+        "a certificate without its key: {refused:?}"
+    );
+    tls.stop();
 }

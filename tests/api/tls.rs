@@ -65,6 +65,49 @@ async fn serve_tls(tls: TlsSettings) -> (u16, CancellationToken, Settings) {
     (port, token, settings)
 }
 
+/// A server that requires client certificates (mTLS), with the files a
+/// client needs: the CA that signed the server's certificate and a client
+/// certificate and key that the server accepts.
+pub(crate) struct MtlsServer {
+    pub port: u16,
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub settings: Settings,
+    stop: CancellationToken,
+    dir: PathBuf,
+}
+
+impl MtlsServer {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("coupond-tls-{}", unique_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Ca::new();
+        let (cert, key) = ca.leaf();
+        let (client_cert, client_key) = ca.leaf();
+        let (port, stop, settings) = serve_tls(TlsSettings {
+            cert: Some(write(&dir, "server.pem", &cert)),
+            key: Some(write(&dir, "server.key", &key)),
+            client_ca: Some(write(&dir, "clients.pem", &ca.pem)),
+        })
+        .await;
+        Self {
+            port,
+            ca: write(&dir, "ca.pem", &ca.pem),
+            client_cert: write(&dir, "c.pem", &client_cert),
+            client_key: write(&dir, "c.key", &client_key),
+            settings,
+            stop,
+            dir,
+        }
+    }
+
+    pub fn stop(self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// One Issue over TLS trusting `ca`, optionally presenting a client identity.
 async fn call(port: u16, ca: &str, client: Option<&(String, String)>) -> Result<i32, String> {
     let mut cfg = ClientTlsConfig::new()
@@ -140,23 +183,15 @@ async fn tls_serves_clients_that_trust_its_ca_and_mtls_requires_a_client_certifi
 /// failed handshake says why instead of "transport error".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_present_a_client_certificate_and_name_a_tls_failure() {
-    let dir = std::env::temp_dir().join(format!("coupond-tls-{}", unique_tag()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, other_ca) = (Ca::new(), Ca::new());
-    let (cert, key) = ca.leaf();
-    let (client_cert, client_key) = ca.leaf();
-    let path = |name: &str, body: &str| write(&dir, name, body).display().to_string();
-    let (ca_pem, other_ca_pem) = (path("ca.pem", &ca.pem), path("other.pem", &other_ca.pem));
-    let (client_cert, client_key) = (path("c.pem", &client_cert), path("c.key", &client_key));
-    let (port, stop, settings) = serve_tls(TlsSettings {
-        cert: Some(write(&dir, "server.pem", &cert)),
-        key: Some(write(&dir, "server.key", &key)),
-        client_ca: Some(write(&dir, "clients.pem", &ca.pem)),
-    })
-    .await;
-    let server = format!("https://localhost:{port}");
+    let server = MtlsServer::start().await;
+    let other_ca = write(&server.dir, "other.pem", &Ca::new().pem);
+    let path = |p: &Path| p.display().to_string();
+    let (ca_pem, other_ca_pem) = (path(&server.ca), path(&other_ca));
+    let (client_cert, client_key) = (path(&server.client_cert), path(&server.client_key));
+    let (port, settings) = (server.port, server.settings.clone());
+    let url = format!("https://localhost:{port}");
     let events = |extra: &[&str]| {
-        let base = ["events", "--server", &server, "--admin-token", ADMIN_TOKEN];
+        let base = ["events", "--server", &url, "--admin-token", ADMIN_TOKEN];
         run_to_end(crate::common::coupond(
             &settings,
             &[&base[..], extra].concat(),
@@ -191,8 +226,7 @@ async fn admin_commands_present_a_client_certificate_and_name_a_tls_failure() {
     let (code, out) = events(&["--tls-ca", &ca_pem, "--client-cert", &client_cert]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--client-key"), "{out}");
-    stop.cancel();
-    let _ = std::fs::remove_dir_all(&dir);
+    server.stop();
 }
 
 /// The stack's local CA and the certificates it signed (scripts/stack.sh).
