@@ -127,6 +127,17 @@ async fn healthz_until(addr: SocketAddr, status: &str) -> String {
     }
 }
 
+/// /healthz of a gateway started with `args`, once it is `status` (or the
+/// last answer after 30 s); the gateway is stopped after.
+async fn health_with(binary: &str, args: &[&str], status: &str) -> String {
+    let (gateway, addr) = start(binary, args)
+        .await
+        .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
+    let answer = healthz_until(addr, status).await;
+    drop(gateway);
+    answer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_gateway_works_as_the_proto_promises() {
     let _one = crate::helpers::TOOL_BUILDS.lock().await;
@@ -235,25 +246,16 @@ async fn the_gateway_presents_its_client_certificate_to_an_mtls_server() {
     ];
 
     let with_cert = [&common[..], &["-grpc-cert", &cert, "-grpc-key", &key]].concat();
-    let (gateway, addr) = start(&binary, &with_cert)
-        .await
-        .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
-    let health = healthz_until(addr, "200").await;
+    let answer = health_with(&binary, &with_cert, "200").await;
     assert!(
-        health.contains("HTTP/1.1 200"),
-        "with its certificate: {health}"
+        answer.contains("HTTP/1.1 200"),
+        "with its certificate: {answer}"
     );
-    drop(gateway);
-
-    let (gateway, addr) = start(&binary, &common)
-        .await
-        .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
-    let health = healthz_until(addr, "503").await;
+    let answer = health_with(&binary, &common, "503").await;
     assert!(
-        health.contains("HTTP/1.1 503"),
-        "without a certificate: {health}"
+        answer.contains("HTTP/1.1 503"),
+        "without a certificate: {answer}"
     );
-    drop(gateway);
 
     let half = [&common[..], &["-grpc-cert", &cert]].concat();
     let refused = start(&binary, &half).await.map(|(_, addr)| addr);
