@@ -73,11 +73,11 @@ func main() {
 	caFile := flag.String("grpc-ca", env("COUPOND_GATEWAY_GRPC_CA", ""),
 		"PEM CA bundle to verify coupond's certificate; implies -grpc-tls (env COUPOND_GATEWAY_GRPC_CA)")
 	serverName := flag.String("grpc-server-name", env("COUPOND_GATEWAY_GRPC_SERVER_NAME", ""),
-		"TLS server name to verify, when it differs from the -grpc host")
+		"TLS server name to verify, when it differs from the -grpc host (env COUPOND_GATEWAY_GRPC_SERVER_NAME)")
 	certFile := flag.String("grpc-cert", env("COUPOND_GATEWAY_GRPC_CERT", ""),
 		"PEM client certificate chain for a coupond that requires one (mTLS); with -grpc-key, implies -grpc-tls (env COUPOND_GATEWAY_GRPC_CERT)")
 	keyFile := flag.String("grpc-key", env("COUPOND_GATEWAY_GRPC_KEY", ""),
-		"PEM key of -grpc-cert (env COUPOND_GATEWAY_GRPC_KEY)")
+		"PEM key of -grpc-cert; with it, implies -grpc-tls (env COUPOND_GATEWAY_GRPC_KEY)")
 	flag.Parse()
 
 	tlsOn := *useTLS || *caFile != "" || *certFile != "" || *keyFile != ""

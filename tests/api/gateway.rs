@@ -4,7 +4,8 @@
 //! over both issue routes, checks ALREADY_ISSUED, the 400 + BadRequest of a
 //! bad field, 401s, GetIssuance FINALIZED, GetEvent's counts and /healthz;
 //! and the generated OpenAPI document passes an independent validator
-//! (gateway/validate-openapi.sh, @apidevtools/swagger-parser).
+//! (gateway/validate-openapi.sh, @apidevtools/swagger-parser). In front of
+//! a server that requires client certificates, the gateway presents its own.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -71,20 +72,31 @@ async fn build() -> (String, String) {
     (binary.to_owned(), openapi.to_owned())
 }
 
-/// Starts the gateway on port 0 with `args`: the process and the address it
-/// printed ("listening on http://..."), or what it printed before it ended.
-async fn start(binary: &str, args: &[&str]) -> Result<(Gateway, SocketAddr), String> {
-    let mut child = Command::new(binary)
+/// Starts the gateway on port 0 with `args` and `envs` (no other
+/// `COUPOND_GATEWAY_*` variable reaches it): the process and the address
+/// it printed ("listening on http://..."), or what it printed before it
+/// ended, with how it ended.
+async fn start(
+    binary: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<(Gateway, SocketAddr), String> {
+    let mut command = Command::new(binary);
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("COUPOND_GATEWAY_")) {
+        command.env_remove(name);
+    }
+    let mut child = command
         .args(["-listen", "127.0.0.1:0"])
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the gateway");
     let stderr = child.stderr.take().unwrap();
-    let gateway = Gateway(child);
-    let (found, rest) = tokio::task::spawn_blocking(move || {
+    let mut gateway = Gateway(child);
+    let read = tokio::task::spawn_blocking(move || {
         let mut reader = BufReader::new(stderr);
         let mut seen = String::new();
         let mut line = String::new();
@@ -103,10 +115,19 @@ async fn start(binary: &str, args: &[&str]) -> Result<(Gateway, SocketAddr), Str
             line.clear();
         }
         (None, seen)
-    })
-    .await
-    .unwrap();
-    found.map(|addr| (gateway, addr)).ok_or(rest)
+    });
+    // A gateway that neither listens nor exits is killed (its Drop), which
+    // ends the read.
+    let Ok(read) = tokio::time::timeout(Duration::from_secs(60), read).await else {
+        return Err("no \"listening on\" line within 60 s".to_owned());
+    };
+    match read.unwrap() {
+        (Some(addr), _) => Ok((gateway, addr)),
+        (None, seen) => {
+            let status = gateway.0.wait().expect("the gateway's exit status");
+            Err(format!("{seen}({status})"))
+        }
+    }
 }
 
 /// Polls `/healthz` (grpc.health.v1 behind it) until it answers `status`
@@ -127,10 +148,10 @@ async fn healthz_until(addr: SocketAddr, status: &str) -> String {
     }
 }
 
-/// /healthz of a gateway started with `args`, once it is `status` (or the
+/// /healthz of a gateway started with `args` and `envs`, once it is `status` (or the
 /// last answer after 30 s); the gateway is stopped after.
-async fn health_with(binary: &str, args: &[&str], status: &str) -> String {
-    let (gateway, addr) = start(binary, args)
+async fn health_with(binary: &str, args: &[&str], envs: &[(&str, &str)], status: &str) -> String {
+    let (gateway, addr) = start(binary, args, envs)
         .await
         .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
     let answer = healthz_until(addr, status).await;
@@ -146,7 +167,7 @@ async fn the_http_gateway_works_as_the_proto_promises() {
     let (binary, openapi) = build().await;
     let build_secs = started.elapsed().as_secs_f64();
     let backend = app.addr.to_string();
-    let (gateway, addr) = start(&binary, &["-grpc", &backend])
+    let (gateway, addr) = start(&binary, &["-grpc", &backend], &[])
         .await
         .unwrap_or_else(|rest| panic!("the gateway did not start:\n{rest}"));
     let health = healthz_until(addr, "200").await;
@@ -246,22 +267,41 @@ async fn the_gateway_presents_its_client_certificate_to_an_mtls_server() {
     ];
 
     let with_cert = [&common[..], &["-grpc-cert", &cert, "-grpc-key", &key]].concat();
-    let answer = health_with(&binary, &with_cert, "200").await;
+    let answer = health_with(&binary, &with_cert, &[], "200").await;
     assert!(
         answer.contains("HTTP/1.1 200"),
         "with its certificate: {answer}"
     );
-    let answer = health_with(&binary, &common, "503").await;
+    let by_env = [
+        ("COUPOND_GATEWAY_GRPC_CERT", cert.as_str()),
+        ("COUPOND_GATEWAY_GRPC_KEY", key.as_str()),
+    ];
+    let answer = health_with(&binary, &common, &by_env, "200").await;
+    assert!(
+        answer.contains("HTTP/1.1 200"),
+        "with its certificate named in the environment: {answer}"
+    );
+    // The same CA and server name as above, so the handshake fails for the
+    // certificate alone. (Its message varies with timing: under TLS 1.3 the
+    // server refuses after the client finished, which the client may see
+    // as "certificate required" or as a broken pipe.)
+    let answer = health_with(&binary, &common, &[], "503").await;
     assert!(
         answer.contains("HTTP/1.1 503"),
         "without a certificate: {answer}"
     );
 
-    let half = [&common[..], &["-grpc-cert", &cert]].concat();
-    let refused = start(&binary, &half).await.map(|(_, addr)| addr);
-    assert!(
-        matches!(&refused, Err(out) if out.contains("-grpc-cert and -grpc-key go together")),
-        "a certificate without its key: {refused:?}"
-    );
+    // Half a pair, even with nothing else of TLS named, is refused.
+    for half in [
+        [&common[..], &["-grpc-cert", &cert]].concat(),
+        vec!["-grpc", &backend, "-grpc-key", &key],
+    ] {
+        let refused = start(&binary, &half, &[]).await.map(|(_, addr)| addr);
+        assert!(
+            matches!(&refused, Err(out) if out.contains("-grpc-cert and -grpc-key go together")
+                && out.contains("exit status: 1")),
+            "{half:?}: {refused:?}"
+        );
+    }
     tls.stop();
 }

@@ -103,6 +103,13 @@ impl MtlsServer {
     }
 
     pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Stops the server and removes its keys, a failed test's too.
+impl Drop for MtlsServer {
+    fn drop(&mut self) {
         self.stop.cancel();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
